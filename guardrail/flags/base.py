@@ -1,0 +1,52 @@
+"""The narrow interface every flag backend implements: load definitions, halt, hold.
+
+The engine never sees a backend. check.py loads flags through one, and carries out the engine's Halt
+decisions through the same one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from guardrail.model import Flag
+
+
+@dataclass(frozen=True)
+class LoadedFlags:
+    """Raw flag definitions and where they came from. config.parse_flags turns them into Flags."""
+
+    source: str  # file path or URL, for messages
+    definitions: Mapping[str, Mapping[str, Any]]
+    # Line numbers of each flag key in a YAML file, when known (for error messages).
+    lines: Mapping[str, int] | None = None
+
+
+@dataclass(frozen=True)
+class HaltOutcome:
+    ok: bool
+    detail: str  # what happened, for the output and audit (never a secret)
+    forced: bool = False  # the force-variant fallback was used
+    already: bool = False  # the flag was already halted/held at the source
+    permanent: bool = False  # the backend refused (4xx): retrying will not help
+
+
+class FlagBackend(Protocol):
+    name: str
+
+    async def load(self) -> LoadedFlags: ...
+
+    async def halt(self, flag: Flag, reason: str) -> HaltOutcome:
+        """Revert an experiment: state DISABLED, defaultVariant = control variant."""
+        ...
+
+    async def hold(self, flag: Flag, reason: str) -> HaltOutcome:
+        """Hold a rollout at its current split: metadata guardrail_hold true + reason."""
+        ...
+
+    async def get(self, key: str) -> Mapping[str, Any] | None:
+        """Re-read one definition (None when it does not exist)."""
+        ...
+
+    async def aclose(self) -> None: ...

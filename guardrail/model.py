@@ -1,0 +1,328 @@
+"""Domain types shared by every part of guardrail.
+
+Everything here is plain data: frozen dataclasses and enums, no I/O. The engine, the adapters and the
+CLI all speak these types, so this module imports nothing from the rest of the package.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+
+class ExitCode(enum.IntEnum):
+    """Process exit codes; documented in the README and `guardrail --help`."""
+
+    OK = 0  # nothing halted
+    HALTED = 1  # a flag was halted (or would be, in a dry run)
+    CONFIG = 2  # usage or configuration error
+    UNEVALUATED = 3  # some guardrails could not be evaluated and nothing halted
+    HALT_FAILED = 4  # a halt was due but the flag API refused or failed
+    LOCKED = 5  # another run holds the state lock
+
+
+class GuardrailError(Exception):
+    """An error a user can act on: it names the place (file, flag, field) and carries an exit code.
+
+    The CLI is the one place that catches it; it prints `str(err)` and exits with `err.exit_code`.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        source: str | None = None,
+        flag: str | None = None,
+        field: str | None = None,
+        line: int | None = None,
+        exit_code: ExitCode = ExitCode.CONFIG,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.source = source
+        self.flag = flag
+        self.field = field
+        self.line = line
+        self.exit_code = exit_code
+
+    @property
+    def place(self) -> str:
+        parts = []
+        if self.source:
+            parts.append(f"{self.source}:{self.line}" if self.line else self.source)
+        if self.flag:
+            parts.append(f"flag {self.flag!r}")
+        if self.field:
+            parts.append(f"field {self.field!r}")
+        return ", ".join(parts)
+
+    def __str__(self) -> str:
+        return f"{self.place}: {self.message}" if self.place else self.message
+
+
+class Comparison(str, enum.Enum):
+    RELATIVE_INCREASE = "relative_increase"
+    ABSOLUTE_INCREASE = "absolute_increase"
+    RELATIVE_DECREASE = "relative_decrease"
+    ABSOLUTE_DECREASE = "absolute_decrease"
+
+    @property
+    def relative(self) -> bool:
+        return self.value.startswith("relative")
+
+    @property
+    def harm_is_increase(self) -> bool:
+        return self.value.endswith("increase")
+
+
+class Method(str, enum.Enum):
+    """How a breach is judged.
+
+    `threshold` compares the point estimate of one window with the threshold (the how-to's rule, made
+    robust with min_count, warmup and confirmations). `sequential` runs an always-valid one-sided test
+    on since-start cumulative aggregates (see guardrail/stats.py and docs/statistics.md).
+    """
+
+    THRESHOLD = "threshold"
+    SEQUENTIAL = "sequential"
+
+
+class MetricKind(str, enum.Enum):
+    """What the metric's value is; it decides which variance the sequential test can use."""
+
+    PROPORTION = "proportion"  # value in [0, 1], e.g. error_rate; variance p(1-p)
+    MEAN = "mean"  # needs `stddev` from the source for the sequential test
+    QUANTILE = "quantile"  # p95 etc.: no valid variance from value and count alone
+
+
+class ExperimentType(str, enum.Enum):
+    AB = "ab"  # an experiment: halt = revert to control
+    ROLLOUT = "rollout"  # a progressive rollout: halt = hold at the current split
+
+
+class Verdict(str, enum.Enum):
+    BREACH = "breach"
+    PASS = "pass"
+    SKIP_MIN_COUNT = "skip:min_count"
+    SKIP_WARMUP = "skip:warmup"
+    SKIP_NO_DATA = "skip:no_data"
+
+    @property
+    def is_skip(self) -> bool:
+        return self.value.startswith("skip")
+
+
+class HaltAction(str, enum.Enum):
+    REVERT = "revert"  # state DISABLED, defaultVariant control
+    HOLD = "hold"  # metadata guardrail_hold: true, split unchanged
+
+
+DEFAULT_MIN_COUNT = 100
+DEFAULT_CONFIRMATIONS = 2
+DEFAULT_MAX_GAP_MINUTES = 15.0
+DEFAULT_WINDOW = "5m"
+DEFAULT_ALPHA = 0.05
+SINCE_START = "since_start"
+
+
+@dataclass(frozen=True)
+class Guardrail:
+    """One metric a treatment must not harm, and how to judge harm."""
+
+    metric: str
+    comparison: Comparison
+    threshold: float
+    min_count: int = DEFAULT_MIN_COUNT
+    confirmations: int = DEFAULT_CONFIRMATIONS
+    max_gap_minutes: float = DEFAULT_MAX_GAP_MINUTES
+    window: str = DEFAULT_WINDOW
+    method: Method = Method.THRESHOLD
+    alpha: float = DEFAULT_ALPHA
+    kind: MetricKind = MetricKind.PROPORTION
+    # Sequential test: total sample (n_T + n_C) at which the confidence sequence is tightest.
+    # None means "freeze it from the first look's traffic" (see engine).
+    tuning_n: float | None = None
+
+
+@dataclass(frozen=True)
+class Flag:
+    """A flag definition as guardrail sees it. `definition` is the raw flagd definition."""
+
+    key: str
+    enabled: bool
+    default_variant: str
+    variants: tuple[str, ...]
+    control_variant: str
+    treatment_variants: tuple[str, ...]
+    experiment_type: ExperimentType
+    guardrails: tuple[Guardrail, ...]
+    started_at: datetime | None = None
+    warmup_minutes: float = 0.0
+    held: bool = False  # metadata.guardrail_hold already set (a rollout we held earlier)
+    source: str = ""  # where the definition came from (file path or URL), for messages and links
+    definition: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class FlagProblem:
+    """A flag that could not be read into the model; the other flags still run."""
+
+    flag: str | None
+    message: str
+    source: str = ""
+    field: str | None = None
+    line: int | None = None
+    severity: str = "error"  # error | warning
+
+    def __str__(self) -> str:
+        return str(
+            GuardrailError(self.message, source=self.source, flag=self.flag, field=self.field, line=self.line)
+        )
+
+
+@dataclass(frozen=True)
+class MetricQuery:
+    """One aggregate to fetch. `end` is pinned once per run so both arms cover the same window."""
+
+    flag: str
+    variant: str
+    metric: str
+    window: str  # "5m", or a since-start window such as "4320m"
+    end: datetime
+
+
+@dataclass(frozen=True)
+class Aggregate:
+    """A metric's aggregate for one variant over one window, or the reason there is none.
+
+    Sources never raise for bad data: they return an Aggregate with `error` set, which the engine turns
+    into `skip:no_data` with that cause.
+    """
+
+    value: float | None
+    count: int | None
+    stddev: float | None = None
+    error: str | None = None
+
+    @classmethod
+    def missing(cls, error: str) -> Aggregate:
+        return cls(value=None, count=None, error=error)
+
+    @property
+    def usable(self) -> bool:
+        import math
+
+        return (
+            self.error is None
+            and self.value is not None
+            and self.count is not None
+            and math.isfinite(self.value)
+            and self.count >= 0
+        )
+
+
+# Aggregates keyed by (flag, variant, metric, window): what the engine reads.
+AggregateKey = tuple[str, str, str, str]
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """The verdict on one guardrail for one treatment variant in one run."""
+
+    flag: str
+    metric: str
+    treatment_variant: str
+    control_variant: str
+    comparison: Comparison
+    threshold: float
+    method: Method
+    verdict: Verdict
+    reason: str
+    control: Aggregate | None = None
+    treatment: Aggregate | None = None
+    delta: float | None = None  # in the comparison's unit (relative or absolute); may be +/-inf
+    relative_delta: float | None = None  # always (t - c) / c when defined, for the alert
+    streak: int = 0  # consecutive breaching runs including this one
+    confirmations: int = DEFAULT_CONFIRMATIONS
+    # Sequential method only: the one-sided bound on the harm and the always-valid p-value.
+    bound: float | None = None
+    p_value: float | None = None
+
+    @property
+    def guardrail_id(self) -> str:
+        return guardrail_id(self.metric, self.treatment_variant)
+
+
+def guardrail_id(metric: str, treatment_variant: str) -> str:
+    return f"{metric}@{treatment_variant}"
+
+
+@dataclass(frozen=True)
+class Halt:
+    """A decision to stop a flag, with the evaluation that triggered it."""
+
+    flag: str
+    action: HaltAction
+    reason: str
+    decided_at: datetime
+    evaluation: Evaluation
+    control_variant: str = "control"
+
+
+# ---- state (the engine's memory between runs) -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Streak:
+    count: int = 0
+    last_breach_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class HaltRecord:
+    """A halt's life: `pending` is written before the flag API is called (write-ahead), so a run that
+    dies mid-halt is finished by the next run; `done` after the API confirmed it; `failed` when the API
+    refused (retried next run)."""
+
+    status: str  # pending | done | failed
+    action: HaltAction
+    reason: str
+    decided_at: datetime
+    metric: str
+    treatment_variant: str
+    control_variant: str = "control"
+    completed_at: datetime | None = None
+    attempts: int = 0
+    last_error: str | None = None
+    alert_delivered: bool = False
+    alert_payload: Mapping[str, Any] | None = None
+    run_id: str | None = None
+
+
+@dataclass(frozen=True)
+class FlagState:
+    first_seen_enabled: datetime | None = None
+    streaks: Mapping[str, Streak] = field(default_factory=dict)
+    halt: HaltRecord | None = None
+    # Sequential test: the frozen tuning sample size per guardrail id.
+    tuning_n: Mapping[str, float] = field(default_factory=dict)
+    last_evaluations: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class State:
+    flags: Mapping[str, FlagState] = field(default_factory=dict)
+    last_run_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What the engine returns: verdicts, the halts to carry out, and the state to persist."""
+
+    evaluations: tuple[Evaluation, ...]
+    halts: tuple[Halt, ...]
+    state: State
+    skipped_flags: Mapping[str, str] = field(default_factory=dict)  # flag -> why it was not evaluated
