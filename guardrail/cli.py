@@ -1,0 +1,194 @@
+"""The command line: parse options, call, render, exit. The one place errors become messages.
+
+Heavy modules (httpx, rich tables, jsonschema, numpy) are imported inside the commands so that
+`guardrail --help` and cron's start-up stay fast.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from guardrail import __version__
+from guardrail.model import ExitCode, GuardrailError
+
+EXIT_CODES_HELP = """
+Exit codes: 0 nothing halted; 1 halted (or would halt, in a dry run); 2 usage or configuration error;
+3 some guardrails could not be evaluated (data or API unavailable) and nothing halted; 4 a halt was due
+but the flag API refused or failed (do it by hand); 5 another run holds the state lock.
+"""
+
+app = typer.Typer(
+    name="guardrail",
+    help="Halt feature-flag experiments automatically when a treatment harms a guardrail metric.\n\n"
+    + EXIT_CODES_HELP,
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode=None,
+    pretty_exceptions_enable=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"guardrail {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Halt feature-flag experiments automatically when a treatment harms a guardrail metric."""
+
+
+def _parse_now(now: str | None) -> datetime:
+    if not now:
+        return datetime.now(timezone.utc)
+    from guardrail.config import parse_time
+
+    try:
+        return parse_time(now)
+    except ValueError as exc:
+        raise GuardrailError(f"not an RFC 3339 time: {exc}", field="--now") from None
+
+
+FlagsOpt = Annotated[
+    Optional[str],
+    typer.Option("--flags", help="Flag definitions: a flagd file (YAML/JSON) or a flag API URL. "
+                 "Default: FLAG_API_URL."),
+]
+ConfigOpt = Annotated[
+    Optional[Path], typer.Option("--config", help="Config file (YAML); see configs/guardrail.yaml.")
+]
+StateOpt = Annotated[
+    Optional[Path], typer.Option("--state", help="State file. Default: .guardrail/state.json (or GUARDRAIL_STATE).")
+]
+AuditOpt = Annotated[
+    Optional[Path], typer.Option("--audit", help="Audit log (JSON Lines). Default: .guardrail/audit.jsonl.")
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document instead of a table.")]
+
+
+@app.command(epilog=EXIT_CODES_HELP)
+def check(
+    flags: FlagsOpt = None,
+    config: ConfigOpt = None,
+    state: StateOpt = None,
+    audit: AuditOpt = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Evaluate and show what would happen; "
+                                          "send no PATCH and no alert, write no state or audit.")] = False,
+    as_json: JsonOpt = False,
+    only: Annotated[Optional[list[str]], typer.Option("--only", help="Only this flag key (repeatable).")] = None,
+    concurrency: Annotated[Optional[int], typer.Option(
+        "--concurrency", min=1, max=1024, help="Metric queries in flight at once. Default 64.")] = None,
+    timeout: Annotated[Optional[float], typer.Option(
+        "--timeout", min=0.1, help="Seconds per HTTP call (each is retried). Default 5.")] = None,
+    lock_timeout: Annotated[Optional[float], typer.Option(
+        "--lock-timeout", min=0, help="Seconds to wait for another run's state lock before exit 5.")] = None,
+    ca_bundle: Annotated[Optional[str], typer.Option("--ca-bundle", help="CA bundle for TLS verification.")] = None,
+    allow_insecure_http: Annotated[bool, typer.Option(
+        "--allow-insecure-http", help="Allow sending the flag API token over plain http to a non-loopback host.")
+    ] = False,
+    now: Annotated[Optional[str], typer.Option(
+        "--now", help="Evaluate as of this RFC 3339 time instead of the clock (backfills and tests).")] = None,
+) -> None:
+    """Evaluate every guardrail of every ENABLED flag once, and halt flags whose treatment harms one.
+
+    Environment: FLAG_API_URL, FLAG_API_TOKEN, METRICS_API_URL, ALERT_WEBHOOK_URL work with no config file.
+    """
+    from guardrail.check import run_check
+    from guardrail.settings import load_settings
+
+    settings = load_settings(config=config, overrides={
+        "flags": flags, "state_path": state, "audit_path": audit, "concurrency": concurrency,
+        "timeout": timeout, "lock_timeout": lock_timeout, "ca_bundle": ca_bundle,
+        "allow_insecure_http": allow_insecure_http or None,
+    })
+    result = run_check(settings, now=_parse_now(now), dry_run=dry_run, only=only)
+    _render(result, as_json)
+    raise typer.Exit(int(result.exit_code))
+
+
+def _render(result: Any, as_json: bool) -> None:
+    from guardrail import report
+
+    if as_json:
+        print(json.dumps(report.to_json(result), indent=2))
+    elif sys.stdout.isatty():
+        from rich.console import Console
+
+        report.print_rich(result, Console())
+    else:
+        print(report.to_text(result))
+
+
+@app.command()
+def validate(
+    paths: Annotated[list[Path], typer.Argument(help="Flag files to check (YAML or JSON).")],
+    output: Annotated[str, typer.Option("--format", help="text | github (GitHub Actions annotations).")] = "text",
+) -> None:
+    """Check flag files for anything flagd would refuse and any guardrail mistake.
+
+    Exit 0 clean (warnings allowed), 1 findings, 2 a file is unreadable.
+    """
+    from guardrail.validate import render_github, render_text, validate_paths
+
+    if output not in ("text", "github"):
+        raise GuardrailError("must be text or github", field="--format")
+    findings, code = validate_paths(paths, today=datetime.now(timezone.utc).date())
+    text = render_github(findings) if output == "github" else render_text(findings)
+    if text:
+        print(text)
+    raise typer.Exit(code)
+
+
+@app.command()
+def demo(
+    state: StateOpt = None,
+) -> None:
+    """Run the whole halt loop against the built-in fake API (no server needed): a treatment breaches
+    its error-rate guardrail twice and is halted."""
+    from guardrail.demo import run_demo
+
+    raise typer.Exit(run_demo(state_dir=state))
+
+
+def _redactor() -> Any:
+    from guardrail.redact import Redactor
+
+    return Redactor([os.environ.get("FLAG_API_TOKEN"), os.environ.get("ALERT_WEBHOOK_URL")])
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: the one error boundary. No traceback reaches a user."""
+    # typer handles its own usage errors and exits (code 2); everything else ends here.
+    code: int
+    try:
+        app(args=argv, prog_name="guardrail")
+        code = 0
+    except SystemExit:
+        raise
+    except GuardrailError as exc:
+        print(f"guardrail: error: {_redactor()(str(exc))}", file=sys.stderr)
+        code = exc.exit_code
+    except KeyboardInterrupt:
+        print("guardrail: interrupted", file=sys.stderr)
+        code = 130
+    except Exception as exc:  # a bug: say so plainly, never dump a traceback on cron mail
+        print(f"guardrail: internal error: {type(exc).__name__}: {_redactor()(str(exc))} "
+              "(please report it; set GUARDRAIL_DEBUG=1 for a traceback)", file=sys.stderr)
+        if os.environ.get("GUARDRAIL_DEBUG"):
+            import traceback
+
+            traceback.print_exc()
+        code = ExitCode.UNEVALUATED
+    sys.exit(code)

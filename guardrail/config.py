@@ -1,0 +1,359 @@
+"""Pure translation of flag definitions (plain dicts) into the domain model.
+
+Guardrails come in two spellings (CONTRACTS.md §1): flat `guardrail.<metric>.<option>` metadata keys,
+which flagd accepts, and the how-to's nested `guardrails:` list, which flagd rejects (flagd allows only
+strings, numbers and booleans as metadata values). Both are gathered into one shape, validated against
+the JSON Schema shipped in guardrail/schemas/, then turned into frozen dataclasses. One bad flag yields
+FlagProblems naming the place; the other flags are unaffected.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, replace
+from datetime import date, datetime, timezone
+from functools import lru_cache
+from importlib import resources
+from typing import Any
+
+from guardrail.model import (
+    Comparison,
+    ExperimentType,
+    Flag,
+    FlagProblem,
+    Guardrail,
+    Method,
+    MetricKind,
+)
+
+FLAT_PREFIX = "guardrail."
+GUARDRAIL_OPTIONS = (
+    "comparison",
+    "threshold",
+    "min_count",
+    "confirmations",
+    "max_gap_minutes",
+    "window",
+    "method",
+    "alpha",
+    "kind",
+    "tuning_n",
+)
+# Fractional split operators: `fractional` is flagd's name today; `fractionalEvaluation` is the legacy one
+# the how-to uses (flagd's evaluator no longer knows it; `guardrail validate` reports it).
+FRACTIONAL_OPS = ("fractional", "fractionalEvaluation")
+
+
+@dataclass(frozen=True)
+class ParsedFlags:
+    flags: tuple[Flag, ...]
+    problems: tuple[FlagProblem, ...]
+
+    @property
+    def errors(self) -> tuple[FlagProblem, ...]:
+        return tuple(p for p in self.problems if p.severity == "error")
+
+
+@lru_cache(maxsize=1)
+def schema() -> dict[str, Any]:
+    text = resources.files("guardrail").joinpath("schemas/guardrail.schema.json").read_text("utf-8")
+    loaded: dict[str, Any] = json.loads(text)
+    return loaded
+
+
+@lru_cache(maxsize=1)
+def _validator() -> Any:
+    # jsonschema is imported lazily: it costs start-up time that `guardrail --help` should not pay.
+    import jsonschema
+
+    cls = jsonschema.validators.validator_for(schema())
+    return cls(schema(), format_checker=cls.FORMAT_CHECKER)
+
+
+def infer_kind(metric: str) -> MetricKind:
+    """Guess a metric's kind from its name when `kind` is not given (documented in the README)."""
+    name = metric.lower()
+    if re.search(r"(^|_)p\d{2,3}(_|$)", name) or "quantile" in name or "percentile" in name:
+        return MetricKind.QUANTILE
+    if name.endswith(("_rate", "_ratio", "_fraction", "_share")) or name in ("errors", "error_rate"):
+        return MetricKind.PROPORTION
+    return MetricKind.MEAN
+
+
+def parse_time(value: Any) -> datetime:
+    """RFC 3339 text (or a YAML timestamp) to an aware UTC datetime; naive times are taken as UTC."""
+    if isinstance(value, datetime):
+        dt = value
+    elif isinstance(value, date):
+        dt = datetime(value.year, value.month, value.day)
+    elif isinstance(value, str):
+        text = value.strip()
+        if text.endswith(("Z", "z")):
+            text = text[:-1] + "+00:00"
+        dt = datetime.fromisoformat(text)
+    else:
+        raise ValueError(f"expected an RFC 3339 time, got {type(value).__name__}")
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=timezone.utc)
+    return dt.astimezone(timezone.utc)
+
+
+def format_time(dt: datetime) -> str:
+    return dt.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def window_minutes(window: str) -> float:
+    unit = window[-1]
+    number = float(window[:-1])
+    return number * {"s": 1 / 60, "m": 1.0, "h": 60.0, "d": 1440.0}[unit]
+
+
+def _json_safe(value: Any) -> Any:
+    """YAML gives datetimes and dates; the schema wants strings."""
+    if isinstance(value, (datetime, date)):
+        return value.isoformat()
+    return value
+
+
+def _fractional_variants(node: Any, depth: int = 0) -> Iterator[tuple[str, str]]:
+    """Yield (operator, variant) for every variant named in a fractional split, anywhere in targeting."""
+    if depth > 50:
+        return
+    if isinstance(node, Mapping):
+        for op, args in node.items():
+            if op in FRACTIONAL_OPS and isinstance(args, list):
+                for item in args:
+                    if isinstance(item, list) and item and isinstance(item[0], str):
+                        yield op, item[0]
+            yield from _fractional_variants(args, depth + 1)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _fractional_variants(item, depth + 1)
+
+
+def split_variants(definition: Mapping[str, Any]) -> tuple[str, ...]:
+    seen: dict[str, None] = {}
+    for _op, variant in _fractional_variants(definition.get("targeting")):
+        seen.setdefault(variant, None)
+    return tuple(seen)
+
+
+def legacy_operators(definition: Mapping[str, Any]) -> bool:
+    return any(op == "fractionalEvaluation" for op, _ in _fractional_variants(definition.get("targeting")))
+
+
+def gather_guardrail_options(
+    metadata: Mapping[str, Any],
+) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, str], list[tuple[str, str]]]:
+    """Collect guardrails from both spellings.
+
+    Returns (guardrails, flag-wide defaults, field-name map, errors). The field map turns a schema path
+    such as "guardrails/0/threshold" back into the key the user wrote, so errors point at their text.
+    """
+    guardrails: dict[str, dict[str, Any]] = {}
+    fields: dict[str, str] = {}
+    defaults: dict[str, Any] = {}
+    errors: list[tuple[str, str]] = []
+    order: list[str] = []
+
+    for key, value in metadata.items():
+        if not isinstance(key, str) or not key.startswith(FLAT_PREFIX):
+            continue
+        rest = key[len(FLAT_PREFIX) :]
+        if "." not in rest:
+            # guardrail.<option>: a flag-wide default for every guardrail of this flag
+            defaults[rest] = _json_safe(value)
+            fields[f"defaults/{rest}"] = f"metadata.{key}"
+            continue
+        metric, option = rest.rsplit(".", 1)
+        if metric not in guardrails:
+            guardrails[metric] = {"metric": metric}
+            order.append(metric)
+        guardrails[metric][option] = _json_safe(value)
+
+    nested = metadata.get("guardrails")
+    if nested is not None:
+        if not isinstance(nested, list):
+            errors.append(("metadata.guardrails", "must be a list of {metric, comparison, threshold}"))
+        else:
+            for i, item in enumerate(nested):
+                if not isinstance(item, Mapping):
+                    errors.append((f"metadata.guardrails[{i}]", "must be a mapping"))
+                    continue
+                metric = item.get("metric")
+                if not isinstance(metric, str) or not metric:
+                    errors.append((f"metadata.guardrails[{i}].metric", "is required and must be a string"))
+                    continue
+                if metric in guardrails:
+                    errors.append((f"metadata.guardrails[{i}].metric", f"metric {metric!r} is listed twice"))
+                    continue
+                guardrails[metric] = {str(k): _json_safe(v) for k, v in item.items()}
+                order.append(metric)
+                fields[f"nested:{metric}"] = f"metadata.guardrails[{i}]"
+
+    out: list[dict[str, Any]] = []
+    for index, metric in enumerate(order):
+        out.append(guardrails[metric])
+        base = fields.get(f"nested:{metric}")
+        for option in guardrails[metric]:
+            fields[f"guardrails/{index}/{option}"] = (
+                f"{base}.{option}" if base else f"metadata.guardrail.{metric}.{option}"
+            )
+        fields[f"guardrails/{index}"] = base or f"metadata.guardrail.{metric}"
+    return out, defaults, fields, errors
+
+
+def _schema_errors(document: Mapping[str, Any], fields: Mapping[str, str]) -> list[tuple[str, str]]:
+    problems = []
+    for err in sorted(_validator().iter_errors(document), key=lambda e: list(e.absolute_path)):
+        path = "/".join(str(p) for p in err.absolute_path)
+        place = fields.get(path)
+        if place is None:
+            place = "metadata." + path.replace("/", ".") if path else "metadata"
+        message = err.message
+        if err.validator == "additionalProperties":
+            message = f"unknown option ({err.message}); known: {', '.join(GUARDRAIL_OPTIONS)}"
+        elif err.validator == "required" and "guardrails/" in path + "/":
+            message = err.message
+        problems.append((place, message))
+    return problems
+
+
+def _number_ok(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def parse_flag(
+    key: str,
+    definition: Any,
+    *,
+    source: str = "",
+    line: int | None = None,
+    defaults: Mapping[str, Any] | None = None,
+) -> tuple[Flag | None, list[FlagProblem]]:
+    """One flag definition to a Flag, or the problems that stop it from being watched."""
+
+    def problem(field: str | None, message: str, severity: str = "error") -> FlagProblem:
+        return FlagProblem(key, message, source=source, field=field, line=line, severity=severity)
+
+    if not isinstance(definition, Mapping):
+        return None, [problem(None, "flag definition must be a mapping")]
+    state = definition.get("state")
+    if state not in ("ENABLED", "DISABLED"):
+        return None, [problem("state", f"must be ENABLED or DISABLED, got {state!r}")]
+    variants = definition.get("variants")
+    if not isinstance(variants, Mapping) or not variants:
+        return None, [problem("variants", "must be a non-empty mapping of variant name to value")]
+    variant_names = tuple(str(v) for v in variants)
+    default_variant = definition.get("defaultVariant")
+    if not isinstance(default_variant, str) or default_variant not in variants:
+        return None, [problem("defaultVariant", f"{default_variant!r} is not one of the variants")]
+    metadata = definition.get("metadata") or {}
+    if not isinstance(metadata, Mapping):
+        return None, [problem("metadata", "must be a mapping")]
+
+    raw_guardrails, flag_defaults, fields, errors = gather_guardrail_options(metadata)
+    document: dict[str, Any] = {
+        k: _json_safe(metadata[k])
+        for k in ("experiment_type", "started_at", "warmup_minutes", "control_variant", "treatment_variants")
+        if k in metadata
+    }
+    document["guardrails"] = raw_guardrails
+    if flag_defaults:
+        document["defaults"] = flag_defaults
+    errors = list(dict.fromkeys(errors + _schema_errors(document, fields)))
+    if errors:
+        return None, [problem(f, m) for f, m in errors]
+
+    control = str(metadata.get("control_variant", "control"))
+    if control not in variants:
+        return None, [
+            problem("metadata.control_variant", f"control variant {control!r} is not one of {list(variants)}")
+        ]
+    if "treatment_variants" in metadata:
+        treatments = tuple(t.strip() for t in str(metadata["treatment_variants"]).split(",") if t.strip())
+    else:
+        treatments = tuple(v for v in (split_variants(definition) or variant_names) if v != control)
+    unknown = [t for t in treatments if t not in variants]
+    if unknown:
+        return None, [problem("metadata.treatment_variants", f"unknown variants {unknown}")]
+
+    exp_type = metadata.get("experiment_type", "ab")
+    experiment_type = ExperimentType.ROLLOUT if exp_type == "rollout" else ExperimentType.AB
+    try:
+        started_at = parse_time(metadata["started_at"]) if "started_at" in metadata else None
+    except (ValueError, OverflowError) as exc:
+        return None, [problem("metadata.started_at", f"not an RFC 3339 time: {exc}")]
+
+    merged_defaults = {**(defaults or {}), **flag_defaults}
+    guardrails = []
+    for raw in raw_guardrails:
+        options = {**merged_defaults, **raw}
+        g = Guardrail(
+            metric=options["metric"],
+            comparison=Comparison(options["comparison"]),
+            threshold=float(options["threshold"]),
+        )
+        g = replace(
+            g,
+            min_count=int(options.get("min_count", g.min_count)),
+            confirmations=int(options.get("confirmations", g.confirmations)),
+            max_gap_minutes=float(options.get("max_gap_minutes", g.max_gap_minutes)),
+            window=str(options.get("window", g.window)),
+            method=Method(options.get("method", g.method.value)),
+            alpha=float(options.get("alpha", g.alpha)),
+            kind=MetricKind(options["kind"]) if "kind" in options else infer_kind(g.metric),
+            tuning_n=float(options["tuning_n"]) if "tuning_n" in options else None,
+        )
+        guardrails.append(g)
+
+    hold = metadata.get("guardrail_hold", False)
+    flag = Flag(
+        key=key,
+        enabled=state == "ENABLED",
+        default_variant=default_variant,
+        variants=variant_names,
+        control_variant=control,
+        treatment_variants=treatments,
+        experiment_type=experiment_type,
+        guardrails=tuple(guardrails),
+        started_at=started_at,
+        warmup_minutes=float(metadata.get("warmup_minutes", 0) or 0),
+        held=hold is True or (isinstance(hold, str) and hold.lower() == "true"),
+        source=source,
+        definition=definition,
+    )
+    return flag, []
+
+
+def parse_flags(
+    definitions: Any,
+    *,
+    source: str = "",
+    lines: Mapping[str, int] | None = None,
+    defaults: Mapping[str, Any] | None = None,
+) -> ParsedFlags:
+    """A `{KEY: DEFINITION}` mapping to Flags; every problem names the source, flag and field."""
+    if not isinstance(definitions, Mapping):
+        return ParsedFlags((), (FlagProblem(None, "`flags` must be a mapping of flag key to definition", source),))
+    flags: list[Flag] = []
+    problems: list[FlagProblem] = []
+    for key, definition in definitions.items():
+        if not isinstance(key, str) or not key:
+            problems.append(FlagProblem(str(key), "flag key must be a non-empty string", source))
+            continue
+        flag, found = parse_flag(
+            key, definition, source=source, line=(lines or {}).get(key), defaults=defaults
+        )
+        problems.extend(found)
+        if flag is not None:
+            flags.append(flag)
+    return ParsedFlags(tuple(flags), tuple(problems))
+
+
+def check_number(value: Any) -> bool:
+    """Public for validate: a finite, non-boolean number."""
+    return _number_ok(value)

@@ -1,0 +1,396 @@
+"""The decision engine: pure data in (flags, aggregates, prior state, now), verdicts and halts out.
+
+No I/O and no clock reads happen here, so `check`, `replay` and `simulate` all drive this same code and
+a test can replay any situation exactly. The rules, in order, per guardrail and treatment variant:
+
+1. the flag is warming up                      -> skip:warmup
+2. either arm has no usable aggregate          -> skip:no_data (bad data never halts)
+3. either arm has fewer than min_count events  -> skip:min_count
+4. the comparison (threshold or sequential)    -> breach | pass
+5. a breach counts toward a halt only after `confirmations` consecutive breaching runs; a pass resets
+   the streak, a skip leaves it, and a breach more than `max_gap_minutes` after the previous one
+   starts a new streak (two runs an hour apart are not "consecutive").
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+
+from guardrail import stats
+from guardrail.model import (
+    SINCE_START,
+    Aggregate,
+    AggregateKey,
+    Decision,
+    Evaluation,
+    ExperimentType,
+    Flag,
+    FlagState,
+    Guardrail,
+    Halt,
+    HaltAction,
+    HaltRecord,
+    Method,
+    MetricKind,
+    MetricQuery,
+    State,
+    Streak,
+    Verdict,
+    guardrail_id,
+)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The outcome of comparing one treatment with control."""
+
+    verdict: Verdict
+    reason: str
+    delta: float | None = None
+    relative_delta: float | None = None
+    bound: float | None = None
+    p_value: float | None = None
+    tuning_n: float | None = None
+
+
+def logical_window(g: Guardrail) -> str:
+    """The sequential test reads since-start cumulative aggregates; the threshold rule one short window."""
+    return SINCE_START if g.method is Method.SEQUENTIAL and g.kind is not MetricKind.QUANTILE else g.window
+
+
+def experiment_start(flag: Flag, prior: FlagState | None, now: datetime) -> datetime:
+    if flag.started_at is not None:
+        return flag.started_at
+    if prior is not None and prior.first_seen_enabled is not None:
+        return prior.first_seen_enabled
+    return now
+
+
+def since_start_window(start: datetime, now: datetime) -> str:
+    minutes = max(1, math.ceil((now - start).total_seconds() / 60))
+    return f"{minutes}m"
+
+
+def watched(flag: Flag, state: State) -> str | None:
+    """Why a flag is not evaluated this run, or None when it is."""
+    if not flag.enabled:
+        return "disabled"
+    if not flag.guardrails:
+        return "no guardrails"
+    if flag.held:
+        return "held by guardrail (metadata.guardrail_hold); clear it and run `guardrail resume` to watch again"
+    prior = state.flags.get(flag.key)
+    if prior is not None and prior.halt is not None:
+        when = prior.halt.decided_at.isoformat()
+        return f"halted by guardrail at {when} ({prior.halt.status}); `guardrail resume {flag.key}` watches it again"
+    return None
+
+
+def warming_up(flag: Flag, start: datetime, now: datetime) -> float:
+    """Minutes of warmup left (0 when over)."""
+    left = flag.warmup_minutes - (now - start).total_seconds() / 60
+    return max(0.0, left)
+
+
+def plan_queries(flags: Iterable[Flag], state: State, now: datetime) -> list[tuple[AggregateKey, MetricQuery]]:
+    """Every aggregate this run needs, with one pinned `end` so both arms cover the same window."""
+    planned: dict[AggregateKey, MetricQuery] = {}
+    for flag in flags:
+        if watched(flag, state) is not None:
+            continue
+        prior = state.flags.get(flag.key)
+        start = experiment_start(flag, prior, now)
+        if warming_up(flag, start, now) > 0:
+            continue
+        for g in flag.guardrails:
+            window = logical_window(g)
+            physical = since_start_window(start, now) if window == SINCE_START else window
+            for variant in (flag.control_variant, *flag.treatment_variants):
+                key = (flag.key, variant, g.metric, window)
+                planned.setdefault(key, MetricQuery(flag.key, variant, g.metric, physical, now))
+    return list(planned.items())
+
+
+def _data_problem(g: Guardrail, arm: str, agg: Aggregate | None) -> str | None:
+    if agg is None:
+        return f"{arm}: no aggregate fetched"
+    if agg.error is not None:
+        return f"{arm}: {agg.error}"
+    if agg.value is None or agg.count is None:
+        return f"{arm}: value or count missing"
+    if not math.isfinite(agg.value):
+        return f"{arm}: value is not a finite number ({agg.value})"
+    if agg.count < 0:
+        return f"{arm}: negative count ({agg.count})"
+    if g.kind is MetricKind.PROPORTION and not 0.0 <= agg.value <= 1.0:
+        return f"{arm}: proportion {agg.value} outside [0, 1]"
+    if agg.stddev is not None and (not math.isfinite(agg.stddev) or agg.stddev < 0):
+        return f"{arm}: stddev is not a non-negative number ({agg.stddev})"
+    return None
+
+
+def point_delta(g: Guardrail, control: float, treatment: float) -> tuple[float, float | None, str]:
+    """(harm, relative delta, note): harm is positive in the harmful direction, in the comparison's unit.
+
+    A zero control under a relative comparison is decided, not skipped: any treatment above 0 is an
+    infinite relative increase, and both at 0 is no change.
+    """
+    diff = treatment - control
+    if control != 0:
+        relative: float | None = diff / abs(control)
+    elif treatment == 0:
+        relative = 0.0
+    else:
+        relative = math.copysign(math.inf, diff)
+    note = ""
+    if control == 0 and g.comparison.relative:
+        note = (
+            "control is 0 and treatment is 0: no relative change"
+            if treatment == 0
+            else f"control is 0 and treatment is {treatment:g}: relative change is infinite"
+        )
+    harm_delta = relative if g.comparison.relative else diff
+    assert harm_delta is not None
+    harm = harm_delta if g.comparison.harm_is_increase else -harm_delta
+    return harm, relative, note
+
+
+def _fmt_delta(g: Guardrail, harm: float) -> str:
+    if math.isinf(harm):
+        return "inf" if harm > 0 else "-inf"
+    return f"{harm:+.2%}" if g.comparison.relative else f"{harm:+.6g}"
+
+
+def compare(
+    g: Guardrail, control: Aggregate, treatment: Aggregate, *, tuning_n: float | None, minutes: float
+) -> Outcome:
+    """Judge one treatment against control on data already known to be usable and large enough."""
+    assert control.value is not None and treatment.value is not None
+    assert control.count is not None and treatment.count is not None
+    harm, relative, note = point_delta(g, control.value, treatment.value)
+    direction = "increase" if g.comparison.harm_is_increase else "decrease"
+    unit = "relative" if g.comparison.relative else "absolute"
+    described = f"{unit} {direction} {_fmt_delta(g, harm)} vs threshold {g.threshold:g}"
+    if note:
+        described = f"{note}; {described}"
+
+    sequential = g.method is Method.SEQUENTIAL
+    if sequential and g.kind is MetricKind.QUANTILE:
+        # No valid variance for a quantile from value and count alone (docs/statistics.md): keep the
+        # threshold rule, and say so.
+        described += " (quantile metric: threshold rule, no sequential test)"
+        sequential = False
+
+    if not sequential or (control.value == 0 and g.comparison.relative):
+        verdict = Verdict.BREACH if harm > g.threshold else Verdict.PASS
+        return Outcome(verdict, described, delta=harm, relative_delta=relative)
+
+    if g.kind is MetricKind.PROPORTION:
+        var_c = stats.proportion_variance(control.value)
+        var_t = stats.proportion_variance(treatment.value)
+    elif control.stddev is None or treatment.stddev is None:
+        return Outcome(
+            Verdict.SKIP_NO_DATA,
+            "sequential test on a mean metric needs `stddev` from the metrics source",
+            delta=harm,
+            relative_delta=relative,
+        )
+    else:
+        var_c, var_t = control.stddev**2, treatment.stddev**2
+
+    n_total = float(control.count + treatment.count)
+    frozen = tuning_n if tuning_n is not None else stats.default_tuning_n(n_total, minutes)
+    result = stats.harm_test(
+        comparison=g.comparison,
+        threshold=g.threshold,
+        control_mean=control.value,
+        control_var=var_c,
+        n_control=float(control.count),
+        treatment_mean=treatment.value,
+        treatment_var=var_t,
+        n_treatment=float(treatment.count),
+        alpha=g.alpha,
+        tuning_n=frozen,
+    )
+    if result is None:
+        return Outcome(
+            Verdict.SKIP_NO_DATA, "sequential test undefined for these aggregates", delta=harm,
+            relative_delta=relative, tuning_n=frozen,
+        )
+    bound = f"lower bound {_fmt_delta(g, result.lower_bound)} (alpha {g.alpha:g}, p={result.p_value:.3g})"
+    verdict = Verdict.BREACH if result.breach else Verdict.PASS
+    return Outcome(
+        verdict,
+        f"{described}; always-valid {bound}",
+        delta=harm,
+        relative_delta=relative,
+        bound=result.lower_bound,
+        p_value=result.p_value,
+        tuning_n=frozen,
+    )
+
+
+def next_streak(prior: Streak, verdict: Verdict, now: datetime, max_gap_minutes: float) -> Streak:
+    if verdict is Verdict.PASS:
+        return Streak()
+    if verdict is not Verdict.BREACH:
+        return prior  # a skip neither confirms nor clears
+    last = prior.last_breach_at
+    if last is not None and now <= last:
+        return prior  # the same look seen again (a retried run): never count it twice
+    if last is not None and now - last <= timedelta(minutes=max_gap_minutes) and prior.count > 0:
+        return Streak(prior.count + 1, now)
+    return Streak(1, now)
+
+
+def _halt_reason(flag: Flag, e: Evaluation) -> str:
+    def val(a: Aggregate | None) -> str:
+        return "n/a" if a is None or a.value is None else f"{a.value:.6g} (n={a.count})"
+
+    return (
+        f"{e.metric} {e.treatment_variant} vs {e.control_variant}: treatment {val(e.treatment)}, "
+        f"control {val(e.control)}; {e.reason}; {e.streak} consecutive breaching run(s)"
+    )
+
+
+def _severity(e: Evaluation) -> float:
+    if e.delta is None:
+        return 0.0
+    return e.delta / e.threshold if e.threshold else math.inf
+
+
+def _summary(e: Evaluation, now: datetime) -> dict[str, object]:
+    return {
+        "at": now.isoformat(),
+        "verdict": e.verdict.value,
+        "control": None if e.control is None else e.control.value,
+        "treatment": None if e.treatment is None else e.treatment.value,
+        "control_count": None if e.control is None else e.control.count,
+        "treatment_count": None if e.treatment is None else e.treatment.count,
+        "delta": e.delta,
+        "streak": e.streak,
+        "reason": e.reason,
+    }
+
+
+def decide_flag(
+    flag: Flag, aggregates: Mapping[AggregateKey, Aggregate], prior: FlagState, now: datetime
+) -> tuple[list[Evaluation], Halt | None, FlagState]:
+    start = experiment_start(flag, prior, now)
+    first_seen = prior.first_seen_enabled or now
+    warmup_left = warming_up(flag, start, now)
+    minutes = (now - start).total_seconds() / 60
+    streaks = dict(prior.streaks)
+    tuning = dict(prior.tuning_n)
+    evaluations: list[Evaluation] = []
+    for g in flag.guardrails:
+        window = logical_window(g)
+        control = aggregates.get((flag.key, flag.control_variant, g.metric, window))
+        for variant in flag.treatment_variants:
+            gid = guardrail_id(g.metric, variant)
+            treatment = aggregates.get((flag.key, variant, g.metric, window))
+            if warmup_left > 0:
+                cmp = Outcome(Verdict.SKIP_WARMUP, f"warming up: {warmup_left:.1f} of {flag.warmup_minutes:g} min left")
+            elif problem := (_data_problem(g, "control", control) or _data_problem(g, "treatment", treatment)):
+                cmp = Outcome(Verdict.SKIP_NO_DATA, problem)
+            else:
+                assert control is not None and treatment is not None
+                assert control.count is not None and treatment.count is not None
+                low = min(control.count, treatment.count)
+                if low < g.min_count:
+                    cmp = Outcome(
+                        Verdict.SKIP_MIN_COUNT,
+                        f"counts control={control.count}, treatment={treatment.count}; need {g.min_count} in each arm",
+                    )
+                else:
+                    cmp = compare(
+                        g, control, treatment, tuning_n=g.tuning_n or tuning.get(gid), minutes=minutes
+                    )
+                    if cmp.tuning_n is not None and g.tuning_n is None:
+                        tuning.setdefault(gid, cmp.tuning_n)
+            streak = next_streak(streaks.get(gid, Streak()), cmp.verdict, now, g.max_gap_minutes)
+            streaks[gid] = streak
+            evaluations.append(
+                Evaluation(
+                    flag=flag.key,
+                    metric=g.metric,
+                    treatment_variant=variant,
+                    control_variant=flag.control_variant,
+                    comparison=g.comparison,
+                    threshold=g.threshold,
+                    method=g.method,
+                    verdict=cmp.verdict,
+                    reason=cmp.reason,
+                    control=control,
+                    treatment=treatment,
+                    delta=cmp.delta,
+                    relative_delta=cmp.relative_delta,
+                    streak=streak.count,
+                    confirmations=g.confirmations,
+                    bound=cmp.bound,
+                    p_value=cmp.p_value,
+                )
+            )
+
+    confirmed = [
+        e for e in evaluations if e.verdict is Verdict.BREACH and e.streak >= e.confirmations
+    ]
+    halt: Halt | None = None
+    record: HaltRecord | None = None
+    if confirmed:
+        worst = max(confirmed, key=_severity)
+        action = HaltAction.HOLD if flag.experiment_type is ExperimentType.ROLLOUT else HaltAction.REVERT
+        reason = _halt_reason(flag, worst)
+        halt = Halt(flag.key, action, reason, now, worst, control_variant=flag.control_variant)
+        # Write-ahead: the halt is in the state before any API call, so a run that dies mid-halt is
+        # finished by the next run, and a flag is never halted twice.
+        record = HaltRecord(
+            status="pending",
+            action=action,
+            reason=reason,
+            decided_at=now,
+            metric=worst.metric,
+            treatment_variant=worst.treatment_variant,
+            control_variant=flag.control_variant,
+        )
+    next_state = FlagState(
+        first_seen_enabled=first_seen,
+        streaks=streaks,
+        halt=record,
+        tuning_n=tuning,
+        last_evaluations={e.guardrail_id: _summary(e, now) for e in evaluations},
+    )
+    return evaluations, halt, next_state
+
+
+def decide(
+    flags: Iterable[Flag], aggregates: Mapping[AggregateKey, Aggregate], state: State, now: datetime
+) -> Decision:
+    """Decide every watched flag. Flags not watched keep their state (a disabled flag forgets its
+    first-seen time, so re-enabling it starts a new warmup)."""
+    next_flags = dict(state.flags)
+    evaluations: list[Evaluation] = []
+    halts: list[Halt] = []
+    skipped: dict[str, str] = {}
+    for flag in flags:
+        prior = state.flags.get(flag.key, FlagState())
+        why = watched(flag, state)
+        if why is not None:
+            skipped[flag.key] = why
+            if not flag.enabled and prior.halt is None and flag.key in next_flags:
+                next_flags[flag.key] = replace(prior, first_seen_enabled=None, streaks={})
+            continue
+        found, halt, flag_state = decide_flag(flag, aggregates, prior, now)
+        evaluations.extend(found)
+        next_flags[flag.key] = flag_state
+        if halt is not None:
+            halts.append(halt)
+    return Decision(
+        evaluations=tuple(evaluations),
+        halts=tuple(halts),
+        state=State(flags=next_flags, last_run_at=now),
+        skipped_flags=skipped,
+    )

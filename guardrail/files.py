@@ -1,0 +1,126 @@
+"""Reading untrusted YAML/JSON documents safely: a size limit, a safe loader, bounded aliases and depth.
+
+Flag files come from pull requests and ConfigMaps; a 50 MB file, an alias bomb ("billion laughs") or a
+10,000-level nesting must end in a clear error naming the file, never in a hang, an OOM or a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from guardrail.model import ExitCode, GuardrailError
+
+MAX_BYTES = 5 * 1024 * 1024
+MAX_ALIASES = 200
+MAX_DEPTH = 64
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """SafeLoader that refuses documents with too many aliases or too deep nesting."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._aliases = 0
+        self._depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            self._aliases += 1
+            if self._aliases > MAX_ALIASES:
+                raise yaml.YAMLError(f"more than {MAX_ALIASES} aliases (an alias bomb?)")
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise yaml.YAMLError(f"nesting deeper than {MAX_DEPTH} levels")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+def _depth_ok(value: Any, limit: int = MAX_DEPTH) -> bool:
+    stack = [(value, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return False
+        if isinstance(node, dict):
+            stack.extend((v, depth + 1) for v in node.values())
+        elif isinstance(node, list):
+            stack.extend((v, depth + 1) for v in node)
+    return True
+
+
+def parse_text(text: str, *, source: str, json_only: bool = False) -> Any:
+    """Parse YAML (a superset of JSON) or JSON text; errors name the source and the line."""
+    try:
+        if json_only or source.endswith(".json"):
+            value = json.loads(text)
+        else:
+            value = yaml.load(text, Loader=_BoundedLoader)  # noqa: S506 - _BoundedLoader is a SafeLoader
+    except yaml.MarkedYAMLError as exc:
+        line = exc.problem_mark.line + 1 if exc.problem_mark else None
+        raise GuardrailError(f"not valid YAML: {exc.problem or exc}", source=source, line=line) from None
+    except yaml.YAMLError as exc:
+        raise GuardrailError(f"not accepted: {exc}", source=source) from None
+    except json.JSONDecodeError as exc:
+        raise GuardrailError(f"not valid JSON: {exc.msg}", source=source, line=exc.lineno) from None
+    except RecursionError:
+        raise GuardrailError(f"nesting deeper than {MAX_DEPTH} levels", source=source) from None
+    if not _depth_ok(value):
+        raise GuardrailError(f"nesting deeper than {MAX_DEPTH} levels", source=source)
+    return value
+
+
+def read_text(path: Path, *, max_bytes: int = MAX_BYTES) -> str:
+    source = str(path)
+    try:
+        size = path.stat().st_size
+        if size > max_bytes:
+            raise GuardrailError(
+                f"file is {size / 1e6:.1f} MB; the limit is {max_bytes / 1e6:.1f} MB", source=source
+            )
+        with path.open("rb") as fh:
+            data = fh.read(max_bytes + 1)
+    except FileNotFoundError:
+        raise GuardrailError("file not found", source=source) from None
+    except IsADirectoryError:
+        raise GuardrailError("is a directory, not a file", source=source) from None
+    except PermissionError:
+        raise GuardrailError("permission denied", source=source) from None
+    except OSError as exc:
+        raise GuardrailError(f"cannot read: {exc.strerror}", source=source) from None
+    if len(data) > max_bytes:
+        raise GuardrailError(f"file is larger than {max_bytes / 1e6:.1f} MB", source=source)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise GuardrailError(f"not UTF-8 text (byte {exc.start})", source=source) from None
+
+
+def load_document(path: Path, *, max_bytes: int = MAX_BYTES) -> Any:
+    return parse_text(read_text(path, max_bytes=max_bytes), source=str(path))
+
+
+def flag_key_lines(text: str) -> dict[str, int]:
+    """1-based line of each key under top-level `flags:` in a YAML text (best effort, for messages)."""
+    lines: dict[str, int] = {}
+    try:
+        node = yaml.compose(text, Loader=_BoundedLoader)  # noqa: S506
+    except (yaml.YAMLError, RecursionError):
+        return lines
+    if not isinstance(node, yaml.MappingNode):
+        return lines
+    for key_node, value_node in node.value:
+        if getattr(key_node, "value", None) == "flags" and isinstance(value_node, yaml.MappingNode):
+            for k, _v in value_node.value:
+                if isinstance(k, yaml.ScalarNode):
+                    lines[str(k.value)] = k.start_mark.line + 1
+    return lines
+
+
+def exit_for(exc: GuardrailError) -> ExitCode:
+    return exc.exit_code

@@ -1,0 +1,148 @@
+"""The flag management API of CONTRACTS.md §3: list, get, PATCH to halt or hold, PUT .../force."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from guardrail.flags.base import HaltOutcome, LoadedFlags
+from guardrail.http import HTTPFailure, RetryPolicy, json_body, request
+from guardrail.model import ExitCode, Flag, GuardrailError
+
+
+def _reverted(definition: Any, control: str) -> bool:
+    return (
+        isinstance(definition, Mapping)
+        and definition.get("state") == "DISABLED"
+        and definition.get("defaultVariant") == control
+    )
+
+
+def _held(definition: Any) -> bool:
+    meta = definition.get("metadata") if isinstance(definition, Mapping) else None
+    return isinstance(meta, Mapping) and meta.get("guardrail_hold") in (True, "true")
+
+
+class HttpFlagBackend:
+    name = "api"
+
+    def __init__(
+        self,
+        base_url: str,
+        client: httpx.AsyncClient,
+        *,
+        token: str | None,
+        policy: RetryPolicy = RetryPolicy(),
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.client = client
+        self.policy = policy
+        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
+
+    def _url(self, key: str, suffix: str = "") -> str:
+        return f"{self.base_url}/v1/flags/{quote(key, safe='')}{suffix}"
+
+    def link(self, key: str) -> str:
+        return self._url(key)
+
+    async def load(self) -> LoadedFlags:
+        source = f"{self.base_url}/v1/flags"
+        try:
+            response = await request(self.client, "GET", source, label="flag API list", policy=self.policy)
+            body = json_body(response)
+        except HTTPFailure as exc:
+            raise GuardrailError(str(exc), source=source, exit_code=ExitCode.UNEVALUATED) from None
+        except ValueError as exc:
+            raise GuardrailError(f"flag API list: {exc}", source=source, exit_code=ExitCode.UNEVALUATED) from None
+        if not isinstance(body, Mapping) or not isinstance(body.get("flags"), Mapping):
+            raise GuardrailError("answer has no `flags` object", source=source, exit_code=ExitCode.UNEVALUATED)
+        return LoadedFlags(source=source, definitions=body["flags"])
+
+    async def get(self, key: str) -> Mapping[str, Any] | None:
+        try:
+            response = await request(
+                self.client, "GET", self._url(key), label="flag API get", policy=self.policy,
+                ok_statuses=(200, 404),
+            )
+        except HTTPFailure:
+            return None
+        if response.status_code == 404:
+            return None
+        try:
+            body = json_body(response)
+        except ValueError:
+            return None
+        return body if isinstance(body, Mapping) else None
+
+    async def _patch(self, key: str, body: Mapping[str, Any]) -> Any:
+        response = await request(
+            self.client, "PATCH", self._url(key), label="flag API PATCH", policy=self.policy,
+            json=dict(body), headers=self._headers,
+        )
+        try:
+            return json_body(response)
+        except ValueError:
+            return None  # an unreadable answer is checked by re-reading the flag
+
+    async def _patch_with_reason(self, key: str, body: dict[str, Any], reason: str) -> Any:
+        """Send the reason in metadata where the server accepts it; some servers reject unknown fields,
+        and the halt matters more than the note (the reason always goes to the audit log)."""
+        try:
+            return await self._patch(key, {**body, "metadata": {"guardrail_reason": reason}})
+        except HTTPFailure as exc:
+            if exc.status not in (400, 422):
+                raise
+        return await self._patch(key, body)
+
+    async def halt(self, flag: Flag, reason: str) -> HaltOutcome:
+        control = flag.control_variant
+        current = await self.get(flag.key)
+        if _reverted(current, control):
+            return HaltOutcome(ok=True, already=True, detail="flag was already DISABLED with the control default")
+        try:
+            answer = await self._patch_with_reason(
+                flag.key, {"state": "DISABLED", "defaultVariant": control}, reason
+            )
+        except HTTPFailure as exc:
+            # A timeout may hide a PATCH the server applied: look before reporting failure.
+            if _reverted(await self.get(flag.key), control):
+                return HaltOutcome(ok=True, detail=f"PATCH answer lost ({exc.kind}) but the flag is halted")
+            return HaltOutcome(ok=False, detail=str(exc), permanent=exc.permanent)
+        if _reverted(answer, control) and _reverted(await self.get(flag.key), control):
+            return HaltOutcome(ok=True, detail="PATCH applied: state DISABLED, defaultVariant " + control)
+        # Not applied atomically (CONTRACTS.md §3): force the control variant instead.
+        try:
+            await request(
+                self.client, "PUT", self._url(flag.key, "/force"), label="flag API force", policy=self.policy,
+                json={"variant": control}, headers=self._headers,
+            )
+        except HTTPFailure as exc:
+            return HaltOutcome(
+                ok=False, permanent=exc.permanent,
+                detail=f"PATCH did not apply both fields and the force-variant call failed: {exc}",
+            )
+        after = await self.get(flag.key)
+        if after is not None and after.get("defaultVariant") == control:
+            return HaltOutcome(ok=True, forced=True, detail=f"PATCH was not atomic; forced variant {control}")
+        return HaltOutcome(ok=False, detail="force-variant call answered but the flag still serves another variant")
+
+    async def hold(self, flag: Flag, reason: str) -> HaltOutcome:
+        if _held(await self.get(flag.key)):
+            return HaltOutcome(ok=True, already=True, detail="rollout was already held")
+        try:
+            answer = await self._patch(
+                flag.key, {"metadata": {"guardrail_hold": True, "guardrail_reason": reason}}
+            )
+        except HTTPFailure as exc:
+            if _held(await self.get(flag.key)):
+                return HaltOutcome(ok=True, detail=f"PATCH answer lost ({exc.kind}) but the rollout is held")
+            return HaltOutcome(ok=False, detail=str(exc), permanent=exc.permanent)
+        if _held(answer) or _held(await self.get(flag.key)):
+            return HaltOutcome(ok=True, detail="rollout held at its current split (metadata.guardrail_hold)")
+        return HaltOutcome(ok=False, detail="PATCH answered but metadata.guardrail_hold is not set")
+
+    async def aclose(self) -> None:
+        """The client belongs to the run."""

@@ -1,0 +1,246 @@
+"""The local state file and the audit log.
+
+State is one JSON document, versioned, written atomically (temp file in the same directory, fsync,
+rename, fsync the directory) under an exclusive `flock` on a sibling lock file, so two overlapping cron
+runs never both act: the second waits briefly, then either runs after the first or gives up with exit
+code 5. A corrupt state file is renamed aside and reported, never silently replaced.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from guardrail.model import (
+    ExitCode,
+    FlagState,
+    GuardrailError,
+    HaltAction,
+    HaltRecord,
+    State,
+    Streak,
+)
+
+STATE_VERSION = 1
+FILE_MODE = 0o600
+
+
+def _t(value: datetime | None) -> str | None:
+    return None if value is None else value.astimezone(timezone.utc).isoformat()
+
+
+def _dt(value: Any) -> datetime | None:
+    if value is None:
+        return None
+    return datetime.fromisoformat(str(value))
+
+
+def halt_to_dict(h: HaltRecord) -> dict[str, Any]:
+    return {
+        "status": h.status,
+        "action": h.action.value,
+        "reason": h.reason,
+        "decided_at": _t(h.decided_at),
+        "metric": h.metric,
+        "treatment_variant": h.treatment_variant,
+        "control_variant": h.control_variant,
+        "completed_at": _t(h.completed_at),
+        "attempts": h.attempts,
+        "last_error": h.last_error,
+        "alert_delivered": h.alert_delivered,
+        "alert_payload": h.alert_payload,
+        "run_id": h.run_id,
+    }
+
+
+def halt_from_dict(d: Mapping[str, Any]) -> HaltRecord:
+    decided = _dt(d["decided_at"])
+    assert decided is not None
+    return HaltRecord(
+        status=str(d["status"]),
+        action=HaltAction(d["action"]),
+        reason=str(d["reason"]),
+        decided_at=decided,
+        metric=str(d.get("metric", "")),
+        treatment_variant=str(d.get("treatment_variant", "")),
+        control_variant=str(d.get("control_variant", "control")),
+        completed_at=_dt(d.get("completed_at")),
+        attempts=int(d.get("attempts", 0)),
+        last_error=d.get("last_error"),
+        alert_delivered=bool(d.get("alert_delivered", False)),
+        alert_payload=d.get("alert_payload"),
+        run_id=d.get("run_id"),
+    )
+
+
+def to_dict(state: State) -> dict[str, Any]:
+    return {
+        "version": STATE_VERSION,
+        "last_run_at": _t(state.last_run_at),
+        "flags": {
+            key: {
+                "first_seen_enabled": _t(fs.first_seen_enabled),
+                "streaks": {
+                    gid: {"count": s.count, "last_breach_at": _t(s.last_breach_at)}
+                    for gid, s in fs.streaks.items()
+                },
+                "halt": None if fs.halt is None else halt_to_dict(fs.halt),
+                "tuning_n": dict(fs.tuning_n),
+                "last_evaluations": dict(fs.last_evaluations),
+            }
+            for key, fs in sorted(state.flags.items())
+        },
+    }
+
+
+def _upgrade(doc: dict[str, Any]) -> dict[str, Any]:
+    """Bring an older document to STATE_VERSION. Version 1 is the first; later versions add steps here."""
+    version = doc.get("version")
+    if version == STATE_VERSION:
+        return doc
+    if isinstance(version, int) and version > STATE_VERSION:
+        raise ValueError(f"state version {version} is newer than this guardrail understands ({STATE_VERSION})")
+    raise ValueError(f"unknown state version {version!r}")
+
+
+def from_dict(doc: Any) -> State:
+    if not isinstance(doc, dict):
+        raise ValueError("state document is not an object")
+    doc = _upgrade(doc)
+    flags: dict[str, FlagState] = {}
+    for key, fs in (doc.get("flags") or {}).items():
+        flags[str(key)] = FlagState(
+            first_seen_enabled=_dt(fs.get("first_seen_enabled")),
+            streaks={
+                str(gid): Streak(int(s.get("count", 0)), _dt(s.get("last_breach_at")))
+                for gid, s in (fs.get("streaks") or {}).items()
+            },
+            halt=None if fs.get("halt") is None else halt_from_dict(fs["halt"]),
+            tuning_n={str(k): float(v) for k, v in (fs.get("tuning_n") or {}).items()},
+            last_evaluations=dict(fs.get("last_evaluations") or {}),
+        )
+    return State(flags=flags, last_run_at=_dt(doc.get("last_run_at")))
+
+
+def atomic_write(path: Path, data: bytes, *, mode: int = FILE_MODE) -> None:
+    """Write-then-rename so a reader (or a run killed mid-write) sees the old file or the new, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    with contextlib.suppress(OSError):
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+@dataclass
+class StateStore:
+    """The state file at `path`; use `with store.locked(): ...` around load/save of one run."""
+
+    path: Path
+    lock_timeout: float = 10.0
+    _lock_fd: int | None = None
+    warning: str | None = None  # set when a corrupt file was moved aside
+
+    @property
+    def lock_path(self) -> Path:
+        return self.path.with_name(self.path.name + ".lock")
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[StateStore]:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, FILE_MODE)
+        deadline = time.monotonic() + self.lock_timeout
+        try:
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise GuardrailError(
+                            f"another guardrail run holds the state lock (waited {self.lock_timeout:g}s); "
+                            "this run did nothing",
+                            source=str(self.lock_path),
+                            exit_code=ExitCode.LOCKED,
+                        ) from None
+                    time.sleep(0.05)
+            self._lock_fd = fd
+            yield self
+        finally:
+            self._lock_fd = None
+            os.close(fd)  # closing the descriptor releases the flock
+
+    def load(self) -> State:
+        try:
+            raw = self.path.read_bytes()
+        except FileNotFoundError:
+            return State()
+        except OSError as exc:
+            raise GuardrailError(f"cannot read state file: {exc.strerror}", source=str(self.path)) from None
+        try:
+            return from_dict(json.loads(raw.decode("utf-8")))
+        except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as exc:
+            aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
+            os.replace(self.path, aside)
+            self.warning = (
+                f"state file {self.path} was unreadable ({exc}); kept it as {aside} and started fresh "
+                "(streaks and first-seen times restart)"
+            )
+            return State()
+
+    def save(self, state: State) -> None:
+        text = json.dumps(to_dict(state), indent=2, sort_keys=False, allow_nan=False, default=str)
+        atomic_write(self.path, (text + "\n").encode("utf-8"))
+
+
+class AuditLog:
+    """Append-only JSON Lines: one object per decision, halt and resume. Created 0600."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def append(self, records: list[Mapping[str, Any]]) -> None:
+        if not records:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        data = "".join(json.dumps(r, sort_keys=False, default=str, allow_nan=True) + "\n" for r in records)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE)
+        try:
+            # One write call per run: O_APPEND keeps concurrent writers' lines whole.
+            os.write(fd, data.encode("utf-8"))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def read(self) -> list[dict[str, Any]]:
+        try:
+            lines = self.path.read_text("utf-8").splitlines()
+        except FileNotFoundError:
+            return []
+        out = []
+        for line in lines:
+            with contextlib.suppress(json.JSONDecodeError):
+                out.append(json.loads(line))
+        return out
