@@ -52,7 +52,7 @@ def _root(
 
 def _parse_now(now: str | None) -> datetime:
     if not now:
-        return datetime.now(timezone.utc)
+        return datetime.now(timezone.utc).replace(microsecond=0)
     from guardrail.config import parse_time
 
     try:

@@ -19,7 +19,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
-from guardrail import stats
 from guardrail.model import (
     SINCE_START,
     Aggregate,
@@ -173,7 +172,8 @@ def compare(
     harm, relative, note = point_delta(g, control.value, treatment.value)
     direction = "increase" if g.comparison.harm_is_increase else "decrease"
     unit = "relative" if g.comparison.relative else "absolute"
-    described = f"{unit} {direction} {_fmt_delta(g, harm)} vs threshold {g.threshold:g}"
+    limit = f"{g.threshold:.2%}" if g.comparison.relative else f"{g.threshold:g}"
+    described = f"{unit} {direction} {_fmt_delta(g, harm)} vs threshold {limit}"
     if note:
         described = f"{note}; {described}"
 
@@ -187,6 +187,8 @@ def compare(
     if not sequential or (control.value == 0 and g.comparison.relative):
         verdict = Verdict.BREACH if harm > g.threshold else Verdict.PASS
         return Outcome(verdict, described, delta=harm, relative_delta=relative)
+
+    from guardrail import stats  # only sequential guardrails need it
 
     if g.kind is MetricKind.PROPORTION:
         var_c = stats.proportion_variance(control.value)

@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from guardrail.model import ExitCode, GuardrailError
+from guardrail.model import GuardrailError
 
 MAX_BYTES = 5 * 1024 * 1024
 MAX_ALIASES = 200
@@ -120,7 +120,3 @@ def flag_key_lines(text: str) -> dict[str, int]:
                 if isinstance(k, yaml.ScalarNode):
                     lines[str(k.value)] = k.start_mark.line + 1
     return lines
-
-
-def exit_for(exc: GuardrailError) -> ExitCode:
-    return exc.exit_code

@@ -1,0 +1,85 @@
+"""Shared fixtures: a fixed clock, flag builders, the real local fake API, and the installed command."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from guardrail.fakeapi import FakeAPI
+
+NOW = datetime(2026, 11, 25, 12, 0, tzinfo=timezone.utc)
+TOKEN = "tok-SECRET-4f9a8b7c6d5e"
+ENV_KEYS = ("FLAG_API_URL", "FLAG_API_TOKEN", "METRICS_API_URL", "ALERT_WEBHOOK_URL", "GUARDRAIL_STATE",
+            "GUARDRAIL_AUDIT")
+
+
+def flag_definition(
+    *,
+    state: str = "ENABLED",
+    experiment_type: str = "ab",
+    threshold: float = 0.10,
+    metric: str = "error_rate",
+    extra_metadata: dict[str, Any] | None = None,
+    treatments: tuple[str, ...] = ("treatment",),
+) -> dict[str, Any]:
+    """A valid flagd definition with one flat-spelled guardrail."""
+    variants: dict[str, Any] = {"control": False, **{t: True for t in treatments}}
+    share = 100 // (len(treatments) + 1)
+    return {
+        "state": state,
+        "variants": variants,
+        "defaultVariant": "control",
+        "targeting": {
+            "fractional": [{"var": "targetingKey"}, *[[t, share] for t in treatments], ["control", share]]
+        },
+        "metadata": {
+            "owner": "team",
+            "experiment_type": experiment_type,
+            "started_at": "2026-11-20T09:00:00Z",
+            f"guardrail.{metric}.comparison": "relative_increase",
+            f"guardrail.{metric}.threshold": threshold,
+            **(extra_metadata or {}),
+        },
+    }
+
+
+@pytest.fixture
+def now() -> datetime:
+    return NOW
+
+
+@pytest.fixture
+def fake_api() -> Iterator[FakeAPI]:
+    with FakeAPI(token=TOKEN) as api:
+        yield api
+
+
+def guardrail_command() -> list[str]:
+    """The installed console script beside this interpreter (what cron runs), else `python -m guardrail`."""
+    script = Path(sys.executable).parent / "guardrail"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "guardrail"]
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ENV_KEYS}
+    env.update(extra)
+    return env
+
+
+@pytest.fixture
+def run_cli(tmp_path: Path) -> Any:
+    def run(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*guardrail_command(), *args],
+            capture_output=True, text=True, env=clean_env(**(env or {})), cwd=tmp_path, timeout=timeout,
+            stdin=subprocess.DEVNULL,
+        )
+
+    return run
