@@ -78,6 +78,29 @@ class RunResult:
         return ExitCode.OK
 
 
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """`I/N` -> (I, N) with 0 <= I < N."""
+    if not text:
+        return None
+    try:
+        index, count = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise GuardrailError("must look like I/N, e.g. 0/4", field="--shard") from None
+    if count < 1 or not 0 <= index < count:
+        raise GuardrailError(f"needs 0 <= I < N, got {text}", field="--shard")
+    return index, count
+
+
+def in_shard(key: str, shard: tuple[int, int] | None) -> bool:
+    """A stable hash (not Python's salted hash()) so every run puts a flag in the same shard."""
+    if shard is None:
+        return True
+    import hashlib
+
+    digest = hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % shard[1] == shard[0]
+
+
 def make_source(settings: Settings, client: httpx.AsyncClient, policy: RetryPolicy) -> MetricSource:
     if settings.metrics_source == "prometheus":
         import os
@@ -155,7 +178,9 @@ class Run:
     """The I/O of one run. Kept as an object so each step is a short method."""
 
     def __init__(self, settings: Settings, *, now: datetime, dry_run: bool, only: list[str] | None,
-                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+                 transport: httpx.AsyncBaseTransport | None = None,
+                 shard: tuple[int, int] | None = None) -> None:
+        self.shard = shard
         self.settings = settings
         self.now = now
         self.dry_run = dry_run
@@ -194,8 +219,11 @@ class Run:
         loaded = await load_flags(self.settings, backend, client)
         parsed = parse_flags(loaded.definitions, source=loaded.source, lines=loaded.lines,
                              defaults=self.settings.defaults)
-        flags = [f for f in parsed.flags if not self.only or f.key in self.only]
-        problems = [p for p in parsed.problems if not self.only or p.flag in self.only]
+        def mine(key: str | None) -> bool:
+            return (not self.only or key in self.only) and (key is None or in_shard(key, self.shard))
+
+        flags = [f for f in parsed.flags if mine(f.key)]
+        problems = [p for p in parsed.problems if mine(p.flag)]
         if self.only and not flags and not problems:
             raise GuardrailError(f"no flag {sorted(self.only)} in the flag definitions", source=loaded.source)
         by_key = {f.key: f for f in flags}
@@ -315,7 +343,7 @@ class Run:
             return state
         for key, fs in sorted(state.flags.items()):
             record = fs.halt
-            if record is None or (self.only and key not in self.only):
+            if record is None or (self.only and key not in self.only) or not in_shard(key, self.shard):
                 continue
             flag = flags.get(key)
             if record.status in ("pending", "failed") and flag is not None:
@@ -339,5 +367,7 @@ def _with_halt(state: State, key: str, record: HaltRecord) -> State:
 
 
 def run_check(settings: Settings, *, now: datetime, dry_run: bool = False, only: list[str] | None = None,
-              transport: httpx.AsyncBaseTransport | None = None) -> RunResult:
-    return asyncio.run(Run(settings, now=now, dry_run=dry_run, only=only, transport=transport).execute())
+              transport: httpx.AsyncBaseTransport | None = None,
+              shard: tuple[int, int] | None = None) -> RunResult:
+    run = Run(settings, now=now, dry_run=dry_run, only=only, transport=transport, shard=shard)
+    return asyncio.run(run.execute())

@@ -100,6 +100,13 @@ def check(
     ] = False,
     now: Annotated[Optional[str], typer.Option(
         "--now", help="Evaluate as of this RFC 3339 time instead of the clock (backfills and tests).")] = None,
+    shard: Annotated[Optional[str], typer.Option(
+        "--shard", help="I/N: evaluate only the flags of shard I of N (stable hash of the key), so N cron "
+        "jobs share a fleet without overlap. Use a state file per shard.")] = None,
+    metrics_file: Annotated[Optional[Path], typer.Option(
+        "--metrics-file", help="Write run metrics in Prometheus textfile-collector format to PATH.")] = None,
+    log_format: Annotated[str, typer.Option(
+        "--log-format", help="text | json: structured log lines on stderr.")] = "text",
 ) -> None:
     """Evaluate every guardrail of every ENABLED flag once, and halt flags whose treatment harms one.
 
@@ -113,7 +120,22 @@ def check(
         "timeout": timeout, "lock_timeout": lock_timeout, "ca_bundle": ca_bundle,
         "allow_insecure_http": allow_insecure_http or None,
     })
-    result = run_check(settings, now=_parse_now(now), dry_run=dry_run, only=only)
+    import time
+
+    from guardrail.check import parse_shard
+
+    if log_format not in ("text", "json"):
+        raise GuardrailError("must be text or json", field="--log-format")
+    started = time.monotonic()
+    result = run_check(settings, now=_parse_now(now), dry_run=dry_run, only=only, shard=parse_shard(shard))
+    if log_format == "json":
+        from guardrail.logs import emit_run_logs
+
+        emit_run_logs(result, sys.stderr)
+    if metrics_file is not None:
+        from guardrail.selfmetrics import write_metrics_file
+
+        write_metrics_file(metrics_file, result, duration=time.monotonic() - started)
     _render(result, as_json)
     raise typer.Exit(int(result.exit_code))
 
@@ -160,6 +182,83 @@ def demo(
     from guardrail.demo import run_demo
 
     raise typer.Exit(run_demo(state_dir=state))
+
+
+@app.command()
+def replay(
+    history: Annotated[Path, typer.Argument(help="JSON Lines of recorded aggregates: time, flag, metric, "
+                                            "variant, window (5m | since_start), value, count[, stddev].")],
+    flags: Annotated[Optional[Path], typer.Option("--flags", help="Flag file with the guardrails to replay "
+                                                  "(default: every metric in the history, relative_increase 0.10).")] = None,
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Backtest recorded aggregates through the real engine: would these guardrails have halted?"""
+    from guardrail.replay import run_replay_command
+
+    raise typer.Exit(run_replay_command(history=history, flags=flags, config=config, as_json=as_json))
+
+
+@app.command()
+def simulate(
+    traffic: Annotated[list[float], typer.Option("--traffic", help="Events per minute per arm (repeatable).")] = [500.0],  # noqa: B006
+    base_rate: Annotated[float, typer.Option("--base-rate", help="Control error rate.")] = 0.01,
+    effect: Annotated[list[float], typer.Option("--effect", help="Treatment rate / control rate; 1.0 = A/A (repeatable).")] = [1.0],  # noqa: B006
+    threshold: Annotated[float, typer.Option("--threshold", help="Relative-increase threshold.")] = 0.10,
+    days: Annotated[float, typer.Option("--days", help="Length of each experiment.")] = 14.0,
+    cadence: Annotated[float, typer.Option("--cadence", help="Minutes between looks.")] = 2.0,
+    runs: Annotated[int, typer.Option("--runs", min=1, help="Experiments per scenario.")] = 200,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 1,
+    alpha: Annotated[float, typer.Option("--alpha", help="Sequential test's alpha.")] = 0.05,
+    confirmations: Annotated[int, typer.Option("--confirmations", min=1, help="Consecutive breaching looks.")] = 2,
+    method: Annotated[list[str], typer.Option("--method", help="threshold | sequential (repeatable).")] = ["threshold", "sequential"],  # noqa: B006
+    as_json: JsonOpt = False,
+    markdown: Annotated[bool, typer.Option("--markdown", help="Print a Markdown table (for the README).")] = False,
+) -> None:
+    """Synthetic A/A and A/B experiments through the engine: false-halt rate and time to halt per method."""
+    from guardrail.simulate import run_simulate_command
+
+    raise typer.Exit(run_simulate_command(
+        traffic=traffic, base_rate=base_rate, effect=effect, threshold=threshold, days=days, cadence=cadence,
+        runs=runs, seed=seed, alpha=alpha, confirmations=confirmations, methods=method, as_json=as_json,
+        markdown=markdown,
+    ))
+
+
+@app.command()
+def status(
+    flags: FlagsOpt = None,
+    config: ConfigOpt = None,
+    state: StateOpt = None,
+    as_json: JsonOpt = False,
+    stale_after: Annotated[float, typer.Option("--stale-after", help="Minutes after which the last run "
+                                               "counts as stale (exit 3).")] = 10.0,
+) -> None:
+    """Every watched flag: guardrails, streaks, last verdicts and values, halts, warmup left, last run age."""
+    from guardrail.status import run_status_command
+
+    raise typer.Exit(run_status_command(flags=flags, config=config, state=state, as_json=as_json,
+                                        stale_after=stale_after))
+
+
+@app.command()
+def resume(
+    key: Annotated[str, typer.Argument(help="The flag key to watch again.")],
+    reason: Annotated[str, typer.Option("--reason", help="Why (recorded in the audit log).")],
+    by: Annotated[Optional[str], typer.Option("--by", help="Who (default: $USER).")] = None,
+    flags: FlagsOpt = None,
+    config: ConfigOpt = None,
+    state: StateOpt = None,
+    audit: AuditOpt = None,
+) -> None:
+    """After a halt was reviewed and the flag restored, clear its halt and streaks so it is watched again.
+
+    Refuses while the flag is still DISABLED (or held) at the source.
+    """
+    from guardrail.resume import run_resume_command
+
+    raise typer.Exit(run_resume_command(key=key, reason=reason, by=by, flags=flags, config=config,
+                                        state=state, audit=audit))
 
 
 def _redactor() -> Any:
