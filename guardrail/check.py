@@ -30,7 +30,6 @@ from guardrail.model import (
     FlagProblem,
     FlagState,
     GuardrailError,
-    Halt,
     HaltAction,
     HaltRecord,
     State,
@@ -169,7 +168,7 @@ def audit_record(run_id: str, now: datetime, e: Evaluation, action: str, dry_run
 
 
 def _finite(x: float | None) -> float | str | None:
-    if x is None or x == x and abs(x) != float("inf"):
+    if x is None or (x == x and abs(x) != float("inf")):
         return x
     return str(x)
 

@@ -11,7 +11,7 @@ import os
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -62,18 +62,18 @@ def _parse_now(now: str | None) -> datetime:
 
 
 FlagsOpt = Annotated[
-    Optional[str],
+    str | None,
     typer.Option("--flags", help="Flag definitions: a flagd file (YAML/JSON) or a flag API URL. "
                  "Default: FLAG_API_URL."),
 ]
 ConfigOpt = Annotated[
-    Optional[Path], typer.Option("--config", help="Config file (YAML); see configs/guardrail.yaml.")
+    Path | None, typer.Option("--config", help="Config file (YAML); see configs/guardrail.yaml.")
 ]
 StateOpt = Annotated[
-    Optional[Path], typer.Option("--state", help="State file. Default: .guardrail/state.json (or GUARDRAIL_STATE).")
+    Path | None, typer.Option("--state", help="State file. Default: .guardrail/state.json (or GUARDRAIL_STATE).")
 ]
 AuditOpt = Annotated[
-    Optional[Path], typer.Option("--audit", help="Audit log (JSON Lines). Default: .guardrail/audit.jsonl.")
+    Path | None, typer.Option("--audit", help="Audit log (JSON Lines). Default: .guardrail/audit.jsonl.")
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document instead of a table.")]
 
@@ -87,23 +87,23 @@ def check(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Evaluate and show what would happen; "
                                           "send no PATCH and no alert, write no state or audit.")] = False,
     as_json: JsonOpt = False,
-    only: Annotated[Optional[list[str]], typer.Option("--only", help="Only this flag key (repeatable).")] = None,
-    concurrency: Annotated[Optional[int], typer.Option(
+    only: Annotated[list[str] | None, typer.Option("--only", help="Only this flag key (repeatable).")] = None,
+    concurrency: Annotated[int | None, typer.Option(
         "--concurrency", min=1, max=1024, help="Metric queries in flight at once. Default 64.")] = None,
-    timeout: Annotated[Optional[float], typer.Option(
+    timeout: Annotated[float | None, typer.Option(
         "--timeout", min=0.1, help="Seconds per HTTP call (each is retried). Default 5.")] = None,
-    lock_timeout: Annotated[Optional[float], typer.Option(
+    lock_timeout: Annotated[float | None, typer.Option(
         "--lock-timeout", min=0, help="Seconds to wait for another run's state lock before exit 5.")] = None,
-    ca_bundle: Annotated[Optional[str], typer.Option("--ca-bundle", help="CA bundle for TLS verification.")] = None,
+    ca_bundle: Annotated[str | None, typer.Option("--ca-bundle", help="CA bundle for TLS verification.")] = None,
     allow_insecure_http: Annotated[bool, typer.Option(
         "--allow-insecure-http", help="Allow sending the flag API token over plain http to a non-loopback host.")
     ] = False,
-    now: Annotated[Optional[str], typer.Option(
+    now: Annotated[str | None, typer.Option(
         "--now", help="Evaluate as of this RFC 3339 time instead of the clock (backfills and tests).")] = None,
-    shard: Annotated[Optional[str], typer.Option(
+    shard: Annotated[str | None, typer.Option(
         "--shard", help="I/N: evaluate only the flags of shard I of N (stable hash of the key), so N cron "
         "jobs share a fleet without overlap. Use a state file per shard.")] = None,
-    metrics_file: Annotated[Optional[Path], typer.Option(
+    metrics_file: Annotated[Path | None, typer.Option(
         "--metrics-file", help="Write run metrics in Prometheus textfile-collector format to PATH.")] = None,
     log_format: Annotated[str, typer.Option(
         "--log-format", help="text | json: structured log lines on stderr.")] = "text",
@@ -188,8 +188,9 @@ def demo(
 def replay(
     history: Annotated[Path, typer.Argument(help="JSON Lines of recorded aggregates: time, flag, metric, "
                                             "variant, window (5m | since_start), value, count[, stddev].")],
-    flags: Annotated[Optional[Path], typer.Option("--flags", help="Flag file with the guardrails to replay "
-                                                  "(default: every metric in the history, relative_increase 0.10).")] = None,
+    flags: Annotated[Path | None, typer.Option(
+        "--flags", help="Flag file with the guardrails to replay "
+        "(default: every metric in the history, relative_increase 0.10).")] = None,
     config: ConfigOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -201,17 +202,21 @@ def replay(
 
 @app.command()
 def simulate(
-    traffic: Annotated[list[float], typer.Option("--traffic", help="Events per minute per arm (repeatable).")] = [500.0],  # noqa: B006
+    traffic: Annotated[list[float], typer.Option(
+        "--traffic", help="Events per minute per arm (repeatable).")] = [500.0],  # noqa: B006
     base_rate: Annotated[float, typer.Option("--base-rate", help="Control error rate.")] = 0.01,
-    effect: Annotated[list[float], typer.Option("--effect", help="Treatment rate / control rate; 1.0 = A/A (repeatable).")] = [1.0],  # noqa: B006
+    effect: Annotated[list[float], typer.Option(
+        "--effect", help="Treatment rate / control rate; 1.0 = A/A (repeatable).")] = [1.0],  # noqa: B006
     threshold: Annotated[float, typer.Option("--threshold", help="Relative-increase threshold.")] = 0.10,
     days: Annotated[float, typer.Option("--days", help="Length of each experiment.")] = 14.0,
     cadence: Annotated[float, typer.Option("--cadence", help="Minutes between looks.")] = 2.0,
     runs: Annotated[int, typer.Option("--runs", min=1, help="Experiments per scenario.")] = 200,
     seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 1,
     alpha: Annotated[float, typer.Option("--alpha", help="Sequential test's alpha.")] = 0.05,
-    confirmations: Annotated[int, typer.Option("--confirmations", min=1, help="Consecutive breaching looks.")] = 2,
-    method: Annotated[list[str], typer.Option("--method", help="threshold | sequential (repeatable).")] = ["threshold", "sequential"],  # noqa: B006
+    confirmations: Annotated[int, typer.Option(
+        "--confirmations", min=1, help="Consecutive breaching looks.")] = 2,
+    method: Annotated[list[str], typer.Option(
+        "--method", help="threshold | sequential (repeatable).")] = ["threshold", "sequential"],  # noqa: B006
     as_json: JsonOpt = False,
     markdown: Annotated[bool, typer.Option("--markdown", help="Print a Markdown table (for the README).")] = False,
 ) -> None:
@@ -245,7 +250,7 @@ def status(
 def resume(
     key: Annotated[str, typer.Argument(help="The flag key to watch again.")],
     reason: Annotated[str, typer.Option("--reason", help="Why (recorded in the audit log).")],
-    by: Annotated[Optional[str], typer.Option("--by", help="Who (default: $USER).")] = None,
+    by: Annotated[str | None, typer.Option("--by", help="Who (default: $USER).")] = None,
     flags: FlagsOpt = None,
     config: ConfigOpt = None,
     state: StateOpt = None,

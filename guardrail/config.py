@@ -183,16 +183,16 @@ def gather_guardrail_options(
                 if not isinstance(item, Mapping):
                     errors.append((f"metadata.guardrails[{i}]", "must be a mapping"))
                     continue
-                metric = item.get("metric")
-                if not isinstance(metric, str) or not metric:
+                named = item.get("metric")
+                if not isinstance(named, str) or not named:
                     errors.append((f"metadata.guardrails[{i}].metric", "is required and must be a string"))
                     continue
-                if metric in guardrails:
-                    errors.append((f"metadata.guardrails[{i}].metric", f"metric {metric!r} is listed twice"))
+                if named in guardrails:
+                    errors.append((f"metadata.guardrails[{i}].metric", f"metric {named!r} is listed twice"))
                     continue
-                guardrails[metric] = {str(k): _json_safe(v) for k, v in item.items()}
-                order.append(metric)
-                fields[f"nested:{metric}"] = f"metadata.guardrails[{i}]"
+                guardrails[named] = {str(k): _json_safe(v) for k, v in item.items()}
+                order.append(named)
+                fields[f"nested:{named}"] = f"metadata.guardrails[{i}]"
 
     out: list[dict[str, Any]] = []
     for index, metric in enumerate(order):
@@ -279,7 +279,9 @@ def parse_flag(
         treatments = tuple(v for v in (split_variants(definition) or variant_names) if v != control)
     unknown = [t for t in treatments if t not in variants]
     if unknown:
-        return None, [problem("metadata.treatment_variants", f"unknown variants {unknown}")]
+        # Name the field the variants came from: the user's list, or else the fractional split.
+        field = "metadata.treatment_variants" if "treatment_variants" in metadata else "targeting"
+        return None, [problem(field, f"unknown variants {unknown}")]
 
     exp_type = metadata.get("experiment_type", "ab")
     experiment_type = ExperimentType.ROLLOUT if exp_type == "rollout" else ExperimentType.AB

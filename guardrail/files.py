@@ -60,7 +60,7 @@ def parse_text(text: str, *, source: str, json_only: bool = False) -> Any:
         if json_only or source.endswith(".json"):
             value = json.loads(text)
         else:
-            value = yaml.load(text, Loader=_BoundedLoader)  # noqa: S506 - _BoundedLoader is a SafeLoader
+            value = yaml.load(text, Loader=_BoundedLoader)
     except yaml.MarkedYAMLError as exc:
         line = exc.problem_mark.line + 1 if exc.problem_mark else None
         raise GuardrailError(f"not valid YAML: {exc.problem or exc}", source=source, line=line) from None
@@ -109,7 +109,7 @@ def flag_key_lines(text: str) -> dict[str, int]:
     """1-based line of each key under top-level `flags:` in a YAML text (best effort, for messages)."""
     lines: dict[str, int] = {}
     try:
-        node = yaml.compose(text, Loader=_BoundedLoader)  # noqa: S506
+        node = yaml.compose(text, Loader=_BoundedLoader)
     except (yaml.YAMLError, RecursionError):
         return lines
     if not isinstance(node, yaml.MappingNode):

@@ -144,7 +144,7 @@ def to_text(result: RunResult) -> str:
     """Plain text for pipes, logs and cron mail: one aligned table, then what happened and why."""
     table = [COLUMNS, *rows(result)]
     widths = [max(len(r[i]) for r in table) for i in range(len(COLUMNS))]
-    out = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in table]
+    out = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in table]
     if not result.evaluations:
         out = ["no guardrails evaluated"]
     header = f"guardrail check at {format_time(result.now)}{' (dry run)' if result.dry_run else ''}"

@@ -200,7 +200,16 @@ class StateStore:
         except OSError as exc:
             raise GuardrailError(f"cannot read state file: {exc.strerror}", source=str(self.path)) from None
         try:
-            return from_dict(json.loads(raw.decode("utf-8")))
+            doc = json.loads(raw.decode("utf-8"))
+            version = doc.get("version") if isinstance(doc, dict) else None
+            if isinstance(version, int) and version > STATE_VERSION:
+                # Written by a newer guardrail: not corrupt, and not ours to move aside or overwrite.
+                raise GuardrailError(
+                    f"state file has version {version}, newer than this guardrail understands "
+                    f"({STATE_VERSION}); upgrade guardrail",
+                    source=str(self.path),
+                )
+            return from_dict(doc)
         except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as exc:
             aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
             os.replace(self.path, aside)

@@ -24,7 +24,7 @@ async def fetch_all(
                 return Aggregate.missing(f"{source.name} source failed: {type(exc).__name__}")
 
     results = await asyncio.gather(*(one(q) for _key, q in planned))
-    return {key: agg for (key, _q), agg in zip(planned, results)}
+    return {key: agg for (key, _q), agg in zip(planned, results, strict=True)}
 
 
 __all__ = ["MetricSource", "fetch_all"]
