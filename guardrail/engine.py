@@ -191,8 +191,10 @@ def compare(
     from guardrail import stats  # only sequential guardrails need it
 
     if g.kind is MetricKind.PROPORTION:
-        var_c = stats.proportion_variance(control.value)
-        var_t = stats.proportion_variance(treatment.value)
+        # Variance from a shrunk proportion ((x + 0.5) / (n + 1)): an arm at exactly 0 % or 100 % would
+        # otherwise have zero variance, an undefined test, and a harm to 0 conversions would go unseen.
+        var_c = stats.proportion_variance((control.value * control.count + 0.5) / (control.count + 1))
+        var_t = stats.proportion_variance((treatment.value * treatment.count + 0.5) / (treatment.count + 1))
     elif control.stddev is None or treatment.stddev is None:
         return Outcome(
             Verdict.SKIP_NO_DATA,

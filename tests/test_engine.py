@@ -285,3 +285,11 @@ def test_sequential_mean_without_stddev_is_no_data() -> None:
     e = engine.decide([flag], aggs(Aggregate(50.0, 5000), Aggregate(40.0, 5000), metric="order_value",
                                    window=SINCE_START), State(), NOW).evaluations[0]
     assert e.verdict is Verdict.SKIP_NO_DATA and "stddev" in e.reason
+
+
+def test_sequential_decides_when_an_arm_is_at_exactly_zero() -> None:
+    flag = make_flag(metric="conversion_rate", extra_metadata={
+        "guardrail.conversion_rate.method": "sequential", "guardrail.conversion_rate.comparison": "relative_decrease"})
+    data = aggs(Aggregate(0.05, 100_000), Aggregate(0.0, 100_000), metric="conversion_rate", window=SINCE_START)
+    e = engine.decide([flag], data, State(), NOW).evaluations[0]
+    assert e.verdict is Verdict.BREACH
