@@ -266,6 +266,13 @@ def _severity(e: Evaluation) -> float:
     return e.delta / e.threshold if e.threshold else math.inf
 
 
+def _json_number(x: float | None) -> float | str | None:
+    """State is strict JSON: an infinite relative delta (control at 0) is kept as text."""
+    if x is None or math.isfinite(x):
+        return x
+    return "inf" if x > 0 else ("-inf" if x < 0 else "nan")
+
+
 def _summary(e: Evaluation, now: datetime) -> dict[str, object]:
     return {
         "at": now.isoformat(),
@@ -274,7 +281,7 @@ def _summary(e: Evaluation, now: datetime) -> dict[str, object]:
         "treatment": None if e.treatment is None else e.treatment.value,
         "control_count": None if e.control is None else e.control.count,
         "treatment_count": None if e.treatment is None else e.treatment.count,
-        "delta": e.delta,
+        "delta": _json_number(e.delta),
         "streak": e.streak,
         "reason": e.reason,
     }

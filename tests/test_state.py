@@ -105,3 +105,18 @@ def test_state_from_a_newer_guardrail_is_refused_not_moved(tmp_path: Path) -> No
     with pytest.raises(GuardrailError, match="newer than this guardrail"):
         StateStore(path).load()
     assert path.exists()
+
+
+def test_state_with_an_infinite_delta_saves(tmp_path: Path) -> None:
+    from guardrail import engine
+    from guardrail.config import parse_flags
+    from guardrail.model import Aggregate
+    from tests.conftest import flag_definition
+
+    flag = parse_flags({"f.k": flag_definition()}).flags[0]
+    data = {("f.k", "control", "error_rate", "5m"): Aggregate(0.0, 500),
+            ("f.k", "treatment", "error_rate", "5m"): Aggregate(0.01, 500)}
+    decision = engine.decide([flag], data, State(), NOW)
+    store = StateStore(tmp_path / "s.json")
+    store.save(decision.state)
+    assert store.load().flags["f.k"].last_evaluations["error_rate@treatment"]["delta"] == "inf"

@@ -1,0 +1,194 @@
+"""`check --metrics-file`: Prometheus textfile format, written atomically, with a counter that survives runs."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from guardrail.check import HaltResult, RunResult
+from guardrail.fakeapi import FakeAPI
+from guardrail.http import HTTPFailure
+from guardrail.model import Aggregate, Comparison, Evaluation, ExitCode, GuardrailError, Method, Verdict
+from guardrail.selfmetrics import (
+    API_ERROR_KINDS,
+    api_errors,
+    classify_error,
+    previous_halts_total,
+    write_error_metrics,
+    write_metrics_file,
+)
+from guardrail.sources import http_api, prometheus
+from tests.conftest import NOW, TOKEN, flag_definition
+
+
+def evaluation(verdict: Verdict, *, flag: str = "a.b.c", control: Aggregate | None = None,
+               treatment: Aggregate | None = None, variant: str = "treatment") -> Evaluation:
+    return Evaluation(flag=flag, metric="error_rate", treatment_variant=variant, control_variant="control",
+                      comparison=Comparison.RELATIVE_INCREASE, threshold=0.1, method=Method.THRESHOLD, verdict=verdict,
+                      reason="because", control=control or Aggregate(0.01, 500),
+                      treatment=treatment or Aggregate(0.02, 500))
+
+
+def samples(path: Path) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    out = {}
+    for family in text_string_to_metric_families(path.read_text()):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def value(path: Path, name: str, **labels: str) -> float:
+    return samples(path)[(name, tuple(sorted(labels.items())))]
+
+
+def prom_cause(body: Any) -> str:
+    try:
+        prometheus.parse_answer(body, flag="f", variant="v")
+    except prometheus.NoData as exc:
+        return f"error_rate value query: {exc}"
+    raise AssertionError("expected NoData")
+
+
+@pytest.mark.parametrize(("text", "kind"), [
+    (str(HTTPFailure("metrics query", "timeout")), "timeout"),
+    (str(HTTPFailure("metrics query", "connection refused or unreachable")), "connection"),
+    (str(HTTPFailure("metrics query", "connection reset")), "connection"),
+    (str(HTTPFailure("flag API list", "transport error")), "connection"),
+    (str(HTTPFailure("metrics query", "error status", status=503)), "status"),
+    (str(HTTPFailure("flag API PATCH", "error status", status=403)), "status"),
+    ("PATCH did not apply both fields and the force-variant call failed: flag API force: timeout", "timeout"),
+    ("metrics query: answer is HTML, not JSON (a proxy or error page?)", "invalid_answer"),
+    ("metrics query: answer is not valid JSON (Expecting value at char 0)", "invalid_answer"),
+    (str(http_api.parse_answer(None).error), "invalid_answer"),
+    (str(http_api.parse_answer({"value": None, "count": None}).error), "invalid_answer"),
+    (str(http_api.parse_answer({"value": "abc", "count": 3}).error), "invalid_answer"),
+    (str(http_api.parse_answer({"value": 0.1, "count": -5}).error), "invalid_answer"),
+    (str(http_api.parse_answer({"value": float("nan"), "count": 5}).error), "invalid_answer"),
+    (prom_cause({"status": "error", "errorType": "bad_data", "error": "parse error"}), "status"),
+    (prom_cause({"status": "success", "warnings": ["partial"], "data": {}}), "invalid_answer"),
+    (prom_cause({"status": "success", "data": {"resultType": "vector", "result": []}}), "invalid_answer"),
+    (prom_cause({"status": "success", "data": {"resultType": "vector", "result": [{}, {}]}}), "invalid_answer"),
+    (prom_cause({"status": "success", "data": {"resultType": "vector", "result": [{"metric": {}}]}}),
+     "invalid_answer"),
+    ("PATCH answered but metadata.guardrail_hold is not set", "invalid_answer"),
+    ("force-variant call answered but the flag still serves another variant", "invalid_answer"),
+    ("api backend error: KeyError", "other"),
+    ("http source failed: RuntimeError", "other"),
+])
+def test_classify_real_messages(text: str, kind: str) -> None:
+    assert classify_error(text) == kind
+
+
+def test_api_errors_counts_each_failed_aggregate_once() -> None:
+    down = Aggregate.missing("metrics query: timeout")
+    result = RunResult(now=NOW, dry_run=False, run_id="r", evaluations=(
+        # control is shared by both treatments of an A/B/n flag: one failed query, not two
+        evaluation(Verdict.SKIP_NO_DATA, control=down, variant="b"),
+        evaluation(Verdict.SKIP_NO_DATA, control=down, variant="c"),
+        evaluation(Verdict.SKIP_NO_DATA, flag="x.y.z", treatment=Aggregate.missing("metrics query: answer is HTML")),
+        evaluation(Verdict.PASS, flag="ok.ok.ok"),
+    ), halts=(HaltResult("a.b.c", "revert", "failed", "r", detail="flag API PATCH: error status (HTTP 403)"),
+              HaltResult("d.e.f", "revert", "done", "r")))
+    assert api_errors(result) == {"timeout": 1, "connection": 0, "status": 1, "invalid_answer": 1, "other": 0}
+
+
+def halted_result(n_done: int = 1, *, dry_run: bool = False) -> RunResult:
+    status = "would_halt" if dry_run else "done"
+    return RunResult(now=NOW, dry_run=dry_run, run_id="r",
+                     evaluations=(evaluation(Verdict.BREACH), evaluation(Verdict.PASS, flag="d.e.f")),
+                     halts=tuple(HaltResult(f"f.{i}.x", "revert", status, "why") for i in range(n_done)))
+
+
+def test_file_content_and_counter_across_runs(tmp_path: Path) -> None:
+    path = tmp_path / "guardrail.prom"
+    write_metrics_file(path, halted_result(), duration=1.25, now=1_800_000_000.0)
+    assert value(path, "guardrail_last_run_timestamp_seconds") == 1_800_000_000.0
+    assert value(path, "guardrail_run_duration_seconds") == 1.25
+    assert value(path, "guardrail_exit_code") == 1
+    assert value(path, "guardrail_halts_total") == 1
+    for verdict in Verdict:  # every verdict present, zeros included, so a rate over it never has gaps
+        expected = 1 if verdict in (Verdict.BREACH, Verdict.PASS) else 0
+        assert value(path, "guardrail_guardrails", verdict=verdict.value) == expected
+    for kind in API_ERROR_KINDS:
+        assert value(path, "guardrail_api_errors", kind=kind) == 0
+    assert not any(name.endswith("_created") for name, _ in samples(path))
+
+    write_metrics_file(path, halted_result(2), duration=0.5)
+    assert value(path, "guardrail_halts_total") == 3
+    write_metrics_file(path, RunResult(now=NOW, dry_run=False, run_id="r"), duration=0.5)
+    assert value(path, "guardrail_halts_total") == 3 and value(path, "guardrail_exit_code") == 0
+    write_metrics_file(path, halted_result(1, dry_run=True), duration=0.5)
+    assert value(path, "guardrail_halts_total") == 3  # a dry run halts nothing
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["guardrail.prom"]  # no temp file left behind
+
+
+def test_unreadable_previous_file_restarts_the_counter(tmp_path: Path) -> None:
+    path = tmp_path / "guardrail.prom"
+    path.write_text("this is {not prometheus\n")
+    assert previous_halts_total(path) == 0
+    write_metrics_file(path, halted_result(), duration=0.1)
+    assert value(path, "guardrail_halts_total") == 1
+
+
+def test_unwritable_path_warns_and_does_not_raise(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    write_metrics_file(blocker / "sub" / "guardrail.prom", halted_result(), duration=0.1)
+    assert "cannot write metrics file" in capsys.readouterr().err
+
+
+def test_error_run_reports_its_exit_code(tmp_path: Path) -> None:
+    path = tmp_path / "m" / "guardrail.prom"  # the directory is created (a fresh volume)
+    write_metrics_file(path, halted_result(2), duration=0.1)
+    down = GuardrailError("flag API list: connection refused or unreachable", exit_code=ExitCode.UNEVALUATED)
+    write_error_metrics(path, down, duration=0.2)
+    assert value(path, "guardrail_exit_code") == 3
+    assert value(path, "guardrail_api_errors", kind="connection") == 1
+    assert value(path, "guardrail_halts_total") == 2  # carried over
+    assert value(path, "guardrail_guardrails", verdict="pass") == 0
+    write_error_metrics(path, GuardrailError("locked", exit_code=ExitCode.LOCKED), duration=0.2)
+    assert value(path, "guardrail_exit_code") == 5 and value(path, "guardrail_api_errors", kind="connection") == 0
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool (Debian package prometheus) not installed")
+def test_promtool_accepts_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "guardrail.prom"
+    write_metrics_file(path, halted_result(), duration=0.1)
+    checked = subprocess.run(["promtool", "check", "metrics"], input=path.read_text(), capture_output=True,
+                             text=True, timeout=30)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+@pytest.mark.e2e
+def test_check_writes_the_metrics_file(fake_api: FakeAPI, run_cli: Any, tmp_path: Path) -> None:
+    key = "checkout.payments.express-pay"
+    fake_api.set_flags({key: flag_definition()})
+    fake_api.set_metric(key, "control", "error_rate", 0.010, 5000)
+    fake_api.set_metric(key, "treatment", "error_rate", 0.034, 5000)
+    env = {"FLAG_API_URL": fake_api.url, "FLAG_API_TOKEN": TOKEN, "METRICS_API_URL": fake_api.url}
+    path = tmp_path / "textfile" / "guardrail.prom"
+    args = ["check", "--state", str(tmp_path / "s.json"), "--metrics-file", str(path)]
+    clock = datetime.now(timezone.utc).replace(microsecond=0)
+    assert run_cli(*args, "--now", (clock - timedelta(minutes=4)).isoformat(), env=env).returncode == 0
+    assert value(path, "guardrail_halts_total") == 0 and value(path, "guardrail_exit_code") == 0
+    assert run_cli(*args, "--now", (clock - timedelta(minutes=2)).isoformat(), env=env).returncode == 1
+    assert value(path, "guardrail_halts_total") == 1 and value(path, "guardrail_exit_code") == 1
+    assert value(path, "guardrail_guardrails", verdict="breach") == 1
+    assert value(path, "guardrail_run_duration_seconds") > 0
+    assert abs(value(path, "guardrail_last_run_timestamp_seconds") - clock.timestamp()) < 120
+
+    fake_api.add_fault(route="query", mode="status", status=503)
+    fake_api.set_flags({key: flag_definition(), "other.flag.x": flag_definition()})
+    assert run_cli(*args, "--only", "other.flag.x", env=env).returncode == 3
+    assert value(path, "guardrail_api_errors", kind="status") == 2  # control and treatment
+    assert value(path, "guardrail_halts_total") == 1
+
+    assert run_cli(*args, env={**env, "FLAG_API_URL": "http://127.0.0.1:9"}).returncode == 3
+    assert value(path, "guardrail_exit_code") == 3 and value(path, "guardrail_api_errors", kind="connection") == 1
+    assert TOKEN not in path.read_text()
