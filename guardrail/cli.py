@@ -127,7 +127,20 @@ def check(
     if log_format not in ("text", "json"):
         raise GuardrailError("must be text or json", field="--log-format")
     started = time.monotonic()
-    result = run_check(settings, now=_parse_now(now), dry_run=dry_run, only=only, shard=parse_shard(shard))
+    try:
+        result = run_check(settings, now=_parse_now(now), dry_run=dry_run, only=only, shard=parse_shard(shard))
+    except GuardrailError as exc:
+        # A run stopped before deciding (flag source down, lock held) still reports itself: exit code in
+        # the metrics file and a JSON line, rather than silence. The error boundary in main() prints it.
+        if log_format == "json":
+            from guardrail.logs import emit_error_log
+
+            emit_error_log(exc, sys.stderr)
+        if metrics_file is not None:
+            from guardrail.selfmetrics import write_error_metrics
+
+            write_error_metrics(metrics_file, exc, duration=time.monotonic() - started)
+        raise
     if log_format == "json":
         from guardrail.logs import emit_run_logs
 

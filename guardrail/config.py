@@ -269,6 +269,8 @@ def parse_flag(
         return None, [problem(f, m) for f, m in errors]
 
     control = str(metadata.get("control_variant", "control"))
+    if control not in variants and not raw_guardrails and "control_variant" not in metadata:
+        control = default_variant  # a plain feature flag, no guardrails: no control arm is needed
     if control not in variants:
         return None, [
             problem("metadata.control_variant", f"control variant {control!r} is not one of {list(variants)}")
