@@ -1,0 +1,353 @@
+"""`guardrail validate PATH...`: check flag files in CI before flagd (or guardrail) meets them.
+
+It reports what the real flagd evaluator would refuse (non-scalar metadata, such as the how-to's nested
+`guardrails` list; the legacy `fractionalEvaluation` operator; mixed variant types), every problem
+config.parse_flag finds in the guardrail metadata, and a few things that are legal but probably wrong
+(an expired flag, a threshold below day-to-day noise). Each finding names file, flag, field and line.
+Exit code: 0 no errors (warnings alone still 0), 1 some error, 2 some file could not be read or parsed.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from guardrail import config, files
+from guardrail.model import Flag, GuardrailError, Method, MetricKind
+
+# Below this relative change, day-to-day variation between two arms of one population already fires a
+# fixed-threshold rule (the how-to's A/A simulation: 100 % of runs halted at 10 % with short windows).
+NOISE_FLOOR = 0.005
+# What flagd's flag object knows; the Python provider builds a dataclass from exactly these and refuses
+# the whole file on any other key (`source` and `selector` are dropped before that).
+FLAG_PROPERTIES = ("state", "variants", "defaultVariant", "targeting", "metadata", "source", "selector")
+EXIT_CLEAN, EXIT_FINDINGS, EXIT_UNREADABLE = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class Finding:
+    path: str
+    flag: str | None
+    field: str | None
+    line: int | None
+    severity: str  # "error" | "warning"
+    message: str
+
+    @property
+    def text(self) -> str:
+        place = " ".join(p for p in (self.flag and f"flag {self.flag}", self.field and f"field {self.field}") if p)
+        return f"{place}: {self.message}" if place else self.message
+
+
+# ---- line numbers -------------------------------------------------------------------------------------
+
+
+def _round_trip_tree(text: str) -> Any:
+    """The document with ruamel's line info, or None (line numbers are a courtesy, never a failure)."""
+    from ruamel.yaml import YAML
+
+    rt = YAML(typ="rt")
+    rt.allow_duplicate_keys = True  # reported separately, with both lines
+    try:
+        return rt.load(text)
+    except Exception:  # any ruamel failure just means no line numbers
+        return None
+
+
+def _field_line(node: Any, field: str) -> int | None:
+    """1-based line of a dotted field path such as `metadata.guardrail.error_rate.threshold` or
+    `metadata.guardrails[1].metric` (keys may themselves contain dots: the longest key wins)."""
+    from ruamel.yaml.comments import CommentedMap, CommentedSeq
+
+    line, rest = None, field
+    while rest and isinstance(node, (CommentedMap, CommentedSeq)):
+        if isinstance(node, CommentedSeq):
+            match = re.match(r"\[(\d+)\]\.?", rest)
+            if not match or int(match.group(1)) >= len(node):
+                break
+            index = int(match.group(1))
+            line, node, rest = node.lc.item(index)[0] + 1, node[index], rest[match.end() :]
+            continue
+        keys = [k for k in node if rest == str(k) or rest.startswith((f"{k}.", f"{k}["))]
+        if not keys:
+            # `metadata.guardrail.error_rate` names a group of flat keys: point at the first of them.
+            group = [k for k in node if str(k).startswith(f"{rest}.")]
+            return node.lc.key(group[0])[0] + 1 if group else line
+        key = max(keys, key=lambda k: len(str(k)))
+        line, node, rest = node.lc.key(key)[0] + 1, node[key], rest[len(str(key)) :].lstrip(".")
+    return line
+
+
+def _duplicate_keys(text: str) -> Iterator[tuple[list[str], str, int]]:
+    """(path, key, line) of every mapping key written twice; PyYAML and json.loads keep only the last,
+    flagd's YAML reader refuses the file. The text already passed the bounded loader."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return
+    stack: list[tuple[Any, list[str]]] = [(root, [])]
+    while stack:
+        node, path = stack.pop()
+        if isinstance(node, yaml.MappingNode):
+            seen: set[str] = set()
+            for key_node, value_node in node.value:
+                key = str(getattr(key_node, "value", ""))
+                if key in seen:
+                    yield path, key, key_node.start_mark.line + 1
+                seen.add(key)
+                stack.append((value_node, [*path, key]))
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend((item, path) for item in node.value)
+
+
+# ---- checks of one flag -------------------------------------------------------------------------------
+
+
+def _yaml_scalar(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    text = str(value)
+    return text if re.fullmatch(r"[A-Za-z0-9_.\-]+", text) and not config.check_number(text) else json.dumps(text)
+
+
+def _flat_spelling(nested: Any) -> str:
+    lines = []
+    for item in nested if isinstance(nested, list) else []:
+        if isinstance(item, Mapping) and isinstance(item.get("metric"), str):
+            metric = item["metric"]
+            lines += [f"guardrail.{metric}.{k}: {_yaml_scalar(v)}" for k, v in item.items() if k != "metric"]
+    return "; ".join(lines)
+
+
+def _metadata_findings(metadata: Mapping[str, Any], where: str) -> Iterator[tuple[str, str]]:
+    """(field, message) for every metadata value flagd would refuse."""
+    for key, value in metadata.items():
+        field = f"{where}.{key}"
+        if key == "guardrails" and where == "metadata":
+            flat = _flat_spelling(value)
+            yield (
+                field,
+                (
+                    "flagd refuses non-scalar metadata (a list here), so it would not load this file; "
+                    "write each guardrail as flat keys instead" + (f": {flat}" if flat else "")
+                ),
+            )
+        elif isinstance(value, (Mapping, list)):
+            kind = "an object" if isinstance(value, Mapping) else "a list"
+            yield field, f"flagd allows only strings, numbers and booleans as metadata values, not {kind}"
+        elif value is None:
+            yield field, "flagd does not allow an empty (null) metadata value"
+        elif isinstance(value, (date, datetime)):
+            yield (
+                field,
+                (
+                    f"unquoted {value.isoformat()} is a YAML timestamp, not a string; the Python flagd provider "
+                    f'refuses the whole file. Quote it: {key}: "{value.isoformat()}"'
+                ),
+            )
+
+
+def _fractional_args(node: Any, depth: int = 0) -> Iterator[tuple[str, list[Any]]]:
+    if depth > 50:
+        return
+    if isinstance(node, Mapping):
+        for op, args in node.items():
+            if op in config.FRACTIONAL_OPS and isinstance(args, list):
+                yield op, args
+            yield from _fractional_args(args, depth + 1)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _fractional_args(item, depth + 1)
+
+
+def _variant_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    return "object" if isinstance(value, dict) else type(value).__name__
+
+
+def _flagd_findings(definition: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
+    """(field, message) for what flagd refuses outside the guardrail metadata."""
+    for key in definition:
+        if key not in FLAG_PROPERTIES:
+            yield str(key), f"unknown flag property; flagd knows {', '.join(FLAG_PROPERTIES[:5])}"
+    variants = definition.get("variants")
+    if isinstance(variants, Mapping) and variants:
+        kinds = sorted({_variant_type(v) for v in variants.values()})
+        if len(kinds) > 1 or kinds[0] not in ("boolean", "number", "string", "object"):
+            yield "variants", f"flagd needs all variants of one type (boolean, number, string or object): {kinds}"
+    for op, args in _fractional_args(definition.get("targeting")):
+        if op == "fractionalEvaluation":
+            yield (
+                "targeting.fractionalEvaluation",
+                (
+                    "legacy operator: flagd no longer knows `fractionalEvaluation`, so every evaluation of this "
+                    "flag fails; rename it to `fractional` (same arguments)"
+                ),
+            )
+        for item in args:
+            if not isinstance(item, list) or not item or not isinstance(item[0], str):
+                continue
+            if len(item) > 1 and (isinstance(item[1], bool) or not isinstance(item[1], int) or item[1] < 0):
+                yield f"targeting.{op}", f"weight of {item[0]!r} must be a whole number >= 0, got {item[1]!r}"
+
+
+def _expiry_finding(value: Any, today: date) -> str | None:
+    try:
+        expires = value if isinstance(value, date) else config.parse_time(value).date()
+    except (ValueError, OverflowError):
+        try:
+            expires = date.fromisoformat(str(value))
+        except ValueError:
+            return f"not a date: {value!r} (write YYYY-MM-DD)"
+    if isinstance(expires, datetime):
+        expires = expires.date()
+    if expires < today:
+        return f"expired on {expires.isoformat()}: remove the flag (and its code) or extend `expiry`"
+    return None
+
+
+def _guardrail_warnings(metadata: Mapping[str, Any], flag: Flag) -> Iterator[tuple[str, str]]:
+    _raw, _defaults, fields, _errors = config.gather_guardrail_options(metadata)
+    for index, g in enumerate(flag.guardrails):
+        base = fields.get(f"guardrails/{index}", f"metadata.guardrail.{g.metric}")
+        if g.comparison.relative and g.threshold < NOISE_FLOOR and g.method is not Method.SEQUENTIAL:
+            yield (
+                fields.get(f"guardrails/{index}/threshold", f"{base}.threshold"),
+                (
+                    f"relative threshold {g.threshold:g} is below typical day-to-day noise; it will fire on "
+                    "noise unless the sequential method is used"
+                ),
+            )
+        if g.kind is MetricKind.QUANTILE and g.method is Method.SEQUENTIAL:
+            yield (
+                fields.get(f"guardrails/{index}/method", f"{base}.method"),
+                (
+                    "a quantile metric has no variance the sequential test can use; this guardrail keeps the "
+                    "threshold rule"
+                ),
+            )
+
+
+# ---- files --------------------------------------------------------------------------------------------
+
+
+def _validate_flag(
+    key: str, definition: Any, *, source: str, line: int | None, tree: Any, today: date
+) -> list[Finding]:
+    out: list[Finding] = []
+
+    def add(field: str | None, message: str, severity: str = "error") -> None:
+        where = _field_line(tree, field) if field and tree is not None else None
+        out.append(Finding(source, key, field, where or line, severity, message))
+
+    if not isinstance(definition, Mapping):
+        add(None, "flag definition must be a mapping")
+        return out
+    for field, message in _flagd_findings(definition):
+        add(field, message)
+    metadata = definition.get("metadata")
+    if isinstance(metadata, Mapping):
+        for field, message in _metadata_findings(metadata, "metadata"):
+            add(field, message)
+        if "expiry" in metadata and (expired := _expiry_finding(metadata["expiry"], today)):
+            add("metadata.expiry", expired, "warning")
+    flag, problems = config.parse_flag(key, definition, source=source, line=line)
+    for problem in problems:
+        add(problem.field, problem.message, problem.severity)
+    if flag is not None and isinstance(metadata, Mapping):
+        for field, message in _guardrail_warnings(metadata, flag):
+            add(field, message, "warning")
+    return out
+
+
+def validate_text(text: str, *, source: str, today: date, json_format: bool = False) -> list[Finding]:
+    """Findings of one flag file's text; GuardrailError when it cannot be parsed at all."""
+    doc = files.parse_text(text, source=source, json_only=json_format)
+    tree = _round_trip_tree(text)
+    key_lines = files.flag_key_lines(text)
+    findings: list[Finding] = []
+    for path, key, line in _duplicate_keys(text):
+        flag = path[1] if len(path) > 1 and path[0] == "flags" else (key if path == ["flags"] else None)
+        field = ".".join([*path[2:], key]) if flag and path != ["flags"] else None
+        findings.append(Finding(source, flag, field, line, "error", f"key {key!r} is written twice"))
+    flags = doc.get("flags") if isinstance(doc, Mapping) else None
+    if not isinstance(flags, Mapping):
+        return [*findings, Finding(source, None, "flags", None, "error", "no top-level `flags` mapping")]
+    top_metadata = doc.get("metadata")
+    if top_metadata is not None and not isinstance(top_metadata, Mapping):
+        findings.append(Finding(source, None, "metadata", None, "error", "must be a mapping"))
+    elif isinstance(top_metadata, Mapping):
+        for field, message in _metadata_findings(top_metadata, "metadata"):
+            where = _field_line(tree, field) if tree is not None else None
+            findings.append(Finding(source, None, field, where, "error", message))
+    flags_tree = tree.get("flags") if isinstance(tree, Mapping) else None
+    for key, definition in flags.items():
+        if not isinstance(key, str) or not key:
+            findings.append(Finding(source, str(key), None, None, "error", "flag key must be a non-empty string"))
+            continue
+        sub = flags_tree.get(key) if isinstance(flags_tree, Mapping) else None
+        findings += _validate_flag(key, definition, source=source, line=key_lines.get(key), tree=sub, today=today)
+    return list(dict.fromkeys(findings))  # one message per place, even when two checks agree
+
+
+def validate_paths(paths: Sequence[Path], *, today: date) -> tuple[list[Finding], int]:
+    findings: list[Finding] = []
+    unreadable = False
+    for path in paths:
+        try:
+            text = files.read_text(path)
+            findings += validate_text(text, source=str(path), today=today, json_format=path.suffix.lower() == ".json")
+        except GuardrailError as exc:
+            unreadable = True
+            findings.append(Finding(str(path), exc.flag, exc.field, exc.line, "error", exc.message))
+    if unreadable:
+        return findings, EXIT_UNREADABLE
+    return findings, EXIT_FINDINGS if any(f.severity == "error" for f in findings) else EXIT_CLEAN
+
+
+# ---- output -------------------------------------------------------------------------------------------
+
+
+def render_text(findings: Sequence[Finding]) -> str:
+    ordered = sorted(findings, key=lambda f: (f.path, f.line or 0))
+    lines = [f"{f.path}{f':{f.line}' if f.line else ''}: {f.severity}: {f.text}" for f in ordered]
+    errors = sum(f.severity == "error" for f in findings)
+    warnings = len(findings) - errors
+    lines.append(f"{errors} error(s), {warnings} warning(s)" if findings else "no problems found")
+    return "\n".join(lines)
+
+
+def _escape_data(text: str) -> str:
+    # https://github.com/actions/toolkit/blob/main/packages/core/src/command.ts (escapeData)
+    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+
+def _escape_property(text: str) -> str:
+    return _escape_data(text).replace(":", "%3A").replace(",", "%2C")
+
+
+def render_github(findings: Sequence[Finding]) -> str:
+    """GitHub Actions workflow commands: each finding becomes an annotation on the pull request."""
+    out = []
+    for f in sorted(findings, key=lambda f: (f.path, f.line or 0)):
+        props = [f"file={_escape_property(f.path)}"]
+        if f.line:
+            props.append(f"line={f.line}")
+        props.append("title=guardrail")
+        command = "error" if f.severity == "error" else "warning"
+        out.append(f"::{command} {','.join(props)}::{_escape_data(f.text)}")
+    return "\n".join(out)
