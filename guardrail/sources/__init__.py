@@ -13,18 +13,22 @@ async def fetch_all(
     source: MetricSource, planned: Sequence[tuple[AggregateKey, MetricQuery]], *, concurrency: int
 ) -> dict[AggregateKey, Aggregate]:
     """Run every query concurrently, at most `concurrency` at a time. Never one after another:
-    at 20 ms a query, 1,200 queries in sequence would take most of a cron interval."""
-    gate = asyncio.Semaphore(max(1, concurrency))
+    at 20 ms a query, 1,200 queries in sequence would take most of a cron interval.
 
-    async def one(q: MetricQuery) -> Aggregate:
-        async with gate:
+    `concurrency` workers take the queries in turn, rather than one waiting task per query, so memory
+    grows with the answers only (2,000 flags plan 12,000 queries: a task each added ~9 MB of peak RSS)."""
+    results: dict[AggregateKey, Aggregate] = {}
+    queue = iter(planned)  # shared: each query is taken by exactly one worker, and each worker ends with it
+
+    async def worker() -> None:
+        for key, q in queue:
             try:
-                return await source.query(q)
+                results[key] = await source.query(q)
             except Exception as exc:  # a source must not raise; if one does, it is no data, not a crash
-                return Aggregate.missing(f"{source.name} source failed: {type(exc).__name__}")
+                results[key] = Aggregate.missing(f"{source.name} source failed: {type(exc).__name__}")
 
-    results = await asyncio.gather(*(one(q) for _key, q in planned))
-    return {key: agg for (key, _q), agg in zip(planned, results, strict=True)}
+    await asyncio.gather(*(worker() for _ in range(min(max(1, concurrency), len(planned)))))
+    return {key: results[key] for key, _q in planned}  # in planned order, as callers print them
 
 
 __all__ = ["MetricSource", "fetch_all"]
