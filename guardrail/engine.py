@@ -184,17 +184,20 @@ def compare(
         described += " (quantile metric: threshold rule, no sequential test)"
         sequential = False
 
-    if not sequential or (control.value == 0 and g.comparison.relative):
+    proportion = g.kind is MetricKind.PROPORTION
+    if not sequential or (not proportion and control.value == 0 and g.comparison.relative):
         verdict = Verdict.BREACH if harm > g.threshold else Verdict.PASS
         return Outcome(verdict, described, delta=harm, relative_delta=relative)
 
     from guardrail import stats  # only sequential guardrails need it
 
-    if g.kind is MetricKind.PROPORTION:
-        # Variance from a shrunk proportion ((x + 0.5) / (n + 1)): an arm at exactly 0 % or 100 % would
-        # otherwise have zero variance, an undefined test, and a harm to 0 conversions would go unseen.
-        var_c = stats.proportion_variance((control.value * control.count + 0.5) / (control.count + 1))
-        var_t = stats.proportion_variance((treatment.value * treatment.count + 0.5) / (treatment.count + 1))
+    if proportion:
+        # The test runs on shrunk proportions ((x + 0.5) / (n + 1)): an arm at exactly 0 % would otherwise
+        # have zero variance (an undefined test) or, as control, make one stray treatment event an
+        # "infinite" relative increase. The shift is 0.5 / n: negligible past min_count.
+        control_mean = (control.value * control.count + 0.5) / (control.count + 1)
+        treatment_mean = (treatment.value * treatment.count + 0.5) / (treatment.count + 1)
+        var_c, var_t = stats.proportion_variance(control_mean), stats.proportion_variance(treatment_mean)
     elif control.stddev is None or treatment.stddev is None:
         return Outcome(
             Verdict.SKIP_NO_DATA,
@@ -203,6 +206,7 @@ def compare(
             relative_delta=relative,
         )
     else:
+        control_mean, treatment_mean = control.value, treatment.value
         var_c, var_t = control.stddev**2, treatment.stddev**2
 
     n_total = float(control.count + treatment.count)
@@ -210,10 +214,10 @@ def compare(
     result = stats.harm_test(
         comparison=g.comparison,
         threshold=g.threshold,
-        control_mean=control.value,
+        control_mean=control_mean,
         control_var=var_c,
         n_control=float(control.count),
-        treatment_mean=treatment.value,
+        treatment_mean=treatment_mean,
         treatment_var=var_t,
         n_treatment=float(treatment.count),
         alpha=g.alpha,

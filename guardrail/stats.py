@@ -238,12 +238,12 @@ def harm_test(
     return HarmTest(estimate=estimate, lower_bound=lower, p_value=p, se=se, breach=lower > threshold, n=n)
 
 
-def default_tuning_n(n_first_look: float, minutes_elapsed: float, target_minutes: float = 90.0) -> float:
+def default_tuning_n(n_first_look: float, minutes_elapsed: float, target_minutes: float = 30.0) -> float:
     """Tuning sample size N*: the total n_T + n_C expected after `target_minutes` of traffic.
 
     N* = n_first_look / minutes_elapsed · target_minutes, clamped to ≥ n_first_look and ≥ 1000.
 
-    The CS is tightest near n = N*, so N* says when the test should be sharpest: ~90 minutes means a
+    The CS is tightest near n = N*, so N* says when the test should be sharpest: ~30 minutes means a
     harmful bug is caught within the first hour or two, while small harms are still found later (reference
     notes §7). The engine computes it once, at the first look, and freezes it: N* uses traffic counts only,
     never metric values, so it does not spend any of the error budget. Bad inputs (non-finite, ≤ 0) fall

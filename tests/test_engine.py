@@ -293,3 +293,12 @@ def test_sequential_decides_when_an_arm_is_at_exactly_zero() -> None:
     data = aggs(Aggregate(0.05, 100_000), Aggregate(0.0, 100_000), metric="conversion_rate", window=SINCE_START)
     e = engine.decide([flag], data, State(), NOW).evaluations[0]
     assert e.verdict is Verdict.BREACH
+
+
+def test_sequential_zero_control_is_tested_not_an_automatic_breach() -> None:
+    flag = make_flag(extra_metadata={"guardrail.error_rate.method": "sequential"})
+    stray = aggs(Aggregate(0.0, 150), Aggregate(1 / 150, 150), window=SINCE_START)
+    assert engine.decide([flag], stray, State(), NOW).evaluations[0].verdict is Verdict.PASS
+    # The relative (delta-method) test needs some events in control to conclude; with a few dozen it does.
+    bug = aggs(Aggregate(25 / 50_000, 50_000), Aggregate(0.05, 50_000), window=SINCE_START)
+    assert engine.decide([flag], bug, State(), NOW).evaluations[0].verdict is Verdict.BREACH

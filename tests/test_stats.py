@@ -176,7 +176,7 @@ def test_absolute_with_zero_control_mean_is_defined() -> None:
 
 
 def test_default_tuning_n() -> None:
-    assert stats.default_tuning_n(2000.0, 2.0) == 90_000.0  # 1000/min for 90 min
+    assert stats.default_tuning_n(2000.0, 2.0) == 30_000.0  # 1000/min for 30 min
     assert stats.default_tuning_n(2000.0, 2.0, target_minutes=60.0) == 60_000.0
     assert stats.default_tuning_n(50_000.0, 120.0) == 50_000.0  # never below the first look
     assert stats.default_tuning_n(10.0, 2.0) == 1000.0  # floor
@@ -411,7 +411,7 @@ def _simulate(
     ec = rng.binomial(UNITS_PER_LOOK, BASE_RATE, size=(RUNS, looks)).cumsum(axis=1)
     et = rng.binomial(UNITS_PER_LOOK, treatment_rate, size=(RUNS, looks)).cumsum(axis=1)
     n_arm = np.broadcast_to(UNITS_PER_LOOK * np.arange(1, looks + 1, dtype=np.float64), (RUNS, looks))
-    # N* frozen at the first look from traffic only, as the engine does: 2000 units in 2 minutes → 90k.
+    # N* frozen at the first look from traffic only, as the engine does: 2000 units in 2 minutes → 30k.
     tuning_n = stats.default_tuning_n(2.0 * UNITS_PER_LOOK, LOOK_MINUTES)
     mc, mt = ec / n_arm, et / n_arm
     _, breach = _harm_vec(mc, n_arm, mt, n_arm, threshold, tuning_n)
