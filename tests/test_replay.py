@@ -1,0 +1,106 @@
+"""`guardrail replay`: recorded aggregates through the real engine, look by look."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from guardrail.model import GuardrailError
+from guardrail.replay import read_history, replay, run_replay_command
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "replay"
+
+
+def row(time: str, variant: str, value: float, count: int = 5000, window: str = "5m", flag: str = "f.k") -> str:
+    return json.dumps({"time": time, "flag": flag, "metric": "error_rate", "variant": variant, "window": window,
+                       "value": value, "count": count})
+
+
+def write(tmp_path: Path, lines: list[str]) -> Path:
+    path = tmp_path / "history.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_groups_by_time_and_halts_at_the_second_breaching_look(tmp_path: Path, capsys: Any) -> None:
+    history = write(tmp_path, [
+        row("2026-11-25T12:00:00Z", "control", 0.01), row("2026-11-25T12:00:00Z", "treatment", 0.0102),
+        row("2026-11-25T12:02:00Z", "treatment", 0.03), row("2026-11-25T12:02:00Z", "control", 0.01),
+        row("2026-11-25T12:04:00Z", "control", 0.01), row("2026-11-25T12:04:00Z", "treatment", 0.03),
+        row("2026-11-25T12:06:00Z", "control", 0.01), row("2026-11-25T12:06:00Z", "treatment", 0.03),
+    ])
+    code = run_replay_command(history=history, flags=None, config=None, as_json=True)
+    assert code == 1
+    doc = json.loads(capsys.readouterr().out)
+    assert doc == {"flags": [{
+        "flag": "f.k", "halted_at": "2026-11-25T12:04:00Z", "metric": "error_rate",
+        "reason": doc["flags"][0]["reason"], "looks": 3,
+    }]}
+    assert "2 consecutive" in doc["flags"][0]["reason"]
+
+
+def test_no_halt(tmp_path: Path, capsys: Any) -> None:
+    history = write(tmp_path, [row(f"2026-11-25T12:0{i}:00Z", v, 0.01) for i in range(0, 8, 2)
+                               for v in ("control", "treatment")])
+    assert run_replay_command(history=history, flags=None, config=None, as_json=True) == 0
+    (result,) = json.loads(capsys.readouterr().out)["flags"]
+    assert result["halted_at"] is None and result["metric"] is None and result["looks"] == 4
+
+
+@pytest.mark.parametrize(
+    ("line", "words"),
+    [
+        ("{not json", "not valid JSON"),
+        ('{"time": "2026-11-25T12:00:00Z"}', "missing"),
+        ('{"time": "noon", "flag": "f", "metric": "m", "variant": "v", "value": 1, "count": 1}', "RFC 3339"),
+        ('{"time": "2026-11-25T12:00:00Z", "flag": "f", "metric": "m", "variant": "v", "value": "x", "count": 1}',
+         "must be a number"),
+        ('{"time": "2026-11-25T12:00:00Z", "flag": "f", "metric": "m", "variant": "v", "window": "soon", '
+         '"value": 1, "count": 1}', "window"),
+    ],
+)
+def test_bad_lines_name_file_and_line(tmp_path: Path, line: str, words: str) -> None:
+    history = write(tmp_path, [row("2026-11-25T12:00:00Z", "control", 0.01), line])
+    with pytest.raises(GuardrailError) as info:
+        read_history(history)
+    assert info.value.line == 2 and str(history) in str(info.value) and words in str(info.value)
+
+
+def test_example_history_sequential_versus_threshold() -> None:
+    from guardrail.replay import load_flags
+
+    looks = read_history(EXAMPLES / "history.jsonl")
+    sequential = {r.flag: r for r in replay(load_flags(EXAMPLES / "flags.yaml"), looks)}
+    # The bad deploy lands at 10:00; the always-valid test halts it soon after and leaves search alone.
+    express = sequential["checkout.payments.express-pay"]
+    assert express.halted_at is not None and express.halted_at.hour == 10 and express.halted_at.minute <= 20
+    assert sequential["search.ranking.new-model"].halted_at is None
+    naive = {r.flag: r for r in replay(load_flags(EXAMPLES / "flags-threshold.yaml"), looks)}
+    # The naive rule halts the healthy experiment on noise, before the bad deploy even happens.
+    assert naive["search.ranking.new-model"].halted_at is not None
+
+
+def test_since_start_rows_drive_sequential_guardrails_by_default(tmp_path: Path, capsys: Any) -> None:
+    lines = []
+    for i, minute in enumerate(range(0, 20, 2), start=1):
+        n = 20_000 * i
+        lines += [row(f"2026-11-25T12:{minute:02d}:00Z", "control", 0.01, n, "since_start"),
+                  row(f"2026-11-25T12:{minute:02d}:00Z", "treatment", 0.03, n, "since_start")]
+    assert run_replay_command(history=write(tmp_path, lines), flags=None, config=None, as_json=True) == 1
+    (result,) = json.loads(capsys.readouterr().out)["flags"]
+    assert "always-valid" in result["reason"]
+
+
+def test_cli(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "guardrail", "replay", str(EXAMPLES / "history.jsonl"), "--flags",
+                             str(EXAMPLES / "flags.yaml")], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1, result.stderr
+    assert "would have halted" in result.stdout and "search.ranking.new-model: no halt" in result.stdout
+    missing = subprocess.run([sys.executable, "-m", "guardrail", "replay", str(tmp_path / "nope.jsonl")],
+                             capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 2 and "file not found" in missing.stderr and "Traceback" not in missing.stderr

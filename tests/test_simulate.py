@@ -1,0 +1,117 @@
+"""`guardrail simulate`: the vectorised path agrees with the engine look by look, and the numbers hold."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from datetime import timedelta
+
+import numpy as np
+import pytest
+
+from guardrail import engine, simulate
+from guardrail.config import parse_flags
+from guardrail.model import SINCE_START, Aggregate, State
+from tests.conftest import NOW, flag_definition
+
+KEY = "sim.flag.key"
+
+
+def engine_halts(s: simulate.Scenario, t: simulate.Traffic, method: str) -> list[float]:
+    """Feed the same synthetic data through the real engine, one look at a time, one run at a time."""
+    extra = {"started_at": NOW.isoformat(), "guardrail.error_rate.confirmations": s.confirmations}
+    if method == "sequential":
+        extra["guardrail.error_rate.method"] = "sequential"
+        extra["guardrail.error_rate.alpha"] = s.alpha
+    flag = parse_flags({KEY: flag_definition(threshold=s.threshold, extra_metadata=extra)}).flags[0]
+    looks = simulate.look_minutes(s)
+    out = []
+    for run in range(s.runs):
+        state, halted = State(), float("inf")
+        for minute in looks:
+            lo = 0 if method == "sequential" else max(0, minute - simulate.WINDOW_MINUTES)
+            window = SINCE_START if method == "sequential" else "5m"
+
+            def agg(n: np.ndarray, e: np.ndarray, minute: int = int(minute), lo: int = lo) -> Aggregate:
+                count = int(n[run, minute] - n[run, lo])
+                errors = int(e[run, minute] - e[run, lo])
+                return Aggregate(errors / count if count else 0.0, count)
+
+            data = {(KEY, "control", "error_rate", window): agg(t.n_control, t.e_control),
+                    (KEY, "treatment", "error_rate", window): agg(t.n_treatment, t.e_treatment)}
+            decision = engine.decide([flag], data, state, NOW + timedelta(minutes=int(minute)))
+            state = decision.state
+            if decision.halts:
+                halted = float(minute)
+                break
+        out.append(halted)
+    return out
+
+
+@pytest.mark.parametrize("method", ["threshold", "sequential"])
+@pytest.mark.parametrize(("traffic", "effect"), [(60.0, 1.0), (60.0, 2.5), (300.0, 1.3)])
+def test_vectorised_path_halts_exactly_where_the_engine_does(method: str, traffic: float, effect: float) -> None:
+    s = simulate.Scenario(traffic=traffic, base_rate=0.02, effect=effect, threshold=0.10, days=0.25, cadence=2,
+                          runs=6, alpha=0.05, confirmations=2)
+    t = simulate.generate(s, np.random.default_rng(7))
+    looks = simulate.look_minutes(s)
+    judge = simulate.threshold_verdicts if method == "threshold" else simulate.sequential_verdicts
+    vectorised = simulate.halts(s, judge(s, t, looks), looks).tolist()
+    assert vectorised == engine_halts(s, t, method)
+
+
+def scenario(effect: float, runs: int = 200, days: float = 2.0) -> simulate.Scenario:
+    return simulate.Scenario(traffic=500, base_rate=0.01, effect=effect, threshold=0.10, days=days, cadence=2,
+                             runs=runs, alpha=0.05, confirmations=2)
+
+
+def test_sequential_aa_false_halt_rate_is_within_alpha() -> None:
+    (outcome,) = simulate.simulate(scenario(1.0), ["sequential"], np.random.default_rng(11))
+    rate = outcome.summary()["halt_rate"]
+    # alpha plus a 3-sigma binomial margin at 200 runs: fails if the test stops being always-valid.
+    assert rate <= 0.05 + 3 * (0.05 * 0.95 / 200) ** 0.5
+
+
+def test_naive_rule_halts_healthy_experiments() -> None:
+    (outcome,) = simulate.simulate(scenario(1.0, runs=50, days=1.0), ["threshold"], np.random.default_rng(3))
+    assert outcome.summary()["halt_rate"] > 0.9  # the how-to's known defect, reproduced
+
+
+def test_real_harm_is_caught_fast() -> None:
+    (outcome,) = simulate.simulate(scenario(3.0, runs=100, days=0.5), ["sequential"], np.random.default_rng(5))
+    summary = outcome.summary()
+    assert summary["halt_rate"] == 1.0
+    assert summary["median_minutes_to_halt"] <= 14
+
+
+def test_seed_makes_it_reproducible() -> None:
+    a = simulate.simulate(scenario(1.5, runs=20, days=0.5), ["sequential"], np.random.default_rng(1))
+    b = simulate.simulate(scenario(1.5, runs=20, days=0.5), ["sequential"], np.random.default_rng(1))
+    assert a[0].halt_minutes.tolist() == b[0].halt_minutes.tolist()
+
+
+def test_wilson_interval() -> None:
+    low, high = simulate.wilson(0, 200)
+    assert low == 0.0 and 0.018 < high < 0.02
+    low, high = simulate.wilson(100, 200)
+    assert low == pytest.approx(0.4314, abs=1e-3) and high == pytest.approx(0.5686, abs=1e-3)
+
+
+def test_cli_json() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "guardrail", "simulate", "--runs", "10", "--days", "0.5", "--traffic", "200",
+         "--effect", "1", "--effect", "3", "--json"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert len(doc["results"]) == 4
+    assert set(doc["results"][0]) >= {"method", "traffic", "effect", "runs", "halt_rate", "halt_rate_ci95",
+                                      "median_minutes_to_halt", "p90_minutes_to_halt"}
+
+
+def test_cli_rejects_bad_options() -> None:
+    result = subprocess.run([sys.executable, "-m", "guardrail", "simulate", "--method", "magic"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "magic" in result.stderr and "Traceback" not in result.stderr
