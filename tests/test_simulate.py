@@ -18,6 +18,12 @@ from tests.conftest import NOW, flag_definition
 KEY = "sim.flag.key"
 
 
+def arm(n: np.ndarray, e: np.ndarray, run: int, lo: int, hi: int) -> Aggregate:
+    count = int(n[run, hi] - n[run, lo])
+    errors = int(e[run, hi] - e[run, lo])
+    return Aggregate(errors / count if count else 0.0, count)
+
+
 def engine_halts(s: simulate.Scenario, t: simulate.Traffic, method: str) -> list[float]:
     """Feed the same synthetic data through the real engine, one look at a time, one run at a time."""
     extra = {"started_at": NOW.isoformat(), "guardrail.error_rate.confirmations": s.confirmations}
@@ -33,13 +39,8 @@ def engine_halts(s: simulate.Scenario, t: simulate.Traffic, method: str) -> list
             lo = 0 if method == "sequential" else max(0, minute - simulate.WINDOW_MINUTES)
             window = SINCE_START if method == "sequential" else "5m"
 
-            def agg(n: np.ndarray, e: np.ndarray, minute: int = int(minute), lo: int = lo) -> Aggregate:
-                count = int(n[run, minute] - n[run, lo])
-                errors = int(e[run, minute] - e[run, lo])
-                return Aggregate(errors / count if count else 0.0, count)
-
-            data = {(KEY, "control", "error_rate", window): agg(t.n_control, t.e_control),
-                    (KEY, "treatment", "error_rate", window): agg(t.n_treatment, t.e_treatment)}
+            data = {(KEY, "control", "error_rate", window): arm(t.n_control, t.e_control, run, lo, int(minute)),
+                    (KEY, "treatment", "error_rate", window): arm(t.n_treatment, t.e_treatment, run, lo, int(minute))}
             decision = engine.decide([flag], data, state, NOW + timedelta(minutes=int(minute)))
             state = decision.state
             if decision.halts:
