@@ -57,10 +57,9 @@ def _depth_ok(value: Any, limit: int = MAX_DEPTH) -> bool:
 def parse_text(text: str, *, source: str, json_only: bool = False) -> Any:
     """Parse YAML (a superset of JSON) or JSON text; errors name the source and the line."""
     try:
-        if json_only or source.endswith(".json"):
-            value = json.loads(text)
-        else:
-            value = yaml.load(text, Loader=_BoundedLoader)
+        # _BoundedLoader is a SafeLoader: no Python objects from YAML tags.
+        as_json = json_only or source.endswith(".json")
+        value = json.loads(text) if as_json else yaml.load(text, Loader=_BoundedLoader)
     except yaml.MarkedYAMLError as exc:
         line = exc.problem_mark.line + 1 if exc.problem_mark else None
         raise GuardrailError(f"not valid YAML: {exc.problem or exc}", source=source, line=line) from None

@@ -355,6 +355,7 @@ def test_cli_validate_github_format(tmp_path: Path, run_cli: Any) -> None:
 
 def test_plain_feature_flag_without_guardrails_is_fine(tmp_path: Path) -> None:
     text = GOOD + (
-        "  ui.theme.dark-mode:\n    state: ENABLED\n    variants: {dark: true, light: false}\n    defaultVariant: light\n"
+        "  ui.theme.dark-mode:\n    state: ENABLED\n"
+        "    variants: {dark: true, light: false}\n    defaultVariant: light\n"
     )
     assert check(tmp_path, text) == ([], 0)
