@@ -395,6 +395,9 @@ class _Handler(BaseHTTPRequestHandler):
             ("POST", "inject"): ("inject", {}),
         }
         shape = "/".join("*" if i == 2 and key else p for i, p in enumerate(parts))
+        if method == "POST" and parts[:1] == ["webhook"]:
+            # Real webhook URLs carry their secret in the path (/services/T…/B…/…): accept any path below.
+            return ("webhook", {})
         return routes.get((method, shape), ("", {}))
 
     def _answer(self, route: str, ignore: str | None) -> Answer:
