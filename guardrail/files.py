@@ -17,6 +17,9 @@ from guardrail.model import GuardrailError
 MAX_BYTES = 5 * 1024 * 1024
 MAX_ALIASES = 200
 MAX_DEPTH = 64
+# Values a document may expand to once aliases are followed: a "billion laughs" has few aliases but an
+# exponential expansion, which anything walking the result (validation, JSON output) would pay for.
+MAX_EXPANDED = 1_000_000
 
 
 class _BoundedLoader(yaml.SafeLoader):
@@ -41,6 +44,33 @@ class _BoundedLoader(yaml.SafeLoader):
             self._depth -= 1
 
 
+def _expanded_size(node: yaml.Node, memo: dict[int, int]) -> int:
+    """How many values the node stands for with every alias expanded, in time linear in the graph."""
+    known = memo.get(id(node))
+    if known is not None:
+        return known
+    size = 1
+    if isinstance(node, yaml.SequenceNode):
+        size += sum(_expanded_size(child, memo) for child in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        size += sum(_expanded_size(k, memo) + _expanded_size(v, memo) for k, v in node.value)
+    memo[id(node)] = size = min(size, MAX_EXPANDED + 1)
+    return size
+
+
+def _load_yaml(text: str) -> Any:
+    loader = _BoundedLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        if _expanded_size(node, {}) > MAX_EXPANDED:
+            raise yaml.YAMLError(f"expands to more than {MAX_EXPANDED:,} values through aliases (an alias bomb?)")
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
 def _depth_ok(value: Any, limit: int = MAX_DEPTH) -> bool:
     stack = [(value, 0)]
     while stack:
@@ -59,7 +89,7 @@ def parse_text(text: str, *, source: str, json_only: bool = False) -> Any:
     try:
         # _BoundedLoader is a SafeLoader: no Python objects from YAML tags.
         as_json = json_only or source.endswith(".json")
-        value = json.loads(text) if as_json else yaml.load(text, Loader=_BoundedLoader)
+        value = json.loads(text) if as_json else _load_yaml(text)
     except yaml.MarkedYAMLError as exc:
         line = exc.problem_mark.line + 1 if exc.problem_mark else None
         raise GuardrailError(f"not valid YAML: {exc.problem or exc}", source=source, line=line) from None
