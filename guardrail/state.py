@@ -192,11 +192,13 @@ class StateStore:
             self._lock_fd = None
             os.close(fd)  # closing the descriptor releases the flock
 
-    def load(self) -> State:
+    def read(self) -> tuple[State | None, str | None]:
+        """(state, None), or (None, why) when the file is corrupt; no side effects. A missing file is an
+        empty state; a file from a newer guardrail is an error, not corruption."""
         try:
             raw = self.path.read_bytes()
         except FileNotFoundError:
-            return State()
+            return State(), None
         except OSError as exc:
             raise GuardrailError(f"cannot read state file: {exc.strerror}", source=str(self.path)) from None
         try:
@@ -209,15 +211,22 @@ class StateStore:
                     f"({STATE_VERSION}); upgrade guardrail",
                     source=str(self.path),
                 )
-            return from_dict(doc)
+            return from_dict(doc), None
         except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as exc:
-            aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
-            os.replace(self.path, aside)
-            self.warning = (
-                f"state file {self.path} was unreadable ({exc}); kept it as {aside} and started fresh "
-                "(streaks and first-seen times restart)"
-            )
-            return State()
+            return None, str(exc)
+
+    def load(self) -> State:
+        """read(), moving a corrupt file aside (reported in `warning`) so the run starts fresh."""
+        state, problem = self.read()
+        if state is not None:
+            return state
+        aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
+        os.replace(self.path, aside)
+        self.warning = (
+            f"state file {self.path} was unreadable ({problem}); kept it as {aside} and started fresh "
+            "(streaks and first-seen times restart)"
+        )
+        return State()
 
     def save(self, state: State) -> None:
         text = json.dumps(to_dict(state), indent=2, sort_keys=False, allow_nan=False, default=str)

@@ -23,7 +23,7 @@ from guardrail.flags.base import LoadedFlags
 from guardrail.model import ExitCode, Flag, FlagState, GuardrailError, State, guardrail_id
 from guardrail.redact import Redactor
 from guardrail.settings import Settings, load_settings
-from guardrail.state import STATE_VERSION, from_dict, halt_to_dict
+from guardrail.state import StateStore, halt_to_dict
 
 JSON_VERSION = 1
 
@@ -36,23 +36,13 @@ def read_state(path: Path) -> tuple[State, str | None]:
 
     StateStore.load() moves a corrupt file aside; a read-only command must not, so this is its own reader.
     """
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
+    if not path.exists():
         return State(), f"no state file at {path}: guardrail check has not run with this --state"
-    except OSError as exc:
-        raise GuardrailError(f"cannot read state file: {exc.strerror}", source=str(path)) from None
-    try:
-        doc = json.loads(raw.decode("utf-8"))
-        version = doc.get("version") if isinstance(doc, dict) else None
-        if isinstance(version, int) and version > STATE_VERSION:
-            raise GuardrailError(
-                f"state file has version {version}, newer than this guardrail understands ({STATE_VERSION}); "
-                "upgrade guardrail", source=str(path),
-            )
-        return from_dict(doc), None
-    except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as exc:
-        return State(), f"state file {path} is unreadable ({exc}); the next check run keeps it aside and starts fresh"
+    state, problem = StateStore(path).read()
+    if state is None:
+        return State(), (f"state file {path} is unreadable ({problem}); "
+                         "the next check run keeps it aside and starts fresh")
+    return state, None
 
 
 async def _load(settings: Settings) -> tuple[LoadedFlags, ParsedFlags]:
