@@ -38,6 +38,7 @@ class HTTPFailure(Exception):
     def __init__(self, label: str, kind: str, *, status: int | None = None, detail: str = "") -> None:
         self.label = label
         self.kind = kind
+        self.applied_anyway = False  # set by a caller that saw the write applied despite the failure
         self.status = status
         self.detail = detail
         text = f"{label}: {kind}"

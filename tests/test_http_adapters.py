@@ -174,8 +174,10 @@ def test_halt_patches_state_default_variant_and_reason_with_the_token() -> None:
 
 @respx.mock
 def test_patch_5xx_then_success_halts_once() -> None:
+    # GETs: before the halt, the re-read after the 503 (not applied), and the check after the success.
     respx.get(f"{FLAGS}/v1/flags/{KEY}").mock(side_effect=[
-        httpx.Response(200, json=flag_definition()), httpx.Response(200, json=halted_definition())])
+        httpx.Response(200, json=flag_definition()), httpx.Response(200, json=flag_definition()),
+        httpx.Response(200, json=halted_definition())])
     patch = respx.patch(f"{FLAGS}/v1/flags/{KEY}").mock(side_effect=[
         httpx.Response(503), httpx.Response(200, json=halted_definition())])
     assert run(halt()).ok and patch.call_count == 2
@@ -294,3 +296,14 @@ def test_token_is_not_sent_over_plain_http_except_to_loopback() -> None:
     check_token_transport("http://flags.example.com", allow_insecure_http=True)
     with pytest.raises(GuardrailError, match="plain http"):
         check_token_transport("http://flags.example.com", allow_insecure_http=False)
+
+
+@respx.mock
+def test_a_lost_answer_is_not_followed_by_a_blind_retry() -> None:
+    """The PATCH times out but the server applied it: the re-read before the retry sees the halt."""
+    respx.get(f"{FLAGS}/v1/flags/{KEY}").mock(side_effect=[
+        httpx.Response(200, json=flag_definition()), httpx.Response(200, json=halted_definition())])
+    patch = respx.patch(f"{FLAGS}/v1/flags/{KEY}").mock(side_effect=httpx.ReadTimeout("slow"))
+    outcome = run(halt())
+    assert outcome.ok and "lost" in outcome.detail
+    assert patch.call_count == 1

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import replace
 from typing import Any
 from urllib.parse import quote
 
@@ -78,8 +80,9 @@ class HttpFlagBackend:
         return body if isinstance(body, Mapping) else None
 
     async def _patch(self, key: str, body: Mapping[str, Any]) -> Any:
+        # One try: _until_applied does the retrying, looking at the flag between tries.
         response = await request(
-            self.client, "PATCH", self._url(key), label="flag API PATCH", policy=self.policy,
+            self.client, "PATCH", self._url(key), label="flag API PATCH", policy=replace(self.policy, attempts=1),
             json=dict(body), headers=self._headers,
         )
         try:
@@ -97,20 +100,46 @@ class HttpFlagBackend:
                 raise
         return await self._patch(key, body)
 
+    async def _until_applied(
+        self, key: str, send: Callable[[], Awaitable[Any]], applied: Callable[[Any], bool]
+    ) -> tuple[Any, HTTPFailure | None]:
+        """Send a write, retrying failures with backoff, but re-read the flag before every retry and stop as
+        soon as it shows the change: a write whose answer was lost (timeout, reset, 5xx) may have been
+        applied, and sending it again blind is how a flag gets halted twice.
+
+        Returns (answer, None) when sent, (None, failure) when it failed, or (None, failure) with the
+        failure's `applied_anyway` set when the re-read showed the change."""
+        failure: HTTPFailure | None = None
+        for attempt in range(max(1, self.policy.attempts)):
+            if attempt:
+                await asyncio.sleep(min(self.policy.max_backoff, self.policy.backoff * 2 ** (attempt - 1)))
+            if failure is not None and applied(await self.get(key)):
+                failure.applied_anyway = True
+                return None, failure
+            try:
+                return await send(), None
+            except HTTPFailure as exc:
+                failure = exc
+                if exc.permanent:
+                    break
+        assert failure is not None
+        failure.applied_anyway = applied(await self.get(key))
+        return None, failure
+
     async def halt(self, flag: Flag, reason: str) -> HaltOutcome:
         control = flag.control_variant
         current = await self.get(flag.key)
         if _reverted(current, control):
             return HaltOutcome(ok=True, already=True, detail="flag was already DISABLED with the control default")
-        try:
-            answer = await self._patch_with_reason(
-                flag.key, {"state": "DISABLED", "defaultVariant": control}, reason
-            )
-        except HTTPFailure as exc:
-            # A timeout may hide a PATCH the server applied: look before reporting failure.
-            if _reverted(await self.get(flag.key), control):
-                return HaltOutcome(ok=True, detail=f"PATCH answer lost ({exc.kind}) but the flag is halted")
-            return HaltOutcome(ok=False, detail=str(exc), permanent=exc.permanent)
+        answer, failure = await self._until_applied(
+            flag.key,
+            lambda: self._patch_with_reason(flag.key, {"state": "DISABLED", "defaultVariant": control}, reason),
+            lambda definition: _reverted(definition, control),
+        )
+        if failure is not None:
+            if failure.applied_anyway:
+                return HaltOutcome(ok=True, detail=f"PATCH answer lost ({failure.kind}) but the flag is halted")
+            return HaltOutcome(ok=False, detail=str(failure), permanent=failure.permanent)
         if _reverted(answer, control) and _reverted(await self.get(flag.key), control):
             return HaltOutcome(ok=True, detail="PATCH applied: state DISABLED, defaultVariant " + control)
         # Not applied atomically (CONTRACTS.md §3): force the control variant instead.
@@ -132,14 +161,15 @@ class HttpFlagBackend:
     async def hold(self, flag: Flag, reason: str) -> HaltOutcome:
         if _held(await self.get(flag.key)):
             return HaltOutcome(ok=True, already=True, detail="rollout was already held")
-        try:
-            answer = await self._patch(
-                flag.key, {"metadata": {"guardrail_hold": True, "guardrail_reason": reason}}
-            )
-        except HTTPFailure as exc:
-            if _held(await self.get(flag.key)):
-                return HaltOutcome(ok=True, detail=f"PATCH answer lost ({exc.kind}) but the rollout is held")
-            return HaltOutcome(ok=False, detail=str(exc), permanent=exc.permanent)
+        answer, failure = await self._until_applied(
+            flag.key,
+            lambda: self._patch(flag.key, {"metadata": {"guardrail_hold": True, "guardrail_reason": reason}}),
+            _held,
+        )
+        if failure is not None:
+            if failure.applied_anyway:
+                return HaltOutcome(ok=True, detail=f"PATCH answer lost ({failure.kind}) but the rollout is held")
+            return HaltOutcome(ok=False, detail=str(failure), permanent=failure.permanent)
         if _held(answer) or _held(await self.get(flag.key)):
             return HaltOutcome(ok=True, detail="rollout held at its current split (metadata.guardrail_hold)")
         return HaltOutcome(ok=False, detail="PATCH answered but metadata.guardrail_hold is not set")
