@@ -300,7 +300,9 @@ def test_three_times_the_error_rate_breaches_then_halts(stack: Stack, tmp_path: 
 
 
 def test_latency_guardrails_report_exactly_what_promql_says(stack: Stack, tmp_path: Path) -> None:
-    guardrails = {"p95_latency_ms": 1.0, "latency_mean_ms": 1.0, "error_rate": 0.5}
+    # Thresholds far above noise: this test is about the values matching PromQL, not about a verdict.
+    # (error_rate at 0.5 breached on noise about once in a hundred runs: 1 % errors in a short window.)
+    guardrails = {"p95_latency_ms": 1.0, "latency_mean_ms": 1.0, "error_rate": 3.0}
     cli = Cli(tmp_path, stack.prom, flag_file(tmp_path / "flags.yaml", LAT, guardrails))
     # A pinned instant in the recent past: the test's own queries at that `time` must see the same samples.
     proc, doc = cli.run("--now", format_time(instant()))
