@@ -3,6 +3,12 @@
 Each distinct `time` in the history is one look. The aggregates of a look go through `engine.decide`
 exactly as a cron run's would, with the clock taken from the look and the state carried forward, so the
 answer to "would these guardrails have halted last week's experiment?" is the answer `check` would give.
+
+Two deliberate differences from a live run, both because a backtest asks about the past:
+- every flag is judged as if ENABLED and not held: a flag guardrail has since halted is DISABLED in
+  today's file, and that is exactly the experiment one wants to replay;
+- a flag is evaluated only at the looks where the history has rows for it, so a flag absent from the
+  history (or from part of it) is not reported as "watched, no halt".
 """
 
 from __future__ import annotations
@@ -10,17 +16,20 @@ from __future__ import annotations
 import json
 import math
 from collections import defaultdict
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from guardrail import engine, files
 from guardrail.config import format_time, parse_flags, parse_time
-from guardrail.model import SINCE_START, Aggregate, AggregateKey, Flag, GuardrailError, State
+from guardrail.model import SINCE_START, Aggregate, AggregateKey, Evaluation, Flag, GuardrailError, State, Verdict
 
 Look = tuple[datetime, dict[AggregateKey, Aggregate]]
+CONTROL = "control"  # the control variant's name when there is no --flags file to say otherwise
+DEFAULT_THRESHOLD = 0.10
+MAX_HISTORY_BYTES = 512 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -41,62 +50,102 @@ class FlagReplay:
         }
 
 
-def _number(value: Any, name: str, source: str, line: int) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise GuardrailError(f"`{name}` must be a number, got {value!r:.40}", source=source, line=line)
-    return float(value)
+class _Line:
+    """One history line being read: every complaint names the file and the line."""
+
+    def __init__(self, source: str, number: int, row: Mapping[str, Any]) -> None:
+        self.source, self.line_no, self.row = source, number, row
+
+    def error(self, message: str, field: str | None = None) -> GuardrailError:
+        return GuardrailError(message, source=self.source, line=self.line_no, field=field)
+
+    def text(self, name: str) -> str:
+        value = self.row[name]
+        if not isinstance(value, str) or not value:
+            raise self.error(f"`{name}` must be a non-empty string, got {value!r:.40}", name)
+        return value
+
+    def number(self, name: str, *, optional: bool = False) -> float | None:
+        """A finite number, or None when the line says null (a source that had no data)."""
+        value = self.row.get(name)
+        if value is None and (optional or name in self.row):
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise self.error(f"`{name}` must be a number, got {value!r:.40}", name)
+        if not math.isfinite(value):
+            raise self.error(f"`{name}` must be a finite number, got {value!r}", name)
+        return float(value)
+
+    def count(self) -> int | None:
+        value = self.number("count")
+        if value is None:
+            return None
+        if value < 0 or value != int(value):
+            raise self.error(f"`count` must be a whole number >= 0, got {self.row['count']!r}", "count")
+        return int(value)
+
+    def window(self) -> str:
+        window = self.row.get("window", "5m")  # histories written before since_start existed have none
+        if window in (SINCE_START, "since-start"):
+            return SINCE_START
+        if not isinstance(window, str) or not window[:-1].isdigit() or window[-1] not in "smhd":
+            raise self.error(f"`window` must be like 5m or since_start, got {window!r:.40}", "window")
+        return window
 
 
 def read_history(path: Path) -> list[Look]:
     """Parse the JSON Lines history into looks ordered by time; every error names file and line."""
     source = str(path)
-    text = files.read_text(path, max_bytes=512 * 1024 * 1024)
+    text = files.read_text(path, max_bytes=MAX_HISTORY_BYTES)
     looks: dict[datetime, dict[AggregateKey, Aggregate]] = defaultdict(dict)
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
+    first_line: dict[tuple[datetime, AggregateKey], int] = {}
+    for number, raw in enumerate(text.splitlines(), start=1):
+        if not raw.strip():
             continue
         try:
-            row = json.loads(line)
+            row = json.loads(raw)
         except json.JSONDecodeError as exc:
             raise GuardrailError(f"not valid JSON: {exc.msg}", source=source, line=number) from None
         if not isinstance(row, dict):
             raise GuardrailError("each line must be a JSON object", source=source, line=number)
+        line = _Line(source, number, row)
         missing = [k for k in ("time", "flag", "metric", "variant", "value", "count") if k not in row]
         if missing:
-            raise GuardrailError(f"missing {', '.join(missing)}", source=source, line=number)
+            raise line.error(f"missing {', '.join(missing)}", missing[0])
         try:
             when = parse_time(row["time"])
         except (ValueError, OverflowError) as exc:
-            raise GuardrailError(f"`time` is not RFC 3339: {exc}", source=source, line=number) from None
-        window = str(row.get("window", "5m"))
-        if window not in (SINCE_START, "since-start"):
-            if not window[:-1].isdigit() or window[-1] not in "smhd":
-                raise GuardrailError(f"`window` must be like 5m or since_start, got {window!r}", source=source,
-                                     line=number)
-        else:
-            window = SINCE_START
-        value = _number(row["value"], "value", source, number) if row["value"] is not None else math.nan
-        count = _number(row["count"], "count", source, number)
-        stddev = row.get("stddev")
-        aggregate = Aggregate(
-            value=value,
-            count=int(count),
-            stddev=None if stddev is None else _number(stddev, "stddev", source, number),
+            raise line.error(f"`time` is not RFC 3339: {exc}", "time") from None
+        key = (line.text("flag"), line.text("variant"), line.text("metric"), line.window())
+        if (when, key) in first_line:
+            # Two values for one aggregate: silently keeping either would make the backtest a guess.
+            raise line.error(f"same time, flag, variant, metric and window as line {first_line[when, key]}")
+        first_line[when, key] = number
+        value = line.number("value")
+        looks[when][key] = Aggregate(
+            value=math.nan if value is None else value,  # null: the engine's skip:no_data, as in check
+            count=line.count(),
+            stddev=line.number("stddev", optional=True),
         )
-        key = (str(row["flag"]), str(row["variant"]), str(row["metric"]), window)
-        looks[when][key] = aggregate
     if not looks:
         raise GuardrailError("the history has no aggregates", source=source)
     return sorted(looks.items())
 
 
-def default_flags(looks: Iterable[Look]) -> list[Flag]:
-    """Without --flags: every (flag, metric) in the history, relative_increase 0.10, from the first look."""
+def default_flags(
+    looks: Sequence[Look], defaults: Mapping[str, Any] | None = None, source: str = "<history>"
+) -> list[Flag]:
+    """Without --flags: every (flag, metric) in the history, relative_increase 0.10, from the flag's first look.
+
+    Variant `control` is the control and every other variant a treatment. A metric with since_start rows
+    gets the sequential method (the only one that reads them); a metric with only another window (10m)
+    gets that window.
+    """
     seen: dict[str, dict[str, Any]] = {}
     for when, aggregates in looks:
         for flag, variant, metric, window in aggregates:
-            entry = seen.setdefault(flag, {"start": when, "variants": {"control"}, "metrics": {}})
-            entry["variants"].add(variant)
+            entry = seen.setdefault(flag, {"start": when, "variants": {}, "metrics": {}})
+            entry["variants"][variant] = None
             options = entry["metrics"].setdefault(metric, {})
             if window == SINCE_START:
                 options["method"] = "sequential"
@@ -104,84 +153,111 @@ def default_flags(looks: Iterable[Look]) -> list[Flag]:
                 options["window"] = window
     definitions: dict[str, Any] = {}
     for key, entry in seen.items():
+        if CONTROL not in entry["variants"]:
+            raise GuardrailError(
+                f"no rows for variant {CONTROL!r} (seen: {', '.join(entry['variants'])}); pass --flags with "
+                "metadata.control_variant to name the control", source=source, flag=key,
+            )
         metadata: dict[str, Any] = {"started_at": format_time(entry["start"])}
         for metric, options in entry["metrics"].items():
             metadata[f"guardrail.{metric}.comparison"] = "relative_increase"
-            metadata[f"guardrail.{metric}.threshold"] = 0.10
+            metadata[f"guardrail.{metric}.threshold"] = DEFAULT_THRESHOLD
             for option, value in options.items():
                 metadata[f"guardrail.{metric}.{option}"] = value
         definitions[key] = {
             "state": "ENABLED",
-            "variants": {v: v for v in sorted(entry["variants"])},
-            "defaultVariant": "control",
+            "variants": {v: v for v in entry["variants"]},
+            "defaultVariant": CONTROL,
             "metadata": metadata,
         }
-    parsed = parse_flags(definitions, source="<history>")
-    if parsed.errors:
-        raise GuardrailError(str(parsed.errors[0]))
-    return list(parsed.flags)
-
-
-def replay(flags: list[Flag], looks: list[Look]) -> list[FlagReplay]:
-    """Drive the real engine look by look; a flag stops being evaluated once it would have halted."""
-    state = State()
-    halted: dict[str, tuple[datetime, str, str]] = {}
-    counted: dict[str, int] = defaultdict(int)
-    for when, aggregates in looks:
-        decision = engine.decide(flags, aggregates, state, when)
-        state = decision.state
-        for key in {e.flag for e in decision.evaluations}:
-            counted[key] += 1
-        for halt in decision.halts:
-            halted.setdefault(halt.flag, (when, halt.evaluation.metric, halt.reason))
-    out = []
-    for flag in flags:
-        if flag.key in halted:
-            when, metric, reason = halted[flag.key]
-            out.append(FlagReplay(flag.key, when, metric, reason, counted[flag.key]))
-        else:
-            out.append(FlagReplay(flag.key, None, None, "no guardrail confirmed a breach", counted[flag.key]))
-    return out
-
-
-def load_flags(path: Path) -> list[Flag]:
-    document = files.load_document(path)
-    definitions = document.get("flags") if isinstance(document, dict) else None
-    if not isinstance(definitions, dict):
-        raise GuardrailError("not a flagd flag file: no top-level `flags` mapping", source=str(path))
-    parsed = parse_flags(definitions, source=str(path))
+    parsed = parse_flags(definitions, source=source, defaults=defaults)
     if parsed.errors:
         raise GuardrailError("; ".join(str(p) for p in parsed.errors))
     return list(parsed.flags)
 
 
-def render_text(results: list[FlagReplay]) -> str:
-    lines = []
-    for r in results:
-        if r.halted_at is None:
-            lines.append(f"{r.flag}: no halt in {r.looks} looks")
+def load_flags(path: Path, defaults: Mapping[str, Any] | None = None) -> list[Flag]:
+    text = files.read_text(path)
+    document = files.parse_text(text, source=str(path))
+    definitions = document.get("flags") if isinstance(document, dict) else None
+    if not isinstance(definitions, dict):
+        raise GuardrailError("not a flagd flag file: no top-level `flags` mapping", source=str(path))
+    parsed = parse_flags(definitions, source=str(path), lines=files.flag_key_lines(text), defaults=defaults)
+    if parsed.errors:
+        raise GuardrailError("; ".join(str(p) for p in parsed.errors))
+    return list(parsed.flags)
+
+
+def _no_halt_reason(looks: int, breaching: int, last: Sequence[Evaluation]) -> str:
+    if looks == 0:
+        return "no aggregates for this flag in the history"
+    verdicts = ", ".join(f"{e.guardrail_id} {e.verdict.value}" for e in last) or "no guardrail evaluated"
+    plural = "" if looks == 1 else "s"
+    return f"no halt in {looks} look{plural} ({breaching} with a breach, none confirmed); last look: {verdicts}"
+
+
+def replay(flags: Sequence[Flag], looks: Sequence[Look]) -> list[FlagReplay]:
+    """Drive the real engine look by look; a flag stops being evaluated once it would have halted."""
+    # A backtest judges the guardrails, not today's switch: see the module docstring.
+    flags = [replace(f, enabled=True, held=False) for f in flags]
+    state = State()
+    halted: dict[str, tuple[datetime, str, str]] = {}
+    counted: dict[str, int] = defaultdict(int)
+    breaching: dict[str, int] = defaultdict(int)
+    last: dict[str, list[Evaluation]] = {}
+    for when, aggregates in looks:
+        present = {key[0] for key in aggregates}
+        active = [f for f in flags if f.key in present and f.key not in halted]
+        if not active:
+            continue
+        decision = engine.decide(active, aggregates, state, when)
+        state = decision.state
+        by_flag: dict[str, list[Evaluation]] = defaultdict(list)
+        for e in decision.evaluations:
+            by_flag[e.flag].append(e)
+        for key, evaluations in by_flag.items():
+            counted[key] += 1
+            breaching[key] += any(e.verdict is Verdict.BREACH for e in evaluations)
+            last[key] = evaluations
+        for halt in decision.halts:
+            halted.setdefault(halt.flag, (when, halt.evaluation.metric, halt.reason))
+    out = []
+    for flag in flags:
+        n = counted[flag.key]
+        if flag.key in halted:
+            when, metric, reason = halted[flag.key]
+            out.append(FlagReplay(flag.key, when, metric, reason, n))
         else:
-            lines.append(f"{r.flag}: would have halted at {format_time(r.halted_at)} (look {r.looks}) on {r.metric}")
-            lines.append(f"  reason: {r.reason}")
-    return "\n".join(lines)
+            out.append(FlagReplay(flag.key, None, None, _no_halt_reason(n, breaching[flag.key],
+                                                                        last.get(flag.key, [])), n))
+    return out
+
+
+def render_text(results: Sequence[FlagReplay], looks: Sequence[Look], source: str) -> str:
+    """A small table (one row per flag), then each flag's reason in full."""
+    rows = [["flag", "halted at", "metric", "looks"]]
+    rows += [[r.flag, "no halt" if r.halted_at is None else format_time(r.halted_at), r.metric or "-",
+              str(r.looks)] for r in results]
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    table = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    span = f"{format_time(looks[0][0])} to {format_time(looks[-1][0])}"
+    return "\n".join([f"{source}: {len(looks)} look(s), {span}", "", *table, "",
+                      *(f"{r.flag}: {r.reason}" for r in results)])
 
 
 def run_replay_command(*, history: Path, flags: Path | None, config: Path | None, as_json: bool) -> int:
     """Exit 1 when any flag would have halted, else 0 (2 for bad input, raised as GuardrailError)."""
     looks = read_history(history)
-    defaults: dict[str, Any] = {}
+    defaults: Mapping[str, Any] = {}
     if config is not None:
         from guardrail.settings import load_settings
 
-        defaults = dict(load_settings(config=config, env={}).defaults)
-    watched = load_flags(flags) if flags is not None else default_flags(looks)
-    if defaults:
-        # Config defaults apply as in check: re-parse the definitions with them.
-        parsed = parse_flags({f.key: f.definition for f in watched}, defaults=defaults)
-        watched = list(parsed.flags)
+        # Only the config's `defaults:` matter to a replay; env={} keeps secrets and URLs out of it.
+        defaults = load_settings(config=config, env={}).defaults
+    watched = load_flags(flags, defaults) if flags is not None else default_flags(looks, defaults, str(history))
     results = replay(watched, looks)
     if as_json:
         print(json.dumps({"flags": [r.to_json() for r in results]}, indent=2))
     else:
-        print(render_text(results))
+        print(render_text(results, looks, str(history)))
     return 1 if any(r.halted_at is not None for r in results) else 0

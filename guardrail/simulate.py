@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from guardrail import stats
@@ -28,6 +28,9 @@ if TYPE_CHECKING:
 
 WINDOW_MINUTES = 5  # the threshold method's window, as in the how-to
 PASS, BREACH, SKIP = 0, 1, 2
+# Runs x minutes judged at once (~110 bytes each at peak, so ~460 MB): memory stays bounded whatever --runs
+# is. 200 runs x 14 days fit in one batch; the numbers depend on the batch size, so keep it fixed.
+BATCH_CELLS = 2**22
 
 
 @dataclass(frozen=True)
@@ -152,21 +155,27 @@ def sequential_verdicts(s: Scenario, t: Traffic, looks: NDArray[np.int64]) -> ND
     x_c = t.e_control[:, looks].astype(float)
     x_t = t.e_treatment[:, looks].astype(float)
     with np.errstate(divide="ignore", invalid="ignore"):
-        # The engine tests shrunk proportions, (x + 0.5) / (n + 1), so an arm at 0 % is still decided.
-        m_c, m_t = (x_c + 0.5) / (n_c + 1), (x_t + 0.5) / (n_t + 1)
-        var_c, var_t = m_c * (1 - m_c), m_t * (1 - m_t)
-        estimate = m_t / m_c - 1
-        se = np.sqrt(var_t / (n_t * m_c**2) + m_t**2 * var_c / (n_c * m_c**4))
+        # Every operation below mirrors engine.compare and stats.harm_test in the same order, so the
+        # doubles are the same, not just the algebra: the engine gets value = x / n from the source and
+        # tests the shrunk proportion (value·n + 0.5) / (n + 1), so an arm at 0 % is still decided.
+        m_c = ((x_c / n_c) * n_c + 0.5) / (n_c + 1)
+        m_t = ((x_t / n_t) * n_t + 0.5) / (n_t + 1)
+        var_c, var_t = m_c * (1.0 - m_c), m_t * (1.0 - m_t)  # stats.proportion_variance
+        ratio = m_t / m_c
+        estimate = ratio - 1.0
+        se = np.sqrt((var_t / n_t + ratio * ratio * var_c / n_c) / m_c / m_c)
         n = n_c + n_t
         eligible = (n_c >= s.min_count) & (n_t >= s.min_count)
-        # Tuning N*: frozen at each experiment's first eligible look, as the engine does.
+        # Tuning N*: frozen at each experiment's first eligible look, as the engine does (engine.decide_flag
+        # keeps the first N* an Outcome carries; with shrunk proportions every eligible look carries one).
         first = np.argmax(eligible, axis=1)
         n_first = n[np.arange(s.runs), first]
         minutes_first = looks[first].astype(float)
         tuning = np.array([stats.default_tuning_n(float(a), float(b))
                            for a, b in zip(n_first, minutes_first, strict=True)])
-        rho = (tuning / stats.tuning_factor(s.alpha))[:, None]
-        bound_factor = np.sqrt(2 * (n + rho) / n * np.log1p(np.sqrt((n + rho) / rho) / (2 * s.alpha)))
+        rho = np.array([stats.rho(v, s.alpha) for v in tuning])[:, None]
+        # stats._one_sided_factor: √(2(1 + ρ/n)·log1p(√(1 + n/ρ)/(2α))).
+        bound_factor = np.sqrt(2.0 * (1.0 + rho / n) * np.log1p(np.sqrt(1.0 + n / rho) / (2.0 * s.alpha)))
         breach = estimate - se * bound_factor > s.threshold
     verdict = np.where(breach, BREACH, PASS).astype(np.int8)
     verdict[~eligible] = SKIP
@@ -197,10 +206,19 @@ def halts(s: Scenario, verdicts: NDArray[np.int8], looks: NDArray[np.int64]) -> 
 
 
 def simulate(s: Scenario, methods: list[str], rng: np.random.Generator) -> list[Outcome]:
-    traffic = generate(s, rng)
+    """Both methods judge the very same experiments, generated and judged a batch of runs at a time."""
+    import numpy as np
+
     looks = look_minutes(s)
     judge = {"threshold": threshold_verdicts, "sequential": sequential_verdicts}
-    return [Outcome(m, s, halts(s, judge[m](s, traffic, looks), looks)) for m in methods]
+    batch = max(1, BATCH_CELLS // round(s.days * 1440))
+    found: dict[str, list[NDArray[np.float64]]] = {m: [] for m in methods}
+    for start in range(0, s.runs, batch):
+        part = replace(s, runs=min(batch, s.runs - start))
+        traffic = generate(part, rng)
+        for m in methods:
+            found[m].append(halts(part, judge[m](part, traffic, looks), looks))
+    return [Outcome(m, s, np.concatenate(found[m])) for m in methods]
 
 
 def _minutes(value: float | None) -> str:
@@ -235,19 +253,36 @@ def run_simulate_command(*, traffic: list[float], base_rate: float, effect: list
     unknown = sorted(set(methods) - {"threshold", "sequential"})
     if unknown:
         raise GuardrailError(f"unknown method(s) {unknown}; use threshold or sequential", field="--method")
-    if not 0 < base_rate < 1 or any(e <= 0 or base_rate * e > 1 for e in effect):
-        raise GuardrailError("need 0 < base rate < 1 and 0 < base rate x effect <= 1", field="--effect")
-    if cadence < 1 or cadence != int(cadence) or days <= 0 or any(t <= 0 for t in traffic):
-        raise GuardrailError("cadence must be whole minutes >= 1; days and traffic > 0", field="--cadence")
+    if not 0 < base_rate < 1:
+        raise GuardrailError("must be in (0, 1)", field="--base-rate")
+    if any(not (math.isfinite(e) and e > 0 and base_rate * e <= 1) for e in effect):
+        raise GuardrailError("need 0 < effect and base rate x effect <= 1", field="--effect")
+    if any(not (math.isfinite(t) and t > 0) for t in traffic):
+        raise GuardrailError("must be a positive number of events per minute per arm", field="--traffic")
+    if not (math.isfinite(threshold) and threshold >= 0):
+        raise GuardrailError("must be a relative increase >= 0", field="--threshold")
+    if not (math.isfinite(cadence) and cadence >= 1 and cadence == int(cadence)):
+        raise GuardrailError("must be whole minutes >= 1 (traffic is simulated per minute)", field="--cadence")
+    if not (math.isfinite(days) and round(days * 1440) >= cadence):
+        raise GuardrailError("must leave room for at least one look", field="--days")
     if not 0 < alpha < 0.5:
         raise GuardrailError("must be in (0, 0.5)", field="--alpha")
-    rng = np.random.default_rng(seed)
+    if seed < 0 or runs < 1 or confirmations < 1:
+        raise GuardrailError("--seed must be >= 0; --runs and --confirmations >= 1", field="--seed")
     rows: list[dict[str, Any]] = []
     for t in traffic:
         for e in effect:
+            # One stream per scenario, from (seed, traffic, effect): a row's numbers do not depend on which
+            # other scenarios share the command. Both methods judge the same experiments.
+            rng = np.random.default_rng([seed, round(t * 1000), round(e * 1_000_000)])
             s = Scenario(traffic=t, base_rate=base_rate, effect=e, threshold=threshold, days=days,
                          cadence=int(cadence), runs=runs, alpha=alpha, confirmations=confirmations)
-            rows.extend(o.summary() for o in simulate(s, list(dict.fromkeys(methods)), rng))
+            try:
+                rows.extend(o.summary() for o in simulate(s, list(dict.fromkeys(methods)), rng))
+            except MemoryError:
+                # One batch of runs is held at once (BATCH_CELLS); a long --days makes a batch one huge run.
+                raise GuardrailError(f"not enough memory for {days:g} days of per-minute traffic; use fewer "
+                                     "--days") from None
     if as_json:
         print(json.dumps({"seed": seed, "alpha": alpha, "confirmations": confirmations, "results": rows}, indent=2))
     else:
