@@ -510,3 +510,16 @@ def test_custom_control_and_legacy_operator_read_the_same() -> None:
 def test_default_control_variant_is_control() -> None:
     flag = flags_of(EXAMPLES / "flags.yaml")["checkout.cart.one-click-buy"]
     assert (flag.control_variant, flag.treatment_variants) == ("control", ("treatment",))
+
+
+def test_a_bug_in_the_rewrite_is_a_failed_outcome_not_a_crash(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write(tmp_path, THREE)
+    flag = flags_of(path)["checkout.payments.express-pay"]
+
+    def broken(*_args: Any, **_kwargs: Any) -> str:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(flagd_file, "apply_halt_to_text", broken)
+    outcome = asyncio.run(FlagdFileBackend(path).halt(flag, REASON))
+    assert not outcome.ok and "RuntimeError: boom" in outcome.detail
+    assert path.read_text() == THREE

@@ -2,9 +2,10 @@
 
 A halt changes one flag and nothing else. YAML goes through ruamel.yaml's round-trip mode, and then only
 the lines of the halted flag are spliced into the original text, so every other flag, comment and blank
-line stays byte-for-byte what its author wrote, whatever ruamel would have re-rendered. JSON is re-dumped
-with the file's own indent. Every rewrite is re-parsed with PyYAML (the parser the OpenFeature Python
-flagd provider uses) and compared with the intended result before it may replace the file.
+line stays byte-for-byte what its author wrote, whatever ruamel would have re-rendered. In JSON only the
+values the halt changes are replaced, rendered in the file's own indent. Every rewrite is re-parsed with
+PyYAML (the parser the OpenFeature Python flagd provider uses) and compared with the intended result
+before it may replace the file.
 
 The file is replaced atomically (temp file in the same directory, fsync, os.replace, fsync of the
 directory), keeps its mode, and is never written over an edit someone made since we read it: the content
@@ -360,7 +361,10 @@ def apply_halt_to_text(
     _edit_plain(expected["flags"][key], action, control_variant, reason)
 
     if json_format:
-        new = _rewrite_json(text, key, lambda d: _edit_plain(d, action, control_variant, reason))
+        try:
+            new = _rewrite_json(text, key, lambda d: _edit_plain(d, action, control_variant, reason))
+        except (ValueError, LookupError) as exc:  # the scan found a layout it does not expect
+            raise GuardrailError(f"cannot rewrite this JSON: {exc}", source=source, flag=key) from None
     else:
         try:
             new = _rewrite_yaml(text, key, lambda d: _edit_yaml(d, action, control_variant, reason))
@@ -437,6 +441,8 @@ class FlagdFileBackend:
                 return HaltOutcome(ok=False, detail=str(exc))
             except OSError as exc:
                 return HaltOutcome(ok=False, detail=f"{self.source}: cannot write: {exc.strerror or exc}")
+            except Exception as exc:  # a backend never raises: a bug here must become a failed halt, not a crash
+                return HaltOutcome(ok=False, detail=f"{self.source}: rewrite failed: {type(exc).__name__}: {exc}")
 
     def _apply_locked(self, flag: Flag, action: Action, reason: str) -> HaltOutcome:
         control = flag.control_variant
