@@ -22,7 +22,7 @@ import httpx
 from guardrail import alert, engine
 from guardrail.config import format_time, parse_flags
 from guardrail.flags.base import FlagBackend, HaltOutcome
-from guardrail.http import RetryPolicy, check_token_transport, make_client
+from guardrail.http import RetryPolicy, check_token_transport, make_client, run_budget
 from guardrail.model import (
     Evaluation,
     ExitCode,
@@ -35,6 +35,7 @@ from guardrail.model import (
     State,
     Verdict,
 )
+from guardrail.preflight import preflight
 from guardrail.redact import Redactor
 from guardrail.settings import Settings, require
 from guardrail.sources import fetch_all
@@ -196,7 +197,8 @@ class Run:
 
     async def execute(self) -> RunResult:
         require(self.settings)
-        with self._lock():
+        self.warnings.extend(preflight(self.settings, dry_run=self.dry_run))
+        with run_budget(self.settings.budget), self._lock():
             state = self.store.load()
             if self.store.warning:
                 self.warnings.append(self.store.warning)

@@ -63,9 +63,14 @@ def logical_window(g: Guardrail) -> str:
 def experiment_start(flag: Flag, prior: FlagState | None, now: datetime) -> datetime:
     if flag.started_at is not None:
         return flag.started_at
-    if prior is not None and prior.first_seen_enabled is not None:
-        return prior.first_seen_enabled
-    return now
+    return _first_seen(prior, now)
+
+
+def _first_seen(prior: FlagState | None, now: datetime) -> datetime:
+    """When the flag was first seen enabled. A time after `now` was written by a run whose clock was ahead:
+    kept, it would hold the flag in warmup until that date, so it is taken as now."""
+    seen = None if prior is None else prior.first_seen_enabled
+    return now if seen is None or seen > now else seen
 
 
 def since_start_window(start: datetime, now: datetime) -> str:
@@ -247,8 +252,12 @@ def next_streak(prior: Streak, verdict: Verdict, now: datetime, max_gap_minutes:
     if verdict is not Verdict.BREACH:
         return prior  # a skip neither confirms nor clears
     last = prior.last_breach_at
-    if last is not None and now <= last:
+    if last is not None and now == last:
         return prior  # the same look seen again (a retried run): never count it twice
+    if last is not None and now < last:
+        # A breach "from the future" was recorded by a run whose clock was ahead. Keeping it would freeze
+        # the streak until that date; it cannot be consecutive with this look, so a new streak starts.
+        return Streak(1, now)
     if last is not None and now - last <= timedelta(minutes=max_gap_minutes) and prior.count > 0:
         return Streak(prior.count + 1, now)
     return Streak(1, now)
@@ -295,7 +304,7 @@ def decide_flag(
     flag: Flag, aggregates: Mapping[AggregateKey, Aggregate], prior: FlagState, now: datetime
 ) -> tuple[list[Evaluation], Halt | None, FlagState]:
     start = experiment_start(flag, prior, now)
-    first_seen = prior.first_seen_enabled or now
+    first_seen = _first_seen(prior, now)
     warmup_left = warming_up(flag, start, now)
     minutes = (now - start).total_seconds() / 60
     streaks = dict(prior.streaks)

@@ -11,7 +11,8 @@ from urllib.parse import quote
 import httpx
 
 from guardrail.flags.base import HaltOutcome, LoadedFlags
-from guardrail.http import HTTPFailure, RetryPolicy, json_body, request
+from guardrail.http import HTTPFailure, RetryPolicy, json_body, request, side_effect
+from guardrail.redact import display_url
 from guardrail.model import ExitCode, Flag, GuardrailError
 
 
@@ -20,6 +21,20 @@ def _reverted(definition: Any, control: str) -> bool:
         isinstance(definition, Mapping)
         and definition.get("state") == "DISABLED"
         and definition.get("defaultVariant") == control
+    )
+
+
+def _serves_only(definition: Any, control: str) -> bool:
+    """What the force-variant call must achieve: every user gets `control`. Either the flag is reverted, or
+    its default is control and no targeting rule is left to route anyone elsewhere. A default that was
+    already `control` before the call proves nothing on its own: the split decides who gets what."""
+    if _reverted(definition, control):
+        return True
+    return (
+        isinstance(definition, Mapping)
+        and definition.get("defaultVariant") == control
+        and definition.get("state") in ("ENABLED", "DISABLED")
+        and not definition.get("targeting")
     )
 
 
@@ -48,12 +63,13 @@ class HttpFlagBackend:
         return f"{self.base_url}/v1/flags/{quote(key, safe='')}{suffix}"
 
     def link(self, key: str) -> str:
-        return self._url(key)
+        return display_url(self._url(key))  # never the user:password of the URL, if it has one
 
     async def load(self) -> LoadedFlags:
-        source = f"{self.base_url}/v1/flags"
+        source = display_url(f"{self.base_url}/v1/flags")
         try:
-            response = await request(self.client, "GET", source, label="flag API list", policy=self.policy)
+            response = await request(self.client, "GET", f"{self.base_url}/v1/flags", label="flag API list",
+                                     policy=self.policy)
             body = json_body(response)
         except HTTPFailure as exc:
             raise GuardrailError(str(exc), source=source, exit_code=ExitCode.UNEVALUATED) from None
@@ -127,22 +143,36 @@ class HttpFlagBackend:
         return None, failure
 
     async def halt(self, flag: Flag, reason: str) -> HaltOutcome:
+        # A decided halt is sent, and verified, even past the run's read budget (each try is still bounded).
+        with side_effect():
+            return await self._halt(flag, reason)
+
+    async def hold(self, flag: Flag, reason: str) -> HaltOutcome:
+        with side_effect():
+            return await self._hold(flag, reason)
+
+    async def _halt(self, flag: Flag, reason: str) -> HaltOutcome:
+        """Done only when a re-read shows it: never on a PATCH or force answer alone (a proxy, a cache or a
+        buggy server can answer 200 and change nothing)."""
         control = flag.control_variant
-        current = await self.get(flag.key)
-        if _reverted(current, control):
-            return HaltOutcome(ok=True, already=True, detail="flag was already DISABLED with the control default")
-        answer, failure = await self._until_applied(
+        if _reverted(await self.get(flag.key), control):
+            return HaltOutcome(ok=True, already=True,
+                               detail="flag was already DISABLED with the control default (re-read)")
+        _answer, failure = await self._until_applied(
             flag.key,
             lambda: self._patch_with_reason(flag.key, {"state": "DISABLED", "defaultVariant": control}, reason),
             lambda definition: _reverted(definition, control),
         )
         if failure is not None:
             if failure.applied_anyway:
-                return HaltOutcome(ok=True, detail=f"PATCH answer lost ({failure.kind}) but the flag is halted")
+                return HaltOutcome(ok=True, detail=f"PATCH answer lost ({failure.kind}) but a re-read shows the "
+                                   "flag halted")
             return HaltOutcome(ok=False, detail=str(failure), permanent=failure.permanent)
-        if _reverted(answer, control) and _reverted(await self.get(flag.key), control):
-            return HaltOutcome(ok=True, detail="PATCH applied: state DISABLED, defaultVariant " + control)
-        # Not applied atomically (CONTRACTS.md §3): force the control variant instead.
+        if _reverted(await self.get(flag.key), control):
+            return HaltOutcome(ok=True, detail="PATCH applied (re-read: state DISABLED, defaultVariant "
+                               f"{control})")
+        # The re-read does not show both fields (a non-atomic server, or one that ignored the PATCH):
+        # force the control variant instead.
         try:
             await request(
                 self.client, "PUT", self._url(flag.key, "/force"), label="flag API force", policy=self.policy,
@@ -154,25 +184,30 @@ class HttpFlagBackend:
                 detail=f"PATCH did not apply both fields and the force-variant call failed: {exc}",
             )
         after = await self.get(flag.key)
-        if after is not None and after.get("defaultVariant") == control:
-            return HaltOutcome(ok=True, forced=True, detail=f"PATCH was not atomic; forced variant {control}")
-        return HaltOutcome(ok=False, detail="force-variant call answered but the flag still serves another variant")
+        if _serves_only(after, control):
+            return HaltOutcome(ok=True, forced=True,
+                               detail=f"PATCH was not applied as sent; forced variant {control} (re-read)")
+        seen = "could not be re-read" if after is None else (
+            f"re-read shows state {after.get('state')!r}, defaultVariant {after.get('defaultVariant')!r}"
+            + (", targeting still set" if after.get("targeting") else ""))
+        return HaltOutcome(ok=False, detail=f"PATCH and force-variant calls answered, but the flag is not halted: {seen}")
 
-    async def hold(self, flag: Flag, reason: str) -> HaltOutcome:
+    async def _hold(self, flag: Flag, reason: str) -> HaltOutcome:
         if _held(await self.get(flag.key)):
-            return HaltOutcome(ok=True, already=True, detail="rollout was already held")
-        answer, failure = await self._until_applied(
+            return HaltOutcome(ok=True, already=True, detail="rollout was already held (re-read)")
+        _answer, failure = await self._until_applied(
             flag.key,
             lambda: self._patch(flag.key, {"metadata": {"guardrail_hold": True, "guardrail_reason": reason}}),
             _held,
         )
         if failure is not None:
             if failure.applied_anyway:
-                return HaltOutcome(ok=True, detail=f"PATCH answer lost ({failure.kind}) but the rollout is held")
+                return HaltOutcome(ok=True, detail=f"PATCH answer lost ({failure.kind}) but a re-read shows the "
+                                   "rollout held")
             return HaltOutcome(ok=False, detail=str(failure), permanent=failure.permanent)
-        if _held(answer) or _held(await self.get(flag.key)):
-            return HaltOutcome(ok=True, detail="rollout held at its current split (metadata.guardrail_hold)")
-        return HaltOutcome(ok=False, detail="PATCH answered but metadata.guardrail_hold is not set")
+        if _held(await self.get(flag.key)):
+            return HaltOutcome(ok=True, detail="rollout held at its current split (re-read: metadata.guardrail_hold)")
+        return HaltOutcome(ok=False, detail="PATCH answered, but a re-read shows metadata.guardrail_hold not set")
 
     async def aclose(self) -> None:
         """The client belongs to the run."""
