@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 
-from guardrail import alert, engine
+from guardrail import alert, engine, world
 from guardrail.config import format_time, parse_flags
 from guardrail.flags.base import FlagBackend, HaltOutcome
 from guardrail.http import RetryPolicy, check_token_transport, make_client, run_budget
@@ -194,6 +194,7 @@ class Run:
         self.halts: list[HaltResult] = []
         self.audit_lines: list[dict[str, Any]] = []
         self.warnings: list[str] = []
+        self.after_effects: list[FlagProblem] = []  # what failed after a side effect (state/audit writes)
 
     async def execute(self) -> RunResult:
         require(self.settings)
@@ -225,6 +226,11 @@ class Run:
 
         flags = [f for f in parsed.flags if mine(f.key)]
         problems = [p for p in parsed.problems if mine(p.flag)]
+        # A halted key that came back (a new experiment, or turned on by a person): see world.py.
+        seen = world.reconcile(flags, state, now=self.now, run_id=self.run_id)
+        state = seen.state
+        problems += seen.problems
+        self.audit_lines += [] if self.dry_run else seen.audit
         if self.only and not flags and not problems:
             raise GuardrailError(f"no flag {sorted(self.only)} in the flag definitions", source=loaded.source)
         by_key = {f.key: f for f in flags}
@@ -257,19 +263,37 @@ class Run:
                 record = state.flags[h.flag].halt
                 assert record is not None
                 state = await self._apply(state, backend, by_key[h.flag], record, client, resumed=False)
-            self.audit.append([json.loads(self.redact(json.dumps(r))) for r in self.audit_lines])
+            self._write_audit()
         return RunResult(
             now=self.now, dry_run=self.dry_run, run_id=self.run_id, evaluations=decision.evaluations,
-            halts=tuple(self.halts), problems=tuple(problems), skipped_flags=decision.skipped_flags,
-            warnings=tuple(self.warnings),
+            halts=tuple(self.halts), problems=tuple(problems) + tuple(self.after_effects),
+            skipped_flags=decision.skipped_flags, warnings=tuple(self.warnings),
         )
+
+    def _write_audit(self) -> None:
+        """After side effects nothing may crash the report: an audit log that cannot be written is named
+        with its path (an error: exit 2, or 1/4 when a halt happened, which outranks it)."""
+        try:
+            self.audit.append([json.loads(self.redact(json.dumps(r))) for r in self.audit_lines])
+        except GuardrailError as exc:
+            self._after_effect(exc, f"{len(self.audit_lines)} audit line(s) NOT written")
+
+    def _after_effect(self, exc: GuardrailError, what: str) -> None:
+        message = f"{what}: {self.redact(str(exc))}"
+        self.warnings.append(message)
+        self.after_effects.append(FlagProblem(None, message, source=exc.source or "", severity="error"))
 
     def _stamp(self, state: State) -> State:
         return replace(state, last_run_at=self.now)
 
     def _save(self, state: State) -> None:
+        """Saves after a side effect: a failure is reported with the path, never a crash that would hide
+        the halt that already happened."""
         if not self.dry_run:
-            self.store.save(self._stamp(state))
+            try:
+                self.store.save(self._stamp(state))
+            except GuardrailError as exc:
+                self._after_effect(exc, "state NOT saved after a halt (the next run re-reads the flag)")
 
     def _link(self, backend: FlagBackend, source: str, key: str) -> str:
         link = getattr(backend, "link", None)
@@ -332,7 +356,10 @@ class Run:
             return "nothing to send", True
         if not self.settings.webhook_url:
             return "not configured (ALERT_WEBHOOK_URL)", True
-        error = await alert.post(client, self.settings.webhook_url, dict(payload), policy=self.policy)
+        try:
+            error = await alert.post(client, self.settings.webhook_url, dict(payload), policy=self.policy)
+        except Exception as exc:  # noqa: BLE001 - the halt already happened; the report must survive
+            error = f"alert webhook: {type(exc).__name__}"
         if error is None:
             return "sent", True
         return f"FAILED, will retry next run: {self.redact(error)}", False

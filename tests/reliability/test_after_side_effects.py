@@ -34,11 +34,20 @@ def test_audit_on_a_full_disk_still_reports_the_halt_and_names_the_path(api: Fak
     result = runner("check", "--state", str(runner.workdir / "s.json"), "--audit", "/dev/full", "--json",
                     "--now", "2026-11-25T12:00:00Z", env=api_env(api))
     assert api.flag(BAD)["state"] == "DISABLED"
-    assert result.returncode == 4, result.stderr  # the halt happened; the record of it did not
+    assert result.returncode == 1, result.stderr  # the halt happened (1 outranks the audit error's 2)
     report = doc(result)
     assert report["halts"][0]["status"] == "done"
     assert any("/dev/full" in w and "audit" in w for w in report["warnings"]), report["warnings"]
     assert "internal error" not in result.stderr
+
+
+def test_audit_on_a_full_disk_without_a_halt_is_exit_2_naming_the_path(api: FakeAPI, runner: Runner) -> None:
+    breaching(api, confirmations=2)  # one look: nothing halts, the decisions still need the audit log
+    result = runner("check", "--state", str(runner.workdir / "s.json"), "--audit", "/dev/full", "--json",
+                    "--now", "2026-11-25T12:00:00Z", env=api_env(api))
+    assert result.returncode == 2, result.stderr
+    (problem,) = doc(result)["problems"]
+    assert problem["source"] == "/dev/full" and "NOT written" in problem["message"]
 
 
 def test_audit_path_that_is_a_directory_is_named(api: FakeAPI, runner: Runner) -> None:
