@@ -15,6 +15,14 @@ from guardrail.http import HTTPFailure, RetryPolicy, request
 from guardrail.model import Aggregate, Evaluation, HaltAction, Method
 
 
+def slack_escape(text: str) -> str:
+    """Outside text (flag keys, variant names, reasons, server messages) as literal Slack mrkdwn: Slack
+    reads `<...>` as links and mentions (`<!channel>`) and wants &, <, > escaped as entities
+    (https://api.slack.com/reference/surfaces/formatting#escaping). A backtick would end the code span the
+    flag key is shown in, so it becomes a look-alike (U+02CB)."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("`", "\u02cb")
+
+
 def _num(value: float | None, digits: int = 4) -> str:
     if value is None:
         return "n/a"
@@ -54,24 +62,26 @@ def build_payload(
 ) -> dict[str, Any]:
     """The alert body. Every field named in CONTRACTS.md §4 is always present."""
     e = evaluation
+    flag, reason, link, detail = (slack_escape(x) for x in (flag, reason, link, detail))
+    metric, variant = slack_escape(e.metric), slack_escape(e.treatment_variant)
     treatment_value, treatment_count = _agg(e.treatment)
     control_value, control_count = _agg(e.control)
     what = "reverted to control" if action is HaltAction.REVERT else "held at its current split"
     if outcome == "FAILED":
         text = (
             f":warning: HALT FAILED: `{flag}` must be halted BY HAND ({what} was due). "
-            f"{e.metric} breached its guardrail; the flag API did not apply the halt: {detail}"
+            f"{metric} breached its guardrail; the flag API did not apply the halt: {detail}"
         )
         color = "danger"
     elif outcome == "would halt":
-        text = f":mag: DRY RUN: `{flag}` would be {what}: {e.metric} breached its guardrail"
+        text = f":mag: DRY RUN: `{flag}` would be {what}: {metric} breached its guardrail"
         color = "warning"
     else:
-        text = f":rotating_light: AUTO-HALT: `{flag}` {what}: {e.metric} breached its guardrail"
+        text = f":rotating_light: AUTO-HALT: `{flag}` {what}: {metric} breached its guardrail"
         color = "danger"
     fields = [
-        {"title": "Guardrail metric", "value": e.metric, "short": True},
-        {"title": "Treatment variant", "value": e.treatment_variant, "short": True},
+        {"title": "Guardrail metric", "value": metric, "short": True},
+        {"title": "Treatment variant", "value": variant, "short": True},
         {"title": "Treatment value", "value": treatment_value, "short": True},
         {"title": "Control value", "value": control_value, "short": True},
         {"title": "Relative delta", "value": _pct(e.relative_delta), "short": True},
@@ -114,6 +124,7 @@ def mark_outcome(prepared: dict[str, Any], *, ok: bool, detail: str) -> dict[str
     """Turn the alert prepared at decision time into the one to send once the halt's outcome is known."""
     if not prepared:
         return {}
+    detail = slack_escape(detail)
     payload = {**prepared, "attachments": [dict(a) for a in prepared.get("attachments", [])]}
     attachment = payload["attachments"][0] if payload["attachments"] else {"fields": []}
     fields = [dict(f) for f in attachment.get("fields", [])]

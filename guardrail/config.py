@@ -240,6 +240,10 @@ def _schema_errors(document: Mapping[str, Any], fields: Mapping[str, str]) -> li
     return problems
 
 
+def _has_control(text: str) -> bool:
+    return any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F or c in "\u2028\u2029" for c in text)
+
+
 def _number_ok(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
@@ -266,6 +270,8 @@ def parse_flag(
     if not isinstance(variants, Mapping) or not variants:
         return None, [problem("variants", "must be a non-empty mapping of variant name to value")]
     variant_names = tuple(str(v) for v in variants)
+    if any(_has_control(v) for v in variant_names):
+        return None, [problem("variants", "a variant name contains control characters (a newline?)")]
     default_variant = definition.get("defaultVariant")
     if not isinstance(default_variant, str) or default_variant not in variants:
         return None, [problem("defaultVariant", f"{default_variant!r} is not one of the variants")]
@@ -368,6 +374,11 @@ def parse_flags(
     for key, definition in definitions.items():
         if not isinstance(key, str) or not key:
             problems.append(FlagProblem(str(key), "flag key must be a non-empty string", source))
+            continue
+        if _has_control(key):
+            # A newline in a key could forge a line of the report or the cron mail.
+            problems.append(FlagProblem(key.encode("unicode_escape").decode("ascii"),
+                                        "flag key contains control characters (a newline?)", source))
             continue
         flag, found = parse_flag(
             key, definition, source=source, line=(lines or {}).get(key), defaults=defaults

@@ -44,6 +44,13 @@ def check_credentials(settings: Settings) -> None:
     api_url = settings.flag_api_url or (str(settings.flags) if settings.flags_are_url else None)
     if settings.flag_api_token and (why := _token_problem(settings.flag_api_token)):
         raise GuardrailError(f"the token {why}", field="FLAG_API_TOKEN", exit_code=ExitCode.CONFIG)
+    if settings.flag_api_token and api_url and "@" in urlsplit(api_url).netloc:
+        # httpx turns URL userinfo into a Basic Authorization header that replaces the bearer token.
+        raise GuardrailError(
+            "has user:password in it and FLAG_API_TOKEN is set: only one can be sent (the URL's would replace "
+            "the token, and every halt would be refused); remove one", field="FLAG_API_URL",
+            exit_code=ExitCode.CONFIG,
+        )
     for name, url, has_secret in (
         ("FLAG_API_URL", api_url, bool(settings.flag_api_token)),
         ("METRICS_API_URL", settings.metrics_url, False),
