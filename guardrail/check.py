@@ -358,7 +358,7 @@ class Run:
             return "not configured (ALERT_WEBHOOK_URL)", True
         try:
             error = await alert.post(client, self.settings.webhook_url, dict(payload), policy=self.policy)
-        except Exception as exc:  # noqa: BLE001 - the halt already happened; the report must survive
+        except Exception as exc:
             error = f"alert webhook: {type(exc).__name__}"
         if error is None:
             return "sent", True

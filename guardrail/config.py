@@ -221,9 +221,9 @@ def _non_finite(value: Any, path: str = "") -> Iterator[tuple[str, float]]:
 
 def _schema_errors(document: Mapping[str, Any], fields: Mapping[str, str]) -> list[tuple[str, str]]:
     problems = []
-    for path, number in _non_finite(document):
-        place = fields.get(path) or ("metadata." + path.replace("/", ".") if path else "metadata")
-        problems.append((place, f"must be a finite number, got {number}"))
+    for where, number in _non_finite(document):
+        spot = fields.get(where) or ("metadata." + where.replace("/", ".") if where else "metadata")
+        problems.append((spot, f"must be a finite number, got {number}"))
     if problems:
         return problems
     for err in sorted(_validator().iter_errors(document), key=lambda e: list(e.absolute_path)):
@@ -308,7 +308,8 @@ def parse_flag(
         # Name the field the variants came from: the user's list, or else the fractional split.
         field = "metadata.treatment_variants" if "treatment_variants" in metadata else "targeting"
         return None, [problem(field, f"unknown variants {unknown}")]
-    if raw_guardrails and (why := treatments_problem(treatments, control, definition, "treatment_variants" in metadata)):
+    listed = "treatment_variants" in metadata
+    if raw_guardrails and (why := treatments_problem(treatments, control, definition, listed)):
         return None, [problem(why[0], why[1])]
 
     exp_type = metadata.get("experiment_type", "ab")

@@ -107,6 +107,8 @@ class FakeAPI:
         self._alerts: list[Any] = []
         self._requests: list[Json] = []
         self._conns: set[socket.socket] = set()
+        self._in_flight = 0  # requests received and not yet answered (events for tests, not timing)
+        self.max_in_flight = 0
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self.set_flags(flags or {})
@@ -198,6 +200,12 @@ class FakeAPI:
     def requests(self) -> list[dict[str, Any]]:
         with self._lock:
             return copy.deepcopy(self._requests)
+
+    @property
+    def in_flight(self) -> int:
+        """Requests received and not answered yet (a delayed or trickled one stays in flight)."""
+        with self._lock:
+            return self._in_flight
 
     def count(self, method: str, path_prefix: str) -> int:
         method = method.upper()
@@ -345,6 +353,17 @@ class _Handler(BaseHTTPRequestHandler):
         pass  # thousands of requests per benchmark: stderr is for real problems
 
     def _handle(self) -> None:
+        api = self.api
+        with api._lock:
+            api._in_flight += 1
+            api.max_in_flight = max(api.max_in_flight, api._in_flight)
+        try:
+            self._handle_counted()
+        finally:
+            with api._lock:
+                api._in_flight -= 1
+
+    def _handle_counted(self) -> None:
         received, method = time.time(), self.command
         split = urlsplit(self.path)
         self.parts = [unquote(p) for p in split.path.split("/") if p]

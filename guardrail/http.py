@@ -218,9 +218,10 @@ def _retry_after(response: httpx.Response, policy: RetryPolicy) -> float | None:
 
 
 def _classify(exc: BaseException) -> str:
-    if isinstance(exc, BaseExceptionGroup) and exc.exceptions:
-        return _classify(exc.exceptions[0])  # anyio's task groups wrap what a connect raised
-    if isinstance(exc, (httpx.TimeoutException, TimeoutError)):
+    inner = getattr(exc, "exceptions", None)  # an ExceptionGroup (3.11+): anyio's task groups wrap errors
+    if isinstance(inner, tuple) and inner and isinstance(inner[0], BaseException):
+        return _classify(inner[0])
+    if isinstance(exc, (httpx.TimeoutException, TimeoutError, asyncio.TimeoutError)):
         return "timeout"
     if isinstance(exc, (httpx.InvalidURL, httpx.UnsupportedProtocol, OverflowError, UnicodeError)):
         return "invalid URL"
@@ -256,11 +257,10 @@ async def request(
             raise last or HTTPFailure(label, "deadline", detail="the run's time budget is spent; not sent")
         try:
             # A total deadline for the whole try: connect, send, and the body however slowly it comes.
-            async with asyncio.timeout(total):
-                response = await client.request(method, url, **kwargs)
+            response = await asyncio.wait_for(client.request(method, url, **kwargs), timeout=total)
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # noqa: BLE001 - anything a malformed URL or a peer can cause
+        except Exception as exc:
             last = HTTPFailure(label, _classify(exc))
             if last.kind == "invalid URL":
                 raise last from None  # asking again cannot fix the URL

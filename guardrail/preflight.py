@@ -34,8 +34,10 @@ def check_urls(settings: Settings) -> list[str]:
     warnings = []
     if settings.webhook_url and (why := url_problem(settings.webhook_url)):
         # The URL is a secret: say what is wrong with it, never what it is.
-        warnings.append(f"ALERT_WEBHOOK_URL is not a usable URL ({why}): flags are still watched and halted, "
-                        "but no alert can be sent until it is fixed")
+        warnings.append(
+            f"ALERT_WEBHOOK_URL is not a usable URL ({why}): flags are still watched and halted, "
+            "but no alert can be sent until it is fixed"
+        )
     return warnings
 
 
@@ -48,7 +50,8 @@ def check_credentials(settings: Settings) -> None:
         # httpx turns URL userinfo into a Basic Authorization header that replaces the bearer token.
         raise GuardrailError(
             "has user:password in it and FLAG_API_TOKEN is set: only one can be sent (the URL's would replace "
-            "the token, and every halt would be refused); remove one", field="FLAG_API_URL",
+            "the token, and every halt would be refused); remove one",
+            field="FLAG_API_URL",
             exit_code=ExitCode.CONFIG,
         )
     for name, url, has_secret in (
@@ -66,28 +69,39 @@ def check_credentials(settings: Settings) -> None:
             raise GuardrailError(
                 f"refusing to send {what} over plain http to {hop}; use https, set NO_PROXY for a local "
                 "API behind HTTP_PROXY, or pass --allow-insecure-http if you really mean it",
-                field=name, exit_code=ExitCode.CONFIG,
+                field=name,
+                exit_code=ExitCode.CONFIG,
             )
 
 
 def _writable_file(path: Path, what: str, option: str, env: str) -> None:
     fix = f"point {option} (or {env}) at a writable file"
     if path.is_dir():
-        raise GuardrailError(f"{what} path is a directory, not a file; {fix}", source=str(path),
-                             exit_code=ExitCode.CONFIG)
+        raise GuardrailError(
+            f"{what} path is a directory, not a file; {fix}", source=str(path), exit_code=ExitCode.CONFIG
+        )
     parent = path.parent
     for ancestor in (parent, *parent.parents):
         if ancestor.exists():
             if not ancestor.is_dir():
-                raise GuardrailError(f"{ancestor} is a file, so {what} directory {parent} cannot exist; {fix}",
-                                     source=str(path), exit_code=ExitCode.CONFIG)
+                raise GuardrailError(
+                    f"{ancestor} is a file, so {what} directory {parent} cannot exist; {fix}",
+                    source=str(path),
+                    exit_code=ExitCode.CONFIG,
+                )
             if not os.access(ancestor, os.W_OK | os.X_OK) and ancestor == parent:
-                raise GuardrailError(f"{what} directory is not writable by this user; {fix}, or fix the "
-                                     "directory's permissions", source=str(path), exit_code=ExitCode.CONFIG)
+                raise GuardrailError(
+                    f"{what} directory is not writable by this user; {fix}, or fix the directory's permissions",
+                    source=str(path),
+                    exit_code=ExitCode.CONFIG,
+                )
             break
     if path.exists() and not os.access(path, os.W_OK):
-        raise GuardrailError(f"{what} file is not writable by this user; {fix}, or fix its permissions",
-                             source=str(path), exit_code=ExitCode.CONFIG)
+        raise GuardrailError(
+            f"{what} file is not writable by this user; {fix}, or fix its permissions",
+            source=str(path),
+            exit_code=ExitCode.CONFIG,
+        )
 
 
 def check_paths(settings: Settings) -> None:

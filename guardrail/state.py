@@ -187,7 +187,8 @@ def _fix_for(code: int | None, what: str, option: str) -> str:
     if code == errno.EROFS:
         return f"the file system is read-only: point {option} at a writable directory"
     if code in (errno.EACCES, errno.EPERM):
-        return f"permission denied: give this user write access to the {what} and its directory, or point {option} elsewhere"
+        return (f"permission denied: give this user write access to the {what} and its directory, "
+                f"or point {option} elsewhere")
     if code == errno.EISDIR:
         return f"the path is a directory: point {option} at a file"
     if code == errno.ENOTDIR:

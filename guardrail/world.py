@@ -41,24 +41,33 @@ def reconcile(flags: Iterable[Flag], state: State, *, now: datetime, run_id: str
             continue
         if flag.started_at is not None and flag.started_at > record.decided_at:
             next_flags[flag.key] = FlagState()
-            audit.append({
-                "time": now.isoformat(), "run_id": run_id, "dry_run": False, "type": "halt_cleared",
-                "flag": flag.key, "reason": f"new experiment: started_at {flag.started_at.isoformat()} is after "
-                f"the halt decided at {record.decided_at.isoformat()}; the new experiment is watched",
-                "previous_halt": {"status": record.status, "reason": record.reason},
-            })
+            audit.append(
+                {
+                    "time": now.isoformat(),
+                    "run_id": run_id,
+                    "dry_run": False,
+                    "type": "halt_cleared",
+                    "flag": flag.key,
+                    "reason": f"new experiment: started_at {flag.started_at.isoformat()} is after "
+                    f"the halt decided at {record.decided_at.isoformat()}; the new experiment is watched",
+                    "previous_halt": {"status": record.status, "reason": record.reason},
+                }
+            )
             continue
         if record.status != "done":
             continue  # pending or failed: the run finishes it (an enabled flag is exactly why)
         if _back_on(flag, record.action, record.control_variant):
             what = "the hold marker was removed" if record.action is HaltAction.HOLD else "it is ENABLED again"
-            problems.append(FlagProblem(
-                flag.key,
-                f"halted by guardrail at {record.decided_at.isoformat()}, but {what} at the source without "
-                f"`guardrail resume`: its guardrails are NOT watched. Run `guardrail resume {flag.key} --reason "
-                "...` to watch it again, or halt it again by hand",
-                source=flag.source, severity="error",
-            ))
+            problems.append(
+                FlagProblem(
+                    flag.key,
+                    f"halted by guardrail at {record.decided_at.isoformat()}, but {what} at the source without "
+                    f"`guardrail resume`: its guardrails are NOT watched. Run `guardrail resume {flag.key} --reason "
+                    "...` to watch it again, or halt it again by hand",
+                    source=flag.source,
+                    severity="error",
+                )
+            )
     return Reconciled(replace(state, flags=next_flags), tuple(problems), tuple(audit))
 
 

@@ -12,8 +12,8 @@ import httpx
 
 from guardrail.flags.base import HaltOutcome, LoadedFlags
 from guardrail.http import HTTPFailure, RetryPolicy, json_body, request, side_effect
-from guardrail.redact import display_url
 from guardrail.model import ExitCode, Flag, GuardrailError
+from guardrail.redact import display_url
 
 
 def _reverted(definition: Any, control: str) -> bool:
@@ -190,7 +190,8 @@ class HttpFlagBackend:
         seen = "could not be re-read" if after is None else (
             f"re-read shows state {after.get('state')!r}, defaultVariant {after.get('defaultVariant')!r}"
             + (", targeting still set" if after.get("targeting") else ""))
-        return HaltOutcome(ok=False, detail=f"PATCH and force-variant calls answered, but the flag is not halted: {seen}")
+        return HaltOutcome(ok=False,
+                           detail=f"PATCH and force-variant calls answered, but the flag is not halted: {seen}")
 
     async def _hold(self, flag: Flag, reason: str) -> HaltOutcome:
         if _held(await self.get(flag.key)):

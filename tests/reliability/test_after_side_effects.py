@@ -31,8 +31,17 @@ def test_webhook_url_with_an_invalid_port_still_reports_the_halt(api: FakeAPI, r
 
 def test_audit_on_a_full_disk_still_reports_the_halt_and_names_the_path(api: FakeAPI, runner: Runner) -> None:
     breaching(api, confirmations=1)
-    result = runner("check", "--state", str(runner.workdir / "s.json"), "--audit", "/dev/full", "--json",
-                    "--now", "2026-11-25T12:00:00Z", env=api_env(api))
+    result = runner(
+        "check",
+        "--state",
+        str(runner.workdir / "s.json"),
+        "--audit",
+        "/dev/full",
+        "--json",
+        "--now",
+        "2026-11-25T12:00:00Z",
+        env=api_env(api),
+    )
     assert api.flag(BAD)["state"] == "DISABLED"
     assert result.returncode == 1, result.stderr  # the halt happened (1 outranks the audit error's 2)
     report = doc(result)
@@ -43,8 +52,17 @@ def test_audit_on_a_full_disk_still_reports_the_halt_and_names_the_path(api: Fak
 
 def test_audit_on_a_full_disk_without_a_halt_is_exit_2_naming_the_path(api: FakeAPI, runner: Runner) -> None:
     breaching(api, confirmations=2)  # one look: nothing halts, the decisions still need the audit log
-    result = runner("check", "--state", str(runner.workdir / "s.json"), "--audit", "/dev/full", "--json",
-                    "--now", "2026-11-25T12:00:00Z", env=api_env(api))
+    result = runner(
+        "check",
+        "--state",
+        str(runner.workdir / "s.json"),
+        "--audit",
+        "/dev/full",
+        "--json",
+        "--now",
+        "2026-11-25T12:00:00Z",
+        env=api_env(api),
+    )
     assert result.returncode == 2, result.stderr
     (problem,) = doc(result)["problems"]
     assert problem["source"] == "/dev/full" and "NOT written" in problem["message"]
@@ -54,8 +72,17 @@ def test_audit_path_that_is_a_directory_is_named(api: FakeAPI, runner: Runner) -
     breaching(api, confirmations=1)
     audit_dir = runner.workdir / "audit"
     audit_dir.mkdir()
-    result = runner("check", "--state", str(runner.workdir / "s.json"), "--audit", str(audit_dir), "--json",
-                    "--now", "2026-11-25T12:00:00Z", env=api_env(api))
+    result = runner(
+        "check",
+        "--state",
+        str(runner.workdir / "s.json"),
+        "--audit",
+        str(audit_dir),
+        "--json",
+        "--now",
+        "2026-11-25T12:00:00Z",
+        env=api_env(api),
+    )
     # Found before any PATCH: the run refuses to start, naming the path and the fix.
     assert result.returncode == 2, result.stderr
     assert str(audit_dir) in result.stderr and "directory" in result.stderr
@@ -66,16 +93,23 @@ def test_state_directory_that_is_a_file_is_named(api: FakeAPI, runner: Runner) -
     breaching(api, confirmations=1)
     blocker = runner.workdir / "notadir"
     blocker.write_text("x")
-    result = runner("check", "--state", str(blocker / "state.json"), "--audit", str(runner.workdir / "a.jsonl"),
-                    "--now", "2026-11-25T12:00:00Z", env=api_env(api))
+    result = runner(
+        "check",
+        "--state",
+        str(blocker / "state.json"),
+        "--audit",
+        str(runner.workdir / "a.jsonl"),
+        "--now",
+        "2026-11-25T12:00:00Z",
+        env=api_env(api),
+    )
     assert result.returncode == 2, result.stderr
     assert str(blocker) in result.stderr and "internal error" not in result.stderr
     assert api.count("PATCH", "/v1/flags") == 0
 
 
 @pytest.mark.parametrize("code", [errno.EROFS, errno.ENOSPC, errno.EACCES, errno.EDQUOT])
-def test_state_write_errors_name_the_path_and_a_fix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                     code: int) -> None:
+def test_state_write_errors_name_the_path_and_a_fix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int) -> None:
     real_open = os.open
 
     def failing_open(path: str, flags: int, mode: int = 0o777, **kw: object) -> int:

@@ -42,8 +42,10 @@ def test_bad_flag_wide_numbers_are_named(option: str, value: Any) -> None:
     assert not parsed.flags and parsed.problems[0].field == f"metadata.{option}"
 
 
-@pytest.mark.parametrize("text", ["threshold: .nan", "max_gap_minutes: .nan", "alpha: .inf", "min_count: -3",
-                                  "alpha: 1.5", "confirmations: 0"])
+@pytest.mark.parametrize(
+    "text",
+    ["threshold: .nan", "max_gap_minutes: .nan", "alpha: .inf", "min_count: -3", "alpha: 1.5", "confirmations: 0"],
+)
 def test_validate_refuses_bad_numbers_in_yaml(tmp_path: Any, text: str) -> None:
     option, value = text.split(": ")
     path = tmp_path / "flags.yaml"
@@ -59,11 +61,14 @@ def test_validate_refuses_bad_numbers_in_yaml(tmp_path: Any, text: str) -> None:
     assert any(option in str(getattr(f, "field", "")) + str(f) for f in findings)
 
 
-@pytest.mark.parametrize("metadata,needle", [
-    ({"treatment_variants": ""}, "empty"),
-    ({"treatment_variants": "control"}, "control"),
-    ({"treatment_variants": "treatment, control"}, "control"),
-])
+@pytest.mark.parametrize(
+    "metadata,needle",
+    [
+        ({"treatment_variants": ""}, "empty"),
+        ({"treatment_variants": "control"}, "control"),
+        ({"treatment_variants": "treatment, control"}, "control"),
+    ],
+)
 def test_treatment_variants_that_cannot_be_an_experiment_are_problems(metadata: dict[str, Any], needle: str) -> None:
     parsed = parse_flags({"f.k": flag_definition(extra_metadata=metadata)}, source="flags.yaml")
     assert not parsed.flags
@@ -91,8 +96,10 @@ def _decide_one(definition: dict[str, Any], control: Aggregate, treatment: Aggre
 
 
 def test_stddev_that_overflows_is_no_data_for_that_guardrail() -> None:
-    definition = flag_definition(metric="latency_ms", extra_metadata={
-        "guardrail.latency_ms.method": "sequential", "guardrail.latency_ms.kind": "mean"})
+    definition = flag_definition(
+        metric="latency_ms",
+        extra_metadata={"guardrail.latency_ms.method": "sequential", "guardrail.latency_ms.kind": "mean"},
+    )
     decision = _decide_one(definition, _agg(100.0, 5000, 1e200), _agg(150.0, 5000, 1e200))
     (e,) = decision.evaluations
     assert e.verdict is Verdict.SKIP_NO_DATA and not decision.halts
@@ -114,9 +121,15 @@ def test_huge_values_never_overflow_the_run() -> None:
 
 def test_an_overflowing_flag_does_not_stop_a_harmful_one(api: FakeAPI, runner: Runner) -> None:
     breaching(api, confirmations=1)
-    api.set_flags({**{k: api.flag(k) for k in (BAD,)}, GOOD: flag_definition(
-        metric="latency_ms", extra_metadata={"guardrail.latency_ms.method": "sequential",
-                                             "guardrail.latency_ms.kind": "mean"})})
+    api.set_flags(
+        {
+            **{k: api.flag(k) for k in (BAD,)},
+            GOOD: flag_definition(
+                metric="latency_ms",
+                extra_metadata={"guardrail.latency_ms.method": "sequential", "guardrail.latency_ms.kind": "mean"},
+            ),
+        }
+    )
     for variant, value in (("control", 100.0), ("treatment", 101.0)):
         api.set_metric(GOOD, variant, "latency_ms", value, 5000, stddev=1e200)
     result = runner.check(env=api_env(api), now="2026-11-25T12:00:00Z")

@@ -11,7 +11,7 @@ from guardrail.http import check_token_transport, cleartext_hop
 from guardrail.model import GuardrailError
 from guardrail.redact import Redactor, display_url
 from tests.conftest import TOKEN
-from tests.reliability.conftest import BAD, Runner, api_env, breaching, doc
+from tests.reliability.conftest import BAD, Runner, api_env, breaching
 
 
 def test_userinfo_in_the_flag_api_url_never_reaches_output_state_audit_or_alert(runner: Runner) -> None:
@@ -38,7 +38,8 @@ def _userinfo_run(api: FakeAPI, runner: Runner) -> None:
 
 def test_redactor_masks_userinfo_in_any_url() -> None:
     redact = Redactor([])
-    assert redact("GET https://bob:hunter22@flags.example.com/v1 failed") == "GET https://***@flags.example.com/v1 failed"
+    masked = redact("GET https://bob:hunter22@flags.example.com/v1 failed")
+    assert masked == "GET https://***@flags.example.com/v1 failed"
     assert display_url("http://u:p@h:8080/x?y=1") == "http://h:8080/x?y=1"
 
 
@@ -92,9 +93,9 @@ def test_userinfo_over_plain_http_to_a_remote_host_is_refused(runner: Runner, tm
 
 
 @pytest.mark.parametrize("bad", ["http://127.0.0.1:99999", "ftp://127.0.0.1/x", "http://", "127.0.0.1:8080"])
-def test_a_malformed_api_url_is_refused_at_start_naming_the_variable(runner: Runner, tmp_path: Path,
-                                                                     bad: str) -> None:
-    result = runner("check", "--state", str(tmp_path / "s.json"),
-                    env={"FLAG_API_URL": "http://127.0.0.1:9", "METRICS_API_URL": bad})
+def test_a_malformed_api_url_is_refused_at_start_naming_the_variable(runner: Runner, tmp_path: Path, bad: str) -> None:
+    result = runner(
+        "check", "--state", str(tmp_path / "s.json"), env={"FLAG_API_URL": "http://127.0.0.1:9", "METRICS_API_URL": bad}
+    )
     assert result.returncode == 2 and "METRICS_API_URL" in result.stderr, result.stderr
     assert "internal error" not in result.stderr

@@ -40,8 +40,16 @@ def test_a_halted_key_back_as_a_new_experiment_is_watched(api: FakeAPI, runner: 
 
 def test_a_halted_key_turned_back_on_by_a_person_is_loud(api: FakeAPI, runner: Runner) -> None:
     _halt_then(api, runner)
-    api.set_flags({BAD: {**api.flag(BAD), "state": "ENABLED", "defaultVariant": "control",
-                         "targeting": flag_definition()["targeting"]}})
+    api.set_flags(
+        {
+            BAD: {
+                **api.flag(BAD),
+                "state": "ENABLED",
+                "defaultVariant": "control",
+                "targeting": flag_definition()["targeting"],
+            }
+        }
+    )
     for minute in ("02", "04"):
         result = runner.check(env=api_env(api), now=f"2026-11-25T12:{minute}:00Z")
         assert result.returncode == 2, result.stdout  # every run, not once
@@ -62,24 +70,37 @@ def test_a_rollout_whose_hold_marker_was_removed_is_loud(api: FakeAPI, runner: R
 
 def _flag_and_aggs(treatment: float) -> tuple[Any, dict[Any, Aggregate]]:
     (flag,) = parse_flags({"f.k": flag_definition(extra_metadata={"warmup_minutes": 30})}).flags
-    aggs = {("f.k", "control", "error_rate", "5m"): Aggregate(value=0.01, count=5000),
-            ("f.k", "treatment", "error_rate", "5m"): Aggregate(value=treatment, count=5000)}
+    aggs = {
+        ("f.k", "control", "error_rate", "5m"): Aggregate(value=0.01, count=5000),
+        ("f.k", "treatment", "error_rate", "5m"): Aggregate(value=treatment, count=5000),
+    }
     return flag, aggs
 
 
 def test_a_breach_recorded_by_a_clock_far_ahead_does_not_freeze_the_streak() -> None:
     flag, aggs = _flag_and_aggs(0.05)
     future = NOW + timedelta(days=365)
-    state = State(flags={"f.k": FlagState(first_seen_enabled=NOW - timedelta(days=1),
-                                          streaks={"error_rate@treatment": Streak(1, future)})})
+    state = State(
+        flags={
+            "f.k": FlagState(
+                first_seen_enabled=NOW - timedelta(days=1), streaks={"error_rate@treatment": Streak(1, future)}
+            )
+        }
+    )
     first = engine.decide([flag], aggs, state, NOW)
     second = engine.decide([flag], aggs, first.state, NOW + timedelta(minutes=2))
     assert [e.streak for e in second.evaluations] == [2] and second.halts
 
 
 def test_a_first_seen_time_far_ahead_does_not_hold_the_flag_in_warmup() -> None:
-    (flag,) = parse_flags({"f.k": {**flag_definition(extra_metadata={"warmup_minutes": 30}),
-                                   "metadata": {**flag_definition()["metadata"], "warmup_minutes": 30}}}).flags
+    (flag,) = parse_flags(
+        {
+            "f.k": {
+                **flag_definition(extra_metadata={"warmup_minutes": 30}),
+                "metadata": {**flag_definition()["metadata"], "warmup_minutes": 30},
+            }
+        }
+    ).flags
     flag = type(flag)(**{**flag.__dict__, "started_at": None})
     _f, aggs = _flag_and_aggs(0.05)
     state = State(flags={"f.k": FlagState(first_seen_enabled=NOW + timedelta(days=365))})
@@ -102,10 +123,31 @@ WRONG_TYPES: list[Any] = [
     {"flags": {"a": {"tuning_n": {"m@t": "nan"}}}},
     {"flags": {"a": {"tuning_n": {"m@t": -4}}}},
     {"flags": {"a": {"halt": "yes"}}},
-    {"flags": {"a": {"halt": {"status": "finished", "action": "revert", "reason": "r",
-                              "decided_at": "2026-11-25T12:00:00+00:00"}}}},
-    {"flags": {"a": {"halt": {"status": "done", "action": "revert", "reason": "r", "alert_payload": "x",
-                              "decided_at": "2026-11-25T12:00:00+00:00"}}}},
+    {
+        "flags": {
+            "a": {
+                "halt": {
+                    "status": "finished",
+                    "action": "revert",
+                    "reason": "r",
+                    "decided_at": "2026-11-25T12:00:00+00:00",
+                }
+            }
+        }
+    },
+    {
+        "flags": {
+            "a": {
+                "halt": {
+                    "status": "done",
+                    "action": "revert",
+                    "reason": "r",
+                    "alert_payload": "x",
+                    "decided_at": "2026-11-25T12:00:00+00:00",
+                }
+            }
+        }
+    },
     {"flags": {"a": {"last_evaluations": {"m@t": 3}}}},
     {"flags": []},
     {"flags": {"a": 7}},
@@ -125,9 +167,19 @@ def test_hand_edited_state_with_wrong_types_is_set_aside(tmp_path: Path, body: d
 def test_a_naive_time_in_hand_edited_state_is_taken_as_utc(tmp_path: Path) -> None:
     """Not a crash on every run comparing naive and aware times."""
     path = tmp_path / "state.json"
-    path.write_text(json.dumps({"version": 1, "flags": {"f.k": {
-        "first_seen_enabled": "2026-11-20T09:00:00", "streaks": {"error_rate@treatment": {
-            "count": 1, "last_breach_at": "2026-11-25T11:58:00"}}}}}))
+    path.write_text(
+        json.dumps(
+            {
+                "version": 1,
+                "flags": {
+                    "f.k": {
+                        "first_seen_enabled": "2026-11-20T09:00:00",
+                        "streaks": {"error_rate@treatment": {"count": 1, "last_breach_at": "2026-11-25T11:58:00"}},
+                    }
+                },
+            }
+        )
+    )
     state = StateStore(path).load()
     flag, aggs = _flag_and_aggs(0.05)
     decision = engine.decide([flag], aggs, state, NOW)
@@ -136,8 +188,9 @@ def test_a_naive_time_in_hand_edited_state_is_taken_as_utc(tmp_path: Path) -> No
 
 def test_hand_edited_state_with_wrong_types_does_not_stop_check(api: FakeAPI, runner: Runner) -> None:
     breaching(api, confirmations=1)
-    (runner.workdir / "state.json").write_text(json.dumps(
-        {"version": 1, "flags": {BAD: {"streaks": {"error_rate@treatment": {"count": "lots"}}}}}))
+    (runner.workdir / "state.json").write_text(
+        json.dumps({"version": 1, "flags": {BAD: {"streaks": {"error_rate@treatment": {"count": "lots"}}}}})
+    )
     result = runner.check(env=api_env(api), now="2026-11-25T12:00:00Z")
     assert result.returncode == 1 and any("kept it as" in w for w in doc(result)["warnings"])
 

@@ -27,17 +27,26 @@ from tests.reliability.conftest import Runner, api_env, breaching
 PRECEDENCE: list[tuple[str, dict[str, Any], dict[str, str], Any]] = [
     ("state_path", {"state": "file.json"}, {"GUARDRAIL_STATE": "env.json"}, Path("opt.json")),
     ("audit_path", {"audit": "file.jsonl"}, {"GUARDRAIL_AUDIT": "env.jsonl"}, Path("opt.jsonl")),
-    ("flag_api_url", {"flag_api": {"url": "http://file.invalid"}}, {"FLAG_API_URL": "http://env.invalid"},
-     "http://opt.invalid"),
-    ("metrics_url", {"metrics": {"url": "http://file.invalid"}}, {"METRICS_API_URL": "http://env.invalid"},
-     "http://opt.invalid"),
+    (
+        "flag_api_url",
+        {"flag_api": {"url": "http://file.invalid"}},
+        {"FLAG_API_URL": "http://env.invalid"},
+        "http://opt.invalid",
+    ),
+    (
+        "metrics_url",
+        {"metrics": {"url": "http://file.invalid"}},
+        {"METRICS_API_URL": "http://env.invalid"},
+        "http://opt.invalid",
+    ),
     ("budget", {"budget": 30}, {"GUARDRAIL_BUDGET": "20"}, 10.0),
 ]
 
 
 @pytest.mark.parametrize("name,file_doc,env,option", PRECEDENCE, ids=[p[0] for p in PRECEDENCE])
-def test_option_over_environment_over_file(tmp_path: Path, name: str, file_doc: dict[str, Any],
-                                           env: dict[str, str], option: Any) -> None:
+def test_option_over_environment_over_file(
+    tmp_path: Path, name: str, file_doc: dict[str, Any], env: dict[str, str], option: Any
+) -> None:
     config = tmp_path / "guardrail.yaml"
     config.write_text(yaml.safe_dump(file_doc))
     from_file = getattr(load_settings(config=config, env={}), name)
@@ -75,7 +84,7 @@ SHARING = {
     "alias": BASE + "  d.e.f: *base\n",
     "merge_key": BASE + "  d.e.f:\n    <<: *base\n    state: ENABLED\n",
     "shared_metadata": BASE + "  d.e.f:\n    state: ENABLED\n    variants: {control: false, treatment: true}\n"
-                              "    defaultVariant: control\n    metadata: *meta\n",
+    "    defaultVariant: control\n    metadata: *meta\n",
 }
 
 
@@ -83,16 +92,14 @@ SHARING = {
 @pytest.mark.parametrize("action", ["revert", "hold"])
 def test_yaml_anchors_never_let_a_halt_change_another_flag(text: str, action: Any) -> None:
     try:
-        new = apply_halt_to_text(text, "a.b.c", action=action, control_variant="control", reason="r",
-                                 json_format=False)
+        new = apply_halt_to_text(text, "a.b.c", action=action, control_variant="control", reason="r", json_format=False)
     except GuardrailError as exc:
         assert "d.e.f" in str(exc)  # refused, naming the flag that shares it
         return
     assert yaml.safe_load(new)["flags"]["d.e.f"] == yaml.safe_load(text)["flags"]["d.e.f"]
 
 
-def test_a_flag_file_with_shared_anchors_is_a_failed_halt_not_two(tmp_path: Path, api: FakeAPI,
-                                                                  runner: Runner) -> None:
+def test_a_flag_file_with_shared_anchors_is_a_failed_halt_not_two(tmp_path: Path, api: FakeAPI, runner: Runner) -> None:
     flags = tmp_path / "flags.yaml"
     flags.write_text(SHARING["alias"])
     for flag in ("a.b.c", "d.e.f"):
@@ -115,8 +122,14 @@ def test_a_flag_key_with_a_newline_is_a_problem_not_a_report_line() -> None:
 
 
 def test_outside_text_in_the_report_stays_on_its_line() -> None:
-    result = RunResult(now=NOW, dry_run=False, run_id="r", halts=(HaltResult(
-        "f.k", "revert", "failed", "reason", detail="server said\nHALTED: other.flag (revert)\x1b[2J"),))
+    result = RunResult(
+        now=NOW,
+        dry_run=False,
+        run_id="r",
+        halts=(
+            HaltResult("f.k", "revert", "failed", "reason", detail="server said\nHALTED: other.flag (revert)\x1b[2J"),
+        ),
+    )
     text = to_text(result)
     assert not any(line.startswith("HALTED: other.flag") for line in text.splitlines())
     assert "\x1b" not in text
@@ -125,12 +138,33 @@ def test_outside_text_in_the_report_stays_on_its_line() -> None:
 def test_alert_text_from_outside_is_escaped_for_slack() -> None:
     from guardrail.model import Comparison, Evaluation, Method, Verdict
 
-    e = Evaluation(flag="f<!channel>", metric="error_rate", treatment_variant="<https://evil.example|click>",
-                   control_variant="control", comparison=Comparison.RELATIVE_INCREASE, threshold=0.1,
-                   method=Method.THRESHOLD, verdict=Verdict.BREACH, reason="r", control=None, treatment=None,
-                   delta=None, relative_delta=None, streak=1, confirmations=1, bound=None, p_value=None)
-    payload = build_payload(flag="f<!channel>`x", action=HaltAction.REVERT, outcome="halted", evaluation=e,
-                            reason="a & b <!here>", link="http://h/f?a=1&b=2")
+    e = Evaluation(
+        flag="f<!channel>",
+        metric="error_rate",
+        treatment_variant="<https://evil.example|click>",
+        control_variant="control",
+        comparison=Comparison.RELATIVE_INCREASE,
+        threshold=0.1,
+        method=Method.THRESHOLD,
+        verdict=Verdict.BREACH,
+        reason="r",
+        control=None,
+        treatment=None,
+        delta=None,
+        relative_delta=None,
+        streak=1,
+        confirmations=1,
+        bound=None,
+        p_value=None,
+    )
+    payload = build_payload(
+        flag="f<!channel>`x",
+        action=HaltAction.REVERT,
+        outcome="halted",
+        evaluation=e,
+        reason="a & b <!here>",
+        link="http://h/f?a=1&b=2",
+    )
     body = json.dumps(payload)
     assert "<!channel>" not in body and "<!here>" not in body and "<https://evil" not in body
     assert "&lt;!channel&gt;" in payload["text"] and "`x" not in payload["text"]
@@ -142,9 +176,16 @@ def test_alert_text_from_outside_is_escaped_for_slack() -> None:
 def test_ten_thousand_flags_in_one_file_are_accepted(tmp_path: Path) -> None:
     from guardrail import files
 
-    flags = {f"team{i % 50}.svc{i}.feature-{i}": flag_definition(extra_metadata={
-        "guardrail.p95_latency_ms.comparison": "relative_increase", "guardrail.p95_latency_ms.threshold": 0.1,
-        "warmup_minutes": 30}) for i in range(10_000)}
+    flags = {
+        f"team{i % 50}.svc{i}.feature-{i}": flag_definition(
+            extra_metadata={
+                "guardrail.p95_latency_ms.comparison": "relative_increase",
+                "guardrail.p95_latency_ms.threshold": 0.1,
+                "warmup_minutes": 30,
+            }
+        )
+        for i in range(10_000)
+    }
     path = tmp_path / "flags.json"  # JSON keeps the test fast; YAML goes through the same size limit
     path.write_text(json.dumps({"flags": flags}, indent=2))
     assert path.stat().st_size > 5 * 1024 * 1024
