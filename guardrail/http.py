@@ -21,7 +21,7 @@ from urllib.request import getproxies
 
 import httpx
 
-from guardrail.model import ExitCode, GuardrailError
+from guardrail.model import ExitCode, FailureKind, GuardrailError
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 
@@ -50,6 +50,17 @@ class HTTPFailure(Exception):
         if detail:
             text += f": {detail}"
         super().__init__(text)
+
+    @property
+    def failure(self) -> FailureKind:
+        """The failure's kind, for self-metrics and alerts (never parsed from the text)."""
+        if self.status is not None:
+            return FailureKind.of_status(self.status)
+        if self.kind == "timeout":
+            return FailureKind.TIMEOUT
+        if self.kind == "deadline":
+            return FailureKind.DEADLINE
+        return FailureKind.UNREACHABLE
 
     @property
     def permanent(self) -> bool:
@@ -343,16 +354,17 @@ def cleartext_hop(url: str) -> str | None:
     return None if is_loopback(url) else f"the non-loopback host {urlsplit(url).hostname}"
 
 
-def check_token_transport(url: str, *, allow_insecure_http: bool, what: str = "FLAG_API_URL") -> None:
-    """A bearer token over plain http can be read by anyone on the path; only loopback is exempt, and only
-    when no proxy stands between."""
+def check_token_transport(url: str, *, allow_insecure_http: bool, what: str = "FLAG_API_URL",
+                          secret: str = "the API token") -> None:
+    """A bearer token (or URL credentials) over plain http can be read by anyone on the path; only loopback
+    is exempt, and only when no proxy stands between."""
     hop = cleartext_hop(url)
     if hop is None or allow_insecure_http:
         return
     scheme = urlsplit(url).scheme.lower()
     raise GuardrailError(
-        f"refusing to send the API token over plain {scheme or 'unknown scheme'} to {hop}; "
-        "use https, or pass --allow-insecure-http if you really mean it",
+        f"refusing to send {secret} over plain {scheme or 'unknown scheme'} to {hop}; use https, set NO_PROXY "
+        "for a local API behind HTTP_PROXY, or pass --allow-insecure-http if you really mean it",
         field=what,
         exit_code=ExitCode.CONFIG,
     )

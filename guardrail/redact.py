@@ -19,6 +19,21 @@ def display_url(url: str) -> str:
         return url
     host = parts.netloc.rsplit("@", 1)[1]
     return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
+# Every secret the settings of this process hold (guardrail.settings.load_settings adds them), so the
+# CLI's error boundary and the log writer mask them too, whatever adapter they belong to.
+_KNOWN: set[str] = set()
+STANDARD_VARIABLES = ("FLAG_API_TOKEN", "ALERT_WEBHOOK_URL")
+
+
+def remember(secrets: Iterable[str | None]) -> None:
+    _KNOWN.update(s for s in secrets if s)
+
+
+def process_redactor(extra: Iterable[str | None] = ()) -> Redactor:
+    """The secrets this process knows: from the settings, the standard variables, and `extra`."""
+    import os
+
+    return Redactor([*_KNOWN, *(os.environ.get(v) for v in STANDARD_VARIABLES), *extra])
 
 
 class Redactor:

@@ -18,16 +18,18 @@ import stat
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from guardrail.codec import format_time, parse_time
 from guardrail.model import (
     ExitCode,
     FlagState,
     GuardrailError,
     HaltAction,
     HaltRecord,
+    HaltStatus,
     State,
     Streak,
 )
@@ -37,7 +39,7 @@ FILE_MODE = 0o600
 
 
 def _t(value: datetime | None) -> str | None:
-    return None if value is None else value.astimezone(timezone.utc).isoformat()
+    return None if value is None else format_time(value)
 
 
 def _dt(value: Any) -> datetime | None:
@@ -47,8 +49,7 @@ def _dt(value: Any) -> datetime | None:
         return None
     if not isinstance(value, str):
         raise TypeError(f"expected a time string, got {type(value).__name__}")
-    parsed = datetime.fromisoformat(value)
-    return parsed.replace(tzinfo=timezone.utc) if parsed.tzinfo is None else parsed
+    return parse_time(value)
 
 
 def _count(value: Any, what: str) -> int:
@@ -67,7 +68,7 @@ def _mapping(value: Any, what: str) -> Mapping[str, Any]:
 
 def halt_to_dict(h: HaltRecord) -> dict[str, Any]:
     return {
-        "status": h.status,
+        "status": HaltStatus(h.status).value,
         "action": h.action.value,
         "reason": h.reason,
         "decided_at": _t(h.decided_at),
@@ -78,12 +79,9 @@ def halt_to_dict(h: HaltRecord) -> dict[str, Any]:
         "attempts": h.attempts,
         "last_error": h.last_error,
         "alert_delivered": h.alert_delivered,
-        "alert_payload": h.alert_payload,
+        "alert": h.alert,
         "run_id": h.run_id,
     }
-
-
-HALT_STATUSES = ("pending", "failed", "done")
 
 
 def halt_from_dict(d: Any) -> HaltRecord:
@@ -91,18 +89,16 @@ def halt_from_dict(d: Any) -> HaltRecord:
     decided = _dt(d["decided_at"])
     if decided is None:
         raise TypeError("halt.decided_at is missing")
-    if d["status"] not in HALT_STATUSES:
-        raise ValueError(f"halt.status must be one of {HALT_STATUSES}, got {d['status']!r}")
-    payload = d.get("alert_payload")
-    if payload is not None and not isinstance(payload, dict):
-        raise TypeError("halt.alert_payload must be an object")
+    for name in ("alert", "alert_payload"):
+        if d.get(name) is not None and not isinstance(d[name], dict):
+            raise TypeError(f"halt.{name} must be an object")
     if not isinstance(d.get("alert_delivered", False), bool):
         raise TypeError("halt.alert_delivered must be true or false")
     for name in ("reason", "metric", "treatment_variant", "control_variant", "last_error", "run_id"):
         if d.get(name) is not None and not isinstance(d[name], str):
             raise TypeError(f"halt.{name} must be a string")
     return HaltRecord(
-        status=str(d["status"]),
+        status=HaltStatus(d["status"]),
         action=HaltAction(d["action"]),
         reason=str(d["reason"]),
         decided_at=decided,
@@ -113,7 +109,8 @@ def halt_from_dict(d: Any) -> HaltRecord:
         attempts=_count(d.get("attempts", 0), "halt.attempts"),
         last_error=d.get("last_error"),
         alert_delivered=bool(d.get("alert_delivered", False)),
-        alert_payload=d.get("alert_payload"),
+        # Files written before the alert was rendered at send time kept the rendered body instead.
+        alert=d.get("alert") or ({"legacy_payload": d["alert_payload"]} if d.get("alert_payload") else None),
         run_id=d.get("run_id"),
     )
 

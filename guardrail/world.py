@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from guardrail.model import Flag, FlagProblem, FlagState, HaltAction, State
+from guardrail.model import Flag, FlagProblem, FlagState, HaltAction, HaltStatus, State
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,7 @@ def reconcile(flags: Iterable[Flag], state: State, *, now: datetime, run_id: str
                 }
             )
             continue
-        if record.status != "done":
+        if record.status is not HaltStatus.DONE:
             continue  # pending or failed: the run finishes it (an enabled flag is exactly why)
         if _back_on(flag, record.action, record.control_variant):
             what = "the hold marker was removed" if record.action is HaltAction.HOLD else "it is ENABLED again"
@@ -65,7 +65,6 @@ def reconcile(flags: Iterable[Flag], state: State, *, now: datetime, run_id: str
                     f"`guardrail resume`: its guardrails are NOT watched. Run `guardrail resume {flag.key} --reason "
                     "...` to watch it again, or halt it again by hand",
                     source=flag.source,
-                    severity="error",
                 )
             )
     return Reconciled(replace(state, flags=next_flags), tuple(problems), tuple(audit))

@@ -1,18 +1,24 @@
-"""The flag management API of CONTRACTS.md §3: list, get, PATCH to halt or hold, PUT .../force."""
+"""The flag management API (docs/contracts.md): list, get, PATCH to halt or hold, PUT .../force.
+
+Configured by FLAG_API_URL (or `flag_api.url`) and the token in FLAG_API_TOKEN (or the variable named by
+`flag_api.token_env`). Flags may still come from a local file (`--flags PATH`) while halts go to the API.
+"""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import httpx
 
+from guardrail.adapters import ConfigContext, Plugin, Runtime
 from guardrail.flags.base import HaltOutcome, LoadedFlags
-from guardrail.http import HTTPFailure, RetryPolicy, json_body, request, side_effect
-from guardrail.model import ExitCode, Flag, GuardrailError
+from guardrail.http import HTTPFailure, RetryPolicy, check_token_transport, json_body, request, side_effect
+from guardrail.model import ExitCode, FailureKind, Flag, GuardrailError
 from guardrail.redact import display_url
 
 
@@ -53,10 +59,12 @@ class HttpFlagBackend:
         *,
         token: str | None,
         policy: RetryPolicy = RetryPolicy(),
+        definitions_file: Path | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.client = client
         self.policy = policy
+        self.definitions_file = definitions_file
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
 
     def _url(self, key: str, suffix: str = "") -> str:
@@ -66,17 +74,23 @@ class HttpFlagBackend:
         return display_url(self._url(key))  # never the user:password of the URL, if it has one
 
     async def load(self) -> LoadedFlags:
+        if self.definitions_file is not None:  # definitions from a file, halts through the API
+            from guardrail.flags.flagd_file import FlagdFileBackend
+
+            return await FlagdFileBackend(self.definitions_file).load()
         source = display_url(f"{self.base_url}/v1/flags")
         try:
             response = await request(self.client, "GET", f"{self.base_url}/v1/flags", label="flag API list",
                                      policy=self.policy)
             body = json_body(response)
         except HTTPFailure as exc:
-            raise GuardrailError(str(exc), source=source, exit_code=ExitCode.UNEVALUATED) from None
+            raise GuardrailError(str(exc), source=source, exit_code=ExitCode.UNEVALUATED, kind=exc.failure) from None
         except ValueError as exc:
-            raise GuardrailError(f"flag API list: {exc}", source=source, exit_code=ExitCode.UNEVALUATED) from None
+            raise GuardrailError(f"flag API list: {exc}", source=source, exit_code=ExitCode.UNEVALUATED,
+                                 kind=FailureKind.BAD_ANSWER) from None
         if not isinstance(body, Mapping) or not isinstance(body.get("flags"), Mapping):
-            raise GuardrailError("answer has no `flags` object", source=source, exit_code=ExitCode.UNEVALUATED)
+            raise GuardrailError("answer has no `flags` object", source=source, exit_code=ExitCode.UNEVALUATED,
+                                 kind=FailureKind.BAD_ANSWER)
         return LoadedFlags(source=source, definitions=body["flags"])
 
     async def get(self, key: str) -> Mapping[str, Any] | None:
@@ -167,12 +181,11 @@ class HttpFlagBackend:
             if failure.applied_anyway:
                 return HaltOutcome(ok=True, detail=f"PATCH answer lost ({failure.kind}) but a re-read shows the "
                                    "flag halted")
-            return HaltOutcome(ok=False, detail=str(failure), permanent=failure.permanent)
+            return HaltOutcome(ok=False, detail=str(failure), kind=failure.failure)
         if _reverted(await self.get(flag.key), control):
-            return HaltOutcome(ok=True, detail="PATCH applied (re-read: state DISABLED, defaultVariant "
-                               f"{control})")
+            return HaltOutcome(ok=True, detail=f"PATCH applied (re-read: state DISABLED, defaultVariant {control})")
         # The re-read does not show both fields (a non-atomic server, or one that ignored the PATCH):
-        # force the control variant instead.
+        # force the control variant instead (docs/contracts.md).
         try:
             await request(
                 self.client, "PUT", self._url(flag.key, "/force"), label="flag API force", policy=self.policy,
@@ -180,17 +193,16 @@ class HttpFlagBackend:
             )
         except HTTPFailure as exc:
             return HaltOutcome(
-                ok=False, permanent=exc.permanent,
+                ok=False, kind=exc.failure,
                 detail=f"PATCH did not apply both fields and the force-variant call failed: {exc}",
             )
         after = await self.get(flag.key)
         if _serves_only(after, control):
-            return HaltOutcome(ok=True, forced=True,
-                               detail=f"PATCH was not applied as sent; forced variant {control} (re-read)")
+            return HaltOutcome(ok=True, detail=f"PATCH was not applied as sent; forced variant {control} (re-read)")
         seen = "could not be re-read" if after is None else (
             f"re-read shows state {after.get('state')!r}, defaultVariant {after.get('defaultVariant')!r}"
             + (", targeting still set" if after.get("targeting") else ""))
-        return HaltOutcome(ok=False,
+        return HaltOutcome(ok=False, kind=FailureKind.BAD_ANSWER,
                            detail=f"PATCH and force-variant calls answered, but the flag is not halted: {seen}")
 
     async def _hold(self, flag: Flag, reason: str) -> HaltOutcome:
@@ -205,10 +217,90 @@ class HttpFlagBackend:
             if failure.applied_anyway:
                 return HaltOutcome(ok=True, detail=f"PATCH answer lost ({failure.kind}) but a re-read shows the "
                                    "rollout held")
-            return HaltOutcome(ok=False, detail=str(failure), permanent=failure.permanent)
+            return HaltOutcome(ok=False, detail=str(failure), kind=failure.failure)
         if _held(await self.get(flag.key)):
             return HaltOutcome(ok=True, detail="rollout held at its current split (re-read: metadata.guardrail_hold)")
-        return HaltOutcome(ok=False, detail="PATCH answered, but a re-read shows metadata.guardrail_hold not set")
+        return HaltOutcome(ok=False, kind=FailureKind.BAD_ANSWER,
+                           detail="PATCH answered, but a re-read shows metadata.guardrail_hold not set")
 
     async def aclose(self) -> None:
         """The client belongs to the run."""
+
+
+# ---- the plugin -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ApiBackendConfig:
+    url: str | None
+    token: str | None = field(default=None, repr=False)
+    token_env: str = "FLAG_API_TOKEN"
+    definitions_file: Path | None = None  # flags read from this file, halted through the API
+    allow_insecure_http: bool = False
+
+
+def _parse(ctx: ConfigContext) -> ApiBackendConfig:
+    from guardrail.flags.flagd_file import flags_location
+
+    section = ctx.section("flag_api")
+    if "token" in section:
+        raise GuardrailError(
+            "secrets do not belong in a config file; name an environment variable with `token_env` instead",
+            source=ctx.source, field="flag_api.token",
+        )
+    token_env = str(section.get("token_env", "FLAG_API_TOKEN"))
+    where = flags_location(ctx)
+    is_url = bool(where) and str(where).startswith(("http://", "https://"))
+    url = ctx.env.get("FLAG_API_URL") or section.get("url") or (str(where).split("/v1/flags")[0] if is_url else None)
+    if url is not None and (not isinstance(url, str) or urlsplit(url).scheme not in ("http", "https")):
+        raise GuardrailError(f"not an http(s) URL: {url!r}", source=ctx.source, field="flag_api.url")
+    config = ApiBackendConfig(
+        url=url, token=ctx.env.get(token_env) or None, token_env=token_env,
+        definitions_file=Path(where) if where and not is_url else None,
+        allow_insecure_http=bool(ctx.option("allow_insecure_http")),
+    )
+    return config
+
+
+NO_FLAGS = "no flag definitions: pass --flags PATH|URL, set FLAG_API_URL, or set `flags:` in --config"
+
+
+def _token_problem(token: str) -> str | None:
+    """An HTTP header value must be visible ASCII: a token with a newline (a mounted secret file) or a
+    non-ASCII character would only fail at halt time, inside the PATCH."""
+    if any(not (0x21 <= ord(c) <= 0x7E) for c in token):
+        return "contains whitespace, a newline or a non-ASCII character (a stray newline from a secret file?)"
+    return None
+
+
+def _ready(config: ApiBackendConfig) -> None:
+    """Credentials that could leak, or could never work, are refused before the run starts, not at halt time."""
+    if not config.url and config.definitions_file is None:
+        raise GuardrailError(NO_FLAGS, exit_code=ExitCode.CONFIG)
+    if not config.url:
+        raise GuardrailError("halting through the flag API needs FLAG_API_URL", exit_code=ExitCode.CONFIG)
+    if config.token and (why := _token_problem(config.token)):
+        raise GuardrailError(f"the token {why}", field=config.token_env, exit_code=ExitCode.CONFIG)
+    userinfo = "@" in urlsplit(config.url).netloc
+    if config.token and userinfo:
+        # httpx turns URL userinfo into a Basic Authorization header that replaces the bearer token.
+        raise GuardrailError(
+            f"has user:password in it and {config.token_env} is set: only one can be sent (the URL's would "
+            "replace the token, and every halt would be refused); remove one", field="FLAG_API_URL",
+            exit_code=ExitCode.CONFIG,
+        )
+    if config.token or userinfo:
+        what = "the API token" if config.token else "the user:password in the URL"
+        check_token_transport(config.url, allow_insecure_http=config.allow_insecure_http, secret=what)
+
+
+def _create(config: ApiBackendConfig, runtime: Runtime) -> HttpFlagBackend:
+    assert config.url is not None
+    return HttpFlagBackend(config.url, runtime.client, token=None if runtime.read_only else config.token,
+                           policy=runtime.policy, definitions_file=config.definitions_file)
+
+
+PLUGIN = Plugin(
+    name="api", summary="the flag management REST API (FLAG_API_URL)",
+    parse=_parse, create=_create, ready=_ready, secrets=lambda c: [c.token] if c.token else [],
+)
