@@ -251,7 +251,12 @@ def _parse(ctx: ConfigContext) -> ApiBackendConfig:
     token_env = str(section.get("token_env", "FLAG_API_TOKEN"))
     where = flags_location(ctx)
     is_url = bool(where) and str(where).startswith(("http://", "https://"))
-    url = ctx.env.get("FLAG_API_URL") or section.get("url") or (str(where).split("/v1/flags")[0] if is_url else None)
+    # Option, then environment, then file: `--flags URL` beats FLAG_API_URL, which beats the file's URLs.
+    from_option = ctx.option("flags")
+    option_url = str(from_option) if from_option and str(from_option).startswith(("http://", "https://")) else None
+    file_url = str(where).split("/v1/flags")[0] if is_url else None
+    url = (option_url.split("/v1/flags")[0] if option_url else None) or ctx.env.get("FLAG_API_URL") or (
+        section.get("url") or file_url)
     if url is not None and (not isinstance(url, str) or urlsplit(url).scheme not in ("http", "https")):
         raise GuardrailError(f"not an http(s) URL: {url!r}", source=ctx.source, field="flag_api.url")
     config = ApiBackendConfig(

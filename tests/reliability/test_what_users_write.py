@@ -10,12 +10,11 @@ from typing import Any
 import pytest
 import yaml
 
-from guardrail.alert import build_payload
 from guardrail.check import HaltResult, RunResult
 from guardrail.config import parse_flags
 from guardrail.fakeapi import FakeAPI
 from guardrail.flags.flagd_file import apply_halt_to_text
-from guardrail.model import GuardrailError, HaltAction
+from guardrail.model import GuardrailError, HaltAction, HaltResultStatus
 from guardrail.report import to_text
 from guardrail.settings import load_settings
 from tests.conftest import NOW, flag_definition
@@ -33,12 +32,8 @@ PRECEDENCE: list[tuple[str, dict[str, Any], dict[str, str], Any]] = [
         {"FLAG_API_URL": "http://env.invalid"},
         "http://opt.invalid",
     ),
-    (
-        "metrics_url",
-        {"metrics": {"url": "http://file.invalid"}},
-        {"METRICS_API_URL": "http://env.invalid"},
-        "http://opt.invalid",
-    ),
+    # No command-line option sets the metrics URL: environment over file.
+    ("metrics_url", {"metrics": {"url": "http://file.invalid"}}, {"METRICS_API_URL": "http://env.invalid"}, None),
     ("budget", {"budget": 30}, {"GUARDRAIL_BUDGET": "20"}, 10.0),
 ]
 
@@ -51,7 +46,10 @@ def test_option_over_environment_over_file(
     config.write_text(yaml.safe_dump(file_doc))
     from_file = getattr(load_settings(config=config, env={}), name)
     from_env = getattr(load_settings(config=config, env=env), name)
-    from_option = getattr(load_settings(config=config, env=env, overrides={name: option}), name)
+    option_name = {"flag_api_url": "flags"}.get(name, name)  # the option that sets it: --flags URL
+    from_option = getattr(load_settings(config=config, env=env, overrides={option_name: option}), name)
+    if option is None:
+        option = from_env
     assert str(from_file).endswith(str(next(iter(_leaves(file_doc)))))
     assert str(from_env) == str(next(iter(env.values()))) or float(from_env) == float(next(iter(env.values())))
     assert from_option == option
@@ -136,38 +134,21 @@ def test_outside_text_in_the_report_stays_on_its_line() -> None:
 
 
 def test_alert_text_from_outside_is_escaped_for_slack() -> None:
+    from guardrail import alert
     from guardrail.model import Comparison, Evaluation, Method, Verdict
 
-    e = Evaluation(
-        flag="f<!channel>",
-        metric="error_rate",
-        treatment_variant="<https://evil.example|click>",
-        control_variant="control",
-        comparison=Comparison.RELATIVE_INCREASE,
-        threshold=0.1,
-        method=Method.THRESHOLD,
-        verdict=Verdict.BREACH,
-        reason="r",
-        control=None,
-        treatment=None,
-        delta=None,
-        relative_delta=None,
-        streak=1,
-        confirmations=1,
-        bound=None,
-        p_value=None,
-    )
-    payload = build_payload(
-        flag="f<!channel>`x",
-        action=HaltAction.REVERT,
-        outcome="halted",
-        evaluation=e,
-        reason="a & b <!here>",
-        link="http://h/f?a=1&b=2",
-    )
-    body = json.dumps(payload)
-    assert "<!channel>" not in body and "<!here>" not in body and "<https://evil" not in body
-    assert "&lt;!channel&gt;" in payload["text"] and "`x" not in payload["text"]
+    e = Evaluation(flag="f<!channel>", metric="error_rate", treatment_variant="<https://evil.example|click>",
+                   control_variant="control", comparison=Comparison.RELATIVE_INCREASE, threshold=0.1,
+                   method=Method.THRESHOLD, verdict=Verdict.BREACH, reason="r", control=None, treatment=None,
+                   delta=None, relative_delta=None, streak=1, confirmations=1, bound=None, p_value=None)
+    ctx = alert.context(flag="f<!channel>`x", action=HaltAction.REVERT, evaluation=e, reason="a & b <!here>",
+                        link="http://h/f?a=1&b=2")
+    for outcome in alert.AlertOutcome:
+        payload = alert.render(ctx, outcome, "server said <!everyone>")
+        body = json.dumps(payload)
+        assert "<!channel>" not in body and "<!here>" not in body and "<!everyone>" not in body
+        assert "<https://evil" not in body
+        assert "&lt;!channel&gt;" in payload["text"] and "`x" not in payload["text"]
 
 
 # ---- a fleet in one file ----------------------------------------------------------------------------------
