@@ -62,8 +62,29 @@ def _expanded_size(node: yaml.Node, memo: dict[int, int]) -> int:
     return size
 
 
+def _check_events(text: str) -> None:
+    """Aliases and nesting counted from libyaml's parser events (C speed), before anything is composed."""
+    aliases = depth = 0
+    for event in yaml.parse(text, Loader=yaml.CSafeLoader):
+        if isinstance(event, yaml.AliasEvent):
+            aliases += 1
+            if aliases > MAX_ALIASES:
+                raise yaml.YAMLError(f"more than {MAX_ALIASES} aliases (an alias bomb?)")
+        elif isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+            depth += 1
+            if depth >= MAX_DEPTH:  # the values inside are one level deeper
+                raise yaml.YAMLError(f"nesting deeper than {MAX_DEPTH} levels")
+        elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+            depth -= 1
+
+
 def _load_yaml(text: str) -> Any:
-    loader = _BoundedLoader(text)
+    # With libyaml, events are checked and the document composed in C: a 10,000-flag file (~6 MB) loads
+    # several times faster than through the pure-Python composer. Same limits, same SafeConstructor.
+    fast = hasattr(yaml, "CSafeLoader")
+    if fast:
+        _check_events(text)
+    loader: Any = yaml.CSafeLoader(text) if fast else _BoundedLoader(text)
     try:
         node = loader.get_single_node()
         if node is None:
