@@ -10,6 +10,7 @@ by this module, each adapter's own section by its plugin (guardrail/adapters.py)
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -85,8 +86,6 @@ def _number(section: Mapping[str, Any], key: str, source: str, field_name: str, 
 
 
 def _env_number(env: Mapping[str, str], name: str) -> float:
-    import math
-
     try:
         value = float(env[name])
     except ValueError:
@@ -194,6 +193,10 @@ def load_settings(
                 "allow_insecure_http", "retries", "budget"):
         if key in options:
             values[key] = options[key]
+            if isinstance(options[key], float) and not math.isfinite(options[key]):
+                # An infinite --timeout or --budget would undo the deadline every call and run must have.
+                raise GuardrailError(f"must be a finite number, got {options[key]}",
+                                     field="--" + key.replace("_", "-"))
     settings = Settings(**values)
     redact.remember(settings.secrets())  # masked in every message from here on, whatever prints it
     return settings
