@@ -19,6 +19,7 @@ from functools import lru_cache
 from importlib import resources
 from typing import Any
 
+from guardrail import rollout
 from guardrail.model import (
     Comparison,
     ExperimentType,
@@ -28,6 +29,7 @@ from guardrail.model import (
     Method,
     MetricKind,
 )
+from guardrail.split import read_split
 
 FLAT_PREFIX = "guardrail."
 GUARDRAIL_OPTIONS = (
@@ -160,8 +162,8 @@ def gather_guardrail_options(
     order: list[str] = []
 
     for key, value in metadata.items():
-        if not isinstance(key, str) or not key.startswith(FLAT_PREFIX):
-            continue
+        if not isinstance(key, str) or not key.startswith(FLAT_PREFIX) or rollout.is_ramp_or_srm_key(key):
+            continue  # guardrail.ramp.* and guardrail.srm.* are read by rollout.parse_ramp
         rest = key[len(FLAT_PREFIX) :]
         if "." not in rest:
             # guardrail.<option>: a flag-wide default for every guardrail of this flag
@@ -314,6 +316,13 @@ def parse_flag(
         )
         guardrails.append(g)
 
+    split = read_split(definition)
+    ramp, srm_spec, ramp_errors = rollout.parse_ramp(
+        metadata, experiment_type=experiment_type, split=split, control=control, treatments=treatments
+    )
+    if ramp_errors:
+        return None, [problem(f, m) for f, m in ramp_errors]
+
     hold = metadata.get("guardrail_hold", False)
     flag = Flag(
         key=key,
@@ -329,6 +338,9 @@ def parse_flag(
         held=hold is True or (isinstance(hold, str) and hold.lower() == "true"),
         source=source,
         definition=definition,
+        ramp=ramp,
+        srm=srm_spec,
+        split=split,
     )
     return flag, []
 
