@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 
-from guardrail import alert, engine
+from guardrail import alert, engine, ramp_run
 from guardrail.config import format_time, parse_flags
 from guardrail.flags.base import FlagBackend, HaltOutcome
 from guardrail.http import RetryPolicy, check_token_transport, make_client
@@ -32,9 +32,11 @@ from guardrail.model import (
     GuardrailError,
     HaltAction,
     HaltRecord,
+    SrmResult,
     State,
     Verdict,
 )
+from guardrail.ramp_run import RampResult
 from guardrail.redact import Redactor
 from guardrail.settings import Settings, require
 from guardrail.sources import fetch_all
@@ -63,10 +65,12 @@ class RunResult:
     problems: tuple[FlagProblem, ...] = ()
     skipped_flags: Mapping[str, str] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
+    ramps: tuple[RampResult, ...] = ()
+    srm: tuple[SrmResult, ...] = ()
 
     @property
     def exit_code(self) -> ExitCode:
-        if any(h.status == "failed" for h in self.halts):
+        if any(h.status == "failed" for h in self.halts) or any(r.status == "failed" for r in self.ramps):
             return ExitCode.HALT_FAILED
         if any(h.status in ("done", "would_halt") for h in self.halts):
             return ExitCode.HALTED
@@ -255,11 +259,16 @@ class Run:
                 record = state.flags[h.flag].halt
                 assert record is not None
                 state = await self._apply(state, backend, by_key[h.flag], record, client, resumed=False)
+        # Ramps: write the steps' splits (after the halts: a rollback never waits on an advance elsewhere).
+        state, ramps = await ramp_run.apply(self, state, decision, backend, by_key, client, loaded.source)
+        if (srm_note := ramp_run.srm_warning(decision.srm, {f.srm.metric for f in flags})) is not None:
+            self.warnings.append(srm_note)
+        if not self.dry_run:
             self.audit.append([json.loads(self.redact(json.dumps(r))) for r in self.audit_lines])
         return RunResult(
             now=self.now, dry_run=self.dry_run, run_id=self.run_id, evaluations=decision.evaluations,
             halts=tuple(self.halts), problems=tuple(problems), skipped_flags=decision.skipped_flags,
-            warnings=tuple(self.warnings),
+            warnings=tuple(self.warnings), ramps=tuple(ramps), srm=decision.srm,
         )
 
     def _stamp(self, state: State) -> State:

@@ -393,7 +393,8 @@ def decide_ramp(
                 "nor any other step; set the weights to a ramp step"])
         fs = enter_step(state, at, now, shipped_at=now if at == last_step else None)
         action = RampAction.SHIP if at == last_step else RampAction.ADOPT
-        why = "already at its last step" if ramp is None else "split was moved to this step outside guardrail"
+        why = ("the split is at a ramp step" if ramp is None else "the split was moved to this step outside guardrail"
+               " (or by a run that stopped before saving)")
         return made(action, f"{why}: step {at + 1} ({spec.steps[at]} %) from now", to=at, fs=fs)
     units = min(srm_result.counts.values()) if srm_result is not None and srm_result.counts else None
     if units is None and evaluations:

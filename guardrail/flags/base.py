@@ -45,6 +45,11 @@ class FlagBackend(Protocol):
         """Hold a rollout at its current split: metadata guardrail_hold true + reason."""
         ...
 
+    async def set_split(self, flag: Flag, shares: Mapping[str, int], reason: str) -> HaltOutcome:
+        """Set the flag's fractional split to `shares` (variant -> whole percent, summing to 100): a ramp
+        step. Done (ok) only when a re-read shows the new weights."""
+        ...
+
     async def get(self, key: str) -> Mapping[str, Any] | None:
         """Re-read one definition (None when it does not exist)."""
         ...

@@ -13,6 +13,7 @@ import httpx
 from guardrail.flags.base import HaltOutcome, LoadedFlags
 from guardrail.http import HTTPFailure, RetryPolicy, json_body, request
 from guardrail.model import ExitCode, Flag, GuardrailError
+from guardrail.split import set_weights, split_matches
 
 
 def _reverted(definition: Any, control: str) -> bool:
@@ -173,6 +174,32 @@ class HttpFlagBackend:
         if _held(answer) or _held(await self.get(flag.key)):
             return HaltOutcome(ok=True, detail="rollout held at its current split (metadata.guardrail_hold)")
         return HaltOutcome(ok=False, detail="PATCH answered but metadata.guardrail_hold is not set")
+
+    async def set_split(self, flag: Flag, shares: Mapping[str, int], reason: str) -> HaltOutcome:
+        """A ramp step: PATCH `{"targeting": ...}` with the fractional weights set to `shares` (the rest of
+        the targeting rule unchanged), then re-read until the flag shows them (docs/rollouts.md)."""
+        described = ", ".join(f"{v} {s}%" for v, s in shares.items())
+        current = await self.get(flag.key)
+        if current is None:
+            return HaltOutcome(ok=False, detail=f"flag {flag.key!r}: cannot read it from the flag API")
+        if split_matches(current, shares):
+            return HaltOutcome(ok=True, already=True, detail=f"split already {described}")
+        try:
+            targeting = set_weights(current.get("targeting"), shares)
+        except KeyError as exc:
+            return HaltOutcome(ok=False, permanent=True, detail=f"flag {flag.key!r}: {exc.args[0]}")
+        answer, failure = await self._until_applied(
+            flag.key,
+            lambda: self._patch(flag.key, {"targeting": targeting}),
+            lambda definition: split_matches(definition, shares),
+        )
+        if failure is not None:
+            if failure.applied_anyway:
+                return HaltOutcome(ok=True, detail=f"PATCH answer lost ({failure.kind}) but the split is {described}")
+            return HaltOutcome(ok=False, detail=str(failure), permanent=failure.permanent)
+        if split_matches(await self.get(flag.key), shares):
+            return HaltOutcome(ok=True, detail=f"PATCH applied: split {described}")
+        return HaltOutcome(ok=False, detail="PATCH answered but a re-read does not show the new split")
 
     async def aclose(self) -> None:
         """The client belongs to the run."""
