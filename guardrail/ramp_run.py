@@ -45,7 +45,10 @@ def _pct(shares: Mapping[str, int]) -> str:
 
 
 def ship_payload(flag: str, d: RampDecision, link: str) -> dict[str, Any]:
-    text = f":white_check_mark: SHIPPED: `{flag}` reached its last ramp step ({d.steps[-1]} %); guardrail stops watching it"
+    text = (
+        f":white_check_mark: SHIPPED: `{flag}` reached its last ramp step ({d.steps[-1]} %); "
+        "guardrail stops watching it"
+    )
     fields = [
         {"title": "Flag key", "value": flag, "short": True},
         {"title": "Steps", "value": ", ".join(f"{s}%" for s in d.steps), "short": True},
@@ -58,8 +61,10 @@ def ship_payload(flag: str, d: RampDecision, link: str) -> dict[str, Any]:
 def srm_payload(flag: str, result: SrmResult, link: str) -> dict[str, Any]:
     """The `warn` alert; hold and rollback alert through the halt path with the same explanation."""
     text = f":warning: SAMPLE RATIO MISMATCH: `{flag}`: the arms' unit counts do not match the configured split"
-    fields = [{"title": f"Units {v}", "value": f"{c:,} (configured {result.expected.get(v, 0):.2%})", "short": True}
-              for v, c in sorted(result.counts.items())]
+    fields = [
+        {"title": f"Units {v}", "value": f"{c:,} (configured {result.expected.get(v, 0):.2%})", "short": True}
+        for v, c in sorted(result.counts.items())
+    ]
     fields += [
         {"title": "Anytime-valid p-value", "value": f"{result.p_value:.3g}", "short": True},
         {"title": "Action", "value": "warn (nothing changed)", "short": True},
@@ -76,29 +81,56 @@ def srm_warning(results: Sequence[SrmResult], metric_names: set[str]) -> str | N
     if not missing:
         return None
     names = ", ".join(f"`{m}`" for m in sorted(metric_names))
-    return (f"SRM gate: no usable unit counts ({names}) for {len(missing)} flag(s), e.g. {missing[0].flag}: "
-            f"{missing[0].reason}; no SRM verdict for them and nothing halted (docs/rollouts.md)")
+    return (
+        f"SRM gate: no usable unit counts ({names}) for {len(missing)} flag(s), e.g. {missing[0].flag}: "
+        f"{missing[0].reason}; no SRM verdict for them and nothing halted (docs/rollouts.md)"
+    )
 
 
 def _audit(run: Run, d: RampDecision, status: str, detail: str, shares: Mapping[str, int]) -> dict[str, Any]:
     return {
-        "time": format_time(run.now), "run_id": run.run_id, "dry_run": run.dry_run, "type": "ramp",
-        "flag": d.flag, "action": d.action.value, "status": status, "step": d.step + 1,
-        "to_step": None if d.to_step is None else d.to_step + 1, "shares": dict(shares), "reason": d.reason,
-        "waits_for": list(d.waits_for), "minutes_on_step": round(d.minutes_on_step, 2), "detail": detail,
+        "time": format_time(run.now),
+        "run_id": run.run_id,
+        "dry_run": run.dry_run,
+        "type": "ramp",
+        "flag": d.flag,
+        "action": d.action.value,
+        "status": status,
+        "step": d.step + 1,
+        "to_step": None if d.to_step is None else d.to_step + 1,
+        "shares": dict(shares),
+        "reason": d.reason,
+        "waits_for": list(d.waits_for),
+        "minutes_on_step": round(d.minutes_on_step, 2),
+        "detail": detail,
     }
 
 
 def srm_audit(run: Run, r: SrmResult) -> dict[str, Any]:
     return {
-        "time": format_time(run.now), "run_id": run.run_id, "dry_run": run.dry_run, "type": "srm",
-        "flag": r.flag, "verdict": r.verdict, "p_value": r.p_value, "counts": dict(r.counts),
-        "expected": dict(r.expected), "action": r.action.value, "reason": r.reason,
+        "time": format_time(run.now),
+        "run_id": run.run_id,
+        "dry_run": run.dry_run,
+        "type": "srm",
+        "flag": r.flag,
+        "verdict": r.verdict,
+        "p_value": r.p_value,
+        "counts": dict(r.counts),
+        "expected": dict(r.expected),
+        "action": r.action.value,
+        "reason": r.reason,
     }
 
 
-async def apply(run: Run, state: State, decision: Decision, backend: FlagBackend, flags: Mapping[str, Flag],
-                client: httpx.AsyncClient, source: str) -> tuple[State, list[RampResult]]:
+async def apply(
+    run: Run,
+    state: State,
+    decision: Decision,
+    backend: FlagBackend,
+    flags: Mapping[str, Flag],
+    client: httpx.AsyncClient,
+    source: str,
+) -> tuple[State, list[RampResult]]:
     """Carry out every ramp decision and SRM warning of this run; returns the state to keep."""
     results: list[RampResult] = []
     for r in decision.srm:
@@ -117,8 +149,18 @@ async def apply(run: Run, state: State, decision: Decision, backend: FlagBackend
         assert d.to_step is not None
         if run.dry_run:
             run.audit_lines.append(_audit(run, d, "would", "dry run: nothing written", d.shares))
-            results.append(RampResult(d.flag, d.action.value, "would", d.step + 1, flag.ramp.steps[d.step], d.reason,
-                                      detail=f"dry run: would set {_pct(d.shares)}", minutes_on_step=d.minutes_on_step))
+            results.append(
+                RampResult(
+                    d.flag,
+                    d.action.value,
+                    "would",
+                    d.step + 1,
+                    flag.ramp.steps[d.step],
+                    d.reason,
+                    detail=f"dry run: would set {_pct(d.shares)}",
+                    minutes_on_step=d.minutes_on_step,
+                )
+            )
             continue
         try:
             outcome = await backend.set_split(flag, d.shares, d.reason)
@@ -138,14 +180,29 @@ async def apply(run: Run, state: State, decision: Decision, backend: FlagBackend
             state = _with(state, d.flag, replace(new, ramp=replace(new.ramp, last=last) if new.ramp else None))
             run._save(state)
             if d.action is RampAction.SHIP:
-                alert_status, _ok = await run._alert(client, ship_payload(d.flag, d, run._link(backend, source, d.flag)))
-        results.append(RampResult(d.flag, d.action.value, status, step + 1, flag.ramp.steps[step], d.reason,
-                                  d.waits_for, detail, alert_status, d.minutes_on_step))
+                alert_status, _ok = await run._alert(
+                    client, ship_payload(d.flag, d, run._link(backend, source, d.flag))
+                )
+        results.append(
+            RampResult(
+                d.flag,
+                d.action.value,
+                status,
+                step + 1,
+                flag.ramp.steps[step],
+                d.reason,
+                d.waits_for,
+                detail,
+                alert_status,
+                d.minutes_on_step,
+            )
+        )
     return state, results
 
 
-async def _decided(run: Run, state: State, d: RampDecision, flag: Flag, backend: FlagBackend,
-                   client: httpx.AsyncClient, source: str) -> tuple[State, RampResult]:
+async def _decided(
+    run: Run, state: State, d: RampDecision, flag: Flag, backend: FlagBackend, client: httpx.AsyncClient, source: str
+) -> tuple[State, RampResult]:
     """Decisions that write no split: hold (waiting, or on_breach hold), rollback (a halt), adopt, and a
     ship found already in place (alerted once: the state stops watching the flag from now on)."""
     assert flag.ramp is not None
@@ -155,8 +212,18 @@ async def _decided(run: Run, state: State, d: RampDecision, flag: Flag, backend:
         alert_status, _ok = await run._alert(client, ship_payload(d.flag, d, run._link(backend, source, d.flag)))
     run.audit_lines.append(_audit(run, d, "would" if run.dry_run else "decided", "", {}))
     status = "would" if run.dry_run and d.action is not RampAction.HOLD else "decided"
-    return state, RampResult(d.flag, d.action.value, status, step + 1, flag.ramp.steps[step], d.reason,
-                             d.waits_for, "", alert_status, d.minutes_on_step)
+    return state, RampResult(
+        d.flag,
+        d.action.value,
+        status,
+        step + 1,
+        flag.ramp.steps[step],
+        d.reason,
+        d.waits_for,
+        "",
+        alert_status,
+        d.minutes_on_step,
+    )
 
 
 def _with(state: State, key: str, fs: Any) -> State:

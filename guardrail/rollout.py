@@ -19,7 +19,6 @@ from datetime import datetime
 from typing import Any
 
 from guardrail import srm
-from guardrail.split import read_split
 from guardrail.model import (
     SINCE_START,
     AdvanceMode,
@@ -90,9 +89,11 @@ def _int_list(value: Any) -> list[float]:
             raise ValueError(f"expected comma-separated numbers, got {value!r}")
         return [float(p) for p in parts]
     if isinstance(value, list):
-        return [float(v) for v in value if not isinstance(v, bool)] if all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value
-        ) else _raise(f"expected numbers, got {value!r}")
+        return (
+            [float(v) for v in value if not isinstance(v, bool)]
+            if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+            else _raise(f"expected numbers, got {value!r}")
+        )
     raise ValueError(f"expected comma-separated numbers, got {type(value).__name__}")
 
 
@@ -110,8 +111,12 @@ def parse_ramp(
 ) -> tuple[RampSpec | None, SrmSpec, list[tuple[str, str]]]:
     """(ramp or None, srm options, [(field, message)]). Pure; every error names its metadata field."""
     errors: list[tuple[str, str]] = []
-    options = {k[len(RAMP_PREFIX) :]: v for k, v in metadata.items() if isinstance(k, str) and k.startswith(RAMP_PREFIX)}
-    srm_options = {k[len(SRM_PREFIX) :]: v for k, v in metadata.items() if isinstance(k, str) and k.startswith(SRM_PREFIX)}
+    options = {
+        k[len(RAMP_PREFIX) :]: v for k, v in metadata.items() if isinstance(k, str) and k.startswith(RAMP_PREFIX)
+    }
+    srm_options = {
+        k[len(SRM_PREFIX) :]: v for k, v in metadata.items() if isinstance(k, str) and k.startswith(SRM_PREFIX)
+    }
     srm_spec, srm_errors = _parse_srm(srm_options)
     errors += srm_errors
     for name in options:
@@ -121,13 +126,15 @@ def parse_ramp(
         return None, srm_spec, errors
     field = f"metadata.{RAMP_PREFIX}steps"
     if "steps" not in options:
-        return None, srm_spec, errors + [(field, "is required when any guardrail.ramp option is set")]
+        return None, srm_spec, [*errors, (field, "is required when any guardrail.ramp option is set")]
     if experiment_type is not ExperimentType.ROLLOUT:
-        errors.append(("metadata.experiment_type", "a ramp needs experiment_type: rollout (an ab experiment has no ramp)"))
+        errors.append(
+            ("metadata.experiment_type", "a ramp needs experiment_type: rollout (an ab experiment has no ramp)")
+        )
     try:
         raw = _int_list(options["steps"])
     except ValueError as exc:
-        return None, srm_spec, errors + [(field, str(exc))]
+        return None, srm_spec, [*errors, (field, str(exc))]
     steps: list[int] = []
     for value in raw:
         if not math.isfinite(value) or value != int(value):
@@ -148,8 +155,13 @@ def parse_ramp(
             errors.append(("targeting", f"the fractional split does not list variant(s) {missing}"))
         uneven = [s for s in steps if s % max(1, len(treatments))]
         if uneven:
-            errors.append((field, f"step(s) {uneven} cannot be split evenly over the {len(treatments)} treatment "
-                                  f"variants {list(treatments)} in whole percents"))
+            errors.append(
+                (
+                    field,
+                    f"step(s) {uneven} cannot be split evenly over the {len(treatments)} treatment "
+                    f"variants {list(treatments)} in whole percents",
+                )
+            )
     minutes_field = f"metadata.{RAMP_PREFIX}step_minutes"
     step_minutes: tuple[float, ...] = (DEFAULT_STEP_MINUTES,) * len(steps)
     if "step_minutes" in options:
@@ -163,7 +175,9 @@ def parse_ramp(
         elif len(given) == 1:
             step_minutes = (given[0],) * len(steps)
         elif given and len(given) != len(steps):
-            errors.append((minutes_field, f"has {len(given)} values for {len(steps)} steps (give one, or one per step)"))
+            errors.append(
+                (minutes_field, f"has {len(given)} values for {len(steps)} steps (give one, or one per step)")
+            )
         elif given:
             step_minutes = tuple(given)
     min_count = 0
@@ -284,16 +298,25 @@ def evaluate_srm(
         agg = aggregates.get((flag.key, variant, spec.metric, SINCE_START))
         if agg is None or not agg.usable or agg.count is None:
             cause = "not fetched" if agg is None else (agg.error or "value or count missing")
-            return SrmResult(flag.key, "no_data", f"no usable `{spec.metric}` count for {variant}: {cause}",
-                             action=spec.action)
+            return SrmResult(
+                flag.key, "no_data", f"no usable `{spec.metric}` count for {variant}: {cause}", action=spec.action
+            )
         counts[variant] = agg.count
     result = srm.check(counts, flag.split, alpha=spec.alpha, prior_min_p=prior.srm_min_p)
     if result is None:
         return None
     verdict = "mismatch" if result.mismatch else "ok"
     alert = result.mismatch and spec.action is SrmAction.WARN and not prior.srm_warned
-    return SrmResult(flag.key, verdict, srm.describe(result, spec.alpha), result.running_p, result.counts,
-                     result.expected, spec.action, alert)
+    return SrmResult(
+        flag.key,
+        verdict,
+        srm.describe(result, spec.alpha),
+        result.running_p,
+        result.counts,
+        result.expected,
+        spec.action,
+        alert,
+    )
 
 
 def _srm_evaluation(flag: Flag, result: SrmResult) -> Evaluation:
@@ -303,13 +326,22 @@ def _srm_evaluation(flag: Flag, result: SrmResult) -> Evaluation:
     observed = result.counts.get(treatment, 0) / n if n else 0.0
     expected = result.expected.get(treatment, 0.0)
     return Evaluation(
-        flag=flag.key, metric=flag.srm.metric, treatment_variant=treatment, control_variant=flag.control_variant,
-        comparison=Comparison.RELATIVE_DECREASE, threshold=0.0, method=Method.SEQUENTIAL,
+        flag=flag.key,
+        metric=flag.srm.metric,
+        treatment_variant=treatment,
+        control_variant=flag.control_variant,
+        comparison=Comparison.RELATIVE_DECREASE,
+        threshold=0.0,
+        method=Method.SEQUENTIAL,
         verdict=Verdict.BREACH if result.verdict == "mismatch" else Verdict.PASS,
         reason=result.reason,
-        control=Aggregate(float(result.counts.get(flag.control_variant, 0)), result.counts.get(flag.control_variant, 0)),
+        control=Aggregate(
+            float(result.counts.get(flag.control_variant, 0)), result.counts.get(flag.control_variant, 0)
+        ),
         treatment=Aggregate(float(result.counts.get(treatment, 0)), result.counts.get(treatment, 0)),
-        relative_delta=(observed / expected - 1.0) if expected else None, p_value=result.p_value, confirmations=1,
+        relative_delta=(observed / expected - 1.0) if expected else None,
+        p_value=result.p_value,
+        confirmations=1,
         streak=1 if result.verdict == "mismatch" else 0,
     )
 
@@ -351,14 +383,25 @@ def _waits(flag: Flag, evaluations: Sequence[Evaluation], units: int | None, min
 
 
 def _summary(e: Evaluation) -> dict[str, Any]:
-    return {"metric": e.metric, "variant": e.treatment_variant, "verdict": e.verdict.value,
-            "lower_bound": e.bound, "upper_bound": e.upper_bound, "threshold": e.threshold,
-            "relative": e.comparison.relative}
+    return {
+        "metric": e.metric,
+        "variant": e.treatment_variant,
+        "verdict": e.verdict.value,
+        "lower_bound": e.bound,
+        "upper_bound": e.upper_bound,
+        "threshold": e.threshold,
+        "relative": e.comparison.relative,
+    }
 
 
 def decide_ramp(
-    flag: Flag, prior: FlagState, state: FlagState, evaluations: Sequence[Evaluation], halt: Halt | None,
-    srm_result: SrmResult | None, now: datetime,
+    flag: Flag,
+    prior: FlagState,
+    state: FlagState,
+    evaluations: Sequence[Evaluation],
+    halt: Halt | None,
+    srm_result: SrmResult | None,
+    now: datetime,
 ) -> tuple[RampDecision, FlagState]:
     """advance | ship | hold | rollback | start | adopt for one ramped flag, and the state to keep."""
     assert flag.ramp is not None
@@ -370,13 +413,25 @@ def decide_ramp(
     minutes_on = (now - ramp.step_started_at).total_seconds() / 60 if ramp is not None else 0.0
     last_step = len(spec.steps) - 1
 
-    def made(action: RampAction, reason: str, *, to: int | None = None, shares: Mapping[str, int] | None = None,
-             waits: Sequence[str] = (), fs: FlagState = state) -> tuple[RampDecision, FlagState]:
+    def made(
+        action: RampAction,
+        reason: str,
+        *,
+        to: int | None = None,
+        shares: Mapping[str, int] | None = None,
+        waits: Sequence[str] = (),
+        fs: FlagState = state,
+    ) -> tuple[RampDecision, FlagState]:
         d = RampDecision(flag.key, action, step, to, dict(shares or {}), reason, tuple(waits), minutes_on, spec.steps)
         kept = fs.ramp if fs.ramp is not None else ramp
         if kept is not None:
-            last = {"at": now.isoformat(), "action": action.value, "reason": reason, "waits_for": list(waits),
-                    "guardrails": [_summary(e) for e in evaluations]}
+            last = {
+                "at": now.isoformat(),
+                "action": action.value,
+                "reason": reason,
+                "waits_for": list(waits),
+                "guardrails": [_summary(e) for e in evaluations],
+            }
             fs = replace(fs, ramp=replace(kept, last=last))
         return d, fs
 
@@ -386,20 +441,35 @@ def decide_ramp(
     if ramp is None or at != ramp.step:
         if at is None:
             if ramp is None:
-                return made(RampAction.START, f"ramp starts at step 1 ({spec.steps[0]} %)", to=0,
-                            shares=shares_for(flag, spec.steps[0]))
-            return made(RampAction.HOLD, "split changed outside guardrail", waits=[
-                f"the split gives the treatment {share:g} %, not step {step + 1} ({spec.steps[step]} %) "
-                "nor any other step; set the weights to a ramp step"])
+                return made(
+                    RampAction.START,
+                    f"ramp starts at step 1 ({spec.steps[0]} %)",
+                    to=0,
+                    shares=shares_for(flag, spec.steps[0]),
+                )
+            return made(
+                RampAction.HOLD,
+                "split changed outside guardrail",
+                waits=[
+                    f"the split gives the treatment {share:g} %, not step {step + 1} ({spec.steps[step]} %) "
+                    "nor any other step; set the weights to a ramp step"
+                ],
+            )
         fs = enter_step(state, at, now, shipped_at=now if at == last_step else None)
         action = RampAction.SHIP if at == last_step else RampAction.ADOPT
-        why = ("the split is at a ramp step" if ramp is None else "the split was moved to this step outside guardrail"
-               " (or by a run that stopped before saving)")
+        why = (
+            "the split is at a ramp step"
+            if ramp is None
+            else "the split was moved to this step outside guardrail (or by a run that stopped before saving)"
+        )
         return made(action, f"{why}: step {at + 1} ({spec.steps[at]} %) from now", to=at, fs=fs)
     units = min(srm_result.counts.values()) if srm_result is not None and srm_result.counts else None
     if units is None and evaluations:
-        counts = [min(e.control.count or 0, e.treatment.count or 0) for e in evaluations
-                  if e.control is not None and e.treatment is not None and e.control.usable and e.treatment.usable]
+        counts = [
+            min(e.control.count or 0, e.treatment.count or 0)
+            for e in evaluations
+            if e.control is not None and e.treatment is not None and e.control.usable and e.treatment.usable
+        ]
         units = min(counts) if counts else None
     waits = _waits(flag, evaluations, units, minutes_on, step)
     if waits:
@@ -407,14 +477,23 @@ def decide_ramp(
     to = step + 1
     action = RampAction.SHIP if to == last_step else RampAction.ADVANCE
     mode = "proven safe" if spec.advance is AdvanceMode.PROVEN_SAFE else "no harm shown"
-    return made(action, f"step {step + 1} ({spec.steps[step]} %) passed ({mode}, {minutes_on:.0f} min); "
-                        f"{'ship at' if action is RampAction.SHIP else 'advance to'} {spec.steps[to]} %",
-                to=to, shares=shares_for(flag, spec.steps[to]))
+    return made(
+        action,
+        f"step {step + 1} ({spec.steps[step]} %) passed ({mode}, {minutes_on:.0f} min); "
+        f"{'ship at' if action is RampAction.SHIP else 'advance to'} {spec.steps[to]} %",
+        to=to,
+        shares=shares_for(flag, spec.steps[to]),
+    )
 
 
 def after_decide(
-    flag: Flag, aggregates: Mapping[AggregateKey, Aggregate], prior: FlagState, now: datetime,
-    evaluations: list[Evaluation], halt: Halt | None, state: FlagState,
+    flag: Flag,
+    aggregates: Mapping[AggregateKey, Aggregate],
+    prior: FlagState,
+    now: datetime,
+    evaluations: list[Evaluation],
+    halt: Halt | None,
+    state: FlagState,
 ) -> tuple[list[Evaluation], Halt | None, FlagState, RampDecision | None, SrmResult | None]:
     """The engine's hook: SRM gate, then the ramp decision. A guardrail breach wins over SRM."""
     aligned = True
@@ -433,8 +512,12 @@ def after_decide(
                 action = HaltAction.REVERT if result.action is SrmAction.ROLLBACK else HaltAction.HOLD
                 reason = f"{flag.srm.metric}: {result.reason}"
                 halt = Halt(flag.key, action, reason, now, e, control_variant=flag.control_variant)
-                state = replace(state, halt=HaltRecord("pending", action, reason, now, e.metric,
-                                                       e.treatment_variant, flag.control_variant))
+                state = replace(
+                    state,
+                    halt=HaltRecord(
+                        "pending", action, reason, now, e.metric, e.treatment_variant, flag.control_variant
+                    ),
+                )
     extra = [srm_eval] if srm_eval is not None else []
     if not ramped(flag):
         return [*evaluations, *extra], halt, state, None, result

@@ -36,7 +36,9 @@ def _log_beta(a: Sequence[float]) -> float:
     return math.fsum(math.lgamma(x) for x in a) - math.lgamma(math.fsum(a))
 
 
-def log_bayes_factor(counts: Sequence[int], probs: Sequence[float], concentration: float = DEFAULT_CONCENTRATION) -> float:
+def log_bayes_factor(
+    counts: Sequence[int], probs: Sequence[float], concentration: float = DEFAULT_CONCENTRATION
+) -> float:
     """ln BF of `counts` against H0: probabilities `probs` (summing to 1, all > 0).
 
     Raises ValueError on inputs the test does not define (negative counts, a zero or non-finite

@@ -44,7 +44,9 @@ def definition(share: int = 1, **metadata: Any) -> dict[str, Any]:
 
 
 def ab_definition(share: int = 50) -> dict[str, Any]:
-    return definition(share, experiment_type="ab", **{"guardrail.ramp.steps": None, "guardrail.ramp.step_minutes": None})
+    return definition(
+        share, experiment_type="ab", **{"guardrail.ramp.steps": None, "guardrail.ramp.step_minutes": None}
+    )
 
 
 def parse(defn: dict[str, Any], key: str = KEY) -> Any:
@@ -57,8 +59,9 @@ def flag(share: int = 1, **metadata: Any) -> Any:
     return next(f for f in parsed.flags if f.key == KEY)
 
 
-def aggs(share: int, *, n: int = 400_000, pc: float = 0.01, pt: float = 0.01,
-         exposures: tuple[int, int] | None = None) -> dict[AggregateKey, Aggregate]:
+def aggs(
+    share: int, *, n: int = 400_000, pc: float = 0.01, pt: float = 0.01, exposures: tuple[int, int] | None = None
+) -> dict[AggregateKey, Aggregate]:
     nt = n * share // 100
     nc = n - nt
     out = {
@@ -289,8 +292,10 @@ def test_no_exposures_metric_gives_no_verdict_and_halts_nothing() -> None:
 def test_srm_for_ab_experiments_against_configured_weights() -> None:
     parsed = config.parse_flags({"x.y.z": ab_definition(20)})
     (f,) = parsed.flags
-    data = {("x.y.z", "control", "exposures", SINCE_START): Aggregate(8000.0, 8000),
-            ("x.y.z", "treatment", "exposures", SINCE_START): Aggregate(2000.0, 2000)}
+    data = {
+        ("x.y.z", "control", "exposures", SINCE_START): Aggregate(8000.0, 8000),
+        ("x.y.z", "treatment", "exposures", SINCE_START): Aggregate(2000.0, 2000),
+    }
     assert engine.decide([f], data, State(), NOW).srm[0].verdict == "ok"
     data[("x.y.z", "treatment", "exposures", SINCE_START)] = Aggregate(1700.0, 1700)
     decision = engine.decide([f], data, State(), NOW)

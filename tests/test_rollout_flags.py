@@ -57,22 +57,38 @@ def test_yaml_rewrite_changes_only_the_weights() -> None:
     new = apply_split_to_text(YAML_FILE, KEY, shares(5), json_format=False)
     old_lines, new_lines = YAML_FILE.splitlines(), new.splitlines()
     changed = [(a, b) for a, b in zip(old_lines, new_lines, strict=True) if a != b]
-    assert changed == [("        - [treatment, 0]   # set by guardrail", "        - [treatment, 5]   # set by guardrail"),
-                       ("        - [control, 100]", "        - [control, 95]")]
+    assert changed == [
+        ("        - [treatment, 0]   # set by guardrail", "        - [treatment, 5]   # set by guardrail"),
+        ("        - [control, 100]", "        - [control, 95]"),
+    ]
 
 
 def test_json_rewrite_replaces_only_the_number_tokens_and_old_spelling() -> None:
-    doc = {"flags": {KEY: {"state": "ENABLED", "variants": {"treatment": True, "control": False},
-                           "defaultVariant": "control",
-                           "targeting": {"if": [{"==": [{"var": "tier"}, "beta"]}, "treatment",
-                                                {"fractionalEvaluation": ["email", ["treatment", 0], ["control", 100]]}]},
-                           "metadata": {"experiment_type": "rollout"}}}}
+    doc = {
+        "flags": {
+            KEY: {
+                "state": "ENABLED",
+                "variants": {"treatment": True, "control": False},
+                "defaultVariant": "control",
+                "targeting": {
+                    "if": [
+                        {"==": [{"var": "tier"}, "beta"]},
+                        "treatment",
+                        {"fractionalEvaluation": ["email", ["treatment", 0], ["control", 100]]},
+                    ]
+                },
+                "metadata": {"experiment_type": "rollout"},
+            }
+        }
+    }
     text = json.dumps(doc, indent=3)
     new = apply_split_to_text(text, KEY, shares(25), json_format=True)
     changed = [(a.strip(), b.strip()) for a, b in zip(text.splitlines(), new.splitlines(), strict=True) if a != b]
     assert changed == [("0", "25"), ("100", "75")]  # only the two number tokens; every other byte stays
-    assert json.loads(new)["flags"][KEY]["targeting"]["if"][2]["fractionalEvaluation"][1:] == [["treatment", 25],
-                                                                                                 ["control", 75]]
+    assert json.loads(new)["flags"][KEY]["targeting"]["if"][2]["fractionalEvaluation"][1:] == [
+        ["treatment", 25],
+        ["control", 75],
+    ]
 
 
 def test_a_split_without_the_variant_is_refused_and_the_file_is_unchanged(tmp_path: Path) -> None:
@@ -128,6 +144,7 @@ def test_real_flagd_evaluator_after_each_step_share_and_stickiness(tmp_path: Pat
 def test_api_backend_patches_targeting_and_rereads(tmp_path: Path) -> None:
     definition = yaml.safe_load(YAML_FILE)["flags"][KEY]
     with FakeAPI(flags={KEY: definition}, token="t0k") as fake:
+
         async def go() -> Any:
             async with make_client(timeout=5, concurrency=2) as client:
                 backend = HttpFlagBackend(fake.url, client, token="t0k")
@@ -135,6 +152,7 @@ def test_api_backend_patches_targeting_and_rereads(tmp_path: Path) -> None:
                 first = await backend.set_split(flag, shares(5), "step 2")
                 again = await backend.set_split(flag, shares(5), "step 2")
                 return first, again
+
         first, again = asyncio.run(go())
         assert first.ok and not first.already and again.already
         assert fake.flag(KEY)["targeting"]["fractional"][1:] == [["treatment", 5], ["control", 95]]

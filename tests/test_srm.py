@@ -30,8 +30,10 @@ def test_published_example_of_savvi() -> None:
     assert running == pytest.approx(0.04845591105969517, rel=1e-9)
 
 
-@pytest.mark.parametrize(("counts", "probs"), [([510, 490], [0.5, 0.5]), ([9_700, 300], [0.99, 0.01]),
-                                               ([30, 60, 10], [0.2, 0.5, 0.3]), ([0, 5], [0.5, 0.5])])
+@pytest.mark.parametrize(
+    ("counts", "probs"),
+    [([510, 490], [0.5, 0.5]), ([9_700, 300], [0.99, 0.01]), ([30, 60, 10], [0.2, 0.5, 0.3]), ([0, 5], [0.5, 0.5])],
+)
 def test_bayes_factor_is_the_dirichlet_multinomial_over_multinomial_likelihood(
     counts: list[int], probs: list[float]
 ) -> None:
@@ -53,8 +55,9 @@ def test_check_against_configured_percent_weights() -> None:
     assert bad is not None and bad.mismatch and bad.running_p < 0.001
     assert "sample ratio mismatch" in srm.describe(bad, 0.001)
     # a running minimum: a later look with better counts does not undo a mismatch
-    later = srm.check({"treatment": 1000, "control": 99_000}, {"treatment": 1, "control": 99}, alpha=0.001,
-                      prior_min_p=bad.running_p)
+    later = srm.check(
+        {"treatment": 1000, "control": 99_000}, {"treatment": 1, "control": 99}, alpha=0.001, prior_min_p=bad.running_p
+    )
     assert later is not None and later.mismatch
     # units in a variant with weight 0 are a mismatch by construction
     stray = srm.check({"a": 10, "b": 10, "c": 1}, {"a": 50, "b": 50, "c": 0}, alpha=0.001)

@@ -155,12 +155,14 @@ def set_split(backend: FlagdFileBackend, flag: Flag, shares: Mapping[str, int]) 
                 text, flags = backend._read()
                 definition = flags.get(flag.key)
                 if not isinstance(definition, Mapping):
-                    return HaltOutcome(ok=False, permanent=True,
-                                       detail=f"{backend.source}: flag {flag.key!r} is not in the file")
+                    return HaltOutcome(
+                        ok=False, permanent=True, detail=f"{backend.source}: flag {flag.key!r} is not in the file"
+                    )
                 if split_matches(definition, shares):
                     return HaltOutcome(ok=True, already=True, detail=f"{backend.source}: split already {described}")
-                new = apply_split_to_text(text, flag.key, shares, json_format=backend.json_format,
-                                          source=backend.source)
+                new = apply_split_to_text(
+                    text, flag.key, shares, json_format=backend.json_format, source=backend.source
+                )
                 if backend._replace_if_unchanged(text.encode("utf-8"), new.encode("utf-8")):
                     backend.loaded_digest = _digest(new.encode("utf-8"))
                     # Done only when a re-read shows the weights (the file is what flagd serves).

@@ -188,7 +188,7 @@ class HttpFlagBackend:
             targeting = set_weights(current.get("targeting"), shares)
         except KeyError as exc:
             return HaltOutcome(ok=False, permanent=True, detail=f"flag {flag.key!r}: {exc.args[0]}")
-        answer, failure = await self._until_applied(
+        _answer, failure = await self._until_applied(
             flag.key,
             lambda: self._patch(flag.key, {"targeting": targeting}),
             lambda definition: split_matches(definition, shares),
