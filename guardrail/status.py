@@ -145,9 +145,11 @@ def _ramp(flag: Flag | None, fs: FlagState, now: datetime) -> dict[str, Any] | N
     r = fs.ramp
     last = dict(r.last)
     share = flag.ramp.steps[min(r.step, len(flag.ramp.steps) - 1)]
+    # A shipped or halted ramp's clock stopped when guardrail stopped watching it.
+    until = r.shipped_at or (fs.halt.decided_at if fs.halt is not None else now)
     return {
         "step": r.step + 1, "steps": list(flag.ramp.steps), "share": share, "step_started_at": _t(r.step_started_at),
-        "minutes_on_step": round((now - r.step_started_at).total_seconds() / 60, 1),
+        "minutes_on_step": round((until - r.step_started_at).total_seconds() / 60, 1),
         "advance": flag.ramp.advance.value, "shipped_at": _t(r.shipped_at), "last_action": last.get("action"),
         "waits_for": list(last.get("waits_for") or []), "guardrails": list(last.get("guardrails") or []),
     }
