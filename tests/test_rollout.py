@@ -300,3 +300,40 @@ def test_srm_for_ab_experiments_against_configured_weights() -> None:
     data[("x.y.z", "treatment", "exposures", SINCE_START)] = Aggregate(1700.0, 1700)
     decision = engine.decide([f], data, State(), NOW)
     assert decision.srm[0].verdict == "mismatch" and decision.halts[0].action is HaltAction.HOLD
+
+
+def test_validate_names_the_bad_step_line_and_warns_about_quantile_guardrails() -> None:
+    from datetime import date
+
+    from guardrail import validate
+
+    text = """flags:
+  a.b.bad:
+    state: ENABLED
+    variants: {treatment: true, control: false}
+    defaultVariant: control
+    targeting:
+      fractional: [[treatment, 1], [control, 99]]
+    metadata:
+      experiment_type: rollout
+      guardrail.p95_latency_ms.comparison: relative_increase
+      guardrail.p95_latency_ms.threshold: 0.1
+      guardrail.ramp.steps: "1,5,150"
+  a.b.good:
+    state: ENABLED
+    variants: {treatment: true, control: false}
+    defaultVariant: control
+    targeting:
+      fractional: [[treatment, 1], [control, 99]]
+    metadata:
+      experiment_type: rollout
+      guardrail.p95_latency_ms.comparison: relative_increase
+      guardrail.p95_latency_ms.threshold: 0.1
+      guardrail.ramp.steps: "1,5,100"
+"""
+    findings = validate.validate_text(text, source="flags.yaml", today=date(2026, 12, 1))
+    by_flag = {(f.flag, f.severity): f for f in findings}
+    bad = by_flag[("a.b.bad", "error")]
+    assert bad.field == "metadata.guardrail.ramp.steps" and bad.line == 12 and "150" in bad.message
+    warning = by_flag[("a.b.good", "warning")]
+    assert "only through its threshold rule" in warning.message
