@@ -19,8 +19,9 @@ KEY = "checkout.payments.new-flow"
 def walk(scenario: str, work: Path) -> str:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     env.pop("ALERT_WEBHOOK_URL", None)
-    done = subprocess.run(["bash", str(SCRIPT), scenario, str(work)], capture_output=True, text=True, env=env,
-                          timeout=300, check=False)
+    done = subprocess.run(
+        ["bash", str(SCRIPT), scenario, str(work)], capture_output=True, text=True, env=env, timeout=300, check=False
+    )
     assert done.returncode == 0, done.stderr
     return done.stdout
 
@@ -35,8 +36,14 @@ def test_walkthrough_ships(tmp_path: Path) -> None:
     flag = yaml.safe_load((tmp_path / "flags.yaml").read_text())["flags"][KEY]
     assert flag["state"] == "ENABLED" and flag["targeting"]["fractional"][1:] == [["treatment", 100], ["control", 0]]
     actions = [(r["action"], r["status"]) for r in audit(tmp_path, "ramp")]
-    assert actions == [("start", "done"), ("hold", "decided"), ("advance", "done"), ("advance", "done"),
-                       ("advance", "done"), ("ship", "done")]
+    assert actions == [
+        ("start", "done"),
+        ("hold", "decided"),
+        ("advance", "done"),
+        ("advance", "done"),
+        ("advance", "done"),
+        ("ship", "done"),
+    ]
     assert "waits for: 10 min left on step 1 (1 %)" in out
     assert "RAMP WOULD SHIP (dry run)" in out and "no longer watched" in out
     state = json.loads((tmp_path / "state.json").read_text())["flags"][KEY]["ramp"]
@@ -61,10 +68,27 @@ def test_dry_run_changes_nothing(tmp_path: Path) -> None:
     before = (tmp_path / "flags.yaml").read_bytes()
     with FakeAPI(token=None) as fake:
         env = {**os.environ, "METRICS_API_URL": fake.url}
-        done = subprocess.run([sys.executable, "-m", "guardrail", "check", "--dry-run", "--flags",
-                               str(tmp_path / "flags.yaml"), "--state", str(tmp_path / "state.json"), "--audit",
-                               str(tmp_path / "audit.jsonl"), "--now", "2026-12-01T09:00:00Z"],
-                              capture_output=True, text=True, env=env, check=False)
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "guardrail",
+                "check",
+                "--dry-run",
+                "--flags",
+                str(tmp_path / "flags.yaml"),
+                "--state",
+                str(tmp_path / "state.json"),
+                "--audit",
+                str(tmp_path / "audit.jsonl"),
+                "--now",
+                "2026-12-01T09:00:00Z",
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            check=False,
+        )
     assert "RAMP WOULD START (dry run)" in done.stdout, done.stdout + done.stderr
     assert (tmp_path / "flags.yaml").read_bytes() == before
     assert not (tmp_path / "state.json").exists() and not (tmp_path / "audit.jsonl").exists()
@@ -81,10 +105,27 @@ def test_no_unit_counts_at_the_source_is_said_once_per_run_and_halts_nothing(tmp
             for arm in ("control", "treatment"):
                 fake.set_metric(key, arm, "error_rate", 0.01, 5000)
         env = {**os.environ, "METRICS_API_URL": fake.url}
-        done = subprocess.run([sys.executable, "-m", "guardrail", "check", "--json", "--flags",
-                               str(tmp_path / "flags.json"), "--state", str(tmp_path / "state.json"), "--audit",
-                               str(tmp_path / "audit.jsonl"), "--now", "2026-12-01T09:00:00Z"],
-                              capture_output=True, text=True, env=env, check=False)
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "guardrail",
+                "check",
+                "--json",
+                "--flags",
+                str(tmp_path / "flags.json"),
+                "--state",
+                str(tmp_path / "state.json"),
+                "--audit",
+                str(tmp_path / "audit.jsonl"),
+                "--now",
+                "2026-12-01T09:00:00Z",
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            check=False,
+        )
         assert done.returncode == 0, done.stdout + done.stderr
         body = json.loads(done.stdout)
         notes = [w for w in body["warnings"] if w.startswith("SRM gate")]
