@@ -108,7 +108,7 @@ def plan_queries(flags: Iterable[Flag], state: State, now: datetime) -> list[tup
             continue
         prior = state.flags.get(flag.key)
         start = experiment_start(flag, prior, now)
-        if warming_up(flag, start, now) > 0:
+        if warming_up(flag, start, now) > 0 or rollout.awaiting_start(flag, prior):  # ramps hook
             continue
         since = since_start_window(rollout.data_start(flag, prior, start), now)  # ramps hook: the step's own data
         for g in flag.guardrails:
@@ -413,7 +413,10 @@ def decide(
             if not flag.enabled and prior.halt is None and flag.key in next_flags:
                 next_flags[flag.key] = replace(prior, first_seen_enabled=None, streaks={})
             continue
-        found, halt, flag_state = decide_flag(rollout.for_step(flag), aggregates, prior, now)
+        if rollout.awaiting_start(flag, prior):  # nothing measured yet: only the first step to write
+            found, halt, flag_state = [], None, replace(prior, first_seen_enabled=prior.first_seen_enabled or now)
+        else:
+            found, halt, flag_state = decide_flag(rollout.for_step(flag), aggregates, prior, now)
         # ---- ramps hook: SRM gate and the ramp's advance/hold/rollback/ship (guardrail/rollout.py) ----
         found, halt, flag_state, ramp, srm_result = rollout.after_decide(
             flag, aggregates, prior, now, found, halt, flag_state

@@ -244,6 +244,15 @@ def data_start(flag: Flag, prior: FlagState | None, experiment_start: datetime) 
     return experiment_start
 
 
+def awaiting_start(flag: Flag, prior: FlagState | None) -> bool:
+    """A ramp guardrail has not started yet (its split is at no step): nothing to measure, only to write."""
+    if not ramped(flag) or (prior is not None and prior.ramp is not None):
+        return False
+    assert flag.ramp is not None
+    share = treatment_share(flag)
+    return all(abs(s - share) >= 1e-9 for s in flag.ramp.steps)
+
+
 def srm_watched(flag: Flag) -> bool:
     """SRM is tested for every A/B experiment and every ramp step, against the configured split."""
     weighted = sum(1 for w in flag.split.values() if w > 0)
