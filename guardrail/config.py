@@ -19,7 +19,7 @@ from functools import lru_cache
 from importlib import resources
 from typing import Any
 
-from guardrail import rollout
+from guardrail import ramp_config
 from guardrail.model import (
     Comparison,
     ExperimentType,
@@ -162,7 +162,7 @@ def gather_guardrail_options(
     order: list[str] = []
 
     for key, value in metadata.items():
-        if not isinstance(key, str) or not key.startswith(FLAT_PREFIX) or rollout.is_ramp_or_srm_key(key):
+        if not isinstance(key, str) or not key.startswith(FLAT_PREFIX) or ramp_config.is_ramp_or_srm_key(key):
             continue  # guardrail.ramp.* and guardrail.srm.* are read by rollout.parse_ramp
         rest = key[len(FLAT_PREFIX) :]
         if "." not in rest:
@@ -317,7 +317,7 @@ def parse_flag(
         guardrails.append(g)
 
     split = read_split(definition)
-    ramp, srm_spec, ramp_errors = rollout.parse_ramp(
+    ramp, srm_spec, ramp_errors = ramp_config.parse_ramp(
         metadata, experiment_type=experiment_type, split=split, control=control, treatments=treatments
     )
     if ramp_errors:

@@ -413,6 +413,8 @@ def decide(
             if not flag.enabled and prior.halt is None and flag.key in next_flags:
                 next_flags[flag.key] = replace(prior, first_seen_enabled=None, streaks={})
             continue
+        found: list[Evaluation]
+        halt: Halt | None
         if rollout.awaiting_start(flag, prior):  # nothing measured yet: only the first step to write
             found, halt, flag_state = [], None, replace(prior, first_seen_enabled=prior.first_seen_enabled or now)
         else:

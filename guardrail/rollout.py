@@ -7,7 +7,7 @@ aggregates since the step's start (RampState.step_started_at), so units served u
 are never pooled, and the error budget alpha of each guardrail is split evenly over the watched steps
 (docs/rollouts.md, "Why it is valid").
 
-Pure: no I/O, no clock. Imports only model.py, srm.py and the standard library.
+Pure: no I/O, no clock. Imports only model.py, srm_gate.py, split.py and the standard library.
 """
 
 from __future__ import annotations
@@ -18,13 +18,12 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
-from guardrail import srm
+from guardrail import srm_gate
 from guardrail.model import (
     SINCE_START,
     AdvanceMode,
     Aggregate,
     AggregateKey,
-    Comparison,
     Evaluation,
     ExperimentType,
     Flag,
@@ -38,20 +37,12 @@ from guardrail.model import (
     OnBreach,
     RampAction,
     RampDecision,
-    RampSpec,
     RampState,
     SrmAction,
     SrmResult,
-    SrmSpec,
     Verdict,
 )
-
-RAMP_PREFIX = "guardrail.ramp."
-SRM_PREFIX = "guardrail.srm."
-RAMP_OPTIONS = ("steps", "step_minutes", "min_count", "advance", "on_breach")
-SRM_OPTIONS = ("metric", "action", "alpha", "enabled")
-DEFAULT_STEP_MINUTES = 30.0
-
+from guardrail.ramp_config import RAMP_PREFIX, SRM_PREFIX, is_ramp_or_srm_key, parse_ramp  # noqa: F401
 
 # ---- the split a step writes -----------------------------------------------------------------------------
 
@@ -69,165 +60,6 @@ def shares_for(flag: Flag, percent: int) -> dict[str, int]:
 
 def treatment_share(flag: Flag) -> float:
     return math.fsum(flag.split.get(t, 0.0) for t in flag.treatment_variants)
-
-
-# ---- parsing `guardrail.ramp.*` and `guardrail.srm.*` -------------------------------------------------------
-
-
-def is_ramp_or_srm_key(key: str) -> bool:
-    return key.startswith((RAMP_PREFIX, SRM_PREFIX))
-
-
-def _int_list(value: Any) -> list[float]:
-    if isinstance(value, bool):
-        raise ValueError(f"expected numbers, got {value!r}")
-    if isinstance(value, (int, float)):
-        return [float(value)]
-    if isinstance(value, str):
-        parts = [p.strip().rstrip("%") for p in value.split(",")]
-        if not all(parts):
-            raise ValueError(f"expected comma-separated numbers, got {value!r}")
-        return [float(p) for p in parts]
-    if isinstance(value, list):
-        return (
-            [float(v) for v in value if not isinstance(v, bool)]
-            if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
-            else _raise(f"expected numbers, got {value!r}")
-        )
-    raise ValueError(f"expected comma-separated numbers, got {type(value).__name__}")
-
-
-def _raise(message: str) -> list[float]:
-    raise ValueError(message)
-
-
-def parse_ramp(
-    metadata: Mapping[str, Any],
-    *,
-    experiment_type: ExperimentType,
-    split: Mapping[str, float],
-    control: str,
-    treatments: Sequence[str],
-) -> tuple[RampSpec | None, SrmSpec, list[tuple[str, str]]]:
-    """(ramp or None, srm options, [(field, message)]). Pure; every error names its metadata field."""
-    errors: list[tuple[str, str]] = []
-    options = {
-        k[len(RAMP_PREFIX) :]: v for k, v in metadata.items() if isinstance(k, str) and k.startswith(RAMP_PREFIX)
-    }
-    srm_options = {
-        k[len(SRM_PREFIX) :]: v for k, v in metadata.items() if isinstance(k, str) and k.startswith(SRM_PREFIX)
-    }
-    srm_spec, srm_errors = _parse_srm(srm_options)
-    errors += srm_errors
-    for name in options:
-        if name not in RAMP_OPTIONS:
-            errors.append((f"metadata.{RAMP_PREFIX}{name}", f"unknown ramp option; known: {', '.join(RAMP_OPTIONS)}"))
-    if not options:
-        return None, srm_spec, errors
-    field = f"metadata.{RAMP_PREFIX}steps"
-    if "steps" not in options:
-        return None, srm_spec, [*errors, (field, "is required when any guardrail.ramp option is set")]
-    if experiment_type is not ExperimentType.ROLLOUT:
-        errors.append(
-            ("metadata.experiment_type", "a ramp needs experiment_type: rollout (an ab experiment has no ramp)")
-        )
-    try:
-        raw = _int_list(options["steps"])
-    except ValueError as exc:
-        return None, srm_spec, [*errors, (field, str(exc))]
-    steps: list[int] = []
-    for value in raw:
-        if not math.isfinite(value) or value != int(value):
-            errors.append((field, f"step {value:g} is not a whole percent"))
-        elif not 0 < value <= 100:
-            errors.append((field, f"step {value:g} is outside 1..100 (percent of units to the treatment)"))
-        elif steps and value <= steps[-1]:
-            errors.append((field, f"steps must increase: {value:g} comes after {steps[-1]}"))
-        else:
-            steps.append(int(value))
-    if not errors and len(steps) < 2:
-        errors.append((field, "needs at least two steps (the last one ships)"))
-    if not split:
-        errors.append(("targeting", "a ramp needs a `fractional` split in targeting whose weights guardrail sets"))
-    else:
-        missing = [v for v in (control, *treatments) if v not in split]
-        if missing:
-            errors.append(("targeting", f"the fractional split does not list variant(s) {missing}"))
-        uneven = [s for s in steps if s % max(1, len(treatments))]
-        if uneven:
-            errors.append(
-                (
-                    field,
-                    f"step(s) {uneven} cannot be split evenly over the {len(treatments)} treatment "
-                    f"variants {list(treatments)} in whole percents",
-                )
-            )
-    minutes_field = f"metadata.{RAMP_PREFIX}step_minutes"
-    step_minutes: tuple[float, ...] = (DEFAULT_STEP_MINUTES,) * len(steps)
-    if "step_minutes" in options:
-        try:
-            given = _int_list(options["step_minutes"])
-        except ValueError as exc:
-            given = []
-            errors.append((minutes_field, str(exc)))
-        if given and any(not (math.isfinite(m) and m >= 0) for m in given):
-            errors.append((minutes_field, "must be minutes >= 0"))
-        elif len(given) == 1:
-            step_minutes = (given[0],) * len(steps)
-        elif given and len(given) != len(steps):
-            errors.append(
-                (minutes_field, f"has {len(given)} values for {len(steps)} steps (give one, or one per step)")
-            )
-        elif given:
-            step_minutes = tuple(given)
-    min_count = 0
-    if "min_count" in options:
-        value = options["min_count"]
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            errors.append((f"metadata.{RAMP_PREFIX}min_count", f"must be a whole number >= 0, got {value!r}"))
-        else:
-            min_count = value
-    advance, on_breach = AdvanceMode.NO_HARM, OnBreach.ROLLBACK
-    try:
-        advance = AdvanceMode(options.get("advance", AdvanceMode.NO_HARM.value))
-    except ValueError:
-        errors.append((f"metadata.{RAMP_PREFIX}advance", f"must be no_harm or proven_safe, got {options['advance']!r}"))
-    try:
-        on_breach = OnBreach(options.get("on_breach", OnBreach.ROLLBACK.value))
-    except ValueError:
-        errors.append((f"metadata.{RAMP_PREFIX}on_breach", f"must be rollback or hold, got {options['on_breach']!r}"))
-    if errors:
-        return None, srm_spec, errors
-    return RampSpec(tuple(steps), step_minutes, min_count, advance, on_breach), srm_spec, []
-
-
-def _parse_srm(options: Mapping[str, Any]) -> tuple[SrmSpec, list[tuple[str, str]]]:
-    spec, errors = SrmSpec(), []
-    for name, value in options.items():
-        field = f"metadata.{SRM_PREFIX}{name}"
-        if name == "metric":
-            if isinstance(value, str) and value.strip():
-                spec = replace(spec, metric=value.strip())
-            else:
-                errors.append((field, "must be the name of a metric that counts units"))
-        elif name == "action":
-            try:
-                spec = replace(spec, action=SrmAction(value))
-            except ValueError:
-                errors.append((field, f"must be hold, rollback or warn, got {value!r}"))
-        elif name == "alpha":
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < 1:
-                spec = replace(spec, alpha=float(value))
-            else:
-                errors.append((field, f"must be a number in (0, 1), got {value!r}"))
-        elif name == "enabled":
-            if value in (True, False, "true", "false"):
-                spec = replace(spec, enabled=value in (True, "true"))
-            else:
-                errors.append((field, f"must be true or false, got {value!r}"))
-        else:
-            errors.append((field, f"unknown SRM option; known: {', '.join(SRM_OPTIONS)}"))
-    return spec, errors
 
 
 # ---- engine hooks ----------------------------------------------------------------------------------------
@@ -254,9 +86,7 @@ def awaiting_start(flag: Flag, prior: FlagState | None) -> bool:
 
 
 def srm_watched(flag: Flag) -> bool:
-    """SRM is tested for every A/B experiment and every ramp step, against the configured split."""
-    weighted = sum(1 for w in flag.split.values() if w > 0)
-    return flag.srm.enabled and weighted >= 2 and (flag.experiment_type is ExperimentType.AB or ramped(flag))
+    return srm_gate.srm_watched(flag, ramped(flag))
 
 
 def srm_queries(flag: Flag, physical_window: str, now: datetime) -> Iterator[tuple[AggregateKey, MetricQuery]]:
@@ -288,71 +118,6 @@ def enter_step(fs: FlagState, step: int, now: datetime, *, shipped_at: datetime 
     because the step's data starts from zero."""
     ramp = RampState(step=step, step_started_at=now, shipped_at=shipped_at)
     return replace(fs, ramp=ramp, streaks={}, tuning_n={}, srm_min_p=1.0, srm_warned=False)
-
-
-# ---- the SRM gate -----------------------------------------------------------------------------------------
-
-
-def evaluate_srm(
-    flag: Flag, aggregates: Mapping[AggregateKey, Aggregate], prior: FlagState, *, aligned: bool
-) -> SrmResult | None:
-    """The SRM verdict of one run: unit counts since the window start against the configured split.
-
-    `aligned` is False when a ramp's split does not match its step (counts would mix two splits)."""
-    if not srm_watched(flag) or not aligned:
-        return None
-    spec = flag.srm
-    counts: dict[str, int] = {}
-    for variant in flag.split:
-        agg = aggregates.get((flag.key, variant, spec.metric, SINCE_START))
-        if agg is None or not agg.usable or agg.count is None:
-            cause = "not fetched" if agg is None else (agg.error or "value or count missing")
-            return SrmResult(
-                flag.key, "no_data", f"no usable `{spec.metric}` count for {variant}: {cause}", action=spec.action
-            )
-        counts[variant] = agg.count
-    result = srm.check(counts, flag.split, alpha=spec.alpha, prior_min_p=prior.srm_min_p)
-    if result is None:
-        return None
-    verdict = "mismatch" if result.mismatch else "ok"
-    alert = result.mismatch and spec.action is SrmAction.WARN and not prior.srm_warned
-    return SrmResult(
-        flag.key,
-        verdict,
-        srm.describe(result, spec.alpha),
-        result.running_p,
-        result.counts,
-        result.expected,
-        spec.action,
-        alert,
-    )
-
-
-def _srm_evaluation(flag: Flag, result: SrmResult) -> Evaluation:
-    """The SRM verdict in the shape alerts and the audit log already carry: the unit counts as the arms."""
-    treatment = flag.treatment_variants[0] if flag.treatment_variants else flag.control_variant
-    n = sum(result.counts.values())
-    observed = result.counts.get(treatment, 0) / n if n else 0.0
-    expected = result.expected.get(treatment, 0.0)
-    return Evaluation(
-        flag=flag.key,
-        metric=flag.srm.metric,
-        treatment_variant=treatment,
-        control_variant=flag.control_variant,
-        comparison=Comparison.RELATIVE_DECREASE,
-        threshold=0.0,
-        method=Method.SEQUENTIAL,
-        verdict=Verdict.BREACH if result.verdict == "mismatch" else Verdict.PASS,
-        reason=result.reason,
-        control=Aggregate(
-            float(result.counts.get(flag.control_variant, 0)), result.counts.get(flag.control_variant, 0)
-        ),
-        treatment=Aggregate(float(result.counts.get(treatment, 0)), result.counts.get(treatment, 0)),
-        relative_delta=(observed / expected - 1.0) if expected else None,
-        p_value=result.p_value,
-        confirmations=1,
-        streak=1 if result.verdict == "mismatch" else 0,
-    )
 
 
 # ---- the decision of one run -----------------------------------------------------------------------------
@@ -510,13 +275,13 @@ def after_decide(
         assert flag.ramp is not None
         share = treatment_share(flag)
         aligned = prior.ramp is not None and abs(flag.ramp.steps[prior.ramp.step] - share) < 1e-9
-    result = evaluate_srm(flag, aggregates, prior, aligned=aligned)
+    result = srm_gate.evaluate_srm(flag, aggregates, prior, aligned=aligned, ramped=ramped(flag))
     guardrail_halt = halt is not None
     srm_eval: Evaluation | None = None
     if result is not None and result.p_value is not None:
         state = replace(state, srm_min_p=result.p_value, srm_warned=prior.srm_warned or result.alert)
         if result.verdict == "mismatch":
-            e = srm_eval = _srm_evaluation(flag, result)
+            e = srm_eval = srm_gate.srm_evaluation(flag, result)
             if halt is None and result.action is not SrmAction.WARN:
                 action = HaltAction.REVERT if result.action is SrmAction.ROLLBACK else HaltAction.HOLD
                 reason = f"{flag.srm.metric}: {result.reason}"
