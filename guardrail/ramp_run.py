@@ -9,35 +9,31 @@ halts and go through check.py's write-ahead halt path. A dry run writes, saves a
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from guardrail import rollout
-from guardrail.config import format_time
-from guardrail.flags.base import FlagBackend, HaltOutcome
-from guardrail.model import Decision, Flag, RampAction, RampDecision, SrmResult, State
+from guardrail import alert, rollout
+from guardrail.codec import format_time
+from guardrail.flags.base import FlagBackend
+from guardrail.model import (
+    Decision,
+    FailureKind,
+    Flag,
+    HaltOutcome,
+    RampAction,
+    RampDecision,
+    RampResult,
+    SrmResult,
+    State,
+)
 
 if TYPE_CHECKING:
-    import httpx
-
+    from guardrail.adapters import Runtime
     from guardrail.check import Run
 
 WRITES = (RampAction.START, RampAction.ADVANCE, RampAction.SHIP)
-
-
-@dataclass(frozen=True)
-class RampResult:
-    flag: str
-    action: str  # start | advance | ship | hold | rollback | adopt
-    status: str  # done | failed | would (dry run) | decided (nothing to write)
-    step: int  # 1-based step the flag is on after this run
-    share: int  # the treatment's percent on that step
-    reason: str
-    waits_for: tuple[str, ...] = ()
-    detail: str = ""
-    alert: str = "not sent"
-    minutes_on_step: float = 0.0
 
 
 def _pct(shares: Mapping[str, int]) -> str:
@@ -122,13 +118,23 @@ def srm_audit(run: Run, r: SrmResult) -> dict[str, Any]:
     }
 
 
+async def _post(run: Run, runtime: Runtime, payload: dict[str, Any]) -> str:
+    """Send one ramp alert (ship, SRM warn), redacted like every alert. Returns what happened."""
+    url = run.settings.webhook_url
+    if not url:
+        return "not configured (ALERT_WEBHOOK_URL)"
+    body = json.loads(run.redact(json.dumps(payload)))
+    error = await alert.post(runtime.client, url, body, policy=runtime.policy)
+    return "sent" if error is None else f"FAILED: {run.redact(error)}"
+
+
 async def apply(
     run: Run,
     state: State,
     decision: Decision,
     backend: FlagBackend,
     flags: Mapping[str, Flag],
-    client: httpx.AsyncClient,
+    runtime: Runtime,
     source: str,
 ) -> tuple[State, list[RampResult]]:
     """Carry out every ramp decision and SRM warning of this run; returns the state to keep."""
@@ -137,13 +143,13 @@ async def apply(
         if r.verdict != "no_data":
             run.audit_lines.append(srm_audit(run, r))
         if r.alert and not run.dry_run:
-            status, _ok = await run._alert(client, srm_payload(r.flag, r, run._link(backend, source, r.flag)))
+            status = await _post(run, runtime, srm_payload(r.flag, r, backend.link(r.flag)))
             run.warnings.append(f"flag {r.flag!r}: sample ratio mismatch (action warn); alert {status}")
     for d in decision.ramps:
         flag = flags[d.flag]
         assert flag.ramp is not None
         if d.action not in WRITES or not d.shares:
-            state, result = await _decided(run, state, d, flag, backend, client, source)
+            state, result = await _decided(run, state, d, flag, backend, runtime)
             results.append(result)
             continue
         assert d.to_step is not None
@@ -165,7 +171,9 @@ async def apply(
         try:
             outcome = await backend.set_split(flag, d.shares, d.reason)
         except Exception as exc:  # a backend must not raise; a bug in one still fails this step only
-            outcome = HaltOutcome(ok=False, detail=f"{backend.name} backend error: {type(exc).__name__}")
+            outcome = HaltOutcome(
+                ok=False, detail=f"{backend.name} backend error: {type(exc).__name__}", kind=FailureKind.INTERNAL
+            )
         detail = run.redact(outcome.detail)
         status = "done" if outcome.ok else "failed"
         run.audit_lines.append(_audit(run, d, status, detail, d.shares))
@@ -180,9 +188,7 @@ async def apply(
             state = _with(state, d.flag, replace(new, ramp=replace(new.ramp, last=last) if new.ramp else None))
             run._save(state)
             if d.action is RampAction.SHIP:
-                alert_status, _ok = await run._alert(
-                    client, ship_payload(d.flag, d, run._link(backend, source, d.flag))
-                )
+                alert_status = await _post(run, runtime, ship_payload(d.flag, d, backend.link(d.flag)))
         results.append(
             RampResult(
                 d.flag,
@@ -201,7 +207,7 @@ async def apply(
 
 
 async def _decided(
-    run: Run, state: State, d: RampDecision, flag: Flag, backend: FlagBackend, client: httpx.AsyncClient, source: str
+    run: Run, state: State, d: RampDecision, flag: Flag, backend: FlagBackend, runtime: Runtime
 ) -> tuple[State, RampResult]:
     """Decisions that write no split: hold (waiting, or on_breach hold), rollback (a halt), adopt, and a
     ship found already in place (alerted once: the state stops watching the flag from now on)."""
@@ -209,7 +215,7 @@ async def _decided(
     step = d.to_step if d.to_step is not None else d.step
     alert_status = "not sent"
     if d.action is RampAction.SHIP and not run.dry_run:
-        alert_status, _ok = await run._alert(client, ship_payload(d.flag, d, run._link(backend, source, d.flag)))
+        alert_status = await _post(run, runtime, ship_payload(d.flag, d, backend.link(d.flag)))
     run.audit_lines.append(_audit(run, d, "would" if run.dry_run else "decided", "", {}))
     status = "would" if run.dry_run and d.action is not RampAction.HOLD else "decided"
     return state, RampResult(

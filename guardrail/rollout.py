@@ -31,6 +31,7 @@ from guardrail.model import (
     Halt,
     HaltAction,
     HaltRecord,
+    HaltStatus,
     Method,
     MetricKind,
     MetricQuery,
@@ -289,7 +290,7 @@ def after_decide(
                 state = replace(
                     state,
                     halt=HaltRecord(
-                        "pending", action, reason, now, e.metric, e.treatment_variant, flag.control_variant
+                        HaltStatus.PENDING, action, reason, now, e.metric, e.treatment_variant, flag.control_variant
                     ),
                 )
     extra = [srm_eval] if srm_eval is not None else []

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from guardrail import files
 from guardrail.flags.base import HaltOutcome
 from guardrail.flags.flagd_file import MAX_ATTEMPTS, _digest, _flags_of, _json_members, _rewrite_yaml, _skip
-from guardrail.model import Flag, GuardrailError
+from guardrail.model import FailureKind, Flag, GuardrailError
 from guardrail.split import FRACTIONAL_OPS, set_weights, split_matches
 
 if TYPE_CHECKING:
@@ -156,7 +156,9 @@ def set_split(backend: FlagdFileBackend, flag: Flag, shares: Mapping[str, int]) 
                 definition = flags.get(flag.key)
                 if not isinstance(definition, Mapping):
                     return HaltOutcome(
-                        ok=False, permanent=True, detail=f"{backend.source}: flag {flag.key!r} is not in the file"
+                        ok=False,
+                        kind=FailureKind.NOT_FOUND,
+                        detail=f"{backend.source}: flag {flag.key!r} is not in the file",
                     )
                 if split_matches(definition, shares):
                     return HaltOutcome(ok=True, already=True, detail=f"{backend.source}: split already {described}")
@@ -170,11 +172,23 @@ def set_split(backend: FlagdFileBackend, flag: Flag, shares: Mapping[str, int]) 
                     if split_matches(after, shares):
                         note = " (applied to content edited since it was read)" if attempt else ""
                         return HaltOutcome(ok=True, detail=f"{backend.source}: split set to {described}{note}")
-                    return HaltOutcome(ok=False, detail=f"{backend.source}: re-read does not show the new split")
-            return HaltOutcome(ok=False, detail=f"{backend.source}: the file kept changing; will retry")
+                    return HaltOutcome(
+                        ok=False,
+                        kind=FailureKind.BAD_ANSWER,
+                        detail=f"{backend.source}: re-read does not show the new split",
+                    )
+            return HaltOutcome(
+                ok=False, kind=FailureKind.CONFLICT, detail=f"{backend.source}: the file kept changing; will retry"
+            )
         except GuardrailError as exc:
-            return HaltOutcome(ok=False, permanent=True, detail=str(exc))
+            return HaltOutcome(ok=False, kind=FailureKind.REFUSED, detail=str(exc))
         except OSError as exc:
-            return HaltOutcome(ok=False, detail=f"{backend.source}: cannot write: {exc.strerror or exc}")
+            return HaltOutcome(
+                ok=False, kind=FailureKind.INTERNAL, detail=f"{backend.source}: cannot write: {exc.strerror or exc}"
+            )
         except Exception as exc:  # a backend never raises: a bug here is a failed step, not a crash
-            return HaltOutcome(ok=False, detail=f"{backend.source}: rewrite failed: {type(exc).__name__}: {exc}")
+            return HaltOutcome(
+                ok=False,
+                kind=FailureKind.INTERNAL,
+                detail=f"{backend.source}: rewrite failed: {type(exc).__name__}: {exc}",
+            )
