@@ -158,3 +158,61 @@ def test_api_backend_patches_targeting_and_rereads(tmp_path: Path) -> None:
         assert fake.flag(KEY)["targeting"]["fractional"][1:] == [["treatment", 5], ["control", 95]]
         (patch,) = [r for r in fake.requests if r["method"] == "PATCH"]
         assert set(patch["body"]) == {"targeting"}
+
+
+def test_an_edit_made_during_the_step_is_kept_and_the_step_reapplied(tmp_path: Path, monkeypatch: Any) -> None:
+    path = tmp_path / "flags.yaml"
+    path.write_text(YAML_FILE)
+    backend = FlagdFileBackend(path)
+    flag = the_flag(path)
+    real_read = backend._read
+    calls = {"n": 0}
+
+    def read_then_someone_edits() -> Any:
+        found = real_read()
+        calls["n"] += 1
+        if calls["n"] == 1:  # after guardrail read the file, a person commits another change to it
+            path.write_text(path.read_text().replace("defaultVariant: off", "defaultVariant: on"))
+        return found
+
+    monkeypatch.setattr(backend, "_read", read_then_someone_edits)
+    outcome = asyncio.run(backend.set_split(flag, shares(5), "step 2"))
+    assert outcome.ok and "edited since it was read" in outcome.detail
+    doc = yaml.safe_load(path.read_text())["flags"]
+    assert doc["other.flag"]["defaultVariant"] is True  # the person's edit survived (`on` is YAML 1.1 true)
+    assert doc[KEY]["targeting"]["fractional"][1:] == [["treatment", 5], ["control", 95]]
+
+
+def _api_step(fake: FakeAPI, definition: dict[str, Any], step: int, **policy: Any) -> Any:
+    from guardrail.http import RetryPolicy
+
+    async def go() -> Any:
+        async with make_client(timeout=2, concurrency=2) as client:
+            backend = HttpFlagBackend(fake.url, client, token="t0k", policy=RetryPolicy(**policy))
+            return await backend.set_split(config.parse_flags({KEY: definition}).flags[0], shares(step), "step")
+
+    return asyncio.run(go())
+
+
+def test_api_step_whose_answer_is_lost_is_not_sent_twice() -> None:
+    definition = yaml.safe_load(YAML_FILE)["flags"][KEY]
+    with FakeAPI(flags={KEY: definition}, token="t0k") as fake:
+        fake.add_fault(route="patch", mode="reset", times=1)  # applied? no: the connection drops first
+        outcome = _api_step(fake, definition, 5, attempts=3, backoff=0.01)
+        assert outcome.ok, outcome.detail
+        assert fake.flag(KEY)["targeting"]["fractional"][1:] == [["treatment", 5], ["control", 95]]
+        fake.clear_faults()
+        fake.add_fault(route="patch", mode="apply_then_delay", delay=3, times=1)  # applied, answer lost
+        outcome = _api_step(fake, definition, 25, attempts=3, backoff=0.01)
+        assert outcome.ok and "answer lost" in outcome.detail, outcome.detail
+        # "answer lost ... but the split is": the re-read before the retry showed the step, so no second PATCH
+        assert fake.flag(KEY)["targeting"]["fractional"][1:] == [["treatment", 25], ["control", 75]]
+
+
+def test_api_step_refused_is_a_failed_step() -> None:
+    definition = yaml.safe_load(YAML_FILE)["flags"][KEY]
+    with FakeAPI(flags={KEY: definition}, token="t0k") as fake:
+        fake.add_fault(route="patch", mode="status", status=403)
+        outcome = _api_step(fake, definition, 5, attempts=3, backoff=0.01)
+        assert not outcome.ok and outcome.permanent
+        assert fake.flag(KEY)["targeting"]["fractional"][1:] == [["treatment", 0], ["control", 100]]
