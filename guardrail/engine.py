@@ -406,7 +406,10 @@ def decide(
         if why is not None:
             skipped[flag.key] = why
             if not flag.enabled and prior.halt is None and flag.key in next_flags:
-                next_flags[flag.key] = replace(prior, first_seen_enabled=None, streaks={})
+                # a new exposure window: the SRM p-value of the old one does not carry over
+                next_flags[flag.key] = replace(
+                    prior, first_seen_enabled=None, streaks={}, srm_min_p=1.0, srm_warned=False
+                )
             continue
         found: list[Evaluation]
         halt: Halt | None
