@@ -127,7 +127,10 @@ def run(s: RampScenario, rng: np.random.Generator) -> dict[str, Any]:
             for arr in (n_c, x_c, n_t, x_t):
                 arr[advance] = 0
             tuning[advance], streak[advance], srm_p[advance] = np.nan, 0, 1.0
-    return _summary(s, outcome, done_at, exposed, rollback_step)
+    row = _summary(s, outcome, done_at, exposed, rollback_step)
+    # Runs that left the first step at all: with a harm at the threshold, each advance is a false "safe".
+    row["advanced"] = int(((step > 0) | (outcome == 1)).sum())
+    return row
 
 
 def _q(values: Any, q: float) -> float | None:

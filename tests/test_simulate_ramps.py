@@ -99,3 +99,27 @@ def test_srm_fault_is_held() -> None:
     )
     result = simulate_ramps.run(base, np.random.default_rng(5))
     assert result["srm_hold"] == 50 and result["shipped"] == 0
+
+
+def test_proven_safe_rarely_advances_a_harm_at_the_threshold() -> None:
+    """Harm exactly at the 10 % margin: `proven_safe` may advance a step only by error, at most alpha / 4 per
+    step; the share of ramps that advanced at all must stay below alpha (plus Monte Carlo margin), while
+    `no_harm` (which only asks for no proven harm) advances nearly all of them."""
+    base = simulate_ramps.RampScenario(
+        "margin",
+        units_per_minute=20_000,
+        base_rate=0.01,
+        effect=1.1,
+        threshold=0.1,
+        alpha=0.05,
+        confirmations=2,
+        step_minutes=30,
+        cadence=10,
+        days=2,
+        runs=200,
+        mode="proven_safe",
+    )
+    safe = simulate_ramps.run(base, np.random.default_rng(11))
+    assert safe["advanced"] / safe["runs"] <= 0.05 + 0.03
+    lax = simulate_ramps.run(replace(base, mode="no_harm", days=0.25), np.random.default_rng(11))
+    assert lax["advanced"] / lax["runs"] > 0.9
