@@ -482,7 +482,22 @@ class Decision:
     srm: tuple[SrmResult, ...] = ()
 
 
-class RampAction(str, enum.Enum):
+class SrmVerdict(TextEnum):
+    OK = "ok"
+    MISMATCH = "mismatch"
+    NO_DATA = "no_data"  # no usable unit counts: no verdict, nothing halted
+
+
+class RampResultStatus(TextEnum):
+    """What one run did about one ramped flag."""
+
+    DONE = "done"  # the step's split was written and a re-read showed it
+    FAILED = "failed"  # the write failed: the ramp stays on its step (exit 4)
+    WOULD = "would"  # dry run
+    DECIDED = "decided"  # nothing to write (hold, adopt, a rollback carried out as a halt)
+
+
+class RampAction(TextEnum):
     START = "start"  # write the first step's split
     ADVANCE = "advance"  # write the next step's split
     SHIP = "ship"  # write the last step's split, then stop watching
@@ -511,7 +526,7 @@ class SrmResult:
     """The SRM gate's verdict for one flag and run (guardrail/srm.py)."""
 
     flag: str
-    verdict: str  # ok | mismatch | no_data
+    verdict: SrmVerdict
     reason: str
     p_value: float | None = None
     counts: Mapping[str, int] = field(default_factory=dict)
@@ -542,8 +557,8 @@ class RampResult:
     """What a run did about one ramped flag (guardrail/ramp_run.py)."""
 
     flag: str
-    action: str  # start | advance | ship | hold | rollback | adopt
-    status: str  # done | failed | would (dry run) | decided (nothing to write)
+    action: RampAction
+    status: RampResultStatus
     step: int  # 1-based step the flag is on after this run
     share: int  # the treatment's percent on that step
     reason: str
@@ -571,7 +586,7 @@ class RunResult:
     @property
     def exit_code(self) -> ExitCode:
         if any(h.status == HaltResultStatus.FAILED for h in self.halts) or any(
-            r.status == "failed" for r in self.ramps
+            r.status is RampResultStatus.FAILED for r in self.ramps
         ):
             return ExitCode.HALT_FAILED
         if any(h.status in (HaltResultStatus.DONE, HaltResultStatus.WOULD_HALT) for h in self.halts):

@@ -25,7 +25,9 @@ from guardrail.model import (
     RampAction,
     RampDecision,
     RampResult,
+    RampResultStatus,
     SrmResult,
+    SrmVerdict,
     State,
 )
 
@@ -73,7 +75,7 @@ def srm_payload(flag: str, result: SrmResult, link: str) -> dict[str, Any]:
 
 def srm_warning(results: Sequence[SrmResult], metric_names: set[str]) -> str | None:
     """One line per run for every flag whose source has no usable unit counts (no verdict, no action)."""
-    missing = [r for r in results if r.verdict == "no_data"]
+    missing = [r for r in results if r.verdict is SrmVerdict.NO_DATA]
     if not missing:
         return None
     names = ", ".join(f"`{m}`" for m in sorted(metric_names))
@@ -83,7 +85,9 @@ def srm_warning(results: Sequence[SrmResult], metric_names: set[str]) -> str | N
     )
 
 
-def _audit(run: Run, d: RampDecision, status: str, detail: str, shares: Mapping[str, int]) -> dict[str, Any]:
+def _audit(
+    run: Run, d: RampDecision, status: RampResultStatus, detail: str, shares: Mapping[str, int]
+) -> dict[str, Any]:
     return {
         "time": format_time(run.now),
         "run_id": run.run_id,
@@ -91,7 +95,7 @@ def _audit(run: Run, d: RampDecision, status: str, detail: str, shares: Mapping[
         "type": "ramp",
         "flag": d.flag,
         "action": d.action.value,
-        "status": status,
+        "status": status.value,
         "step": d.step + 1,
         "to_step": None if d.to_step is None else d.to_step + 1,
         "shares": dict(shares),
@@ -109,7 +113,7 @@ def srm_audit(run: Run, r: SrmResult) -> dict[str, Any]:
         "dry_run": run.dry_run,
         "type": "srm",
         "flag": r.flag,
-        "verdict": r.verdict,
+        "verdict": r.verdict.value,
         "p_value": r.p_value,
         "counts": dict(r.counts),
         "expected": dict(r.expected),
@@ -140,7 +144,7 @@ async def apply(
     """Carry out every ramp decision and SRM warning of this run; returns the state to keep."""
     results: list[RampResult] = []
     for r in decision.srm:
-        if r.verdict != "no_data":
+        if r.verdict is not SrmVerdict.NO_DATA:
             run.audit_lines.append(srm_audit(run, r))
         if r.alert and not run.dry_run:
             status = await _post(run, runtime, srm_payload(r.flag, r, backend.link(r.flag)))
@@ -154,12 +158,12 @@ async def apply(
             continue
         assert d.to_step is not None
         if run.dry_run:
-            run.audit_lines.append(_audit(run, d, "would", "dry run: nothing written", d.shares))
+            run.audit_lines.append(_audit(run, d, RampResultStatus.WOULD, "dry run: nothing written", d.shares))
             results.append(
                 RampResult(
                     d.flag,
-                    d.action.value,
-                    "would",
+                    d.action,
+                    RampResultStatus.WOULD,
                     d.step + 1,
                     flag.ramp.steps[d.step],
                     d.reason,
@@ -175,7 +179,7 @@ async def apply(
                 ok=False, detail=f"{backend.name} backend error: {type(exc).__name__}", kind=FailureKind.INTERNAL
             )
         detail = run.redact(outcome.detail)
-        status = "done" if outcome.ok else "failed"
+        status = RampResultStatus.DONE if outcome.ok else RampResultStatus.FAILED
         run.audit_lines.append(_audit(run, d, status, detail, d.shares))
         alert_status = "not sent"
         step = d.step
@@ -192,7 +196,7 @@ async def apply(
         results.append(
             RampResult(
                 d.flag,
-                d.action.value,
+                d.action,
                 status,
                 step + 1,
                 flag.ramp.steps[step],
@@ -216,11 +220,11 @@ async def _decided(
     alert_status = "not sent"
     if d.action is RampAction.SHIP and not run.dry_run:
         alert_status = await _post(run, runtime, ship_payload(d.flag, d, backend.link(d.flag)))
-    run.audit_lines.append(_audit(run, d, "would" if run.dry_run else "decided", "", {}))
-    status = "would" if run.dry_run and d.action is not RampAction.HOLD else "decided"
+    run.audit_lines.append(_audit(run, d, RampResultStatus.WOULD if run.dry_run else RampResultStatus.DECIDED, "", {}))
+    status = RampResultStatus.WOULD if run.dry_run and d.action is not RampAction.HOLD else RampResultStatus.DECIDED
     return state, RampResult(
         d.flag,
-        d.action.value,
+        d.action,
         status,
         step + 1,
         flag.ramp.steps[step],

@@ -10,7 +10,7 @@ from typing import Any
 
 from guardrail import codec
 from guardrail.codec import format_time
-from guardrail.model import Aggregate, Evaluation, HaltResultStatus, RunResult
+from guardrail.model import Aggregate, Evaluation, HaltResultStatus, RampResultStatus, RunResult
 
 JSON_VERSION = 1
 
@@ -47,13 +47,13 @@ def to_json(result: RunResult) -> dict[str, Any]:
         "skipped_flags": dict(result.skipped_flags),
         "warnings": list(result.warnings),
         "ramps": [
-            {"flag": r.flag, "action": r.action, "status": r.status, "step": r.step, "share": r.share,
+            {"flag": r.flag, "action": r.action.value, "status": r.status.value, "step": r.step, "share": r.share,
              "minutes_on_step": round(r.minutes_on_step, 2), "reason": r.reason, "waits_for": list(r.waits_for),
              "detail": r.detail, "alert": r.alert}
             for r in result.ramps
         ],
         "srm": [
-            {"flag": r.flag, "verdict": r.verdict, "p_value": r.p_value, "counts": dict(r.counts),
+            {"flag": r.flag, "verdict": r.verdict.value, "p_value": r.p_value, "counts": dict(r.counts),
              "expected": dict(r.expected), "action": r.action.value, "reason": r.reason}
             for r in result.srm
         ],
@@ -115,8 +115,9 @@ def _footer(result: RunResult) -> list[str]:
             lines.append(f"  detail: {h.detail}")
         lines.append(f"  alert: {h.alert}")
     for r in result.ramps:
-        verb = {"done": r.action.upper(), "failed": f"{r.action.upper()} FAILED",
-                "would": f"WOULD {r.action.upper()} (dry run)"}.get(r.status, r.action.upper())
+        name = r.action.value.upper()
+        verb = {RampResultStatus.FAILED: f"{name} FAILED", RampResultStatus.WOULD: f"WOULD {name} (dry run)"}.get(
+            r.status, name)
         lines.append(f"RAMP {verb}: {r.flag} on step {r.step} ({r.share} %), {r.minutes_on_step:.0f} min on it")
         lines.append(f"  {'waits for' if r.waits_for else 'reason'}: {'; '.join(r.waits_for) or r.reason}")
         if r.detail:

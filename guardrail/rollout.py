@@ -41,6 +41,7 @@ from guardrail.model import (
     RampState,
     SrmAction,
     SrmResult,
+    SrmVerdict,
     Verdict,
 )
 from guardrail.ramp_config import RAMP_PREFIX, SRM_PREFIX, is_ramp_or_srm_key, parse_ramp  # noqa: F401
@@ -281,7 +282,7 @@ def after_decide(
     srm_eval: Evaluation | None = None
     if result is not None and result.p_value is not None:
         state = replace(state, srm_min_p=result.p_value, srm_warned=prior.srm_warned or result.alert)
-        if result.verdict == "mismatch":
+        if result.verdict is SrmVerdict.MISMATCH:
             e = srm_eval = srm_gate.srm_evaluation(flag, result)
             if halt is None and result.action is not SrmAction.WARN:
                 action = HaltAction.REVERT if result.action is SrmAction.ROLLBACK else HaltAction.HOLD

@@ -21,6 +21,7 @@ from guardrail.model import (
     Method,
     SrmAction,
     SrmResult,
+    SrmVerdict,
     Verdict,
 )
 
@@ -46,13 +47,16 @@ def evaluate_srm(
         if agg is None or not agg.usable or agg.count is None:
             cause = "not fetched" if agg is None else (agg.error or "value or count missing")
             return SrmResult(
-                flag.key, "no_data", f"no usable `{spec.metric}` count for {variant}: {cause}", action=spec.action
+                flag.key,
+                SrmVerdict.NO_DATA,
+                f"no usable `{spec.metric}` count for {variant}: {cause}",
+                action=spec.action,
             )
         counts[variant] = agg.count
     result = srm.check(counts, flag.split, alpha=spec.alpha, prior_min_p=prior.srm_min_p)
     if result is None:
         return None
-    verdict = "mismatch" if result.mismatch else "ok"
+    verdict = SrmVerdict.MISMATCH if result.mismatch else SrmVerdict.OK
     alert = result.mismatch and spec.action is SrmAction.WARN and not prior.srm_warned
     return SrmResult(
         flag.key,
@@ -80,7 +84,7 @@ def srm_evaluation(flag: Flag, result: SrmResult) -> Evaluation:
         comparison=Comparison.RELATIVE_DECREASE,
         threshold=0.0,
         method=Method.SEQUENTIAL,
-        verdict=Verdict.BREACH if result.verdict == "mismatch" else Verdict.PASS,
+        verdict=Verdict.BREACH if result.verdict is SrmVerdict.MISMATCH else Verdict.PASS,
         reason=result.reason,
         control=Aggregate(
             float(result.counts.get(flag.control_variant, 0)), result.counts.get(flag.control_variant, 0)
@@ -89,5 +93,5 @@ def srm_evaluation(flag: Flag, result: SrmResult) -> Evaluation:
         relative_delta=(observed / expected - 1.0) if expected else None,
         p_value=result.p_value,
         confirmations=1,
-        streak=1 if result.verdict == "mismatch" else 0,
+        streak=1 if result.verdict is SrmVerdict.MISMATCH else 0,
     )
