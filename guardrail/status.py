@@ -83,7 +83,9 @@ class StatusReport:
     @property
     def stale(self) -> bool:
         age = self.age_seconds
-        return age is None or age > self.stale_after * 60
+        # A last run far in the future (a run whose clock was ahead) proves nothing about now: counting it
+        # fresh would hide a dead cron until that date. One minute of skew is tolerated.
+        return age is None or age > self.stale_after * 60 or age < -60
 
     @property
     def exit_code(self) -> ExitCode:
@@ -95,6 +97,12 @@ class StatusReport:
         if self.last_run_at is None:
             return "STALE MONITOR: guardrail check has never completed a run with this state file; nothing is watched"
         age = (self.age_seconds or 0) / 60
+        if age < 0:
+            return (
+                f"STALE MONITOR: the last run is recorded {-age:.1f} min in the future "
+                f"({format_time(self.last_run_at)}): a clock was ahead; it proves nothing about runs now "
+                "(is the clock right? is cron running?)"
+            )
         return (
             f"STALE MONITOR: the last run was {age:.1f} min ago ({format_time(self.last_run_at)}), more than "
             f"--stale-after {self.stale_after:g} min: flags are NOT being watched (is cron/the CronJob running?)"
