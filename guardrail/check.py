@@ -116,6 +116,12 @@ def make_source(settings: Settings, client: httpx.AsyncClient, policy: RetryPoli
 
 
 def make_backend(settings: Settings, client: httpx.AsyncClient, policy: RetryPolicy) -> FlagBackend:
+    if settings.unleash is not None:
+        from guardrail.flags.unleash import UnleashBackend
+
+        check_token_transport(settings.unleash.url, allow_insecure_http=settings.allow_insecure_http,
+                              what="unleash.url")
+        return UnleashBackend(settings.unleash, client, policy=policy)
     if settings.backend_kind() == "file":
         from guardrail.flags.flagd_file import FlagdFileBackend
 
@@ -222,7 +228,7 @@ class Run:
             return (not self.only or key in self.only) and (key is None or in_shard(key, self.shard))
 
         flags = [f for f in parsed.flags if mine(f.key)]
-        problems = [p for p in parsed.problems if mine(p.flag)]
+        problems = [p for p in (*loaded.problems, *parsed.problems) if mine(p.flag)]
         if self.only and not flags and not problems:
             raise GuardrailError(f"no flag {sorted(self.only)} in the flag definitions", source=loaded.source)
         by_key = {f.key: f for f in flags}

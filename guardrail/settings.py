@@ -11,13 +11,17 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from guardrail import files
 from guardrail.model import ExitCode, GuardrailError
 
+if TYPE_CHECKING:
+    from guardrail.flags.unleash import UnleashConfig
+
 CONFIG_KEYS = {
     "flags", "flag_api", "flag_backend", "metrics", "alert", "state", "audit", "defaults", "http", "lock_timeout",
+    "unleash",
 }
 DEFAULT_STATE = Path(".guardrail/state.json")
 DEFAULT_AUDIT = Path(".guardrail/audit.jsonl")
@@ -28,7 +32,8 @@ class Settings:
     flags: str | None = None  # a flag file path, or an http(s) URL of a flag API
     flag_api_url: str | None = None
     flag_api_token: str | None = field(default=None, repr=False)
-    flag_backend: str | None = None  # "api" | "file" | None (chosen from the other settings)
+    flag_backend: str | None = None  # "api" | "file" | "unleash" | None (chosen from the other settings)
+    unleash: UnleashConfig | None = None  # the `unleash:` section, with its token (flag_backend: unleash)
     metrics_source: str = "http"  # "http" | "prometheus"
     metrics_url: str | None = None
     metrics_section: Mapping[str, Any] = field(default_factory=dict)
@@ -45,7 +50,8 @@ class Settings:
     config_path: str | None = None
 
     def secrets(self) -> list[str]:
-        return [s for s in (self.flag_api_token, self.webhook_url) if s]
+        unleash_token = self.unleash.token if self.unleash else None
+        return [s for s in (self.flag_api_token, self.webhook_url, unleash_token) if s]
 
     @property
     def flags_are_url(self) -> bool:
@@ -136,14 +142,22 @@ def load_settings(
             f"unknown metrics source {metrics_source!r}; use http or prometheus", source=source, field="metrics.source"
         )
     backend = doc.get("flag_backend")
-    if backend not in (None, "api", "file"):
-        raise GuardrailError("must be `api` or `file`", source=source, field="flag_backend")
+    if backend not in (None, "api", "file", "unleash"):
+        raise GuardrailError("must be `api`, `file` or `unleash`", source=source, field="flag_backend")
+    unleash = None
+    if backend == "unleash":
+        from guardrail.flags.unleash import parse_config  # imports httpx: only when used
+
+        unleash = parse_config(doc.get("unleash"), env, source)
+    if unleash is None and doc.get("unleash") is not None:
+        raise GuardrailError("an `unleash:` section needs `flag_backend: unleash`", source=source, field="unleash")
 
     values: dict[str, Any] = {
         "flags": flags_cfg,
         "flag_api_url": env.get("FLAG_API_URL") or flag_api.get("url"),
         "flag_api_token": env.get(token_env) or None,
         "flag_backend": backend,
+        "unleash": unleash,
         "metrics_source": metrics_source,
         "metrics_url": env.get("METRICS_API_URL") if metrics_source == "http" and env.get("METRICS_API_URL")
         else metrics.get("url"),
@@ -169,7 +183,9 @@ def load_settings(
     for key, value in (overrides or {}).items():
         if value is not None:
             values[key] = value
-    if values["flags"] is None and values["flag_api_url"]:
+    if unleash is not None:
+        values["flags"] = unleash.features_url  # flags come from Unleash; `flags:` is not needed
+    elif values["flags"] is None and values["flag_api_url"]:
         values["flags"] = values["flag_api_url"]
     return Settings(**values)
 

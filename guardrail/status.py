@@ -58,7 +58,7 @@ async def _load(settings: Settings) -> tuple[LoadedFlags, ParsedFlags]:
         backend = make_backend(settings, client, policy)
         loaded: LoadedFlags = await load_flags(settings, backend, client)
     parsed = parse_flags(loaded.definitions, source=loaded.source, lines=loaded.lines, defaults=settings.defaults)
-    return loaded, parsed
+    return loaded, replace(parsed, problems=(*loaded.problems, *parsed.problems))
 
 
 def load_source(settings: Settings) -> tuple[LoadedFlags, ParsedFlags]:

@@ -1,0 +1,307 @@
+"""Pure translation of Unleash features (as the admin export gives them) into guardrail's flag model.
+
+No I/O here: guardrail/flags/unleash.py fetches, this module reads. An Unleash feature becomes the same
+flagd-shaped definition every other backend produces, so config.parse_flag validates it exactly as it
+validates a flag file:
+
+- Guardrail options are tags of type `guardrail` whose value is a flat metadata key without its
+  `guardrail.` prefix, `=`, and the value: `error_rate.threshold=0.10` becomes metadata
+  `guardrail.error_rate.threshold: 0.1`; flag-wide keys (`experiment_type=ab`, `started_at=...`,
+  `warmup_minutes=30`, `control_variant=...`, `treatment_variants=...`) keep their plain name. Unleash
+  limits a tag value to 2-50 characters, which every option fits.
+- Two tag options belong to this backend: `hold=true` (the rollout is held; the open-source edition has
+  no native hold) and `on_halt=off|control` (how an experiment is halted, see unleash.py).
+- The guarded strategy is the one enabled `flexibleRollout` strategy of the environment. With strategy
+  variants (an A/B experiment) the variants are the flag's variants and their weights (out of 1000) its
+  split; without variants (a plain rollout, `experiment_type=rollout` only) users inside
+  `parameters.rollout` percent are `treatment` and the others `control`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from guardrail.config import FLAT_PREFIX, parse_flag
+from guardrail.model import FlagProblem
+
+TAG_TYPE = "guardrail"
+HOLD_TAG = "hold=true"
+FLAG_KEYS = frozenset({"experiment_type", "started_at", "warmup_minutes", "control_variant", "treatment_variants"})
+BACKEND_KEYS = frozenset({"hold", "on_halt"})
+ON_HALT = ("off", "control")
+ROLLOUT_VARIANTS = ("treatment", "control")  # the two arms of a rollout without strategy variants
+TOTAL_WEIGHT = 1000  # Unleash strategy variant weights are per mille
+_NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
+
+
+@dataclass(frozen=True)
+class Feature:
+    """One feature in one environment, as the export shows it."""
+
+    name: str
+    project: str
+    enabled: bool
+    strategies: tuple[Mapping[str, Any], ...]  # in the environment, in Unleash's order
+    tags: tuple[str, ...]  # values of the `guardrail` tag type only
+    exists_in_environment: bool = True
+
+
+@dataclass(frozen=True)
+class Options:
+    metadata: dict[str, Any] = field(default_factory=dict)
+    places: dict[str, str] = field(default_factory=dict)  # metadata key -> the tag the user wrote
+    hold: bool = False
+    on_halt: str = "off"
+    problems: tuple[tuple[str, str], ...] = ()  # (field, message)
+
+    @property
+    def guarded(self) -> bool:
+        return any(k.startswith(FLAT_PREFIX) or k == "guardrails" for k in self.metadata)
+
+
+def tag_place(value: str) -> str:
+    return f"tag {TAG_TYPE}:{value}"
+
+
+def typed(text: str) -> Any:
+    """A tag value is text; flag files hold numbers and booleans as such, and the schema wants them so."""
+    lowered = text.strip().lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if _NUMBER.match(text.strip()):
+        number = float(text)
+        return int(number) if number.is_integer() and "." not in text and "e" not in lowered else number
+    return text.strip()
+
+
+def read_options(tags: Iterable[str]) -> Options:
+    """`guardrail` tag values to the flat metadata a flagd file would hold."""
+    metadata: dict[str, Any] = {}
+    places: dict[str, str] = {}
+    problems: list[tuple[str, str]] = []
+    hold = False
+    on_halt = "off"
+    for value in sorted(tags):
+        key, sep, raw = value.partition("=")
+        key = key.strip()
+        if not sep or not key or not raw.strip():
+            problems.append((tag_place(value), "must be OPTION=VALUE, e.g. error_rate.threshold=0.10"))
+            continue
+        if key.startswith(FLAT_PREFIX):
+            key = key[len(FLAT_PREFIX) :]  # `guardrail.` typed twice (the tag type already says it)
+        if key == "hold":
+            if typed(raw) is True:
+                hold = True
+            elif typed(raw) is not False:
+                problems.append((tag_place(value), "must be hold=true (or remove the tag to resume)"))
+            continue
+        if key == "on_halt":
+            if raw.strip() not in ON_HALT:
+                problems.append((tag_place(value), f"must be one of {', '.join(ON_HALT)}"))
+            else:
+                on_halt = raw.strip()
+            continue
+        meta_key = key if key in FLAG_KEYS else FLAT_PREFIX + key
+        if meta_key in metadata and metadata[meta_key] != typed(raw):
+            problems.append((tag_place(value), f"conflicts with tag {places[meta_key]!r}: one value per option"))
+            continue
+        metadata[meta_key] = typed(raw)
+        places[meta_key] = f"{TAG_TYPE}:{value}"
+    return Options(metadata, places, hold, on_halt, tuple(problems))
+
+
+def guarded_strategy(feature: Feature, environment: str) -> tuple[Mapping[str, Any] | None, str]:
+    """The one enabled flexibleRollout strategy, or None and why there is not exactly one."""
+    live = [s for s in feature.strategies if not s.get("disabled")]
+    flexible = [s for s in live if s.get("name") == "flexibleRollout"]
+    if not flexible:
+        names = sorted({str(s.get("name")) for s in live}) or ["none"]
+        return None, (
+            f"no enabled flexibleRollout strategy in environment {environment!r} (strategies: {', '.join(names)}); "
+            "guardrail needs one to know the split"
+        )
+    if len(flexible) > 1:
+        ids = ", ".join(str(s.get("id")) for s in flexible)
+        return None, f"{len(flexible)} enabled flexibleRollout strategies ({ids}); guardrail guards exactly one"
+    return flexible[0], ""
+
+
+def rollout_percent(strategy: Mapping[str, Any]) -> int | None:
+    params = strategy.get("parameters")
+    raw = params.get("rollout") if isinstance(params, Mapping) else None
+    try:
+        number = int(str(raw))
+    except ValueError:
+        return None
+    return number if 0 <= number <= 100 else None
+
+
+def variant_weights(strategy: Mapping[str, Any]) -> tuple[dict[str, int], str]:
+    """Strategy variant name -> weight (per mille), or {} and why the variants are unusable."""
+    variants = strategy.get("variants")
+    if not isinstance(variants, Sequence) or isinstance(variants, str) or not variants:
+        return {}, "the strategy has no variants"
+    weights: dict[str, int] = {}
+    for v in variants:
+        name = v.get("name") if isinstance(v, Mapping) else None
+        weight = v.get("weight") if isinstance(v, Mapping) else None
+        if not isinstance(name, str) or not name or isinstance(weight, bool) or not isinstance(weight, int):
+            return {}, f"variant {v!r} needs a name and a whole-number weight"
+        if name in weights:
+            return {}, f"variant {name!r} is listed twice"
+        weights[name] = weight
+    total = sum(weights.values())
+    if total != TOTAL_WEIGHT or any(w < 0 for w in weights.values()):
+        shown = ", ".join(f"{n}={w}" for n, w in weights.items())
+        return {}, f"variant weights ({shown}) sum to {total}, not {TOTAL_WEIGHT}"
+    return weights, ""
+
+
+def to_definition(feature: Feature, environment: str, source: str) -> tuple[dict[str, Any] | None, list[FlagProblem]]:
+    """One feature to a flagd-shaped definition, or the problems that keep it from being guarded.
+
+    A feature with no guardrail options is still listed (as an unguarded flag) whatever its strategies."""
+    options = read_options(feature.tags)
+
+    def problem(where: str, message: str) -> FlagProblem:
+        return FlagProblem(feature.name, message, source=source, field=where)
+
+    problems = [problem(f, m) for f, m in options.problems]
+    metadata: dict[str, Any] = {
+        **options.metadata,
+        "guardrail_hold": options.hold,
+        "unleash.project": feature.project,
+        "unleash.environment": environment,
+        "unleash.on_halt": options.on_halt,
+    }
+    state = "ENABLED" if feature.enabled else "DISABLED"
+    strategies_field = f"environments.{environment}.strategies"
+    strategy, why = guarded_strategy(feature, environment)
+    if not options.guarded:
+        if problems:
+            return None, problems
+        # Not guarded: listed with whatever split there is, never an error.
+        weights, _ = variant_weights(strategy) if strategy is not None else ({}, "")
+        plain: dict[str, Any] = {n: n for n in weights} or {"on": True, "off": False}
+        return {"state": state, "variants": plain, "defaultVariant": next(iter(plain)), "metadata": metadata}, []
+    if not feature.exists_in_environment:
+        problems.append(problem("environment", f"the feature is not in environment {environment!r}"))
+    if strategy is None:
+        return None, [*problems, problem(strategies_field, why)]
+    sid = str(strategy.get("id"))
+    where = f"{strategies_field}[{sid}]"
+    rollout = rollout_percent(strategy)
+    if rollout is None:
+        params = strategy.get("parameters")
+        raw = params.get("rollout") if isinstance(params, Mapping) else None
+        problems.append(problem(f"{where}.parameters.rollout", f"must be a whole percent 0-100, got {raw!r}"))
+    metadata["unleash.strategy_id"] = sid
+    metadata["unleash.rollout"] = rollout
+    control = str(options.metadata.get("control_variant", "control"))
+    experiment_type = options.metadata.get("experiment_type", "ab")
+    if strategy.get("variants"):
+        weights, why = variant_weights(strategy)
+        if not weights:
+            problems.append(problem(f"{where}.variants", why))
+        elif control not in weights:
+            problems.append(
+                problem(
+                    f"{where}.variants",
+                    f"control variant {control!r} is not one of the strategy variants {sorted(weights)} "
+                    f"(name it with a tag {TAG_TYPE}:control_variant=NAME)",
+                )
+            )
+        split = [[name, weight] for name, weight in weights.items()]
+        variants: dict[str, Any] = {name: name for name in weights}
+    elif experiment_type == "rollout":
+        share = rollout or 0
+        split = [["treatment", share], ["control", 100 - share]]
+        variants = {"treatment": True, "control": False}
+        if control not in variants:
+            problems.append(
+                problem(
+                    places_or(options, "control_variant"),
+                    f"a rollout without strategy variants has the arms {list(ROLLOUT_VARIANTS)}; got {control!r}",
+                )
+            )
+    else:
+        problems.append(
+            problem(
+                f"{where}.variants",
+                "the strategy has no variants: an A/B experiment needs strategy variants (control and treatment), "
+                f"or tag {TAG_TYPE}:experiment_type=rollout for a plain rollout",
+            )
+        )
+    if problems:
+        return None, problems
+    definition: dict[str, Any] = {
+        "state": state,
+        "variants": variants,
+        "defaultVariant": control,
+        "targeting": {"fractional": [{"var": "targetingKey"}, *split]},
+        "metadata": metadata,
+    }
+    # Validate here, so a bad option is reported as the tag the user wrote, not as a metadata key.
+    _flag, found = parse_flag(feature.name, definition, source=source)
+    if found:
+        return None, [problem(rename(p.field, options), p.message) for p in found]
+    return definition, []
+
+
+def places_or(options: Options, key: str) -> str:
+    return tag_place(options.places[key].split(":", 1)[1]) if key in options.places else f"tag {TAG_TYPE}:{key}"
+
+
+def rename(place: str | None, options: Options) -> str:
+    """metadata.guardrail.error_rate.thresh -> tag guardrail:error_rate.thresh=0.1 (what the user wrote)."""
+    if not place:
+        return "tags"
+    key = place.removeprefix("metadata.")
+    if key in options.places:
+        return "tag " + options.places[key]
+    for meta_key, written in options.places.items():  # a guardrail missing an option: name its metric
+        if meta_key.startswith(key + "."):
+            return f"tags {TAG_TYPE}:{key.removeprefix(FLAT_PREFIX)}.* (e.g. {written})"
+    return place
+
+
+def features_from_export(export: Any, names: Sequence[str], environment: str) -> tuple[list[Feature], str]:
+    """The export answer to Features (in `names` order), or [] and what is wrong with its shape."""
+    if not isinstance(export, Mapping):
+        return [], "the export answer is not a JSON object"
+    lists = {}
+    for key in ("features", "featureStrategies", "featureEnvironments", "featureTags"):
+        value = export.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(x, Mapping) for x in value):
+            return [], f"the export answer's `{key}` is not a list of objects"
+        lists[key] = value
+    projects = {f.get("name"): str(f.get("project", "")) for f in lists["features"]}
+    enabled = {
+        e.get("featureName"): e.get("enabled") is True
+        for e in lists["featureEnvironments"]
+        if e.get("environment", environment) == environment
+    }
+    strategies: dict[Any, list[Mapping[str, Any]]] = {}
+    for s in lists["featureStrategies"]:
+        if s.get("environment", environment) == environment:
+            strategies.setdefault(s.get("featureName"), []).append(s)
+    tags: dict[Any, list[str]] = {}
+    for t in lists["featureTags"]:
+        if t.get("tagType") == TAG_TYPE and isinstance(t.get("tagValue"), str):
+            tags.setdefault(t.get("featureName"), []).append(t["tagValue"])
+    out = [
+        Feature(
+            name=name,
+            project=projects[name],
+            enabled=enabled.get(name, False),
+            strategies=tuple(strategies.get(name, ())),
+            tags=tuple(tags.get(name, ())),
+            exists_in_environment=name in enabled,
+        )
+        for name in names
+        if name in projects
+    ]
+    return out, ""
