@@ -17,7 +17,7 @@ from guardrail import files
 from guardrail.model import ExitCode, GuardrailError
 
 if TYPE_CHECKING:
-    from guardrail.flags.unleash import UnleashConfig
+    from guardrail.flags.unleash_config import UnleashConfig
 
 CONFIG_KEYS = {
     "flags", "flag_api", "flag_backend", "metrics", "alert", "state", "audit", "defaults", "http", "lock_timeout",
@@ -146,7 +146,7 @@ def load_settings(
         raise GuardrailError("must be `api`, `file` or `unleash`", source=source, field="flag_backend")
     unleash = None
     if backend == "unleash":
-        from guardrail.flags.unleash import parse_config  # imports httpx: only when used
+        from guardrail.flags.unleash_config import parse_config
 
         unleash = parse_config(doc.get("unleash"), env, source)
     if unleash is None and doc.get("unleash") is not None:

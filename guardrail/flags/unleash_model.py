@@ -1,6 +1,7 @@
-"""Pure translation of Unleash features (as the admin export gives them) into guardrail's flag model.
+"""Pure parts of the Unleash backend: Unleash features (as the admin API shows them) translated into
+guardrail's flag model, and strategy variants computed for a halt or a ramp step.
 
-No I/O here: guardrail/flags/unleash.py fetches, this module reads. An Unleash feature becomes the same
+No I/O here: guardrail/flags/unleash.py fetches and writes. An Unleash feature becomes the same
 flagd-shaped definition every other backend produces, so config.parse_flag validates it exactly as it
 validates a flag file:
 
@@ -21,7 +22,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from guardrail.config import FLAT_PREFIX, parse_flag
@@ -39,7 +40,7 @@ _NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
 
 @dataclass(frozen=True)
 class Feature:
-    """One feature in one environment, as the export shows it."""
+    """One feature in one environment, as the admin API shows it."""
 
     name: str
     project: str
@@ -163,20 +164,41 @@ def variant_weights(strategy: Mapping[str, Any]) -> tuple[dict[str, int], str]:
 def to_definition(feature: Feature, environment: str, source: str) -> tuple[dict[str, Any] | None, list[FlagProblem]]:
     """One feature to a flagd-shaped definition, or the problems that keep it from being guarded.
 
-    A feature with no guardrail options is still listed (as an unguarded flag) whatever its strategies."""
+    A feature with no guardrail options is listed (unguarded) whatever its strategies. A guarded feature
+    that is off in the environment is listed as off, its problems as warnings: nothing runs there yet,
+    but the problems must be fixed before it is switched on."""
     options = read_options(feature.tags)
+    definition, problems = _definition(feature, options, environment, source)
+    if not problems or feature.enabled:
+        return definition, problems
+    off = {
+        "state": "DISABLED",
+        "variants": {"control": False, "treatment": True},
+        "defaultVariant": "control",
+        "metadata": definition_metadata(feature, options, environment),
+    }
+    note = f" (the flag is off in {environment}: fix this before switching it on)"
+    return off, [replace(p, severity="warning", message=p.message + note) for p in problems]
 
-    def problem(where: str, message: str) -> FlagProblem:
-        return FlagProblem(feature.name, message, source=source, field=where)
 
-    problems = [problem(f, m) for f, m in options.problems]
-    metadata: dict[str, Any] = {
-        **options.metadata,
+def definition_metadata(feature: Feature, options: Options, environment: str) -> dict[str, Any]:
+    """What this backend adds to every definition; not guardrail options (config.parse_flag ignores them)."""
+    return {
         "guardrail_hold": options.hold,
         "unleash.project": feature.project,
         "unleash.environment": environment,
         "unleash.on_halt": options.on_halt,
     }
+
+
+def _definition(
+    feature: Feature, options: Options, environment: str, source: str
+) -> tuple[dict[str, Any] | None, list[FlagProblem]]:
+    def problem(where: str, message: str) -> FlagProblem:
+        return FlagProblem(feature.name, message, source=source, field=where)
+
+    problems = [problem(f, m) for f, m in options.problems]
+    metadata: dict[str, Any] = {**options.metadata, **definition_metadata(feature, options, environment)}
     state = "ENABLED" if feature.enabled else "DISABLED"
     strategies_field = f"environments.{environment}.strategies"
     strategy, why = guarded_strategy(feature, environment)
@@ -247,7 +269,7 @@ def to_definition(feature: Feature, environment: str, source: str) -> tuple[dict
     # Validate here, so a bad option is reported as the tag the user wrote, not as a metadata key.
     _flag, found = parse_flag(feature.name, definition, source=source)
     if found:
-        return None, [problem(rename(p.field, options), p.message) for p in found]
+        return None, [problem(rename(p.field, p.message, options), p.message) for p in found]
     return definition, []
 
 
@@ -255,53 +277,102 @@ def places_or(options: Options, key: str) -> str:
     return tag_place(options.places[key].split(":", 1)[1]) if key in options.places else f"tag {TAG_TYPE}:{key}"
 
 
-def rename(place: str | None, options: Options) -> str:
+def rename(place: str | None, message: str, options: Options) -> str:
     """metadata.guardrail.error_rate.thresh -> tag guardrail:error_rate.thresh=0.1 (what the user wrote)."""
     if not place:
         return "tags"
     key = place.removeprefix("metadata.")
+    unexpected = re.search(r"'([^']+)' was unexpected", message)  # jsonschema's additionalProperties text
+    if unexpected and f"{key}.{unexpected.group(1)}" in options.places:
+        key = f"{key}.{unexpected.group(1)}"
     if key in options.places:
         return "tag " + options.places[key]
-    for meta_key, written in options.places.items():  # a guardrail missing an option: name its metric
+    for meta_key, written in options.places.items():  # e.g. a guardrail missing an option: name its metric
         if meta_key.startswith(key + "."):
             return f"tags {TAG_TYPE}:{key.removeprefix(FLAT_PREFIX)}.* (e.g. {written})"
     return place
 
 
-def features_from_export(export: Any, names: Sequence[str], environment: str) -> tuple[list[Feature], str]:
-    """The export answer to Features (in `names` order), or [] and what is wrong with its shape."""
-    if not isinstance(export, Mapping):
-        return [], "the export answer is not a JSON object"
-    lists = {}
-    for key in ("features", "featureStrategies", "featureEnvironments", "featureTags"):
-        value = export.get(key, [])
-        if not isinstance(value, list) or not all(isinstance(x, Mapping) for x in value):
-            return [], f"the export answer's `{key}` is not a list of objects"
-        lists[key] = value
-    projects = {f.get("name"): str(f.get("project", "")) for f in lists["features"]}
-    enabled = {
-        e.get("featureName"): e.get("enabled") is True
-        for e in lists["featureEnvironments"]
-        if e.get("environment", environment) == environment
-    }
-    strategies: dict[Any, list[Mapping[str, Any]]] = {}
-    for s in lists["featureStrategies"]:
-        if s.get("environment", environment) == environment:
-            strategies.setdefault(s.get("featureName"), []).append(s)
-    tags: dict[Any, list[str]] = {}
-    for t in lists["featureTags"]:
-        if t.get("tagType") == TAG_TYPE and isinstance(t.get("tagValue"), str):
-            tags.setdefault(t.get("featureName"), []).append(t["tagValue"])
-    out = [
-        Feature(
-            name=name,
-            project=projects[name],
-            enabled=enabled.get(name, False),
-            strategies=tuple(strategies.get(name, ())),
-            tags=tuple(tags.get(name, ())),
-            exists_in_environment=name in enabled,
-        )
-        for name in names
-        if name in projects
+def guardrail_tags(tags: Any) -> tuple[str, ...]:
+    """Values of the `guardrail` tags in a `[{"type", "value"}]` list (the project listing's and
+    /tags' shape); anything else is ignored."""
+    if not isinstance(tags, list):
+        return ()
+    return tuple(
+        str(t["value"])
+        for t in tags
+        if isinstance(t, Mapping) and t.get("type") == TAG_TYPE and isinstance(t.get("value"), str)
+    )
+
+
+def listed_feature(item: Mapping[str, Any], project: str, environment: str) -> Feature:
+    """A feature from the project listing, without strategies (enough for an unguarded flag)."""
+    envs = item.get("environments")
+    here = (
+        [e for e in envs if isinstance(e, Mapping) and e.get("name") == environment] if isinstance(envs, list) else []
+    )
+    return Feature(
+        name=str(item.get("name")),
+        project=project,
+        enabled=bool(here) and here[0].get("enabled") is True,
+        strategies=(),
+        tags=guardrail_tags(item.get("tags")),
+        exists_in_environment=bool(here),
+    )
+
+
+def detailed_feature(detail: Any, tags: tuple[str, ...], environment: str) -> tuple[Feature | None, str]:
+    """`GET /api/admin/projects/{p}/features/{f}` to a Feature, or None and what is wrong with its shape."""
+    if not isinstance(detail, Mapping) or not isinstance(detail.get("name"), str):
+        return None, "the feature answer is not an object with a `name`"
+    envs = detail.get("environments")
+    if not isinstance(envs, list) or not all(isinstance(e, Mapping) for e in envs):
+        return None, "the feature answer's `environments` is not a list of objects"
+    here = [e for e in envs if e.get("name") == environment]
+    strategies = here[0].get("strategies", []) if here else []
+    if not isinstance(strategies, list) or not all(isinstance(s, Mapping) for s in strategies):
+        return None, f"the feature answer's `environments[{environment}].strategies` is not a list of objects"
+    ordered = sorted(strategies, key=lambda s: s.get("sortOrder") if isinstance(s.get("sortOrder"), int) else 0)
+    return Feature(
+        name=detail["name"],
+        project=str(detail.get("project", "")),
+        enabled=bool(here) and here[0].get("enabled") is True,
+        strategies=tuple(ordered),
+        tags=tags,
+        exists_in_environment=bool(here),
+    ), ""
+
+
+def serves_only(strategy: Mapping[str, Any], control: str) -> bool:
+    weights, _ = variant_weights(strategy)
+    return bool(weights) and weights.get(control) == TOTAL_WEIGHT
+
+
+def strategy_serves_only(feature: Feature, sid: str, control: str) -> bool:
+    return any(
+        str(s.get("id")) == sid and not s.get("disabled") and serves_only(s, control) for s in feature.strategies
+    )
+
+
+def control_variants(strategy: Mapping[str, Any], control: str) -> list[dict[str, Any]]:
+    """Everyone gets control: control 1000 `fix`, the rest `variable` (Unleash wants one variable variant;
+    the variable ones share what the fixed ones leave, here 0)."""
+    return [
+        {
+            **v,
+            "weight": TOTAL_WEIGHT if v.get("name") == control else 0,
+            "weightType": "fix" if v.get("name") == control else "variable",
+        }
+        for v in strategy.get("variants") or []
     ]
-    return out, ""
+
+
+def weighted_variants(strategy: Mapping[str, Any], wanted: Mapping[str, int]) -> list[dict[str, Any]]:
+    """Exact weights: every variant `fix` except one `variable` that takes the rest. Unleash spreads the
+    remainder evenly over `variable` variants and ignores the weights sent for them."""
+    variants = [dict(v) for v in strategy.get("variants") or []]
+    last = max(range(len(variants)), key=lambda i: (wanted.get(str(variants[i].get("name")), 0), i))
+    for i, v in enumerate(variants):
+        v["weight"] = wanted.get(str(v.get("name")), 0)
+        v["weightType"] = "variable" if i == last else "fix"
+    return variants
