@@ -17,7 +17,7 @@ from guardrail.fakeapi import FakeAPI
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=timezone.utc)
 TOKEN = "tok-SECRET-4f9a8b7c6d5e"
 ENV_KEYS = ("FLAG_API_URL", "FLAG_API_TOKEN", "METRICS_API_URL", "ALERT_WEBHOOK_URL", "GUARDRAIL_STATE",
-            "GUARDRAIL_AUDIT")
+            "GUARDRAIL_AUDIT", "UNLEASH_API_TOKEN")
 
 
 def flag_definition(
