@@ -30,13 +30,14 @@ from urllib.parse import quote
 
 import httpx
 
+from guardrail.adapters import ConfigContext, Plugin, Runtime
 from guardrail.flags import unleash_model as um
 from guardrail.flags.base import HaltOutcome, LoadedFlags
 from guardrail.flags.unleash_config import UnleashConfig, parse_config
-from guardrail.http import HTTPFailure, RetryPolicy, json_body, request
-from guardrail.model import ExitCode, Flag, FlagProblem, GuardrailError
+from guardrail.http import HTTPFailure, RetryPolicy, check_token_transport, json_body, request
+from guardrail.model import ExitCode, FailureKind, Flag, FlagProblem, GuardrailError
 
-__all__ = ["UnleashBackend", "UnleashConfig", "parse_config"]
+__all__ = ["PLUGIN", "UnleashBackend", "UnleashConfig", "parse_config"]
 READ_CONCURRENCY = 8  # per-flag reads in flight at once: a busy Unleash is someone else's production
 
 
@@ -96,8 +97,11 @@ class UnleashBackend:
                 source=self.config.url,
                 field="unleash.token_env",
                 exit_code=ExitCode.CONFIG,
+                kind=FailureKind.AUTH,
             )
-        return GuardrailError(f"Unleash unavailable: {exc}", source=self.config.url, exit_code=ExitCode.UNEVALUATED)
+        return GuardrailError(
+            f"Unleash unavailable: {exc}", source=self.config.url, exit_code=ExitCode.UNEVALUATED, kind=exc.failure
+        )
 
     async def _json(self, url: str, label: str, *, missing_ok: bool = False) -> Any:
         """GET a JSON answer; None for a 404 when `missing_ok`. Raises GuardrailError naming the cause."""
@@ -108,7 +112,10 @@ class UnleashBackend:
             raise self._read_error(exc, label) from None
         except ValueError as exc:
             raise GuardrailError(
-                f"Unleash {label}: {exc}", source=self.config.url, exit_code=ExitCode.UNEVALUATED
+                f"Unleash {label}: {exc}",
+                source=self.config.url,
+                exit_code=ExitCode.UNEVALUATED,
+                kind=FailureKind.BAD_ANSWER,
             ) from None
 
     # ---- reads ----------------------------------------------------------------------------------------
@@ -129,6 +136,7 @@ class UnleashBackend:
                 "Unleash feature list: the answer has no `features` list",
                 source=c.features_url,
                 exit_code=ExitCode.UNEVALUATED,
+                kind=FailureKind.BAD_ANSWER,
             )
         if not items:
             await self._check_project()
@@ -206,10 +214,13 @@ class UnleashBackend:
         try:
             current = await self._read(key)
         except GuardrailError as exc:
-            return None, HaltOutcome(ok=False, detail=f"re-read before writing failed: {exc.message}")
+            kind = exc.kind or FailureKind.UNREACHABLE
+            return None, HaltOutcome(ok=False, kind=kind, detail=f"re-read before writing failed: {exc.message}")
         if current is None:
             return None, HaltOutcome(
-                ok=False, permanent=True, detail=f"flag not found in Unleash project {self.config.project!r}"
+                ok=False,
+                kind=FailureKind.NOT_FOUND,
+                detail=f"flag not found in Unleash project {self.config.project!r}",
             )
         return current, HaltOutcome(ok=True, detail="")
 
@@ -249,9 +260,10 @@ class UnleashBackend:
                 if failure.status in (401, 403)
                 else f"{what}: {failure}"
             )
-            return HaltOutcome(ok=False, permanent=failure.permanent, detail=detail)
+            return HaltOutcome(ok=False, kind=failure.failure, detail=detail)
         return HaltOutcome(
             ok=False,
+            kind=FailureKind.CONFLICT,
             detail=f"{what}: Unleash answered, but a re-read does not show the change "
             "(another writer, or the re-read failed)",
         )
@@ -276,7 +288,7 @@ class UnleashBackend:
         control = flag.control_variant
         strategy, why = um.guarded_strategy(current, self.config.environment)
         if strategy is None:
-            return HaltOutcome(ok=False, permanent=True, detail=f"on_halt=control: {why}")
+            return HaltOutcome(ok=False, kind=FailureKind.REFUSED, detail=f"on_halt=control: {why}")
         sid = str(strategy.get("id"))
         if um.serves_only(strategy, control):
             return HaltOutcome(ok=True, already=True, detail=f"strategy already gives everyone {control}")
@@ -325,7 +337,7 @@ class UnleashBackend:
         try:
             await self._ensure_tag_type()
         except HTTPFailure as exc:
-            return HaltOutcome(ok=False, permanent=exc.permanent, detail=f"creating tag type guardrail: {exc}")
+            return HaltOutcome(ok=False, kind=exc.failure, detail=f"creating tag type guardrail: {exc}")
         url = f"{self.config.url}/api/admin/features/{quote(flag.key, safe='')}/tags"
         return await self._write(
             flag.key,
@@ -354,14 +366,16 @@ class UnleashBackend:
             isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in shares.values()
         ):
             return HaltOutcome(
-                ok=False, permanent=True, detail=f"shares {dict(shares)} are not whole percents summing to 100"
+                ok=False,
+                kind=FailureKind.REFUSED,
+                detail=f"shares {dict(shares)} are not whole percents summing to 100",
             )
         current, outcome = await self._before(flag.key)
         if current is None:
             return outcome
         strategy, why = um.guarded_strategy(current, self.config.environment)
         if strategy is None:
-            return HaltOutcome(ok=False, permanent=True, detail=why)
+            return HaltOutcome(ok=False, kind=FailureKind.REFUSED, detail=why)
         sid = str(strategy.get("id"))
 
         def guarded(f: um.Feature) -> Mapping[str, Any] | None:
@@ -372,7 +386,7 @@ class UnleashBackend:
             weights, why = um.variant_weights(strategy)
             unknown = sorted(set(shares) - set(weights))
             if not weights or unknown:
-                return HaltOutcome(ok=False, permanent=True, detail=why or f"unknown variants {unknown}")
+                return HaltOutcome(ok=False, kind=FailureKind.REFUSED, detail=why or f"unknown variants {unknown}")
             wanted = {name: shares.get(name, 0) * 10 for name in weights}
             what = "variant weights " + ", ".join(f"{n}={w}" for n, w in wanted.items())
 
@@ -387,7 +401,7 @@ class UnleashBackend:
             if unknown:
                 return HaltOutcome(
                     ok=False,
-                    permanent=True,
+                    kind=FailureKind.REFUSED,
                     detail=f"unknown variants {unknown}; a rollout without variants has {list(um.ROLLOUT_VARIANTS)}",
                 )
             percent = 100 - shares.get("control", 0)
@@ -408,3 +422,30 @@ class UnleashBackend:
 
     async def aclose(self) -> None:
         """The client belongs to the run."""
+
+
+# ---- the plugin -------------------------------------------------------------------------------------
+
+
+def _parse(ctx: ConfigContext) -> UnleashConfig:
+    config = parse_config(ctx.doc.get("unleash"), ctx.env, ctx.source)
+    return replace(config, allow_insecure_http=bool(ctx.option("allow_insecure_http")))
+
+
+def _ready(config: UnleashConfig) -> None:
+    # The token is refused over plain http to another host before the run starts, not at halt time.
+    check_token_transport(config.url, allow_insecure_http=config.allow_insecure_http, what="unleash.url")
+
+
+def _create(config: UnleashConfig, runtime: Runtime) -> UnleashBackend:
+    return UnleashBackend(config, runtime.client, policy=runtime.policy)
+
+
+PLUGIN = Plugin(
+    name="unleash",
+    summary="an Unleash server's admin API (the `unleash:` section)",
+    parse=_parse,
+    create=_create,
+    ready=_ready,
+    secrets=lambda c: [c.token],
+)

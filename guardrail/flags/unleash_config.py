@@ -31,6 +31,7 @@ class UnleashConfig:
     project: str = "default"
     token_env: str = DEFAULT_TOKEN_ENV
     token: str = field(default="", repr=False)
+    allow_insecure_http: bool = False  # --allow-insecure-http: the token may go over plain http
 
     @property
     def features_url(self) -> str:

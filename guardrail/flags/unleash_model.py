@@ -26,7 +26,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from guardrail.config import FLAT_PREFIX, parse_flag
-from guardrail.model import FlagProblem
+from guardrail.model import FlagProblem, Severity
 
 TAG_TYPE = "guardrail"
 HOLD_TAG = "hold=true"
@@ -178,7 +178,7 @@ def to_definition(feature: Feature, environment: str, source: str) -> tuple[dict
         "metadata": definition_metadata(feature, options, environment),
     }
     note = f" (the flag is off in {environment}: fix this before switching it on)"
-    return off, [replace(p, severity="warning", message=p.message + note) for p in problems]
+    return off, [replace(p, severity=Severity.WARNING, message=p.message + note) for p in problems]
 
 
 def definition_metadata(feature: Feature, options: Options, environment: str) -> dict[str, Any]:
