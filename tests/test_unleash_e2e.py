@@ -88,7 +88,9 @@ def test_check_lists_unleash_flags_then_halts_the_harmful_one(
 
     third = run_cli(*args, "--json", "--now", "2026-11-25T12:04:00Z", env=variables)
     assert third.returncode == 0, third.stderr
-    assert [e["type"] for e in unleash_admin.events(BAD)].count("feature-environment-disabled") == 1
+    assert [e["type"] for e in unleash_admin.events(BAD)].count("feature-environment-disabled") == 1, [
+        (e["type"], e.get("environment"), e["createdAt"]) for e in unleash_admin.events(BAD)
+    ]
 
     for out in (dry, text, first, second, third):
         assert unleash_server.admin_token not in out.stdout + out.stderr

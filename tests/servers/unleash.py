@@ -266,6 +266,7 @@ class Admin:
         return str(made["secret"])
 
     def events(self, name: str) -> list[dict[str, Any]]:
-        """Unleash's own event log for one flag, newest first."""
-        body = self.call("GET", f"/api/admin/events?feature={quote(name, safe='')}")
-        return list(body["events"])
+        """Unleash's own event log for one flag, newest first. The `feature` query filter of
+        /api/admin/events is ignored by 7.5.1 (it answers every event), so the flag is picked here."""
+        body = self.call("GET", "/api/admin/events?limit=1000")
+        return [e for e in body["events"] if e.get("featureName") == name]
