@@ -139,3 +139,26 @@ def test_missing_token_variable_is_a_config_error(run_cli: Any, tmp_path: Path) 
     result = run_cli("check", "--config", str(config), env={"METRICS_API_URL": "http://127.0.0.1:9"})
     assert result.returncode == 2
     assert "unleash.token_env" in result.stderr and "UNLEASH_API_TOKEN is not set" in result.stderr
+
+
+def test_a_harmful_rollout_is_held_at_its_split(
+    unleash_server: UnleashServer, unleash_admin: Admin, fake_api: FakeAPI, run_cli: Any, tmp_path: Path
+) -> None:
+    key = "catalog.images.lazy-load"
+    unleash_admin.create_flag(key, rollout=30, tags=(*TAGS, "experiment_type=rollout"))
+    fake_api.set_metric(key, "control", "error_rate", 0.010, 5000)
+    fake_api.set_metric(key, "treatment", "error_rate", 0.034, 5100)
+    config = tmp_path / "guardrail.yaml"
+    config.write_text(CONFIG.format(url=unleash_server.url))
+    args = ["check", "--config", str(config), "--state", str(tmp_path / "s.json"), "--json"]
+    variables = env(unleash_server, fake_api)
+    before = unleash_admin.strategy(key)
+
+    assert run_cli(*args, "--now", "2026-11-25T12:00:00Z", env=variables).returncode == 0
+    second = run_cli(*args, "--now", "2026-11-25T12:02:00Z", env=variables)
+    assert second.returncode == 1, second.stderr
+    (halt,) = json.loads(second.stdout)["halts"]
+    assert halt["flag"] == key and halt["action"] == "hold" and halt["status"] == "done", halt
+    assert unleash_admin.tags(key) >= {"hold=true"}
+    assert unleash_admin.strategy(key) == before and unleash_admin.enabled(key)
+    assert unleash_admin.events(key)[0]["type"] == "feature-tagged"

@@ -307,12 +307,13 @@ def test_bad_list_shapes_are_exit_3(body: Any, text: str) -> None:
 
 
 @respx.mock
-def test_a_bad_feature_answer_is_exit_3() -> None:
+def test_a_bad_feature_answer_costs_that_flag_only() -> None:
     mock_reads()
     respx.get(FEATURE_URL).mock(return_value=httpx.Response(200, json={"name": KEY, "environments": "x"}))
-    with pytest.raises(GuardrailError) as err:
-        run(lambda b: b.load())
-    assert err.value.exit_code is ExitCode.UNEVALUATED and "environments" in str(err.value)
+    loaded = run(lambda b: b.load())
+    assert loaded.definitions == {}
+    (problem,) = loaded.problems
+    assert problem.flag == KEY and "environments" in problem.message and problem.severity == "error"
 
 
 @respx.mock

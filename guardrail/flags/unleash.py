@@ -147,15 +147,23 @@ class UnleashBackend:
         ]
         gate = asyncio.Semaphore(READ_CONCURRENCY)
 
-        async def detail(feature: um.Feature) -> um.Feature | None:
+        async def detail(feature: um.Feature) -> um.Feature | FlagProblem | None:
             if not feature.tags:
                 return feature  # not guarded: the listing says enough
             async with gate:
-                return await self._read(feature.name, tags=feature.tags)
+                try:
+                    return await self._read(feature.name, tags=feature.tags)
+                except GuardrailError as exc:
+                    if exc.kind is not FailureKind.BAD_ANSWER:
+                        raise  # Unleash down or the token refused: the whole run is unevaluated
+                    return FlagProblem(feature.name, exc.message, source=self._source)  # one bad answer, one flag
 
         definitions: dict[str, Mapping[str, Any]] = {}
         problems: list[FlagProblem] = []
         for feature in await asyncio.gather(*(detail(f) for f in listed)):
+            if isinstance(feature, FlagProblem):
+                problems.append(feature)
+                continue
             if feature is None:
                 continue  # archived or moved between the listing and its read
             definition, found = um.to_definition(feature, c.environment, self._source)
@@ -192,7 +200,10 @@ class UnleashBackend:
         feature, why = um.detailed_feature(detail, tags, self.config.environment)
         if feature is None:
             raise GuardrailError(
-                f"Unleash feature {key!r}: {why}", source=self.config.url, exit_code=ExitCode.UNEVALUATED
+                f"Unleash feature {key!r}: {why}",
+                source=self.config.url,
+                exit_code=ExitCode.UNEVALUATED,
+                kind=FailureKind.BAD_ANSWER,
             )
         return feature if feature.project == self.config.project else None
 

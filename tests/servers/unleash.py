@@ -266,7 +266,7 @@ class Admin:
         return str(made["secret"])
 
     def events(self, name: str) -> list[dict[str, Any]]:
-        """Unleash's own event log for one flag, newest first. The `feature` query filter of
-        /api/admin/events is ignored by 7.5.1 (it answers every event), so the flag is picked here."""
-        body = self.call("GET", "/api/admin/events?limit=1000")
+        """Unleash's own event log for one flag, newest first (its latest 50). Not `/api/admin/events?feature=`:
+        7.5.1 ignores that filter and answers the latest events of every flag."""
+        body = self.call("GET", f"/api/admin/events/{quote(name, safe='')}")
         return [e for e in body["events"] if e.get("featureName") == name]
