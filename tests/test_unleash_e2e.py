@@ -71,6 +71,10 @@ def test_check_lists_unleash_flags_then_halts_the_harmful_one(
     assert doc["problems"] == []
     text = run_cli(*args, "--dry-run", "--now", "2026-11-25T12:00:00Z", env=variables)
     assert BAD in text.stdout and GOOD in text.stdout and "error_rate" in text.stdout
+    status = run_cli("status", "--config", str(config), "--state", str(tmp_path / "s.json"), "--json", env=variables)
+    listed = json.loads(status.stdout)
+    assert {f["flag"] for f in listed["flags"]} >= {BAD, GOOD}, status.stderr
+    assert listed["flag_source"].startswith(unleash_server.url)
 
     first = run_cli(*args, "--json", "--now", "2026-11-25T12:00:00Z", env=variables)
     assert first.returncode == 0, first.stderr
