@@ -15,6 +15,7 @@ import respx
 
 from guardrail.config import parse_flags
 from guardrail.flags import unleash_model as um
+from guardrail.flags import unleash_strategy as us
 from guardrail.flags.unleash import UnleashBackend
 from guardrail.flags.unleash_config import UnleashConfig, parse_config
 from guardrail.http import RetryPolicy, make_client
@@ -190,12 +191,12 @@ def test_a_rollout_without_variants_has_treatment_and_control_arms() -> None:
 
 
 def test_exact_weights_use_one_variable_variant() -> None:
-    variants = um.weighted_variants(AB, {"control": 800, "treatment": 200})
+    variants = us.weighted_variants(AB, {"control": 800, "treatment": 200})
     assert [(v["name"], v["weight"], v["weightType"]) for v in variants] == [
         ("control", 800, "variable"),
         ("treatment", 200, "fix"),
     ]
-    halted = um.control_variants(AB, "control")
+    halted = us.control_variants(AB, "control")
     assert [(v["name"], v["weight"], v["weightType"]) for v in halted] == [
         ("control", 1000, "fix"),
         ("treatment", 0, "variable"),
@@ -355,3 +356,15 @@ def test_a_ramp_step_refuses_bad_shares_without_calling_unleash() -> None:
     outcome = run(lambda b: b.set_split(the_flag(), {"control": 60, "treatment": 60}, "ramp"))
     assert not outcome.ok and outcome.permanent and "summing to 100" in outcome.detail
     assert len(respx.calls) == 0
+
+
+def test_a_ramp_step_plans_weights_or_a_rollout_percent() -> None:
+    split, why = us.plan_split(AB, {"control": 75, "treatment": 25})
+    assert split is not None and split.weights == {"control": 750, "treatment": 250} and split.parameters(AB) is None
+    assert not split.shown_by(AB) and split.what == "variant weights control=750, treatment=250"
+    plain = strategy(rollout="10")
+    ramp, _ = us.plan_split(plain, {"treatment": 40, "control": 60})
+    assert ramp is not None and ramp.rollout == 40 and ramp.parameters(plain)["rollout"] == "40"
+    assert ramp.shown_by(strategy(rollout="40")) and not ramp.shown_by(plain)
+    refused, why = us.plan_split(AB, {"control": 50, "blue": 50})
+    assert refused is None and "unknown variants ['blue']" in why

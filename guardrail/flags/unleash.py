@@ -1,6 +1,7 @@
 """Unleash as the flag backend: flags come from an Unleash project and environment, and halts, holds and
 ramp steps are written back through Unleash's admin API (shapes measured against unleash-server 7.5.1;
-docs/unleash.md lists every call). unleash_model.py holds the pure parts (config, translation).
+docs/unleash.md lists every call). The pure parts: unleash_config.py (the `unleash:` section),
+unleash_model.py (features and tags to the flag model), unleash_strategy.py (strategy variants and splits).
 
 Reads write nothing to Unleash: `GET /api/admin/projects/{p}/features` (every flag with its tags and
 per-environment state), then `GET /api/admin/projects/{p}/features/{f}` for each flag with `guardrail`
@@ -32,6 +33,7 @@ import httpx
 
 from guardrail.adapters import ConfigContext, Plugin, Runtime
 from guardrail.flags import unleash_model as um
+from guardrail.flags import unleash_strategy as us
 from guardrail.flags.base import HaltOutcome, LoadedFlags
 from guardrail.flags.unleash_config import UnleashConfig, parse_config
 from guardrail.http import HTTPFailure, RetryPolicy, check_token_transport, json_body, request
@@ -147,7 +149,7 @@ class UnleashBackend:
         ]
         gate = asyncio.Semaphore(READ_CONCURRENCY)
 
-        async def detail(feature: um.Feature) -> um.Feature | FlagProblem | None:
+        async def detail(feature: us.Feature) -> us.Feature | FlagProblem | None:
             if not feature.tags:
                 return feature  # not guarded: the listing says enough
             async with gate:
@@ -185,7 +187,7 @@ class UnleashBackend:
                 exit_code=ExitCode.CONFIG,
             )
 
-    async def _read(self, key: str, *, tags: tuple[str, ...] | None = None) -> um.Feature | None:
+    async def _read(self, key: str, *, tags: tuple[str, ...] | None = None) -> us.Feature | None:
         """A fresh look at one feature: strategies, state and (unless given) tags. None when it is gone."""
         if tags is None:
             detail, tag_answer = await asyncio.gather(
@@ -214,14 +216,14 @@ class UnleashBackend:
         definition, _ = um.to_definition(feature, self.config.environment, self._source)
         return definition
 
-    async def _read_or_none(self, key: str) -> um.Feature | None:
+    async def _read_or_none(self, key: str) -> us.Feature | None:
         try:
             return await self._read(key)
         except GuardrailError:
             return None
 
     # ---- writes ---------------------------------------------------------------------------------------
-    async def _before(self, key: str) -> tuple[um.Feature | None, HaltOutcome]:
+    async def _before(self, key: str) -> tuple[us.Feature | None, HaltOutcome]:
         try:
             current = await self._read(key)
         except GuardrailError as exc:
@@ -239,9 +241,9 @@ class UnleashBackend:
         self,
         key: str,
         what: str,
-        current: um.Feature,
-        applied: Callable[[um.Feature], bool],
-        send: Callable[[um.Feature], Awaitable[Any]],
+        current: us.Feature,
+        applied: Callable[[us.Feature], bool],
+        send: Callable[[us.Feature], Awaitable[Any]],
     ) -> HaltOutcome:
         """Send a write, retrying failures with backoff; re-read before every retry (stop as soon as it shows
         the change) and after the write: only a re-read showing the change makes it done."""
@@ -297,23 +299,23 @@ class UnleashBackend:
                 lambda _f: self._call("POST", url, "kill switch", once=True),
             )
         control = flag.control_variant
-        strategy, why = um.guarded_strategy(current, self.config.environment)
+        strategy, why = us.guarded_strategy(current, self.config.environment)
         if strategy is None:
             return HaltOutcome(ok=False, kind=FailureKind.REFUSED, detail=f"on_halt=control: {why}")
         sid = str(strategy.get("id"))
-        if um.serves_only(strategy, control):
+        if us.serves_only(strategy, control):
             return HaltOutcome(ok=True, already=True, detail=f"strategy already gives everyone {control}")
         return await self._write(
             flag.key,
             f"strategy {sid}: everyone gets {control} (control 1000 fix)",
             current,
-            lambda f: f.enabled and um.strategy_serves_only(f, sid, control),
-            lambda f: self._put_strategy(flag.key, self._same(f, strategy), lambda s: um.control_variants(s, control)),
+            lambda f: f.enabled and us.strategy_serves_only(f, sid, control),
+            lambda f: self._put_strategy(flag.key, self._same(f, strategy), lambda s: us.control_variants(s, control)),
         )
 
-    def _same(self, feature: um.Feature, fallback: Mapping[str, Any]) -> Mapping[str, Any]:
+    def _same(self, feature: us.Feature, fallback: Mapping[str, Any]) -> Mapping[str, Any]:
         """The guarded strategy as last read (a retry rebuilds its PUT from the newest read)."""
-        fresh, _ = um.guarded_strategy(feature, self.config.environment)
+        fresh, _ = us.guarded_strategy(feature, self.config.environment)
         return fresh if fresh is not None and fresh.get("id") == fallback.get("id") else fallback
 
     async def _put_strategy(
@@ -372,64 +374,32 @@ class UnleashBackend:
     async def set_split(self, flag: Flag, shares: Mapping[str, int], reason: str) -> HaltOutcome:
         """A ramp step; shares are whole percents per variant summing to 100. A strategy with variants gets
         those weights (per mille); a rollout without variants gets `parameters.rollout` = the treatment's
-        share."""
+        share (unleash_model.plan_split)."""
         if sum(shares.values()) != 100 or any(
             isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in shares.values()
         ):
-            return HaltOutcome(
-                ok=False,
-                kind=FailureKind.REFUSED,
-                detail=f"shares {dict(shares)} are not whole percents summing to 100",
-            )
+            detail = f"shares {dict(shares)} are not whole percents summing to 100"
+            return HaltOutcome(ok=False, kind=FailureKind.REFUSED, detail=detail)
         current, outcome = await self._before(flag.key)
         if current is None:
             return outcome
-        strategy, why = um.guarded_strategy(current, self.config.environment)
-        if strategy is None:
+        strategy, why = us.guarded_strategy(current, self.config.environment)
+        split, why = us.plan_split(strategy, shares) if strategy is not None else (None, why)
+        if strategy is None or split is None:
             return HaltOutcome(ok=False, kind=FailureKind.REFUSED, detail=why)
         sid = str(strategy.get("id"))
 
-        def guarded(f: um.Feature) -> Mapping[str, Any] | None:
-            s, _ = um.guarded_strategy(f, self.config.environment)
-            return s if s is not None and str(s.get("id")) == sid else None
+        def applied(f: us.Feature) -> bool:
+            s, _ = us.guarded_strategy(f, self.config.environment)
+            return s is not None and str(s.get("id")) == sid and split.shown_by(s)
 
-        if strategy.get("variants"):
-            weights, why = um.variant_weights(strategy)
-            unknown = sorted(set(shares) - set(weights))
-            if not weights or unknown:
-                return HaltOutcome(ok=False, kind=FailureKind.REFUSED, detail=why or f"unknown variants {unknown}")
-            wanted = {name: shares.get(name, 0) * 10 for name in weights}
-            what = "variant weights " + ", ".join(f"{n}={w}" for n, w in wanted.items())
-
-            def applied(f: um.Feature) -> bool:
-                s = guarded(f)
-                return s is not None and um.variant_weights(s)[0] == wanted
-
-            def send(f: um.Feature) -> Awaitable[Any]:
-                return self._put_strategy(flag.key, self._same(f, strategy), lambda s: um.weighted_variants(s, wanted))
-        else:
-            unknown = sorted(set(shares) - set(um.ROLLOUT_VARIANTS))
-            if unknown:
-                return HaltOutcome(
-                    ok=False,
-                    kind=FailureKind.REFUSED,
-                    detail=f"unknown variants {unknown}; a rollout without variants has {list(um.ROLLOUT_VARIANTS)}",
-                )
-            percent = 100 - shares.get("control", 0)
-            what = f"rollout {percent}%"
-
-            def applied(f: um.Feature) -> bool:
-                s = guarded(f)
-                return s is not None and um.rollout_percent(s) == percent
-
-            def send(f: um.Feature) -> Awaitable[Any]:
-                base = self._same(f, strategy)
-                params = {**(base.get("parameters") or {}), "rollout": str(percent)}
-                return self._put_strategy(flag.key, base, lambda s: list(s.get("variants") or []), params)
+        def send(f: us.Feature) -> Awaitable[Any]:
+            base = self._same(f, strategy)
+            return self._put_strategy(flag.key, base, split.variants, split.parameters(base))
 
         if applied(current):
-            return HaltOutcome(ok=True, already=True, detail=f"{what} already set")
-        return await self._write(flag.key, f"strategy {sid}: {what}", current, applied, send)
+            return HaltOutcome(ok=True, already=True, detail=f"{split.what} already set")
+        return await self._write(flag.key, f"strategy {sid}: {split.what}", current, applied, send)
 
     async def aclose(self) -> None:
         """The client belongs to the run."""
