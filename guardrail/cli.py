@@ -94,6 +94,10 @@ def check(
         "--timeout", min=0.1, help="Seconds per HTTP call (each is retried). Default 5.")] = None,
     lock_timeout: Annotated[float | None, typer.Option(
         "--lock-timeout", min=0, help="Seconds to wait for another run's state lock before exit 5.")] = None,
+    budget: Annotated[float | None, typer.Option(
+        "--budget", min=0, help="Seconds the whole run may spend reading (GUARDRAIL_BUDGET). Past it no new "
+        "read starts, unread guardrails are skip:no_data (exit 3); decided halts are still sent. Default 90.")
+    ] = None,
     ca_bundle: Annotated[str | None, typer.Option("--ca-bundle", help="CA bundle for TLS verification.")] = None,
     allow_insecure_http: Annotated[bool, typer.Option(
         "--allow-insecure-http", help="Allow sending the flag API token over plain http to a non-loopback host.")
@@ -117,7 +121,7 @@ def check(
 
     settings = load_settings(config=config, overrides={
         "flags": flags, "state_path": state, "audit_path": audit, "concurrency": concurrency,
-        "timeout": timeout, "lock_timeout": lock_timeout, "ca_bundle": ca_bundle,
+        "timeout": timeout, "lock_timeout": lock_timeout, "ca_bundle": ca_bundle, "budget": budget,
         "allow_insecure_http": allow_insecure_http or None,
     })
     import time

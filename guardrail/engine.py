@@ -65,9 +65,14 @@ def logical_window(g: Guardrail) -> str:
 def experiment_start(flag: Flag, prior: FlagState | None, now: datetime) -> datetime:
     if flag.started_at is not None:
         return flag.started_at
-    if prior is not None and prior.first_seen_enabled is not None:
-        return prior.first_seen_enabled
-    return now
+    return _first_seen(prior, now)
+
+
+def _first_seen(prior: FlagState | None, now: datetime) -> datetime:
+    """When the flag was first seen enabled. A time after `now` was written by a run whose clock was ahead:
+    kept, it would hold the flag in warmup until that date, so it is taken as now."""
+    seen = None if prior is None else prior.first_seen_enabled
+    return now if seen is None or seen > now else seen
 
 
 def since_start_window(start: datetime, now: datetime) -> str:
@@ -131,6 +136,37 @@ def _data_problem(g: Guardrail, arm: str, agg: Aggregate | None) -> str | None:
     if agg.stddev is not None and (not math.isfinite(agg.stddev) or agg.stddev < 0):
         return f"{arm}: stddev is not a non-negative number ({agg.stddev})"
     return None
+
+
+# Past this magnitude a value's square (a variance) overflows a float: no real metric is this large, so
+# such a number is a broken source, not a measurement.
+_MAX_MAGNITUDE = 1e150
+
+
+def _range_problem(g: Guardrail, arm: str, agg: Aggregate | None) -> str | None:
+    """Numbers that are finite but cannot be real for this guardrail (checked after _data_problem)."""
+    if agg is None or agg.value is None:
+        return None
+    if g.kind is MetricKind.QUANTILE and agg.value < 0:
+        return f"{arm}: negative quantile ({agg.value:g}); a latency or size quantile cannot be below 0"
+    for name, number in (("value", agg.value), ("stddev", agg.stddev), ("count", agg.count)):
+        if number is not None and abs(number) > _MAX_MAGNITUDE:
+            return f"{arm}: {name} {number:g} is out of range"
+    return None
+
+
+def _safe_compare(
+    g: Guardrail, control: Aggregate, treatment: Aggregate, *, tuning_n: float | None, minutes: float
+) -> Outcome:
+    """compare(), with any arithmetic failure on odd numbers made no data for this guardrail only."""
+    try:
+        outcome = compare(g, control, treatment, tuning_n=tuning_n, minutes=minutes)
+    except (ArithmeticError, ValueError) as exc:
+        return Outcome(Verdict.SKIP_NO_DATA, f"numbers out of range for the comparison ({type(exc).__name__})")
+    for number in (outcome.bound, outcome.p_value):
+        if number is not None and math.isnan(number):
+            return Outcome(Verdict.SKIP_NO_DATA, "numbers out of range for the comparison (NaN)")
+    return outcome
 
 
 def point_delta(g: Guardrail, control: float, treatment: float) -> tuple[float, float | None, str]:
@@ -249,8 +285,12 @@ def next_streak(prior: Streak, verdict: Verdict, now: datetime, max_gap_minutes:
     if verdict is not Verdict.BREACH:
         return prior  # a skip neither confirms nor clears
     last = prior.last_breach_at
-    if last is not None and now <= last:
+    if last is not None and now == last:
         return prior  # the same look seen again (a retried run): never count it twice
+    if last is not None and now < last:
+        # A breach "from the future" was recorded by a run whose clock was ahead. Keeping it would freeze
+        # the streak until that date; it cannot be consecutive with this look, so a new streak starts.
+        return Streak(1, now)
     if last is not None and now - last <= timedelta(minutes=max_gap_minutes) and prior.count > 0:
         return Streak(prior.count + 1, now)
     return Streak(1, now)
@@ -290,7 +330,7 @@ def decide_flag(
     flag: Flag, aggregates: Mapping[AggregateKey, Aggregate], prior: FlagState, now: datetime
 ) -> tuple[list[Evaluation], Halt | None, FlagState]:
     start = experiment_start(flag, prior, now)
-    first_seen = prior.first_seen_enabled or now
+    first_seen = _first_seen(prior, now)
     warmup_left = warming_up(flag, start, now)
     minutes = (now - start).total_seconds() / 60
     streaks = dict(prior.streaks)
@@ -304,7 +344,8 @@ def decide_flag(
             treatment = aggregates.get((flag.key, variant, g.metric, window))
             if warmup_left > 0:
                 cmp = Outcome(Verdict.SKIP_WARMUP, f"warming up: {warmup_left:.1f} of {flag.warmup_minutes:g} min left")
-            elif problem := (_data_problem(g, "control", control) or _data_problem(g, "treatment", treatment)):
+            elif problem := (_data_problem(g, "control", control) or _data_problem(g, "treatment", treatment)
+                             or _range_problem(g, "control", control) or _range_problem(g, "treatment", treatment)):
                 cmp = Outcome(Verdict.SKIP_NO_DATA, problem)
             else:
                 assert control is not None and treatment is not None
@@ -316,7 +357,7 @@ def decide_flag(
                         f"counts control={control.count}, treatment={treatment.count}; need {g.min_count} in each arm",
                     )
                 else:
-                    cmp = compare(
+                    cmp = _safe_compare(
                         g, control, treatment, tuning_n=g.tuning_n or tuning.get(gid), minutes=minutes
                     )
                     if cmp.tuning_n is not None and g.tuning_n is None:
@@ -376,6 +417,17 @@ def decide_flag(
     return evaluations, halt, next_state
 
 
+def _undecided(flag: Flag, reason: str) -> list[Evaluation]:
+    return [
+        Evaluation(flag=flag.key, metric=g.metric, treatment_variant=variant, control_variant=flag.control_variant,
+                   comparison=g.comparison, threshold=g.threshold, method=g.method, verdict=Verdict.SKIP_NO_DATA,
+                   reason=reason, control=None, treatment=None, delta=None, relative_delta=None, streak=0,
+                   confirmations=g.confirmations, bound=None, p_value=None)
+        for g in flag.guardrails
+        for variant in flag.treatment_variants
+    ]
+
+
 def decide(
     flags: Iterable[Flag], aggregates: Mapping[AggregateKey, Aggregate], state: State, now: datetime
 ) -> Decision:
@@ -393,7 +445,13 @@ def decide(
             if not flag.enabled and prior.halt is None and flag.key in next_flags:
                 next_flags[flag.key] = replace(prior, first_seen_enabled=None, streaks={})
             continue
-        found, halt, flag_state = decide_flag(flag, aggregates, prior, now)
+        try:
+            found, halt, flag_state = decide_flag(flag, aggregates, prior, now)
+        except (ArithmeticError, ValueError, TypeError) as exc:
+            # One flag's numbers must never stop the others from being decided (a harmful flag elsewhere
+            # would stay on): this flag is reported as not evaluated and keeps its state.
+            evaluations.extend(_undecided(flag, f"not decided: {type(exc).__name__} on these numbers"))
+            continue
         evaluations.extend(found)
         next_flags[flag.key] = flag_state
         if halt is not None:

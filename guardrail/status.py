@@ -19,7 +19,7 @@ from typing import Any
 from guardrail import codec, engine
 from guardrail.config import ParsedFlags, format_time, parse_flags
 from guardrail.flags.base import LoadedFlags
-from guardrail.model import ExitCode, Flag, FlagState, GuardrailError, State, guardrail_id
+from guardrail.model import ExitCode, Flag, FlagState, GuardrailError, HaltStatus, State, guardrail_id
 from guardrail.redact import Redactor
 from guardrail.settings import Settings, load_settings
 from guardrail.state import StateStore, halt_to_dict
@@ -83,7 +83,9 @@ class StatusReport:
     @property
     def stale(self) -> bool:
         age = self.age_seconds
-        return age is None or age > self.stale_after * 60
+        # A last run far in the future (a run whose clock was ahead) proves nothing about now: counting it
+        # fresh would hide a dead cron until that date. One minute of skew is tolerated.
+        return age is None or age > self.stale_after * 60 or age < -60
 
     @property
     def exit_code(self) -> ExitCode:
@@ -95,6 +97,12 @@ class StatusReport:
         if self.last_run_at is None:
             return "STALE MONITOR: guardrail check has never completed a run with this state file; nothing is watched"
         age = (self.age_seconds or 0) / 60
+        if age < 0:
+            return (
+                f"STALE MONITOR: the last run is recorded {-age:.1f} min in the future "
+                f"({format_time(self.last_run_at)}): a clock was ahead; it proves nothing about runs now "
+                "(is the clock right? is cron running?)"
+            )
         return (
             f"STALE MONITOR: the last run was {age:.1f} min ago ({format_time(self.last_run_at)}), more than "
             f"--stale-after {self.stale_after:g} min: flags are NOT being watched (is cron/the CronJob running?)"
@@ -236,8 +244,9 @@ def _guardrail_line(row: Mapping[str, Any]) -> str:
 
 
 def _halt_lines(halt: Mapping[str, Any]) -> list[str]:
-    verb = {"done": "HALTED" if halt["action"] == "revert" else "HELD", "pending": "HALT PENDING",
-            "failed": "HALT FAILED (do it by hand; retried every run)"}.get(str(halt["status"]), str(halt["status"]))
+    verb = {HaltStatus.DONE: "HALTED" if halt["action"] == "revert" else "HELD", HaltStatus.PENDING: "HALT PENDING",
+            HaltStatus.FAILED: "HALT FAILED (do it by hand; retried every run)"}.get(
+        HaltStatus(halt["status"]), str(halt["status"]))
     lines = [
         f"    {verb} ({halt['action']}) decided {halt['decided_at']} by run {halt['run_id'] or '-'}"
         + (f", completed {halt['completed_at']}" if halt["completed_at"] else ""),
@@ -245,7 +254,7 @@ def _halt_lines(halt: Mapping[str, Any]) -> list[str]:
         f"      attempts {halt['attempts']}; alert {'delivered' if halt['alert_delivered'] else 'NOT delivered'}"
         + (f"; last error: {halt['last_error']}" if halt["last_error"] else ""),
     ]
-    if halt["status"] == "done":
+    if halt["status"] == HaltStatus.DONE:
         key = halt.get("flag", "KEY")
         lines.append(f"      once reviewed and the flag restored: guardrail resume {key} --reason ...")
     return lines
