@@ -127,7 +127,7 @@ class Run:
         parsed = parse_flags(loaded.definitions, source=loaded.source, lines=loaded.lines,
                              defaults=self.settings.defaults)
         flags = [f for f in parsed.flags if self._mine(f.key)]
-        problems = [p for p in parsed.problems if self._mine(p.flag)]
+        problems = [p for p in (*loaded.problems, *parsed.problems) if self._mine(p.flag)]
         # A halted key that came back (a new experiment, or turned on by a person): see world.py.
         seen = world.reconcile(flags, state, now=self.now, run_id=self.run_id)
         state = seen.state

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -54,7 +54,7 @@ async def _load(settings: Settings) -> tuple[LoadedFlags, ParsedFlags]:
         backend = settings.backend.create(runtime_for(settings, client, read_only=True))
         loaded: LoadedFlags = await backend.load()
     parsed = parse_flags(loaded.definitions, source=loaded.source, lines=loaded.lines, defaults=settings.defaults)
-    return loaded, parsed
+    return loaded, replace(parsed, problems=(*loaded.problems, *parsed.problems))
 
 
 def load_source(settings: Settings) -> tuple[LoadedFlags, ParsedFlags]:

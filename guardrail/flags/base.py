@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from guardrail.model import Flag, HaltOutcome
+from guardrail.model import Flag, FlagProblem, HaltOutcome
 
 
 @dataclass(frozen=True)
@@ -22,6 +22,9 @@ class LoadedFlags:
     definitions: Mapping[str, Mapping[str, Any]]
     # Line numbers of each flag key in a YAML file, when known (for error messages).
     lines: Mapping[str, int] | None = None
+    # Flags the backend could not turn into definitions (e.g. an Unleash strategy without variants); the
+    # other flags still run, and these are reported like any flag problem.
+    problems: tuple[FlagProblem, ...] = ()
 
 
 __all__ = ["FlagBackend", "HaltOutcome", "LoadedFlags"]
