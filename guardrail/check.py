@@ -20,7 +20,7 @@ from typing import Any
 
 import httpx
 
-from guardrail import alert, audit, engine, halts, world
+from guardrail import alert, audit, engine, halts, ramp_run, world
 from guardrail.adapters import Runtime
 from guardrail.alert import AlertOutcome
 from guardrail.config import parse_flags
@@ -127,7 +127,7 @@ class Run:
         parsed = parse_flags(loaded.definitions, source=loaded.source, lines=loaded.lines,
                              defaults=self.settings.defaults)
         flags = [f for f in parsed.flags if self._mine(f.key)]
-        problems = [p for p in parsed.problems if self._mine(p.flag)]
+        problems = [p for p in (*loaded.problems, *parsed.problems) if self._mine(p.flag)]
         # A halted key that came back (a new experiment, or turned on by a person): see world.py.
         seen = world.reconcile(flags, state, now=self.now, run_id=self.run_id)
         state = seen.state
@@ -168,11 +168,16 @@ class Run:
                 record = state.flags[h.flag].halt
                 assert record is not None
                 state = await self._apply(state, backend, by_key[h.flag], record, runtime, resumed=False)
+        # Ramps: write the steps' splits (after the halts: a rollback never waits on an advance elsewhere).
+        state, ramps = await ramp_run.apply(self, state, decision, backend, by_key, runtime, loaded.source)
+        if (srm_note := ramp_run.srm_warning(decision.srm, {f.srm.metric for f in flags})) is not None:
+            self.warnings.append(srm_note)
+        if not self.dry_run:
             self._write_audit()
         return RunResult(
             now=self.now, dry_run=self.dry_run, run_id=self.run_id, evaluations=decision.evaluations,
             halts=tuple(self.halts), problems=tuple(problems) + tuple(self.after_effects),
-            skipped_flags=decision.skipped_flags, warnings=tuple(self.warnings),
+            skipped_flags=decision.skipped_flags, warnings=tuple(self.warnings), ramps=tuple(ramps), srm=decision.srm,
         )
 
     def _write_audit(self) -> None:

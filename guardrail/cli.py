@@ -236,9 +236,27 @@ def simulate(
         "--method", help="threshold | sequential (repeatable).")] = ["threshold", "sequential"],  # noqa: B006
     as_json: JsonOpt = False,
     markdown: Annotated[bool, typer.Option("--markdown", help="Print a Markdown table (for the README).")] = False,
+    scenario: Annotated[str, typer.Option(
+        "--scenario", help="experiments (default) | ramps: ramped rollouts 1,5,25,50,100 % (docs/rollouts.md).")
+    ] = "experiments",
+    ramp_effect: Annotated[float, typer.Option(
+        "--ramp-effect", help="ramps: the harmful treatment's error rate / control's.")] = 3.0,
+    step_minutes: Annotated[float, typer.Option("--step-minutes", help="ramps: minimum minutes per step.")] = 30.0,
 ) -> None:
-    """Synthetic A/A and A/B experiments through the engine: false-halt rate and time to halt per method."""
+    """Synthetic A/A and A/B experiments through the engine: false-halt rate and time to halt per method.
+    With --scenario ramps: time to ship, rollbacks, exposure to harm and SRM holds of ramped rollouts."""
     from guardrail.simulate import run_simulate_command
+
+    if scenario == "ramps":
+        from guardrail.simulate_ramps import run_ramps_command
+
+        raise typer.Exit(run_ramps_command(
+            runs=runs, seed=seed, traffic=traffic[0], base_rate=base_rate, effect=ramp_effect, threshold=threshold,
+            alpha=alpha, confirmations=confirmations, step_minutes=step_minutes, cadence=int(cadence),
+            as_json=as_json, markdown=markdown,
+        ))
+    if scenario != "experiments":
+        raise GuardrailError("must be experiments or ramps", field="--scenario")
 
     raise typer.Exit(run_simulate_command(
         traffic=traffic, base_rate=base_rate, effect=effect, threshold=threshold, days=days, cadence=cadence,

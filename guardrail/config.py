@@ -19,6 +19,7 @@ from functools import lru_cache
 from importlib import resources
 from typing import Any
 
+from guardrail import ramp_config
 from guardrail.codec import format_time as format_time
 from guardrail.codec import parse_time as parse_time
 from guardrail.model import (
@@ -31,6 +32,7 @@ from guardrail.model import (
     MetricKind,
     Severity,
 )
+from guardrail.split import read_split
 
 FLAT_PREFIX = "guardrail."
 GUARDRAIL_OPTIONS = (
@@ -141,8 +143,8 @@ def gather_guardrail_options(
     order: list[str] = []
 
     for key, value in metadata.items():
-        if not isinstance(key, str) or not key.startswith(FLAT_PREFIX):
-            continue
+        if not isinstance(key, str) or not key.startswith(FLAT_PREFIX) or ramp_config.is_ramp_or_srm_key(key):
+            continue  # guardrail.ramp.* and guardrail.srm.* are read by rollout.parse_ramp
         rest = key[len(FLAT_PREFIX) :]
         if "." not in rest:
             # guardrail.<option>: a flag-wide default for every guardrail of this flag
@@ -322,6 +324,13 @@ def parse_flag(
         )
         guardrails.append(g)
 
+    split = read_split(definition)
+    ramp, srm_spec, ramp_errors = ramp_config.parse_ramp(
+        metadata, experiment_type=experiment_type, split=split, control=control, treatments=treatments
+    )
+    if ramp_errors:
+        return None, [problem(f, m) for f, m in ramp_errors]
+
     hold = metadata.get("guardrail_hold", False)
     flag = Flag(
         key=key,
@@ -337,6 +346,9 @@ def parse_flag(
         held=hold is True or (isinstance(hold, str) and hold.lower() == "true"),
         source=source,
         definition=definition,
+        ramp=ramp,
+        srm=srm_spec,
+        split=split,
     )
     return flag, []
 

@@ -19,6 +19,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
+from guardrail import rollout
 from guardrail.codec import finite, format_time
 from guardrail.model import (
     SINCE_START,
@@ -37,6 +38,8 @@ from guardrail.model import (
     Method,
     MetricKind,
     MetricQuery,
+    RampDecision,
+    SrmResult,
     State,
     Streak,
     Verdict,
@@ -55,6 +58,7 @@ class Outcome:
     bound: float | None = None
     p_value: float | None = None
     tuning_n: float | None = None
+    upper_bound: float | None = None
 
 
 def logical_window(g: Guardrail) -> str:
@@ -89,6 +93,8 @@ def watched(flag: Flag, state: State) -> str | None:
     if flag.held:
         return "held by guardrail (metadata.guardrail_hold); clear it and run `guardrail resume` to watch again"
     prior = state.flags.get(flag.key)
+    if (done := rollout.shipped(prior)) is not None:  # ramps hook
+        return done
     if prior is not None and prior.halt is not None:
         when = format_time(prior.halt.decided_at)
         return f"halted by guardrail at {when} ({prior.halt.status}); `guardrail resume {flag.key}` watches it again"
@@ -109,14 +115,17 @@ def plan_queries(flags: Iterable[Flag], state: State, now: datetime) -> list[tup
             continue
         prior = state.flags.get(flag.key)
         start = experiment_start(flag, prior, now)
-        if warming_up(flag, start, now) > 0:
+        if warming_up(flag, start, now) > 0 or rollout.awaiting_start(flag, prior):  # ramps hook
             continue
+        since = since_start_window(rollout.data_start(flag, prior, start), now)  # ramps hook: the step's own data
         for g in flag.guardrails:
             window = logical_window(g)
-            physical = since_start_window(start, now) if window == SINCE_START else window
+            physical = since if window == SINCE_START else window
             for variant in (flag.control_variant, *flag.treatment_variants):
                 key = (flag.key, variant, g.metric, window)
                 planned.setdefault(key, MetricQuery(flag.key, variant, g.metric, physical, now))
+        for key, query in rollout.srm_queries(flag, since, now):  # ramps hook: SRM unit counts
+            planned.setdefault(key, query)
     return list(planned.items())
 
 
@@ -276,6 +285,8 @@ def compare(
         bound=result.lower_bound,
         p_value=result.p_value,
         tuning_n=frozen,
+        # The other side of the same confidence sequence (Δ̂ + SE·B⁺_n at the same alpha): proves safety.
+        upper_bound=2.0 * result.estimate - result.lower_bound,
     )
 
 
@@ -332,7 +343,7 @@ def decide_flag(
     start = experiment_start(flag, prior, now)
     first_seen = _first_seen(prior, now)
     warmup_left = warming_up(flag, start, now)
-    minutes = (now - start).total_seconds() / 60
+    minutes = (now - rollout.data_start(flag, prior, start)).total_seconds() / 60  # ramps hook
     streaks = dict(prior.streaks)
     tuning = dict(prior.tuning_n)
     evaluations: list[Evaluation] = []
@@ -383,6 +394,7 @@ def decide_flag(
                     confirmations=g.confirmations,
                     bound=cmp.bound,
                     p_value=cmp.p_value,
+                    upper_bound=cmp.upper_bound,
                 )
             )
 
@@ -407,7 +419,8 @@ def decide_flag(
             treatment_variant=worst.treatment_variant,
             control_variant=flag.control_variant,
         )
-    next_state = FlagState(
+    next_state = replace(
+        prior,
         first_seen_enabled=first_seen,
         streaks=streaks,
         halt=record,
@@ -437,21 +450,38 @@ def decide(
     evaluations: list[Evaluation] = []
     halts: list[Halt] = []
     skipped: dict[str, str] = {}
+    ramps: list[RampDecision] = []
+    srm_results: list[SrmResult] = []
     for flag in flags:
         prior = state.flags.get(flag.key, FlagState())
         why = watched(flag, state)
         if why is not None:
             skipped[flag.key] = why
             if not flag.enabled and prior.halt is None and flag.key in next_flags:
-                next_flags[flag.key] = replace(prior, first_seen_enabled=None, streaks={})
+                # a new exposure window: the SRM p-value of the old one does not carry over
+                next_flags[flag.key] = replace(
+                    prior, first_seen_enabled=None, streaks={}, srm_min_p=1.0, srm_warned=False
+                )
             continue
+        found: list[Evaluation]
+        halt: Halt | None
         try:
-            found, halt, flag_state = decide_flag(flag, aggregates, prior, now)
+            if rollout.awaiting_start(flag, prior):  # nothing measured yet: only the first step to write
+                found, halt, flag_state = [], None, replace(prior, first_seen_enabled=prior.first_seen_enabled or now)
+            else:
+                found, halt, flag_state = decide_flag(rollout.for_step(flag), aggregates, prior, now)
+            # ---- ramps hook: SRM gate and the ramp's advance/hold/rollback/ship (guardrail/rollout.py) ----
+            found, halt, flag_state, ramp, srm_result = rollout.after_decide(
+                flag, aggregates, prior, now, found, halt, flag_state
+            )
         except (ArithmeticError, ValueError, TypeError) as exc:
             # One flag's numbers must never stop the others from being decided (a harmful flag elsewhere
             # would stay on): this flag is reported as not evaluated and keeps its state.
             evaluations.extend(_undecided(flag, f"not decided: {type(exc).__name__} on these numbers"))
             continue
+        ramps.extend([ramp] if ramp is not None else [])
+        srm_results.extend([srm_result] if srm_result is not None else [])
+        # ---- end of ramps hook ----
         evaluations.extend(found)
         next_flags[flag.key] = flag_state
         if halt is not None:
@@ -461,4 +491,6 @@ def decide(
         halts=tuple(halts),
         state=State(flags=next_flags, last_run_at=now),
         skipped_flags=skipped,
+        ramps=tuple(ramps),
+        srm=tuple(srm_results),
     )

@@ -11,7 +11,7 @@ from typing import Any
 
 from guardrail import codec
 from guardrail.codec import format_time
-from guardrail.model import Aggregate, Evaluation, HaltResultStatus, RunResult
+from guardrail.model import Aggregate, Evaluation, HaltResultStatus, RampResultStatus, RunResult
 
 JSON_VERSION = 1
 
@@ -47,6 +47,17 @@ def to_json(result: RunResult) -> dict[str, Any]:
         ],
         "skipped_flags": dict(result.skipped_flags),
         "warnings": list(result.warnings),
+        "ramps": [
+            {"flag": r.flag, "action": r.action.value, "status": r.status.value, "step": r.step, "share": r.share,
+             "minutes_on_step": round(r.minutes_on_step, 2), "reason": r.reason, "waits_for": list(r.waits_for),
+             "detail": r.detail, "alert": r.alert}
+            for r in result.ramps
+        ],
+        "srm": [
+            {"flag": r.flag, "verdict": r.verdict.value, "p_value": r.p_value, "counts": dict(r.counts),
+             "expected": dict(r.expected), "action": r.action.value, "reason": r.reason}
+            for r in result.srm
+        ],
     }
 
 
@@ -104,6 +115,16 @@ def _footer(result: RunResult) -> list[str]:
         if h.detail:
             lines.append(f"  detail: {h.detail}")
         lines.append(f"  alert: {h.alert}")
+    for r in result.ramps:
+        name = r.action.value.upper()
+        verb = {RampResultStatus.FAILED: f"{name} FAILED", RampResultStatus.WOULD: f"WOULD {name} (dry run)"}.get(
+            r.status, name)
+        lines.append(f"RAMP {verb}: {r.flag} on step {r.step} ({r.share} %), {r.minutes_on_step:.0f} min on it")
+        lines.append(f"  {'waits for' if r.waits_for else 'reason'}: {'; '.join(r.waits_for) or r.reason}")
+        if r.detail:
+            lines.append(f"  detail: {r.detail}")
+        if r.alert != "not sent":
+            lines.append(f"  alert: {r.alert}")
     for p in result.problems:
         lines.append(f"{p.severity}: {p}")
     for w in result.warnings:

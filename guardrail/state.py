@@ -30,6 +30,7 @@ from guardrail.model import (
     HaltAction,
     HaltRecord,
     HaltStatus,
+    RampState,
     State,
     Streak,
 )
@@ -129,10 +130,32 @@ def to_dict(state: State) -> dict[str, Any]:
                 "halt": None if fs.halt is None else halt_to_dict(fs.halt),
                 "tuning_n": dict(fs.tuning_n),
                 "last_evaluations": dict(fs.last_evaluations),
+                **_ramp_to_dict(fs),
             }
             for key, fs in sorted(state.flags.items())
         },
     }
+
+
+def _ramp_to_dict(fs: FlagState) -> dict[str, Any]:
+    """Ramp and SRM fields, written only when set (older documents simply lack them)."""
+    out: dict[str, Any] = {}
+    if fs.ramp is not None:
+        out["ramp"] = {"step": fs.ramp.step, "step_started_at": _t(fs.ramp.step_started_at),
+                       "shipped_at": _t(fs.ramp.shipped_at), "last": dict(fs.ramp.last)}
+    if fs.srm_min_p < 1.0 or fs.srm_warned:
+        out["srm_min_p"] = fs.srm_min_p
+        out["srm_warned"] = fs.srm_warned
+    return out
+
+
+def _ramp_from_dict(d: Any) -> RampState | None:
+    if not isinstance(d, Mapping):
+        return None
+    started = _dt(d["step_started_at"])
+    assert started is not None
+    return RampState(step=int(d["step"]), step_started_at=started, shipped_at=_dt(d.get("shipped_at")),
+                     last=dict(d.get("last") or {}))
 
 
 def _upgrade(doc: dict[str, Any]) -> dict[str, Any]:
@@ -173,6 +196,9 @@ def from_dict(doc: Any) -> State:
             halt=None if fs.get("halt") is None else halt_from_dict(fs["halt"]),
             tuning_n={str(k): _tuning(v) for k, v in _mapping(fs.get("tuning_n"), "tuning_n").items()},
             last_evaluations=dict(evaluations),
+            ramp=_ramp_from_dict(fs.get("ramp")),
+            srm_min_p=float(fs.get("srm_min_p", 1.0)),
+            srm_warned=bool(fs.get("srm_warned", False)),
         )
     return State(flags=flags, last_run_at=_dt(doc.get("last_run_at")))
 

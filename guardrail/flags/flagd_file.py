@@ -460,6 +460,12 @@ class FlagdFileBackend:
     async def hold(self, flag: Flag, reason: str) -> HaltOutcome:
         return await asyncio.to_thread(self._apply, flag, "hold", reason)
 
+    async def set_split(self, flag: Flag, shares: Mapping[str, int], reason: str) -> HaltOutcome:
+        """Set the fractional weights (a ramp step); guardrail/flags/flagd_split.py. The reason is audited."""
+        from guardrail.flags.flagd_split import set_split
+
+        return await asyncio.to_thread(set_split, self, flag, shares)
+
     def link(self, key: str) -> str:
         return f"{self.source}#{key}"
 

@@ -20,6 +20,7 @@ from guardrail.flags.base import HaltOutcome, LoadedFlags
 from guardrail.http import HTTPFailure, RetryPolicy, check_token_transport, json_body, request, side_effect
 from guardrail.model import ExitCode, FailureKind, Flag, GuardrailError
 from guardrail.redact import display_url
+from guardrail.split import set_weights, split_matches
 
 
 def _reverted(definition: Any, control: str) -> bool:
@@ -222,6 +223,34 @@ class HttpFlagBackend:
             return HaltOutcome(ok=True, detail="rollout held at its current split (re-read: metadata.guardrail_hold)")
         return HaltOutcome(ok=False, kind=FailureKind.BAD_ANSWER,
                            detail="PATCH answered, but a re-read shows metadata.guardrail_hold not set")
+
+    async def set_split(self, flag: Flag, shares: Mapping[str, int], reason: str) -> HaltOutcome:
+        """A ramp step: PATCH `{"targeting": ...}` with the fractional weights set to `shares` (the rest of
+        the targeting rule unchanged), then re-read until the flag shows them (docs/rollouts.md)."""
+        described = ", ".join(f"{v} {s}%" for v, s in shares.items())
+        current = await self.get(flag.key)
+        if current is None:
+            return HaltOutcome(ok=False, kind=FailureKind.UNREACHABLE,
+                               detail=f"flag {flag.key!r}: cannot read it from the flag API")
+        if split_matches(current, shares):
+            return HaltOutcome(ok=True, already=True, detail=f"split already {described}")
+        try:
+            targeting = set_weights(current.get("targeting"), shares)
+        except KeyError as exc:
+            return HaltOutcome(ok=False, kind=FailureKind.REFUSED, detail=f"flag {flag.key!r}: {exc.args[0]}")
+        _answer, failure = await self._until_applied(
+            flag.key,
+            lambda: self._patch(flag.key, {"targeting": targeting}),
+            lambda definition: split_matches(definition, shares),
+        )
+        if failure is not None:
+            if failure.applied_anyway:
+                return HaltOutcome(ok=True, detail=f"PATCH answer lost ({failure.kind}) but the split is {described}")
+            return HaltOutcome(ok=False, detail=str(failure), kind=failure.failure)
+        if split_matches(await self.get(flag.key), shares):
+            return HaltOutcome(ok=True, detail=f"PATCH applied: split {described}")
+        return HaltOutcome(ok=False, kind=FailureKind.BAD_ANSWER,
+                           detail="PATCH answered but a re-read does not show the new split")
 
     async def aclose(self) -> None:
         """The client belongs to the run."""
