@@ -119,7 +119,12 @@ def make_backend(settings: Settings, client: httpx.AsyncClient, policy: RetryPol
     if settings.backend_kind() == "file":
         from guardrail.flags.flagd_file import FlagdFileBackend
 
-        return FlagdFileBackend(Path(str(settings.flags)))
+        file_backend = FlagdFileBackend(Path(str(settings.flags)))
+        if settings.git is not None:
+            from guardrail.flags.git import GitFlagBackend
+
+            return GitFlagBackend(file_backend, settings.git)
+        return file_backend
     from guardrail.flags.http_api import HttpFlagBackend
 
     url = settings.flag_api_url or str(settings.flags).split("/v1/flags")[0]
@@ -216,6 +221,7 @@ class Run:
     async def _run(self, state: State, client: httpx.AsyncClient) -> RunResult:
         backend = make_backend(self.settings, client, self.policy)
         loaded = await load_flags(self.settings, backend, client)
+        self.warnings.extend(getattr(backend, "warnings", ()))  # e.g. flags in git read as of the last fetch
         parsed = parse_flags(loaded.definitions, source=loaded.source, lines=loaded.lines,
                              defaults=self.settings.defaults)
         def mine(key: str | None) -> bool:

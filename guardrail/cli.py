@@ -107,6 +107,9 @@ def check(
         "--metrics-file", help="Write run metrics in Prometheus textfile-collector format to PATH.")] = None,
     log_format: Annotated[str, typer.Option(
         "--log-format", help="text | json: structured log lines on stderr.")] = "text",
+    git: Annotated[bool, typer.Option(
+        "--git", help="The flag file is in a git clone: read it from the upstream branch, and commit and push "
+        "every halt or hold there (as `flags.git: true`; see docs/git-flags.md).")] = False,
 ) -> None:
     """Evaluate every guardrail of every ENABLED flag once, and halt flags whose treatment harms one.
 
@@ -118,7 +121,7 @@ def check(
     settings = load_settings(config=config, overrides={
         "flags": flags, "state_path": state, "audit_path": audit, "concurrency": concurrency,
         "timeout": timeout, "lock_timeout": lock_timeout, "ca_bundle": ca_bundle,
-        "allow_insecure_http": allow_insecure_http or None,
+        "allow_insecure_http": allow_insecure_http or None, "git": git or None,
     })
     import time
 

@@ -14,11 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from guardrail import files
+from guardrail.flags.gitrepo import GitConfig, parse_git_config
 from guardrail.model import ExitCode, GuardrailError
 
 CONFIG_KEYS = {
     "flags", "flag_api", "flag_backend", "metrics", "alert", "state", "audit", "defaults", "http", "lock_timeout",
+    "guardrails",
 }
+FLAGS_KEYS = {"source", "git"}
 DEFAULT_STATE = Path(".guardrail/state.json")
 DEFAULT_AUDIT = Path(".guardrail/audit.jsonl")
 
@@ -43,6 +46,7 @@ class Settings:
     ca_bundle: str | None = None
     allow_insecure_http: bool = False
     config_path: str | None = None
+    git: GitConfig | None = None  # flags.git / --git: commit and push every change of the flag file
 
     def secrets(self) -> list[str]:
         return [s for s in (self.flag_api_token, self.webhook_url) if s]
@@ -108,7 +112,13 @@ def load_settings(
         doc = loaded
 
     flags_cfg = doc.get("flags")
+    git = None
     if isinstance(flags_cfg, Mapping):
+        unknown_flags = sorted(set(map(str, flags_cfg)) - FLAGS_KEYS)
+        if unknown_flags:
+            raise GuardrailError(f"unknown key(s) {unknown_flags}; known: {sorted(FLAGS_KEYS)}", source=source,
+                                 field=f"flags.{unknown_flags[0]}")
+        git = parse_git_config(flags_cfg.get("git"), source=source)
         flags_cfg = flags_cfg.get("source")
     if flags_cfg is not None and not isinstance(flags_cfg, str):
         raise GuardrailError("must be a path or URL", source=source, field="flags")
@@ -153,6 +163,7 @@ def load_settings(
         "audit_path": Path(env.get("GUARDRAIL_AUDIT") or doc.get("audit") or DEFAULT_AUDIT),
         "defaults": defaults,
         "config_path": str(config) if config else None,
+        "git": git,
     }
     for key, field_name, integer in (
         ("timeout", "http.timeout", False),
@@ -167,7 +178,9 @@ def load_settings(
     if http.get("ca_bundle"):
         values["ca_bundle"] = str(http["ca_bundle"])
     for key, value in (overrides or {}).items():
-        if value is not None:
+        if key == "git" and value is True:  # --git: the config file's git options, else the defaults
+            values["git"] = git or GitConfig()
+        elif value is not None:
             values[key] = value
     if values["flags"] is None and values["flag_api_url"]:
         values["flags"] = values["flag_api_url"]
@@ -185,5 +198,8 @@ def require(settings: Settings) -> None:
         raise GuardrailError(
             "no metrics source: set METRICS_API_URL, or `metrics:` in --config", exit_code=ExitCode.CONFIG
         )
+    if settings.git is not None and (settings.backend_kind() != "file" or settings.flags_are_url):
+        raise GuardrailError("flags in git need a flag file and the file backend (no flag API)", field="flags.git",
+                             source=settings.config_path, exit_code=ExitCode.CONFIG)
     if settings.backend_kind() == "api" and not (settings.flag_api_url or settings.flags_are_url):
         raise GuardrailError("halting through the flag API needs FLAG_API_URL", exit_code=ExitCode.CONFIG)

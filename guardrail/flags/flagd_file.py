@@ -381,6 +381,37 @@ def apply_halt_to_text(
     return new
 
 
+def done_detail(action: Action, control_variant: str) -> str:
+    return f"state DISABLED, defaultVariant {control_variant}" if action == "revert" else "metadata.guardrail_hold true"
+
+
+def plan_edit(
+    text: str, flag: Flag, action: Action, reason: str, *, json_format: bool, source: str
+) -> str | HaltOutcome:
+    """The new text of a flag file with the halt (or hold) of `flag` applied, or the outcome to report
+    without writing anything: already halted, or a permanent refusal (the flag is gone, no control).
+
+    Pure text to text, so the same edit can be applied to the file on disk or to the file at another
+    commit (guardrail/flags/git.py re-applies it on a new upstream head). Raises GuardrailError when the
+    text is not a flag file or cannot be rewritten safely.
+    """
+    control = flag.control_variant
+    flags = _flags_of(files.parse_text(text, source=source, json_only=json_format), source)
+    definition = flags.get(flag.key)
+    if not isinstance(definition, Mapping):
+        return HaltOutcome(ok=False, permanent=True, detail=f"{source}: flag {flag.key!r} is not in the file")
+    if is_already(definition, action, control):
+        return HaltOutcome(ok=True, already=True, detail=f"{source}: already {done_detail(action, control)}")
+    variants = definition.get("variants")
+    if action == "revert" and not (isinstance(variants, Mapping) and control in variants):
+        return HaltOutcome(
+            ok=False, permanent=True, detail=f"{source}: flag {flag.key!r} has no variant {control!r} to revert to"
+        )
+    return apply_halt_to_text(
+        text, flag.key, action=action, control_variant=control, reason=reason, json_format=json_format, source=source
+    )
+
+
 # ---- the backend ---------------------------------------------------------------------------------------
 
 
@@ -445,33 +476,12 @@ class FlagdFileBackend:
                 return HaltOutcome(ok=False, detail=f"{self.source}: rewrite failed: {type(exc).__name__}: {exc}")
 
     def _apply_locked(self, flag: Flag, action: Action, reason: str) -> HaltOutcome:
-        control = flag.control_variant
-        done = f"state DISABLED, defaultVariant {control}" if action == "revert" else "metadata.guardrail_hold true"
+        done = done_detail(action, flag.control_variant)
         for attempt in range(MAX_ATTEMPTS):
-            text, flags = self._read()
-            definition = flags.get(flag.key)
-            if not isinstance(definition, Mapping):
-                return HaltOutcome(
-                    ok=False, permanent=True, detail=f"{self.source}: flag {flag.key!r} is not in the file"
-                )
-            if is_already(definition, action, control):
-                return HaltOutcome(ok=True, already=True, detail=f"{self.source}: already {done}")
-            variants = definition.get("variants")
-            if action == "revert" and not (isinstance(variants, Mapping) and control in variants):
-                return HaltOutcome(
-                    ok=False,
-                    permanent=True,
-                    detail=f"{self.source}: flag {flag.key!r} has no variant {control!r} to revert to",
-                )
-            new = apply_halt_to_text(
-                text,
-                flag.key,
-                action=action,
-                control_variant=control,
-                reason=reason,
-                json_format=self.json_format,
-                source=self.source,
-            )
+            text = files.read_text(self.path, max_bytes=self.max_bytes)
+            new = plan_edit(text, flag, action, reason, json_format=self.json_format, source=self.source)
+            if isinstance(new, HaltOutcome):
+                return new
             if self._replace_if_unchanged(text.encode("utf-8"), new.encode("utf-8")):
                 edited = attempt > 0 or (
                     self.loaded_digest is not None and self.loaded_digest != _digest(text.encode("utf-8"))
