@@ -223,7 +223,7 @@ class Run:
         loaded = await load_flags(self.settings, backend, client)
         self.warnings.extend(getattr(backend, "warnings", ()))  # e.g. flags in git read as of the last fetch
         parsed = parse_flags(loaded.definitions, source=loaded.source, lines=loaded.lines,
-                             defaults=self.settings.defaults)
+                             defaults=self.settings.defaults, rules=self.settings.guardrail_rules)
         def mine(key: str | None) -> bool:
             return (not self.only or key in self.only) and (key is None or in_shard(key, self.shard))
 

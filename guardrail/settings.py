@@ -16,6 +16,7 @@ from typing import Any
 from guardrail import files
 from guardrail.flags.gitrepo import GitConfig, parse_git_config
 from guardrail.model import ExitCode, GuardrailError
+from guardrail.rules import GuardrailRules, parse_rules
 
 CONFIG_KEYS = {
     "flags", "flag_api", "flag_backend", "metrics", "alert", "state", "audit", "defaults", "http", "lock_timeout",
@@ -47,6 +48,7 @@ class Settings:
     allow_insecure_http: bool = False
     config_path: str | None = None
     git: GitConfig | None = None  # flags.git / --git: commit and push every change of the flag file
+    guardrail_rules: GuardrailRules | None = None  # the `guardrails:` section: options beside the flags
 
     def secrets(self) -> list[str]:
         return [s for s in (self.flag_api_token, self.webhook_url) if s]
@@ -164,6 +166,7 @@ def load_settings(
         "defaults": defaults,
         "config_path": str(config) if config else None,
         "git": git,
+        "guardrail_rules": parse_rules(doc["guardrails"], source=source) if doc.get("guardrails") else None,
     }
     for key, field_name, integer in (
         ("timeout", "http.timeout", False),
