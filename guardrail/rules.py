@@ -152,8 +152,9 @@ def parse_rules(section: Any, *, source: str) -> GuardrailRules:
     if section is None:
         return GuardrailRules(source)
     if not isinstance(section, Mapping):
-        raise GuardrailError("must be a mapping of flag key or glob pattern to guardrail options",
-                             source=source, field="guardrails")
+        raise GuardrailError(
+            "must be a mapping of flag key or glob pattern to guardrail options", source=source, field="guardrails"
+        )
     rules = []
     for order, (pattern, body) in enumerate(section.items()):
         if not isinstance(pattern, str) or not pattern.strip():

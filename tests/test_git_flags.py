@@ -67,8 +67,7 @@ flags:
 
 
 def git(cwd: Path, *args: str, check: bool = True) -> str:
-    done = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, stdin=subprocess.DEVNULL,
-                          timeout=60)
+    done = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60)
     if check and done.returncode != 0:
         raise AssertionError(f"git {' '.join(args)}: {done.stderr}")
     return done.stdout
@@ -155,8 +154,9 @@ def owner_to(new_owner: str) -> Any:
 def test_halt_lands_on_upstream_after_a_concurrent_push(repos: Repos, monkeypatch: pytest.MonkeyPatch) -> None:
     b = backend(repos)
     flag = loaded_flag(b, PAY)
-    pushes = race_on_first_push(b, monkeypatch, lambda: repos.colleague_commit("search: new owner",
-                                                                                owner_to("ranking-team")))
+    pushes = race_on_first_push(
+        b, monkeypatch, lambda: repos.colleague_commit("search: new owner", owner_to("ranking-team"))
+    )
 
     outcome = asyncio.run(b.halt(flag, REASON))
 
@@ -205,7 +205,8 @@ def test_hold_of_a_rollout_is_committed_and_pushed(repos: Repos) -> None:
     assert repos.upstream_flags()[SEARCH]["metadata"]["guardrail_hold"] is True
     assert repos.upstream_flags()[SEARCH]["state"] == "ENABLED"
     assert git(repos.origin, "log", "--format=%an <%ae>|%s", "-1", "main").strip() == (
-        f"Flag Bot <flags@example.com>|guardrail: hold {SEARCH}")
+        f"Flag Bot <flags@example.com>|guardrail: hold {SEARCH}"
+    )
 
 
 def test_identity_from_git_config_when_set(repos: Repos) -> None:
@@ -269,8 +270,10 @@ def test_someone_changed_the_same_flag_is_a_failed_halt_and_the_edit_is_kept(
 ) -> None:
     b = backend(repos)
     flag = loaded_flag(b, PAY)
-    repos.colleague_commit("payments: 90/10", lambda t: t.replace("[treatment, 50]", "[treatment, 90]", 1)
-                           .replace("[control, 50]", "[control, 10]", 1))
+    repos.colleague_commit(
+        "payments: 90/10",
+        lambda t: t.replace("[treatment, 50]", "[treatment, 90]", 1).replace("[control, 50]", "[control, 10]", 1),
+    )
     upstream_before = git(repos.origin, "rev-parse", "main")
 
     outcome = asyncio.run(b.halt(flag, REASON))
@@ -356,7 +359,8 @@ def test_credentials_in_the_remote_url_never_reach_messages(repos: Repos) -> Non
 
 def test_redact_url() -> None:
     assert redact_url("fatal: https://u:p@h.example/x and ssh://git@h/y") == (
-        "fatal: https://***@h.example/x and ssh://***@h/y")
+        "fatal: https://***@h.example/x and ssh://***@h/y"
+    )
     assert redact_url("git@github.com:org/repo.git") == "git@github.com:org/repo.git"  # no secret in scp form
 
 
@@ -369,13 +373,16 @@ def test_commit_message_carries_flag_action_and_reason() -> None:
 # ---- configuration and the whole run -----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("value", "field", "match"), [
-    ("yes", "flags.git", "must be true, false or a mapping"),
-    ({"author": "no email"}, "flags.git.author", "Name <email>"),
-    ({"attempts": 0}, "flags.git.attempts", "positive whole number"),
-    ({"timeout": "10"}, "flags.git.timeout", "positive number"),
-    ({"push": True}, "flags.git.push", "unknown option"),
-])
+@pytest.mark.parametrize(
+    ("value", "field", "match"),
+    [
+        ("yes", "flags.git", "must be true, false or a mapping"),
+        ({"author": "no email"}, "flags.git.author", "Name <email>"),
+        ({"attempts": 0}, "flags.git.attempts", "positive whole number"),
+        ({"timeout": "10"}, "flags.git.timeout", "positive number"),
+        ({"push": True}, "flags.git.push", "unknown option"),
+    ],
+)
 def test_git_config_errors_name_the_field(value: Any, field: str, match: str) -> None:
     with pytest.raises(GuardrailError, match=match) as caught:
         parse_git_config(value, source="guardrail.yaml")
@@ -394,9 +401,15 @@ def test_settings_read_flags_git(tmp_path: Path) -> None:
 
 
 def run_once(repos: Repos, api: FakeAPI, tmp_path: Path) -> Any:
-    settings = load_settings(env={"METRICS_API_URL": api.url, "ALERT_WEBHOOK_URL": f"{api.url}/webhook"},
-                             overrides={"flags": str(repos.flag_file), "git": True,
-                                        "state_path": tmp_path / "state.json", "audit_path": tmp_path / "a.jsonl"})
+    settings = load_settings(
+        env={"METRICS_API_URL": api.url, "ALERT_WEBHOOK_URL": f"{api.url}/webhook"},
+        overrides={
+            "flags": str(repos.flag_file),
+            "git": True,
+            "state_path": tmp_path / "state.json",
+            "audit_path": tmp_path / "a.jsonl",
+        },
+    )
     return run_check(settings, now=NOW)
 
 
@@ -446,7 +459,8 @@ def test_check_conflict_exits_4_and_the_alert_says_act_by_hand(
 def test_check_refuses_git_with_a_flag_api(tmp_path: Path) -> None:
     from guardrail.settings import require
 
-    settings = load_settings(env={"FLAG_API_URL": "http://127.0.0.1:9", "METRICS_API_URL": "http://127.0.0.1:9"},
-                             overrides={"git": True})
+    settings = load_settings(
+        env={"FLAG_API_URL": "http://127.0.0.1:9", "METRICS_API_URL": "http://127.0.0.1:9"}, overrides={"git": True}
+    )
     with pytest.raises(GuardrailError, match="need a flag file"):
         require(settings)
