@@ -464,3 +464,16 @@ def test_check_refuses_git_with_a_flag_api(tmp_path: Path) -> None:
     )
     with pytest.raises(GuardrailError, match="need a flag file"):
         require(settings)
+
+
+def test_the_docs_config_blocks_read(tmp_path: Path) -> None:
+    text = (Path(__file__).resolve().parent.parent / "docs" / "git-flags.md").read_text()
+    blocks = [b.split("```", 1)[0] for b in text.split("```yaml\n")[1:]]
+    assert len(blocks) == 2
+    for block in blocks:
+        (tmp_path / "g.yaml").write_text(block)
+        assert load_settings(config=tmp_path / "g.yaml", env={}).git is not None
+    (tmp_path / "g.yaml").write_text(blocks[1])
+    assert load_settings(config=tmp_path / "g.yaml", env={}).git == GitConfig(
+        author="Guardrail Bot <guardrail@acme.example>", timeout=30, deadline=120, attempts=5
+    )

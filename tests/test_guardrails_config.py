@@ -267,3 +267,24 @@ def test_check_halts_with_guardrails_from_the_config_only(tmp_path: Path, fake_a
     assert result.exit_code == ExitCode.HALTED
     assert [h.flag for h in result.halts] == [PAY]
     assert yaml.safe_load((tmp_path / "flags.yaml").read_text())["flags"][PAY]["state"] == "DISABLED"
+
+
+def test_the_docs_example_resolves_as_its_table_says() -> None:
+    text = (Path(__file__).resolve().parent.parent / "docs" / "guardrails-in-config.md").read_text()
+    example = yaml.safe_load(text.split("```yaml\n", 1)[1].split("```", 1)[0])
+    merged = merge_guardrails(PAY, {}, rules=rules(example["guardrails"]), defaults=None)
+    (error_rate, _latency) = merged.guardrails
+    assert error_rate == {
+        "metric": "error_rate",
+        "min_count": 500,
+        "comparison": "relative_increase",
+        "threshold": 0.05,
+        "confirmations": 2,
+    }
+    assert merged.origins["error_rate.threshold"] == f'config guardrails["{PAY}"]'
+    assert merged.origins["error_rate.min_count"] == 'config guardrails["*"]'
+    with pytest.raises(GuardrailError) as caught:
+        rules({"checkout.*": {"error_rate": {"threshold": "ten"}}})
+    assert str(caught.value) == (
+        "guardrail.yaml, field 'guardrails.\"checkout.*\".error_rate.threshold': 'ten' is not of type 'number'"
+    )
