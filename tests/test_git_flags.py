@@ -233,6 +233,20 @@ def test_halt_already_on_upstream_is_already(repos: Repos) -> None:
     assert git(repos.origin, "rev-parse", "main") == before  # nothing new pushed
 
 
+def test_two_changes_in_one_run_are_two_commits(repos: Repos) -> None:
+    b = backend(repos)
+    pay, search = loaded_flag(b, PAY), loaded_flag(b, SEARCH)
+
+    async def both() -> list[Any]:
+        return list(await asyncio.gather(b.halt(pay, REASON), b.hold(search, "latency up")))
+
+    assert all(o.ok for o in asyncio.run(both()))
+    upstream = repos.upstream_flags()
+    assert upstream[PAY]["state"] == "DISABLED" and upstream[SEARCH]["metadata"]["guardrail_hold"] is True
+    subjects = git(repos.origin, "log", "--format=%s", "-2", "main").splitlines()
+    assert sorted(subjects) == sorted([f"guardrail: halt {PAY}", f"guardrail: hold {SEARCH}"])
+
+
 def test_dirty_flag_file_is_left_alone_and_the_halt_still_lands(repos: Repos) -> None:
     b = backend(repos)
     flag = loaded_flag(b, PAY)
@@ -285,6 +299,11 @@ def test_someone_changed_the_same_flag_is_a_failed_halt_and_the_edit_is_kept(
     kept = yaml.safe_load(git(repos.ours, "show", f"{branch}:flags.yaml"))["flags"][PAY]
     assert kept["state"] == "DISABLED" and kept["metadata"]["guardrail_reason"] == REASON
     assert kept["targeting"]["fractional"][1] == ["treatment", 50]  # made on the definition evaluated
+    # The next run reads the new definition; retrying the failed halt then lands on it.
+    again = asyncio.run(b.halt(loaded_flag(b, PAY), REASON))
+    assert again.ok, again.detail
+    assert repos.upstream_flags()[PAY]["targeting"]["fractional"][1] == ["treatment", 90]
+    assert repos.upstream_flags()[PAY]["state"] == "DISABLED"
 
 
 def test_flag_removed_upstream_is_a_failed_halt(repos: Repos) -> None:

@@ -124,15 +124,18 @@ class Git:
             raise GitError(f"{what}: deadline reached before it could start", timeout=True)
         # A session of its own: on timeout the whole group (git and its ssh or credential helper) is killed,
         # and no child can read a terminal.
-        proc = subprocess.Popen(
-            ["git", *args],
-            cwd=self.cwd,
-            env=_env(env),
-            start_new_session=True,
-            stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
+        try:
+            proc = subprocess.Popen(
+                ["git", *args],
+                cwd=self.cwd,
+                env=_env(env),
+                start_new_session=True,
+                stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
+        except OSError as exc:  # no git on PATH, or the directory vanished
+            raise GitError(f"cannot run git: {exc.strerror or exc}") from None
         try:
             out, err = proc.communicate(stdin, timeout=limit)
         except subprocess.TimeoutExpired:
