@@ -263,11 +263,13 @@ def parse_flag(
     warnings: list[FlagProblem] = []
     if merged.from_config_only and _no_control(merged, variants):
         # A glob (say "*") also matches plain feature flags with no control arm: not an experiment to
-        # watch, and not an error of the flag either. An exact key in the config is meant, so it stays an error.
-        warnings.append(problem(
-            None, f"config guardrails {list(merged.patterns)} match, but the flag has no control variant "
-            f"{str(merged.flag_options.get('control_variant', 'control'))!r}: not watched (give it an exact-key "
-            "entry with control_variant to watch it)", "warning"))
+        # watch, and not an error of the flag either. A flag that splits traffic probably is one, under
+        # other variant names: say so. An exact key in the config is meant, so there it stays an error.
+        if len(split_variants(definition)) > 1:
+            warnings.append(problem(
+                None, f"config guardrails {list(merged.patterns)} match and it splits traffic, but it has no "
+                f"control variant {str(merged.flag_options.get('control_variant', 'control'))!r}: not watched "
+                "(add an exact-key entry with control_variant to watch it)", "warning"))
         merged = merge_guardrails(key, metadata, rules=None, defaults=defaults)
     options = merged.flag_options
     raw_guardrails = merged.guardrails

@@ -163,14 +163,16 @@ def test_config_defaults_sit_under_every_pattern() -> None:
     assert merged.origins["error_rate.min_count"] == FROM_DEFAULTS
 
 
-def test_a_glob_over_a_plain_flag_is_a_warning_but_an_exact_key_is_an_error() -> None:
+def test_a_glob_skips_flags_without_a_control_and_an_exact_key_is_an_error() -> None:
     plain = {"state": "ENABLED", "variants": {"on": True, "off": False}, "defaultVariant": "off"}
+    split = {**plain, "targeting": {"fractional": [{"var": "targetingKey"}, ["on", 20], ["off", 80]]}}
     section = {"*": {"error_rate": {"comparison": "relative_increase", "threshold": 0.1}}}
-    parsed = parse_flags({"ops.kill-switch": plain, PAY: bare()}, rules=rules(section))
+    parsed = parse_flags({"ops.kill-switch": plain, "ops.rollout": split, PAY: bare()}, rules=rules(section))
     assert not parsed.errors
-    (warning,) = parsed.problems
-    assert warning.severity == "warning" and "no control variant 'control'" in warning.message
-    assert {f.key: len(f.guardrails) for f in parsed.flags} == {"ops.kill-switch": 0, PAY: 1}
+    (warning,) = parsed.problems  # the kill switch is skipped quietly; the unnamed split is pointed out
+    assert warning.flag == "ops.rollout" and warning.severity == "warning"
+    assert "splits traffic, but it has no control variant 'control'" in warning.message
+    assert {f.key: len(f.guardrails) for f in parsed.flags} == {"ops.kill-switch": 0, "ops.rollout": 0, PAY: 1}
     parsed = parse_flags({"ops.kill-switch": plain}, rules=rules({"ops.kill-switch": section["*"]}))
     assert parsed.errors and parsed.errors[0].field == "metadata.control_variant"
 
