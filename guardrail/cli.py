@@ -192,7 +192,7 @@ def validate(
 
         settings = load_settings(config=config, env={})  # env={}: nothing secret is read for a check of files
         layers = Layers(defaults=settings.defaults, rules=settings.guardrail_rules)
-        if not paths and settings.flags and not settings.flags_are_url:
+        if not paths and settings.flags and not settings.flags.startswith(("http://", "https://")):
             paths = [Path(settings.flags)]
     if not paths:
         raise GuardrailError("name flag files to check, or a --config whose `flags:` is a file", field="PATHS")
@@ -299,9 +299,9 @@ def resume(
 
 
 def _redactor() -> Any:
-    from guardrail.redact import Redactor
+    from guardrail.redact import process_redactor
 
-    return Redactor([os.environ.get("FLAG_API_TOKEN"), os.environ.get("ALERT_WEBHOOK_URL")])
+    return process_redactor()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -22,7 +22,7 @@ from guardrail.fakeapi import FakeAPI
 from guardrail.flags.flagd_file import FlagdFileBackend
 from guardrail.flags.git import GitFlagBackend, commit_message
 from guardrail.flags.gitrepo import GitConfig, discover, parse_git_config, redact_url
-from guardrail.model import ExitCode, Flag, GuardrailError
+from guardrail.model import ExitCode, FailureKind, Flag, GuardrailError
 from guardrail.settings import load_settings
 from tests.conftest import NOW
 
@@ -292,7 +292,7 @@ def test_someone_changed_the_same_flag_is_a_failed_halt_and_the_edit_is_kept(
 
     outcome = asyncio.run(b.halt(flag, REASON))
 
-    assert not outcome.ok and outcome.permanent
+    assert not outcome.ok and outcome.kind is FailureKind.CONFLICT
     assert "was changed on origin/main" in outcome.detail and "act by hand" in outcome.detail
     assert git(repos.origin, "rev-parse", "main") == upstream_before  # nothing pushed over their change
     branch = outcome.detail.split("kept on local branch ")[1].split(" ")[0]
@@ -311,7 +311,7 @@ def test_flag_removed_upstream_is_a_failed_halt(repos: Repos) -> None:
     flag = loaded_flag(b, PAY)
     repos.colleague_commit("remove payments", lambda t: t.replace(PAY, "checkout.payments.renamed"))
     outcome = asyncio.run(b.halt(flag, REASON))
-    assert not outcome.ok and outcome.permanent and "is not in the file" in outcome.detail
+    assert not outcome.ok and outcome.kind is FailureKind.NOT_FOUND and "is not in the file" in outcome.detail
     assert "kept on local branch guardrail/revert-" in outcome.detail
 
 
@@ -323,7 +323,7 @@ def test_push_rejected_by_a_hook_fails_with_the_remote_message(repos: Repos) -> 
 
     outcome = asyncio.run(b.halt(loaded_flag(b, PAY), REASON))
 
-    assert not outcome.ok and outcome.permanent
+    assert not outcome.ok and outcome.permanent and outcome.kind is FailureKind.REFUSED
     assert "pre-receive hook declined" in outcome.detail
     assert "main is protected: open a pull request" in outcome.detail
     assert "kept on local branch guardrail/revert-" in outcome.detail
@@ -357,7 +357,7 @@ def test_a_git_call_past_its_deadline_is_killed_and_fails(repos: Repos, tmp_path
 
     outcome = asyncio.run(b.halt(loaded_flag(b, PAY), REASON))
 
-    assert not outcome.ok and not outcome.permanent
+    assert not outcome.ok and outcome.kind is FailureKind.TIMEOUT
     assert "git push did not finish within 3 s" in outcome.detail
     assert repos.upstream_flags()[PAY]["state"] == "ENABLED"
 
@@ -412,8 +412,9 @@ def test_settings_read_flags_git(tmp_path: Path) -> None:
     cfg = tmp_path / "guardrail.yaml"
     cfg.write_text("flags:\n  source: flags.yaml\n  git: {author: 'A B <a@b.c>', attempts: 3}\n")
     settings = load_settings(config=cfg, env={"METRICS_API_URL": "http://127.0.0.1:9"})
-    assert settings.git == GitConfig(author="A B <a@b.c>", attempts=3)
-    assert load_settings(env={}, overrides={"flags": "f.yaml", "git": True}).git == GitConfig()
+    assert settings.backend.name == "file"
+    assert settings.backend.config.git == GitConfig(author="A B <a@b.c>", attempts=3)
+    assert load_settings(env={}, overrides={"flags": "f.yaml", "git": True}).backend.config.git == GitConfig()
     cfg.write_text("flags:\n  source: flags.yaml\n  gitt: true\n")
     with pytest.raises(GuardrailError, match="unknown key"):
         load_settings(config=cfg, env={})
@@ -468,21 +469,20 @@ def test_check_conflict_exits_4_and_the_alert_says_act_by_hand(
     (halt,) = result.halts
     assert halt.status == "failed" and "kept on local branch" in halt.detail
     (alert,) = fake_api.alerts
-    assert "HALT FAILED, act BY HAND" in alert["text"]
+    assert "HALT FAILED" in alert["text"] and "BY HAND" in alert["text"]
+    assert "kept on local branch guardrail/revert-" in alert["text"]
     assert repos.upstream_flags()[PAY]["state"] == "ENABLED"
     audit = [json.loads(x) for x in (tmp_path / "a.jsonl").read_text().splitlines()]
     assert [x["status"] for x in audit if x["type"] == "halt"] == ["failed"]
     assert git(repos.ours, "branch", "--list", "guardrail/*").strip()
 
 
-def test_check_refuses_git_with_a_flag_api(tmp_path: Path) -> None:
-    from guardrail.settings import require
-
-    settings = load_settings(
-        env={"FLAG_API_URL": "http://127.0.0.1:9", "METRICS_API_URL": "http://127.0.0.1:9"}, overrides={"git": True}
-    )
-    with pytest.raises(GuardrailError, match="need a flag file"):
-        require(settings)
+def test_git_with_a_flag_api_is_refused_when_the_settings_are_read(tmp_path: Path) -> None:
+    with pytest.raises(GuardrailError, match="need a flag file and the file backend, not 'api'") as caught:
+        load_settings(
+            env={"FLAG_API_URL": "http://127.0.0.1:9", "METRICS_API_URL": "http://127.0.0.1:9"}, overrides={"git": True}
+        )
+    assert caught.value.field == "flags.git"
 
 
 def test_the_docs_config_blocks_read(tmp_path: Path) -> None:
@@ -491,8 +491,8 @@ def test_the_docs_config_blocks_read(tmp_path: Path) -> None:
     assert len(blocks) == 2
     for block in blocks:
         (tmp_path / "g.yaml").write_text(block)
-        assert load_settings(config=tmp_path / "g.yaml", env={}).git is not None
+        assert load_settings(config=tmp_path / "g.yaml", env={}).backend.config.git is not None
     (tmp_path / "g.yaml").write_text(blocks[1])
-    assert load_settings(config=tmp_path / "g.yaml", env={}).git == GitConfig(
+    assert load_settings(config=tmp_path / "g.yaml", env={}).backend.config.git == GitConfig(
         author="Guardrail Bot <guardrail@acme.example>", timeout=30, deadline=120, attempts=5
     )

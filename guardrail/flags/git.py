@@ -50,7 +50,7 @@ from guardrail.flags.gitrepo import (
     last_lines,
     redact_url,
 )
-from guardrail.model import ExitCode, Flag, GuardrailError
+from guardrail.model import ExitCode, FailureKind, Flag, GuardrailError
 
 Edit = Callable[[str], "str | HaltOutcome"]
 
@@ -201,13 +201,13 @@ class GitFlagBackend:
             try:
                 return self._change_locked(flag, action, reason, edit)
             except GuardrailError as exc:
-                return HaltOutcome(ok=False, detail=redact_url(str(exc)))
+                return HaltOutcome(ok=False, detail=redact_url(str(exc)), kind=FailureKind.REFUSED)
             except GitError as exc:
-                return HaltOutcome(ok=False, detail=f"{self.source}: {exc}; will retry next run")
+                kind = FailureKind.TIMEOUT if exc.timeout else FailureKind.UNREACHABLE
+                return HaltOutcome(ok=False, detail=f"{self.source}: {exc}; will retry next run", kind=kind)
             except Exception as exc:  # a backend never raises: a bug here must become a failed halt
-                return HaltOutcome(
-                    ok=False, detail=redact_url(f"{self.source}: git change failed: {type(exc).__name__}: {exc}")
-                )
+                detail = redact_url(f"{self.source}: git change failed: {type(exc).__name__}: {exc}")
+                return HaltOutcome(ok=False, detail=detail, kind=FailureKind.INTERNAL)
 
     def _change_locked(self, flag: Flag, action: str, reason: str, edit: Edit) -> HaltOutcome:
         up = self.upstream()
@@ -220,7 +220,7 @@ class GitFlagBackend:
             text = self._text_at(git, head, up.path)
             if text is None:
                 return self._failed(
-                    git, up, change, permanent=True, why=f"{up.path} is gone from {up.name} ({head[:12]})"
+                    git, up, change, kind=FailureKind.NOT_FOUND, why=f"{up.path} is gone from {up.name} ({head[:12]})"
                 )
             new = edit(text)
             if isinstance(new, HaltOutcome):
@@ -228,7 +228,11 @@ class GitFlagBackend:
                     note = self._fast_forward(git, up, head)
                     return HaltOutcome(ok=True, already=True, detail=f"{where}: {new.detail} at {head[:12]}{note}")
                 return self._failed(
-                    git, up, change, permanent=new.permanent, why=f"{new.detail} (at {up.name} {head[:12]})"
+                    git,
+                    up,
+                    change,
+                    kind=new.kind or FailureKind.REFUSED,
+                    why=f"{new.detail} (at {up.name} {head[:12]})",
                 )
             current = self._definition(text, flag.key)
             if flag.definition and current != flag.definition:
@@ -236,7 +240,7 @@ class GitFlagBackend:
                     git,
                     up,
                     change,
-                    permanent=True,
+                    kind=FailureKind.CONFLICT,
                     why=f"flag {flag.key!r} was changed on {up.name} ({head[:12]}) since it was "
                     "evaluated; the change was not re-applied blindly",
                 )
@@ -249,11 +253,14 @@ class GitFlagBackend:
             if why is not None:  # refused for good (a hook, protected branch): keep the commit, stop
                 kept = self._keep(git, flag, action, last_commit)
                 return HaltOutcome(
-                    ok=False, permanent=True, detail=f"{where}: the remote refused the push: {why}; {kept}; act by hand"
+                    ok=False,
+                    kind=FailureKind.REFUSED,
+                    detail=f"{where}: the remote refused the push: {why}; {kept}; act by hand",
                 )
         kept = self._keep(git, flag, action, last_commit) if last_commit else "nothing committed"
         return HaltOutcome(
             ok=False,
+            kind=FailureKind.CONFLICT,
             detail=f"{where}: the branch kept moving; gave up after "
             f"{self.config.attempts} pushes ({kept}); will retry next run",
         )
@@ -328,7 +335,7 @@ class GitFlagBackend:
             return f"the edit is commit {commit[:12]} (no branch: {exc})"
         return f"the edit is kept on local branch {branch} in {git.cwd} (git show {branch})"
 
-    def _failed(self, git: Git, up: Upstream, change: _Change, *, permanent: bool, why: str) -> HaltOutcome:
+    def _failed(self, git: Git, up: Upstream, change: _Change, *, kind: FailureKind, why: str) -> HaltOutcome:
         """The edit could not be applied upstream: keep it, made on the commit whose definition was
         evaluated (the upstream head at load, else the local HEAD), as a commit on a local branch."""
         kept = "the edit could not be kept: the file it was evaluated on does not take it either"
@@ -338,7 +345,7 @@ class GitFlagBackend:
             try:
                 new = change.edit(text)
             except GuardrailError:
-                new = HaltOutcome(ok=False, detail="")
+                new = HaltOutcome(ok=False, detail="", kind=FailureKind.INTERNAL)
             if isinstance(new, str):
                 kept = self._keep(git, change.flag, change.action, self._commit(git, head, up.path, new, change))
-        return HaltOutcome(ok=False, permanent=permanent, detail=f"{self.source}: {why}; {kept}; act by hand")
+        return HaltOutcome(ok=False, kind=kind, detail=f"{self.source}: {why}; {kept}; act by hand")
