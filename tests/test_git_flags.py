@@ -209,6 +209,32 @@ def test_hold_of_a_rollout_is_committed_and_pushed(repos: Repos) -> None:
     )
 
 
+def test_any_file_backend_change_goes_through_git(repos: Repos, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The generic path: the file backend's own method runs on the file at the upstream head."""
+    b = backend(repos)
+    held = asyncio.run(
+        b.change(loaded_flag(b, SEARCH), "hold", "p95 up", b.file_edit("hold", loaded_flag(b, SEARCH), "p95 up"))
+    )
+    assert held.ok, held.detail
+    assert repos.upstream_flags()[SEARCH]["metadata"]["guardrail_hold"] is True
+
+    # A ramp step: whatever set_split the file backend has is what lands (here a stand-in that sets 90/10).
+    async def set_split(self: FlagdFileBackend, flag: Flag, shares: dict[str, int], reason: str) -> Any:
+        text = self.path.read_text().replace("[treatment, 50]", f"[treatment, {shares['treatment']}]", 1)
+        self.path.write_text(text.replace("[control, 50]", f"[control, {shares['control']}]", 1))
+        from guardrail.model import HaltOutcome
+
+        return HaltOutcome(ok=True, detail=f"{self.path}: split set")
+
+    pay = loaded_flag(b, PAY)
+    assert asyncio.run(b.set_split(pay, {"treatment": 10, "control": 90}, "ramp back")).kind is FailureKind.REFUSED
+    monkeypatch.setattr(FlagdFileBackend, "set_split", set_split, raising=False)
+    outcome = asyncio.run(b.set_split(pay, {"treatment": 10, "control": 90}, "ramp back"))
+    assert outcome.ok, outcome.detail
+    assert repos.upstream_flags()[PAY]["targeting"]["fractional"][1:] == [["treatment", 10], ["control", 90]]
+    assert git(repos.origin, "log", "--format=%s", "-1", "main").strip() == f"guardrail: ramp {PAY}"
+
+
 def test_identity_from_git_config_when_set(repos: Repos) -> None:
     git(repos.ours, "config", "user.name", "Ops Robot")
     git(repos.ours, "config", "user.email", "ops@example.com")
@@ -337,6 +363,23 @@ def test_no_upstream_is_a_clear_error(repos: Repos) -> None:
     assert "branch 'local-only' has no upstream" in str(caught.value)
     assert "git branch --set-upstream-to" in str(caught.value)
     assert caught.value.exit_code == ExitCode.CONFIG
+
+
+def test_check_without_an_upstream_exits_2_before_anything(repos: Repos, run_cli: Any, tmp_path: Path) -> None:
+    git(repos.ours, "checkout", "--quiet", "-b", "local-only")
+    state = tmp_path / "state.json"
+    done = run_cli(
+        "check",
+        "--flags",
+        str(repos.flag_file),
+        "--git",
+        "--state",
+        str(state),
+        env={"METRICS_API_URL": "http://127.0.0.1:9"},
+    )
+    assert done.returncode == 2, done.stderr
+    assert "field 'flags.git': " in done.stderr and "branch 'local-only' has no upstream" in done.stderr
+    assert "Traceback" not in done.stderr and not state.exists()
 
 
 def test_not_a_git_work_tree_is_a_clear_error(tmp_path: Path) -> None:

@@ -39,7 +39,7 @@ from ruamel.yaml.scalarstring import DoubleQuotedScalarString, SingleQuotedScala
 from guardrail import files
 from guardrail.adapters import ConfigContext, Plugin, Runtime
 from guardrail.flags.base import FlagBackend, HaltOutcome, LoadedFlags
-from guardrail.flags.gitrepo import GitConfig, parse_git_config
+from guardrail.flags.gitrepo import GitConfig, discover, parse_git_config
 from guardrail.model import ExitCode, FailureKind, Flag, GuardrailError
 
 Action = Literal["revert", "hold"]
@@ -583,6 +583,9 @@ def _ready(config: FileBackendConfig) -> None:
     if config.path is None:
         raise GuardrailError("no flag definitions: the file backend needs --flags PATH or `flags:` in --config",
                              exit_code=ExitCode.CONFIG)
+    if config.git is not None:
+        # Local git only (no network): a clone without an upstream is refused before the lock, exit 2.
+        discover(config.path, timeout=config.git.timeout)
 
 
 def _create(config: FileBackendConfig, _runtime: Runtime) -> FlagBackend:

@@ -32,7 +32,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -189,6 +189,33 @@ class GitFlagBackend:
     def _halt_edit(self, flag: Flag, action: Action, reason: str) -> Edit:
         def edit(text: str) -> str | HaltOutcome:
             return plan_edit(text, flag, action, reason, json_format=self.inner.json_format, source=self.source)
+
+        return edit
+
+    async def set_split(self, flag: Flag, shares: Mapping[str, int], reason: str) -> HaltOutcome:
+        """A ramp step: the file backend's own set_split, applied to the file at the upstream head."""
+        return await self.change(flag, "split", reason, self.file_edit("set_split", flag, shares, reason))
+
+    def file_edit(self, method: str, flag: Flag, *args: Any) -> Edit:
+        """Any change the file backend can make (`halt`, `hold`, `set_split`, ...) as a text edit: the text is
+        written to a private temp file, the file backend's method changes that file with all its own checks,
+        and the result is read back. So a new kind of file change is covered here without a line of git code."""
+        suffix = self.inner.path.suffix or ".yaml"  # the suffix decides JSON or YAML
+
+        def edit(text: str) -> str | HaltOutcome:
+            with tempfile.TemporaryDirectory(prefix="guardrail-edit-") as tmp:
+                path = Path(tmp) / f"flags{suffix}"
+                path.write_text(text, encoding="utf-8")
+                backend = FlagdFileBackend(path, max_bytes=self.inner.max_bytes)
+                call = getattr(backend, method, None)
+                if call is None:
+                    return HaltOutcome(
+                        ok=False, kind=FailureKind.REFUSED, detail=f"{self.source}: the file backend cannot {method}"
+                    )
+                outcome: HaltOutcome = asyncio.run(call(flag, *args))
+                if not outcome.ok or outcome.already:
+                    return replace(outcome, detail=outcome.detail.replace(str(path), self.source))
+                return path.read_text(encoding="utf-8")
 
         return edit
 
