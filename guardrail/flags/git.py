@@ -75,8 +75,8 @@ def _ident(config: GitConfig, git: Git) -> tuple[str, str]:
         name = git.run("config", "user.name", check=False).out.strip()
         email = git.run("config", "user.email", check=False).out.strip()
         text = f"{name} <{email}>" if name and email else DEFAULT_AUTHOR
-    match = IDENT.match(text)
-    assert match is not None  # parse_git_config and the default both have this shape
+    match = IDENT.match(text) or IDENT.match(DEFAULT_AUTHOR)  # git's own config may hold anything
+    assert match is not None
     return match.group(1), match.group(2)
 
 
