@@ -8,14 +8,13 @@ so a query written against one works on the other. Lines are redacted before the
 
 from __future__ import annotations
 
-import json
-import math
 from collections import Counter
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from typing import Any, TextIO
 
-from guardrail.config import format_time
+from guardrail import codec
+from guardrail.codec import format_time
 from guardrail.model import ExitCode, GuardrailError, RunResult, Verdict
 from guardrail.redact import Redactor, process_redactor
 from guardrail.report import evaluation_json
@@ -61,19 +60,8 @@ def run_log_records(result: RunResult) -> Iterator[dict[str, Any]]:
            "halts": len(result.halts), "problems": len(result.problems), "warnings": len(result.warnings)}
 
 
-def _clean(value: Any) -> Any:
-    """Strict JSON: a log pipeline rejects the whole line for one bare NaN or Infinity."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    return value
-
-
 def _line(record: dict[str, Any], redact: Redactor) -> str:
-    return redact(json.dumps(_clean(record), allow_nan=False, default=str)) + "\n"
+    return redact(codec.dumps(record)) + "\n"
 
 
 def emit_run_logs(result: RunResult, stream: TextIO, *, redact: Redactor | None = None) -> None:

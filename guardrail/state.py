@@ -15,10 +15,11 @@ import os
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from guardrail.codec import format_time, parse_time
 from guardrail.model import (
     ExitCode,
     FlagState,
@@ -35,13 +36,13 @@ FILE_MODE = 0o600
 
 
 def _t(value: datetime | None) -> str | None:
-    return None if value is None else value.astimezone(timezone.utc).isoformat()
+    return None if value is None else format_time(value)
 
 
 def _dt(value: Any) -> datetime | None:
     if value is None:
         return None
-    return datetime.fromisoformat(str(value))
+    return parse_time(value)
 
 
 def halt_to_dict(h: HaltRecord) -> dict[str, Any]:

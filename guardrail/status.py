@@ -10,14 +10,13 @@ state file's view is still shown, with a warning. A monitor whose last run is ol
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from guardrail import engine
+from guardrail import codec, engine
 from guardrail.config import ParsedFlags, format_time, parse_flags
 from guardrail.flags.base import LoadedFlags
 from guardrail.model import ExitCode, Flag, FlagState, GuardrailError, State, guardrail_id
@@ -329,7 +328,7 @@ def run_status_command(*, flags: str | None, config: Path | None, state: Path | 
     merged = {f.key: _merged(f, settings) for f in parsed.flags} if parsed is not None else {}
     report = build_report(current, parsed, now=now, stale_after=stale_after, flag_source=flag_source,
                           warnings=warnings, merged=merged)
-    text = json.dumps(to_json(report), indent=2, default=str) if as_json else to_text(report)
+    text = codec.dumps(to_json(report), indent=2) if as_json else to_text(report)
     # Defence in depth: nothing status prints should hold a secret, but every text leaving goes through this.
     print(Redactor(settings.secrets())(text))
     return int(report.exit_code)
