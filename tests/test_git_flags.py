@@ -396,12 +396,12 @@ def test_a_git_call_past_its_deadline_is_killed_and_fails(repos: Repos, tmp_path
     hook = repos.origin / "hooks" / "pre-receive"
     hook.write_text(f"#!/bin/sh\nread line < {fifo}\n")
     hook.chmod(hook.stat().st_mode | stat.S_IXUSR)
-    b = backend(repos, GitConfig(timeout=3, deadline=60))
+    b = backend(repos, GitConfig(timeout=8, deadline=120))
 
     outcome = asyncio.run(b.halt(loaded_flag(b, PAY), REASON))
 
     assert not outcome.ok and outcome.kind is FailureKind.TIMEOUT
-    assert "git push did not finish within 3 s" in outcome.detail
+    assert "git push did not finish within 8 s" in outcome.detail
     assert repos.upstream_flags()[PAY]["state"] == "ENABLED"
 
 
