@@ -338,7 +338,11 @@ def parse_flag(
 
     split = read_split(definition)
     ramp, srm_spec, ramp_errors = ramp_config.parse_ramp(
-        metadata, experiment_type=experiment_type, split=split, control=control, treatments=treatments
+        {**merged.schedule, **metadata},  # a ramp schedule may come from the config's `guardrails:` too
+        experiment_type=experiment_type,
+        split=split,
+        control=control,
+        treatments=treatments,
     )
     if ramp_errors:
         return None, [problem(f, m) for f, m in ramp_errors]

@@ -29,8 +29,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from guardrail.model import GuardrailError
+from guardrail.ramp_config import RAMP_OPTIONS, SRM_OPTIONS
 
 FLAG_OPTIONS = ("experiment_type", "started_at", "warmup_minutes", "control_variant", "treatment_variants")
+# Option groups that are not metrics: a ramp schedule and the SRM check (guardrail/ramp_config.py).
+SCHEDULE_GROUPS = {"ramp": RAMP_OPTIONS, "srm": SRM_OPTIONS}
 FROM_FLAG = "flag metadata"
 FROM_DEFAULTS = "config defaults"
 _GLOB = set("*?[")
@@ -55,6 +58,8 @@ class Rule:
     flag_options: Mapping[str, Any] = field(default_factory=dict)
     defaults: Mapping[str, Any] = field(default_factory=dict)  # options for every guardrail of the flag
     metrics: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    # Ramp and SRM options, as the metadata keys they stand for (`guardrail.ramp.steps`): ramp_config reads them.
+    schedule: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def exact(self) -> bool:
@@ -95,10 +100,29 @@ def _rule(pattern: str, order: int, body: Mapping[str, Any], source: str) -> Rul
     flag_options: dict[str, Any] = {}
     defaults: dict[str, Any] = {}
     metrics: dict[str, dict[str, Any]] = {}
+    schedule: dict[str, Any] = {}
     for raw_key, value in body.items():
         key = str(raw_key).removeprefix("guardrail.")
         if not key:
             raise GuardrailError("empty key", source=source, field=_place(pattern))
+        group = key.split(".", 1)[0]
+        if group in SCHEDULE_GROUPS:  # ramp: {steps: ...} or ramp.steps: ... (a ramp schedule, SRM options)
+            items = value.items() if isinstance(value, Mapping) and "." not in key else [(key.split(".", 1)[-1], value)]
+            for option, option_value in items:
+                if "." not in key and not isinstance(value, Mapping):
+                    raise GuardrailError(
+                        f"write `{group}: {{option: value}}` or `{group}.<option>: value`",
+                        source=source,
+                        field=_place(pattern, str(raw_key)),
+                    )
+                if str(option) not in SCHEDULE_GROUPS[group]:
+                    raise GuardrailError(
+                        f"unknown {group} option {option!r}; known: {', '.join(SCHEDULE_GROUPS[group])}",
+                        source=source,
+                        field=_place(pattern, group, str(option)),
+                    )
+                schedule[f"guardrail.{group}.{option}"] = _safe(option_value)
+            continue
         if key in FLAG_OPTIONS and raw_key == key:
             flag_options[key] = _safe(value)
         elif isinstance(value, Mapping):  # error_rate: {threshold: ..., comparison: ...}
@@ -117,7 +141,7 @@ def _rule(pattern: str, order: int, body: Mapping[str, Any], source: str) -> Rul
                 source=source,
                 field=_place(pattern, str(raw_key)),
             )
-    rule = Rule(pattern, order, flag_options, defaults, metrics)
+    rule = Rule(pattern, order, flag_options, defaults, metrics, schedule)
     _check(rule, source)
     return rule
 
@@ -173,6 +197,7 @@ class Merged:
     """One flag's guardrail options after the merge, with where each value came from."""
 
     flag_options: dict[str, Any]  # experiment_type, started_at, ... (metadata, else a pattern)
+    schedule: dict[str, Any]  # guardrail.ramp.* / guardrail.srm.* keys from patterns the metadata lacks
     guardrails: list[dict[str, Any]]  # per metric: `metric` and every option set anywhere
     origins: dict[str, str]  # "experiment_type", "error_rate.threshold" -> FROM_FLAG | a rule's origin | ...
     fields: dict[str, str]  # schema path -> the field as written, for error messages
@@ -205,6 +230,16 @@ def merge(
             if name in rule.flag_options:
                 flag_options[name], origins[name] = rule.flag_options[name], rule.origin
                 break
+
+    schedule: dict[str, Any] = {}
+    for rule in reversed(applied):  # least specific first, so the most specific is written last
+        for name, value in rule.schedule.items():
+            if name not in metadata:
+                schedule[name] = value
+                origins[name.removeprefix("guardrail.")] = rule.origin
+    for name in metadata:
+        if isinstance(name, str) and name.startswith(tuple(f"guardrail.{g}." for g in SCHEDULE_GROUPS)):
+            origins[name.removeprefix("guardrail.")] = FROM_FLAG
 
     own = {str(g["metric"]): g for g in gathered if isinstance(g.get("metric"), str)}
     order = list(own) + [m for rule in applied for m in rule.metrics if m not in own]
@@ -239,6 +274,7 @@ def merge(
         out.append(values)
     return Merged(
         flag_options=flag_options,
+        schedule=schedule,
         guardrails=out,
         origins=origins,
         fields=merged_fields,
@@ -255,6 +291,7 @@ def describe(merged: Merged) -> list[str]:
     """Text lines: every merged value and where it came from (for `guardrail validate --config`)."""
     lines = []
     flag_level = [f"{k}={merged.flag_options[k]} ({merged.origins[k]})" for k in merged.flag_options]
+    flag_level += [f"{k}={v} ({merged.origins[k.removeprefix('guardrail.')]})" for k, v in merged.schedule.items()]
     if flag_level:
         lines.append("    " + ", ".join(flag_level))
     for g in merged.guardrails:

@@ -290,3 +290,24 @@ def test_the_docs_example_resolves_as_its_table_says() -> None:
     assert str(caught.value) == (
         "guardrail.yaml, field 'guardrails.\"checkout.*\".error_rate.threshold': 'ten' is not of type 'number'"
     )
+
+
+def test_a_ramp_schedule_can_come_from_the_config() -> None:
+    definition = flag_definition(experiment_type="rollout")
+    definition["targeting"]["fractional"] = [{"var": "targetingKey"}, ["treatment", 0], ["control", 100]]
+    section = {
+        "checkout.*": {"ramp": {"steps": "1,5,25,100", "step_minutes": 60}, "srm.action": "warn"},
+        PAY: {"guardrail.ramp.advance": "proven_safe"},
+    }
+    definition["metadata"]["guardrail.ramp.step_minutes"] = 15  # the flag's own wins
+    flag = guardrail_of({PAY: definition}, PAY, section)
+    assert flag.ramp is not None
+    assert list(flag.ramp.steps) == [1, 5, 25, 100] and flag.ramp.advance.value == "proven_safe"
+    assert flag.ramp.step_minutes[0] == 15 and flag.srm.action.value == "warn"
+    merged = merge_guardrails(PAY, definition["metadata"], rules=rules(section), defaults=None)
+    assert merged.origins["ramp.steps"] == 'config guardrails["checkout.*"]'
+    assert merged.origins["ramp.advance"] == f'config guardrails["{PAY}"]'
+    assert merged.origins["ramp.step_minutes"] == FROM_FLAG
+    with pytest.raises(GuardrailError, match="unknown ramp option 'stepz'") as caught:
+        rules({"checkout.*": {"ramp": {"stepz": "1,5"}}})
+    assert caught.value.field == 'guardrails."checkout.*".ramp.stepz'
