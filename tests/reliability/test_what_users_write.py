@@ -14,7 +14,7 @@ from guardrail.check import HaltResult, RunResult
 from guardrail.config import parse_flags
 from guardrail.fakeapi import FakeAPI
 from guardrail.flags.flagd_file import apply_halt_to_text
-from guardrail.model import GuardrailError, HaltAction, HaltResultStatus
+from guardrail.model import GuardrailError, HaltAction
 from guardrail.report import to_text
 from guardrail.settings import load_settings
 from tests.conftest import NOW, flag_definition
