@@ -109,6 +109,14 @@ def make_source(settings: Settings, client: httpx.AsyncClient, policy: RetryPoli
         source = settings.config_path or "<config>"
         config = parse_prometheus_config(settings.metrics_section, source=source)
         return PrometheusSource(config, client, headers=auth_headers_from_env(os.environ), policy=policy)
+    if settings.metrics_source == "sql":
+        import os
+
+        from guardrail.sources.sql import SqlSource, parse_sql_config
+
+        source = settings.config_path or "<config>"
+        base_dir = Path(settings.config_path).parent if settings.config_path else Path(".")
+        return SqlSource(parse_sql_config(settings.metrics_section, os.environ, source=source, base_dir=base_dir))
     from guardrail.sources.http_api import HttpMetricSource
 
     assert settings.metrics_url is not None
@@ -231,7 +239,10 @@ class Run:
 
         source = make_source(self.settings, client, self.policy)
         planned = engine.plan_queries(flags, state, self.now)
-        aggregates = await fetch_all(source, planned, concurrency=self.settings.concurrency)
+        try:
+            aggregates = await fetch_all(source, planned, concurrency=self.settings.concurrency)
+        finally:
+            await source.aclose()
         decision = engine.decide(flags, aggregates, state, self.now)
         halting = {h.flag for h in decision.halts}
         # A dry run writes no audit log, so it builds no records: ~8 MB of dicts at 2,000 flags.

@@ -29,7 +29,7 @@ class Settings:
     flag_api_url: str | None = None
     flag_api_token: str | None = field(default=None, repr=False)
     flag_backend: str | None = None  # "api" | "file" | None (chosen from the other settings)
-    metrics_source: str = "http"  # "http" | "prometheus"
+    metrics_source: str = "http"  # "http" | "prometheus" | "sql"
     metrics_url: str | None = None
     metrics_section: Mapping[str, Any] = field(default_factory=dict)
     webhook_url: str | None = field(default=None, repr=False)
@@ -43,9 +43,10 @@ class Settings:
     ca_bundle: str | None = None
     allow_insecure_http: bool = False
     config_path: str | None = None
+    metrics_password: str | None = field(default=None, repr=False)  # the SQL source's `password_env` value
 
     def secrets(self) -> list[str]:
-        return [s for s in (self.flag_api_token, self.webhook_url) if s]
+        return [s for s in (self.flag_api_token, self.webhook_url, self.metrics_password) if s]
 
     @property
     def flags_are_url(self) -> bool:
@@ -131,10 +132,12 @@ def load_settings(
                 source=source, field=f"{where}.{forbidden}",
             )
     metrics_source = str(metrics.get("source", "http"))
-    if metrics_source not in ("http", "prometheus"):
+    if metrics_source not in ("http", "prometheus", "sql"):
         raise GuardrailError(
-            f"unknown metrics source {metrics_source!r}; use http or prometheus", source=source, field="metrics.source"
+            f"unknown metrics source {metrics_source!r}; use http, prometheus or sql", source=source,
+            field="metrics.source",
         )
+    password_env = metrics.get("password_env") if metrics_source == "sql" else None
     backend = doc.get("flag_backend")
     if backend not in (None, "api", "file"):
         raise GuardrailError("must be `api` or `file`", source=source, field="flag_backend")
@@ -153,6 +156,7 @@ def load_settings(
         "audit_path": Path(env.get("GUARDRAIL_AUDIT") or doc.get("audit") or DEFAULT_AUDIT),
         "defaults": defaults,
         "config_path": str(config) if config else None,
+        "metrics_password": env.get(password_env) or None if isinstance(password_env, str) else None,
     }
     for key, field_name, integer in (
         ("timeout", "http.timeout", False),
