@@ -94,13 +94,31 @@ def truth(data: Tables, start: datetime, end: datetime) -> dict[tuple[str, str],
         rev = np.array([u["revenue"] for u in units if u["requests"] + u["purchases"] > 0])
         lat = np.concatenate([np.array(u["lat"]) for u in units]) if units else np.array([])
         out[pair] = {
-            "error_rate": {"value": x.sum() / d.sum(), "count": d.sum(), "units": len(x), "num_sum": x.sum(),
-                           "num_sum_sq": (x * x).sum(), "den_sum": d.sum(), "den_sum_sq": (d * d).sum(),
-                           "num_den_sum": (x * d).sum()},
-            "conversion_rate": {"value": conv.mean(), "count": len(conv), "units": len(conv),
-                                "unit_sum": conv.sum(), "unit_sum_sq": (conv * conv).sum()},
-            "revenue_per_user": {"value": rev.mean(), "count": len(rev), "units": len(rev), "unit_sum": rev.sum(),
-                                 "unit_sum_sq": (rev * rev).sum(), "stddev": rev.std(ddof=1)},
+            "error_rate": {
+                "value": x.sum() / d.sum(),
+                "count": d.sum(),
+                "units": len(x),
+                "num_sum": x.sum(),
+                "num_sum_sq": (x * x).sum(),
+                "den_sum": d.sum(),
+                "den_sum_sq": (d * d).sum(),
+                "num_den_sum": (x * d).sum(),
+            },
+            "conversion_rate": {
+                "value": conv.mean(),
+                "count": len(conv),
+                "units": len(conv),
+                "unit_sum": conv.sum(),
+                "unit_sum_sq": (conv * conv).sum(),
+            },
+            "revenue_per_user": {
+                "value": rev.mean(),
+                "count": len(rev),
+                "units": len(rev),
+                "unit_sum": rev.sum(),
+                "unit_sum_sq": (rev * rev).sum(),
+                "stddev": rev.std(ddof=1),
+            },
             "p95_latency_ms": {"value": float(np.percentile(lat, 95)), "count": len(lat)},
         }
     return out

@@ -79,16 +79,27 @@ def generate(arms: Sequence[Arm], *, start: datetime, end: datetime, seed: int =
         buyers = np.flatnonzero(rng.random(arm.users) < arm.purchase_rate)
         ev_unit += [units[owner], units[owner[failed]], units[buyers]]
         ev_off += [offsets, offsets[failed], rng.integers(0, span_us, len(buyers))]
-        ev_name += [np.full(len(owner), "request", dtype=object), np.full(int(failed.sum()), "error", dtype=object),
-                    np.full(len(buyers), "purchase", dtype=object)]
+        ev_name += [
+            np.full(len(owner), "request", dtype=object),
+            np.full(int(failed.sum()), "error", dtype=object),
+            np.full(len(buyers), "purchase", dtype=object),
+        ]
         ev_value += [latency, np.full(int(failed.sum()), np.nan), rng.exponential(arm.revenue, len(buyers))]
     exposed_at = np.full(sum(len(u) for u in ex_unit), t0 - np.timedelta64(1, "s"))
     ts = t0 + np.concatenate(ev_off).astype("timedelta64[us]")
     return Tables(
-        exposures={"unit_id": np.concatenate(ex_unit), "flag": np.concatenate(ex_flag),
-                   "variant": np.concatenate(ex_variant), "exposed_at": exposed_at},
-        events={"unit_id": np.concatenate(ev_unit), "ts": ts, "name": np.concatenate(ev_name),
-                "value": np.concatenate(ev_value)},
+        exposures={
+            "unit_id": np.concatenate(ex_unit),
+            "flag": np.concatenate(ex_flag),
+            "variant": np.concatenate(ex_variant),
+            "exposed_at": exposed_at,
+        },
+        events={
+            "unit_id": np.concatenate(ev_unit),
+            "ts": ts,
+            "name": np.concatenate(ev_name),
+            "value": np.concatenate(ev_value),
+        },
     )
 
 
@@ -106,8 +117,10 @@ def write_duckdb(path: Path, tables: Tables) -> None:
         exposures_frame = dict(tables.exposures)  # noqa: F841
         events_frame = dict(tables.events)  # noqa: F841
         con.execute("INSERT INTO exposures SELECT unit_id, flag, variant, exposed_at FROM exposures_frame")
-        con.execute("INSERT INTO events SELECT unit_id, ts, name, CASE WHEN isnan(value) THEN NULL ELSE value END "
-                    "FROM events_frame")
+        con.execute(
+            "INSERT INTO events SELECT unit_id, ts, name, CASE WHEN isnan(value) THEN NULL ELSE value END "
+            "FROM events_frame"
+        )
         con.execute("CHECKPOINT")
     finally:
         con.close()

@@ -18,6 +18,7 @@ other metrics are still decided. The password lives only in the environment and 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import threading
 from collections import defaultdict
@@ -86,7 +87,8 @@ def _query_text(metric: Any, spec: Any, *, source: str, base_dir: Path) -> str:
         raise GuardrailError(
             f"unknown bind parameter(s) {[':' + n for n in unknown]}; only :start and :end are bound "
             r"(write \: for a literal colon)",
-            source=source, field=where,
+            source=source,
+            field=where,
         )
     absent = sorted(BIND_NAMES - names)
     if absent:
@@ -94,7 +96,8 @@ def _query_text(metric: Any, spec: Any, *, source: str, base_dir: Path) -> str:
         raise GuardrailError(
             f"must filter on the window with :start and :end (missing {[':' + n for n in absent]}), "
             "e.g. WHERE ts >= :start AND ts < :end",
-            source=source, field=where,
+            source=source,
+            field=where,
         )
     return spec
 
@@ -107,15 +110,19 @@ def parse_sql_config(
         raise GuardrailError("must be a mapping", source=source, field="metrics")
     unknown = sorted(str(k) for k in section if k not in SECTION_KEYS)
     if unknown:
-        raise GuardrailError(f"unknown key(s) {unknown}; known: {list(SECTION_KEYS)}", source=source,
-                             field=f"metrics.{unknown[0]}")
+        raise GuardrailError(
+            f"unknown key(s) {unknown}; known: {list(SECTION_KEYS)}", source=source, field=f"metrics.{unknown[0]}"
+        )
     if section.get("source", "sql") != "sql":
         raise GuardrailError(f"expected `sql`, got {section.get('source')!r}", source=source, field="metrics.source")
     raw_url = section.get("url")
     if not isinstance(raw_url, str) or not raw_url.strip():
         raise GuardrailError(
             "missing database URL, e.g. duckdb:///var/lib/guardrail/events.duckdb or "
-            "postgresql+psycopg://guardrail@db:5432/events", source=source, field="metrics.url")
+            "postgresql+psycopg://guardrail@db:5432/events",
+            source=source,
+            field="metrics.url",
+        )
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
@@ -123,22 +130,31 @@ def parse_sql_config(
         url = make_url(raw_url.strip())
     except ArgumentError:
         # SQLAlchemy's message repeats the URL, which may hold a password: say it in our words.
-        raise GuardrailError("not a database URL (dialect+driver://user@host:port/database)", source=source,
-                             field="metrics.url") from None
+        raise GuardrailError(
+            "not a database URL (dialect+driver://user@host:port/database)", source=source, field="metrics.url"
+        ) from None
     if url.password is not None:
         raise GuardrailError(
             "the URL holds a password; config files get committed, so remove it and name an environment "
             "variable with `password_env` (e.g. password_env: GUARDRAIL_SQL_PASSWORD)",
-            source=source, field="metrics.url")
+            source=source,
+            field="metrics.url",
+        )
     try:
         url.get_dialect()
     except NoSuchModuleError:
         raise GuardrailError(
             f"no SQLAlchemy driver for {url.drivername!r}; install guardrail[sql] (DuckDB and PostgreSQL "
-            "via psycopg) or the dialect package for your database", source=source, field="metrics.url") from None
+            "via psycopg) or the dialect package for your database",
+            source=source,
+            field="metrics.url",
+        ) from None
     except ImportError as exc:
-        raise GuardrailError(f"the driver for {url.drivername!r} is not installed ({exc.name}); "
-                             "install guardrail[sql]", source=source, field="metrics.url") from None
+        raise GuardrailError(
+            f"the driver for {url.drivername!r} is not installed ({exc.name}); install guardrail[sql]",
+            source=source,
+            field="metrics.url",
+        ) from None
 
     password = None
     password_env = section.get("password_env")
@@ -147,20 +163,28 @@ def parse_sql_config(
             raise GuardrailError("must name an environment variable", source=source, field="metrics.password_env")
         password = env.get(password_env.strip())
         if not password:
-            raise GuardrailError(f"environment variable {password_env.strip()} is not set", source=source,
-                                 field="metrics.password_env")
+            raise GuardrailError(
+                f"environment variable {password_env.strip()} is not set", source=source, field="metrics.password_env"
+            )
 
     timeout = _positive(section, "timeout", DEFAULT_TIMEOUT, source=source)
     total = _positive(section, "total_timeout", 2 * timeout + GRACE, source=source)
     concurrency = int(_positive(section, "concurrency", DEFAULT_CONCURRENCY, source=source, integer=True))
     raw_queries = section.get("queries")
     if not isinstance(raw_queries, Mapping) or not raw_queries:
-        raise GuardrailError("must map each guardrail metric to one SQL query (see docs/sql.md)", source=source,
-                             field="metrics.queries")
+        raise GuardrailError(
+            "must map each guardrail metric to one SQL query (see docs/sql.md)", source=source, field="metrics.queries"
+        )
     base = base_dir if base_dir is not None else Path(".")
     queries = {str(m): _query_text(m, spec, source=source, base_dir=base) for m, spec in raw_queries.items()}
-    return SqlConfig(url=raw_url.strip(), queries=queries, password=password, timeout=timeout,
-                     total_timeout=total, concurrency=concurrency)
+    return SqlConfig(
+        url=raw_url.strip(),
+        queries=queries,
+        password=password,
+        timeout=timeout,
+        total_timeout=total,
+        concurrency=concurrency,
+    )
 
 
 # ---- running statements ------------------------------------------------------------------------------
@@ -209,10 +233,8 @@ async def in_thread(work: Callable[[], T], *, deadline: float, on_timeout: Calla
             result, error = work(), None
         except BaseException as exc:  # handed to the awaiting task, which decides
             result, error = None, exc
-        try:
+        with contextlib.suppress(RuntimeError):  # the loop is gone: the run gave up on this statement
             loop.call_soon_threadsafe(settle, result, error)
-        except RuntimeError:
-            pass  # the loop is gone: the run gave up on this statement long ago
 
     threading.Thread(target=target, name="guardrail-sql", daemon=True).start()
     try:
@@ -244,8 +266,9 @@ class SqlSource:
         elif self.dialect == "duckdb" and url.database not in (None, "", ":memory:"):
             # A DuckDB file admits one writer process; guardrail only reads, and must not lock out the loader.
             connect_args["read_only"] = True
-        self.engine = create_engine(url, connect_args=connect_args, pool_size=config.concurrency,
-                                    max_overflow=0, pool_pre_ping=False)
+        self.engine = create_engine(
+            url, connect_args=connect_args, pool_size=config.concurrency, max_overflow=0, pool_pre_ping=False
+        )
 
     def _url(self) -> Any:
         from sqlalchemy.engine import make_url
@@ -269,7 +292,7 @@ class SqlSource:
         timer: threading.Timer | None = None
         try:
             with self.engine.connect() as conn:
-                raw = conn.connection.driver_connection
+                raw: Any = conn.connection.driver_connection
                 handle["raw"] = raw
                 if self.dialect == "duckdb":
                     # DuckDB has no statement timeout setting: interrupt the connection from a timer.
@@ -281,7 +304,7 @@ class SqlSource:
                     timer.daemon = True
                     timer.start()
                 result = conn.execute(text(sql), {"start": start, "end": end})
-                columns = [str(c).lower() for c in result.keys()]
+                columns = [str(c).lower() for c in result.keys()]  # noqa: SIM118 (iterating gives rows)
                 rows = result.fetchmany(limit + 1)
                 result.close()
                 conn.rollback()
@@ -293,16 +316,19 @@ class SqlSource:
             if timer is not None:
                 timer.cancel()
         if len(rows) > limit:
-            raise StatementFailed(f"returned more than {limit:,} rows: one row per (flag, variant) is expected "
-                                  "(GROUP BY flag, variant)")
+            raise StatementFailed(
+                f"returned more than {limit:,} rows: one row per (flag, variant) is expected (GROUP BY flag, variant)"
+            )
         return Rows(columns=columns, rows=[tuple(r) for r in rows])
 
     def _db_message(self, orig: BaseException | None, handle: Mapping[str, Any]) -> str:
         message = " ".join(str(orig).split()) if orig is not None else "database error"
         lowered = message.lower()
         if handle.get("interrupted") or "statement timeout" in lowered:
-            message = (f"statement deadline of {self.config.timeout:g} s hit, the database cancelled it ({message}); "
-                       "see docs/sql.md for a per-unit rollup or a longer cadence")
+            message = (
+                f"statement deadline of {self.config.timeout:g} s hit, the database cancelled it ({message}); "
+                "see docs/sql.md for a per-unit rollup or a longer cadence"
+            )
         return self._scrub(message)[:400]
 
     def _cancel(self, handle: Mapping[str, Any]) -> None:
@@ -316,8 +342,9 @@ class SqlSource:
         except Exception:  # best effort: the statement_timeout still stops it
             pass
 
-    async def _group(self, metric: str, window: str, end: datetime,
-                     items: Sequence[tuple[AggregateKey, MetricQuery]]) -> dict[AggregateKey, Aggregate]:
+    async def _group(
+        self, metric: str, window: str, end: datetime, items: Sequence[tuple[AggregateKey, MetricQuery]]
+    ) -> dict[AggregateKey, Aggregate]:
         def every(error: str) -> dict[AggregateKey, Aggregate]:
             return {key: Aggregate.missing(error) for key, _q in items}
 
@@ -332,13 +359,18 @@ class SqlSource:
         limit = max(100_000, 10 * len(items))
         self.statements += 1
         try:
-            rows = await in_thread(lambda: self._execute(sql, start, stop, handle, limit),
-                                   deadline=self.config.timeout + GRACE, on_timeout=lambda: self._cancel(handle))
+            rows = await in_thread(
+                lambda: self._execute(sql, start, stop, handle, limit),
+                deadline=self.config.timeout + GRACE,
+                on_timeout=lambda: self._cancel(handle),
+            )
         except StatementFailed as exc:
             return every(f"{metric} query ({window}): {exc}")
         except asyncio.TimeoutError:
-            return every(f"{metric} query ({window}): no answer within {self.config.timeout + GRACE:g} s; "
-                         "cancel sent to the database")
+            return every(
+                f"{metric} query ({window}): no answer within {self.config.timeout + GRACE:g} s; "
+                "cancel sent to the database"
+            )
         pairs = {(q.flag, q.variant) for _key, q in items}
         found = aggregates_from_rows(rows, pairs, label=f"{metric} query ({window})")
         return {key: found[(q.flag, q.variant)] for key, q in items}

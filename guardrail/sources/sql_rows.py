@@ -24,8 +24,7 @@ from typing import Any
 from guardrail.model import Aggregate
 
 REQUIRED = ("flag", "variant", "value", "count")
-OPTIONAL_FLOATS = ("stddev", "unit_sum", "unit_sum_sq", "num_sum", "num_sum_sq", "den_sum", "den_sum_sq",
-                   "num_den_sum")
+OPTIONAL_FLOATS = ("stddev", "unit_sum", "unit_sum_sq", "num_sum", "num_sum_sq", "den_sum", "den_sum_sq", "num_den_sum")
 OPTIONAL = ("units", *OPTIONAL_FLOATS)
 CONTRACT = "docs/sql.md lists the columns"
 
@@ -71,7 +70,7 @@ def _aggregate(row: tuple[Any, ...], at: Mapping[str, int]) -> Aggregate:
         value = _float(row[at["value"]], "value")
         count = _count(row[at["count"]], "count")
     except BadCell as exc:
-        hint = " (no events in the window's denominator?)" if "NULL" in str(exc) else ""
+        hint = " (no events in the window's denominator?)" if str(exc) == "value is NULL" else ""
         return Aggregate.missing(f"{exc}{hint}")
     extra: dict[str, Any] = {c: _optional(row[at[c]], c) for c in OPTIONAL if c in at}
     stddev = extra.pop("stddev", None)
@@ -107,11 +106,13 @@ def aggregates_from_rows(
         n = seen.get(pair, 0)
         if n == 0:
             found[pair] = Aggregate.missing(
-                f"{label}: no row for flag={flag} variant={variant} (no exposures or events in the window?)")
+                f"{label}: no row for flag={flag} variant={variant} (no exposures or events in the window?)"
+            )
         elif n > 1:
             found[pair] = Aggregate.missing(
                 f"{label}: {n} rows for flag={flag} variant={variant}; the query must return one row per "
-                "(flag, variant): GROUP BY flag, variant")
+                "(flag, variant): GROUP BY flag, variant"
+            )
         else:
             agg = _aggregate(rows[pair], at)
             if agg.error is not None:

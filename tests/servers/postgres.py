@@ -100,8 +100,22 @@ def _ready(server: PgServer, bindir: Path, deadline: float) -> bool:
         if server.process.poll() is not None:
             return False
         probe = subprocess.run(
-            [str(bindir / "pg_isready"), "-h", "127.0.0.1", "-p", str(server.port), "-U", USER, "-d", DATABASE,
-             "-t", "1"], capture_output=True, stdin=subprocess.DEVNULL, timeout=10,
+            [
+                str(bindir / "pg_isready"),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(server.port),
+                "-U",
+                USER,
+                "-d",
+                DATABASE,
+                "-t",
+                "1",
+            ],
+            capture_output=True,
+            stdin=subprocess.DEVNULL,
+            timeout=10,
         )
         if probe.returncode == 0:
             return True
@@ -130,9 +144,25 @@ def start(tmpdir: Path, *, ready_timeout: float = 60.0) -> PgServer:
     if uid is not None:
         os.chown(sockets, uid, gid if gid is not None else -1)
     init = subprocess.run(
-        [*prefix, str(bindir / "initdb"), "-D", str(data), "-U", USER, f"--pwfile={pwfile}", "-E", "UTF8",
-         "--locale=C", "--auth-local=trust", "--auth-host=scram-sha-256", "--no-sync"],
-        capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120,
+        [
+            *prefix,
+            str(bindir / "initdb"),
+            "-D",
+            str(data),
+            "-U",
+            USER,
+            f"--pwfile={pwfile}",
+            "-E",
+            "UTF8",
+            "--locale=C",
+            "--auth-local=trust",
+            "--auth-host=scram-sha-256",
+            "--no-sync",
+        ],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=120,
     )
     if init.returncode != 0:
         if owns:
@@ -142,13 +172,41 @@ def start(tmpdir: Path, *, ready_timeout: float = 60.0) -> PgServer:
         port = _free_port()
         with (root / "postgres.log").open("wb") as log:
             process = subprocess.Popen(
-                [*prefix, str(bindir / "postgres"), "-D", str(data), "-p", str(port), "-k", str(sockets),
-                 "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "synchronous_commit=off",
-                 "-c", "full_page_writes=off", "-c", "max_connections=50", "-c", "shared_buffers=64MB"],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                [
+                    *prefix,
+                    str(bindir / "postgres"),
+                    "-D",
+                    str(data),
+                    "-p",
+                    str(port),
+                    "-k",
+                    str(sockets),
+                    "-c",
+                    "listen_addresses=127.0.0.1",
+                    "-c",
+                    "fsync=off",
+                    "-c",
+                    "synchronous_commit=off",
+                    "-c",
+                    "full_page_writes=off",
+                    "-c",
+                    "max_connections=50",
+                    "-c",
+                    "shared_buffers=64MB",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
             )
-        server = PgServer(port=port, dsn=f"postgresql://{USER}:{password}@127.0.0.1:{port}/{DATABASE}",
-                          pid=process.pid, password=password, root=root, process=process, owns_root=owns)
+        server = PgServer(
+            port=port,
+            dsn=f"postgresql://{USER}:{password}@127.0.0.1:{port}/{DATABASE}",
+            pid=process.pid,
+            password=password,
+            root=root,
+            process=process,
+            owns_root=owns,
+        )
         try:
             ready = _ready(server, bindir, time.monotonic() + ready_timeout)
         except BaseException:
