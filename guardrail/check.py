@@ -108,7 +108,8 @@ def make_source(settings: Settings, client: httpx.AsyncClient, policy: RetryPoli
 
         source = settings.config_path or "<config>"
         config = parse_prometheus_config(settings.metrics_section, source=source)
-        return PrometheusSource(config, client, headers=auth_headers_from_env(os.environ), policy=policy)
+        return PrometheusSource(config, client, headers=auth_headers_from_env(os.environ), policy=policy,
+                                concurrency=settings.concurrency)
     if settings.metrics_source == "sql":
         import os
 

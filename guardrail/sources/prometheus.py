@@ -17,7 +17,7 @@ import asyncio
 import base64
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -26,10 +26,12 @@ from urllib.parse import urlsplit
 import httpx
 
 from guardrail.http import HTTPFailure, RetryPolicy, is_loopback, json_body, request
-from guardrail.model import Aggregate, GuardrailError, MetricQuery
+from guardrail.model import Aggregate, AggregateKey, GuardrailError, MetricQuery
 
 PLACEHOLDERS = ("flag", "variant", "window")
-SECTION_KEYS = ("source", "url", "timeout", "queries", "allow_insecure_http")
+SECTION_KEYS = ("source", "url", "timeout", "queries", "allow_insecure_http", "labels", "concurrency")
+DEFAULT_LABELS = ("flag", "variant")
+_LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 QUERY_KEYS = ("value", "count", "stddev")
 
 # `$name` or `${name}`; `$$` is a literal dollar (a regex end anchor inside a label matcher, say).
@@ -49,6 +51,9 @@ class PromQueries:
     value: str
     count: str
     stddev: str | None = None
+    # Grouped templates use neither $flag nor $variant: `sum by (flag, variant) (...)` answers every flag and
+    # arm in one instant query, and the series are mapped back by their labels (guardrail/sources/prometheus_batch.py).
+    grouped: bool = False
 
 
 @dataclass(frozen=True)
@@ -58,12 +63,17 @@ class PrometheusConfig:
     timeout: float = 5.0
     # Credentials over plain http to a non-loopback host are refused unless this is set.
     allow_insecure_http: bool = False
+    labels: tuple[str, str] = DEFAULT_LABELS  # the series labels that carry the flag key and the variant
+    concurrency: int | None = None  # queries in flight; None: the run's http.concurrency
 
 
 # ---- configuration ---------------------------------------------------------------------------------
 
 
-def _template(raw: Any, *, source: str, field: str, required: bool) -> str | None:
+def _template(
+    raw: Any, *, source: str, field: str, required: bool, labels: tuple[str, str] = DEFAULT_LABELS
+) -> tuple[str, bool] | None:
+    """The template and whether it is grouped (no $flag or $variant: one query answers every flag)."""
     if raw is None:
         if required:
             raise GuardrailError("missing PromQL template", source=source, field=field)
@@ -89,13 +99,23 @@ def _template(raw: Any, *, source: str, field: str, required: bool) -> str | Non
             "stray `$`: the placeholders are $flag, $variant and $window; write $$ for a literal $",
             source=source, field=field,
         )
+    if not names & {"flag", "variant"}:
+        # Grouped: the series must keep both labels, or they cannot be told apart (by(), not without()).
+        missing = [label for label in labels if not re.search(rf"\b{re.escape(label)}\b", raw)]
+        if missing:
+            raise GuardrailError(
+                f"must use $variant (one series per query), or aggregate `by ({', '.join(labels)})` so one query "
+                f"answers every flag and arm (label(s) {missing} do not appear)",
+                source=source, field=field,
+            )
+        return raw, True
     # Without $variant both arms get the same query and the same number: the guardrail could never fire.
     if "variant" not in names:
         raise GuardrailError(
             "must use $variant (e.g. variant=\"$variant\"), or control and treatment get the same number",
             source=source, field=field,
         )
-    return raw
+    return raw, False
 
 
 def parse_prometheus_config(section: Mapping[str, Any], *, source: str) -> PrometheusConfig:
@@ -139,6 +159,12 @@ def parse_prometheus_config(section: Mapping[str, Any], *, source: str) -> Prome
     insecure = section.get("allow_insecure_http", False)
     if not isinstance(insecure, bool):
         raise GuardrailError("must be true or false", source=source, field="metrics.allow_insecure_http")
+    labels = _parse_labels(section.get("labels"), source=source)
+    concurrency = section.get("concurrency")
+    if concurrency is not None and (isinstance(concurrency, bool) or not isinstance(concurrency, int)
+                                    or concurrency < 1):
+        raise GuardrailError(f"must be a positive whole number, got {concurrency!r}", source=source,
+                             field="metrics.concurrency")
 
     raw_queries = section.get("queries")
     if raw_queries is None:
@@ -160,14 +186,40 @@ def parse_prometheus_config(section: Mapping[str, Any], *, source: str) -> Prome
         if extra:
             raise GuardrailError(f"unknown key(s) {extra}; known: {list(QUERY_KEYS)}", source=source,
                                  field=f"{where}.{extra[0]}")
-        value = _template(spec.get("value"), source=source, field=f"{where}.value", required=True)
-        count = _template(spec.get("count"), source=source, field=f"{where}.count", required=True)
-        stddev = _template(spec.get("stddev"), source=source, field=f"{where}.stddev", required=False)
+        parsed = {
+            role: _template(spec.get(role), source=source, field=f"{where}.{role}", required=role != "stddev",
+                            labels=labels)
+            for role in QUERY_KEYS
+        }
+        value, count, stddev = parsed["value"], parsed["count"], parsed["stddev"]
         assert value is not None and count is not None
-        queries[metric] = PromQueries(value=value, count=count, stddev=stddev)
+        for role, template in parsed.items():
+            if template is not None and template[1] != value[1]:
+                raise GuardrailError(
+                    "mixes a grouped template with a per-series one: a metric's value, count and stddev are all "
+                    "per series ($flag/$variant) or all grouped by (flag, variant)",
+                    source=source, field=f"{where}.{role}",
+                )
+        queries[metric] = PromQueries(value=value[0], count=count[0], stddev=stddev[0] if stddev else None,
+                                      grouped=value[1])
     return PrometheusConfig(
-        url=url.strip().rstrip("/"), queries=queries, timeout=float(timeout), allow_insecure_http=insecure
+        url=url.strip().rstrip("/"), queries=queries, timeout=float(timeout), allow_insecure_http=insecure,
+        labels=labels, concurrency=concurrency,
     )
+
+
+def _parse_labels(raw: Any, *, source: str) -> tuple[str, str]:
+    if raw is None:
+        return DEFAULT_LABELS
+    if not isinstance(raw, Mapping) or set(raw) - {"flag", "variant"}:
+        raise GuardrailError("must be a mapping {flag: <label>, variant: <label>}", source=source,
+                             field="metrics.labels")
+    names = (raw.get("flag", DEFAULT_LABELS[0]), raw.get("variant", DEFAULT_LABELS[1]))
+    for role, name in zip(("flag", "variant"), names, strict=True):
+        if not isinstance(name, str) or not _LABEL_NAME.match(name):
+            raise GuardrailError(f"not a Prometheus label name: {name!r}", source=source,
+                                 field=f"metrics.labels.{role}")
+    return names[0], names[1]
 
 
 def auth_headers_from_env(env: Mapping[str, str]) -> dict[str, str]:
@@ -239,6 +291,23 @@ def _labels(metric: Any) -> str:
 def parse_answer(body: Any, *, flag: str, variant: str) -> float:
     """One /api/v1/query answer -> its single number, or NoData with the cause. May return NaN/Inf:
     what that means depends on whether it is the value or the count."""
+    rtype, result = answer_data(body)
+    if rtype == "scalar":
+        if not isinstance(result, list) or len(result) != 2:
+            raise NoData("malformed scalar result")
+        return _number(result[1])
+    if not result:
+        raise NoData(f"no series for flag={flag} variant={variant}: empty result "
+                     "(no traffic yet, or the query's labels do not match)")
+    if len(result) > 1:
+        shown = ", ".join(_labels(s.get("metric") if isinstance(s, Mapping) else None) for s in result[:2])
+        raise NoData(f"query returned {len(result)} series ({shown}{', ...' if len(result) > 2 else ''}); "
+                     "aggregate with sum() so it returns one")
+    return sample_value(result[0])
+
+
+def answer_data(body: Any) -> tuple[str, Any]:
+    """An answer's (resultType, result), a scalar or a vector list; NoData for anything else."""
     if not isinstance(body, Mapping):
         raise NoData(f"answer is {type(body).__name__}, not a Prometheus API object")
     if body.get("status") == "error":
@@ -259,9 +328,7 @@ def parse_answer(body: Any, *, flag: str, variant: str) -> float:
         raise NoData("answer has no `data` object")
     rtype, result = data.get("resultType"), data.get("result")
     if rtype == "scalar":
-        if not isinstance(result, list) or len(result) != 2:
-            raise NoData("malformed scalar result")
-        return _number(result[1])
+        return rtype, result
     if rtype == "matrix":
         raise NoData("query returns a range vector (matrix); wrap the [range] selector in rate()/increase() "
                      "and aggregate with sum()")
@@ -269,14 +336,11 @@ def parse_answer(body: Any, *, flag: str, variant: str) -> float:
         raise NoData(f"query returns a {rtype!r} result; it must return one number (a vector or a scalar)")
     if not isinstance(result, list):
         raise NoData("malformed vector result")
-    if not result:
-        raise NoData(f"no series for flag={flag} variant={variant}: empty result "
-                     "(no traffic yet, or the query's labels do not match)")
-    if len(result) > 1:
-        shown = ", ".join(_labels(s.get("metric") if isinstance(s, Mapping) else None) for s in result[:2])
-        raise NoData(f"query returned {len(result)} series ({shown}{', ...' if len(result) > 2 else ''}); "
-                     "aggregate with sum() so it returns one")
-    sample = result[0]
+    return rtype, result
+
+
+def sample_value(sample: Any) -> float:
+    """One vector sample's number (may be NaN/Inf), or NoData."""
     if not isinstance(sample, Mapping):
         raise NoData("malformed sample")
     if "value" not in sample:
@@ -288,6 +352,28 @@ def parse_answer(body: Any, *, flag: str, variant: str) -> float:
     if not isinstance(pair, list) or len(pair) != 2:
         raise NoData("malformed sample value")
     return _number(pair[1])
+
+
+def aggregate(metric: str, numbers: Mapping[str, float | NoData]) -> Aggregate:
+    """The numbers of one aggregate's queries (value, count, optional stddev) -> an Aggregate or the cause."""
+    for role in ("value", "count"):
+        answer = numbers[role]
+        if isinstance(answer, NoData):
+            return Aggregate.missing(f"{metric} {role} query: {answer}")
+    value, count = numbers["value"], numbers["count"]
+    assert isinstance(value, float) and isinstance(count, float)
+    if not math.isfinite(value):
+        return Aggregate.missing(f"{metric} value query: {_value_cause(value)}")
+    if not math.isfinite(count):
+        return Aggregate.missing(f"{metric} count query: count is {count}")
+    if count < 0:
+        return Aggregate.missing(f"{metric} count query: count is negative ({count:g})")
+    # optional: only the sequential test on a mean metric needs it, and says so
+    stddev = numbers.get("stddev")
+    if not isinstance(stddev, float) or not math.isfinite(stddev) or stddev < 0:
+        stddev = None
+    # increase() extrapolates to the window's edges, so counts come back as 1234.56: round, not floor.
+    return Aggregate(value=value, count=round(count), stddev=stddev)
 
 
 def _value_cause(v: float) -> str:
@@ -312,8 +398,11 @@ class PrometheusSource:
         *,
         headers: Mapping[str, str] | None = None,
         policy: RetryPolicy = DEFAULT_POLICY,
+        concurrency: int = 64,
     ) -> None:
         self.config = config
+        self.concurrency = config.concurrency or concurrency
+        self.requests = 0  # instant queries sent, for benchmarks
         self.client = client
         self.headers = dict(headers or {})
         self.policy = policy
@@ -331,6 +420,11 @@ class PrometheusSource:
 
     async def _one(self, template: str, q: MetricQuery, at: str) -> float:
         promql = render(template, flag=q.flag, variant=q.variant, window=q.window)
+        return parse_answer(await self.get(promql, at), flag=q.flag, variant=q.variant)
+
+    async def get(self, promql: str, at: str) -> Any:
+        """One instant query's JSON body, or NoData with the cause."""
+        self.requests += 1
         try:
             response = await request(
                 self.client, "GET", self.endpoint, label="prometheus query", policy=self.policy,
@@ -347,10 +441,9 @@ class PrometheusSource:
                 hint = " (check PROMETHEUS_BEARER_TOKEN or PROMETHEUS_USERNAME/PASSWORD)"
             raise NoData(f"{exc}{hint}") from None
         try:
-            body = json_body(response)
+            return json_body(response)
         except ValueError as exc:
             raise NoData(f"prometheus query: {exc}") from None
-        return parse_answer(body, flag=q.flag, variant=q.variant)
 
     async def query(self, q: MetricQuery) -> Aggregate:
         queries = self.config.queries.get(q.metric)
@@ -365,28 +458,19 @@ class PrometheusSource:
         answers = await asyncio.gather(
             *(self._one(template, q, at) for _role, template in roles), return_exceptions=True
         )
-        numbers: dict[str, float] = {}
+        numbers: dict[str, float | NoData] = {}
         for (role, _template), answer in zip(roles, answers, strict=True):
-            if isinstance(answer, NoData):
-                if role == "stddev":
-                    continue  # optional: only the sequential test on a mean metric needs it, and says so
-                return Aggregate.missing(f"{q.metric} {role} query: {answer}")
-            if isinstance(answer, BaseException):
+            if isinstance(answer, BaseException) and not isinstance(answer, NoData):
                 raise answer  # a bug, not data: fetch_all reports it without a traceback
             numbers[role] = answer
+        return aggregate(q.metric, numbers)
 
-        value, count = numbers["value"], numbers["count"]
-        if not math.isfinite(value):
-            return Aggregate.missing(f"{q.metric} value query: {_value_cause(value)}")
-        if not math.isfinite(count):
-            return Aggregate.missing(f"{q.metric} count query: count is {count}")
-        if count < 0:
-            return Aggregate.missing(f"{q.metric} count query: count is negative ({count:g})")
-        stddev = numbers.get("stddev")
-        if stddev is not None and (not math.isfinite(stddev) or stddev < 0):
-            stddev = None
-        # increase() extrapolates to the window's edges, so counts come back as 1234.56: round, not floor.
-        return Aggregate(value=value, count=round(count), stddev=stddev)
+    async def fetch(self, plan: Sequence[tuple[AggregateKey, MetricQuery]]) -> dict[AggregateKey, Aggregate]:
+        """The whole plan: grouped metrics in one instant query per (metric, window, end) and role, the
+        others one query per series, at most `concurrency` in flight."""
+        from guardrail.sources.prometheus_batch import fetch_plan
+
+        return await fetch_plan(self, plan)
 
     async def aclose(self) -> None:
         """The client belongs to the run, which closes it."""
