@@ -32,6 +32,7 @@ from guardrail.model import (
     Halt,
     HaltAction,
     HaltRecord,
+    HaltStatus,
     Method,
     MetricKind,
     MetricQuery,
@@ -363,7 +364,7 @@ def decide_flag(
         # Write-ahead: the halt is in the state before any API call, so a run that dies mid-halt is
         # finished by the next run, and a flag is never halted twice.
         record = HaltRecord(
-            status="pending",
+            status=HaltStatus.PENDING,
             action=action,
             reason=reason,
             decided_at=now,

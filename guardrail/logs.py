@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections import Counter
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from typing import Any, TextIO
 
-from guardrail.check import RunResult
 from guardrail.config import format_time
-from guardrail.model import ExitCode, GuardrailError, Verdict
-from guardrail.redact import Redactor
+from guardrail.model import ExitCode, GuardrailError, RunResult, Verdict
+from guardrail.redact import Redactor, process_redactor
 from guardrail.report import evaluation_json
 
 # A breach or a source failure deserves a look; a skip for warmup or low traffic is the normal course.
@@ -35,8 +33,8 @@ _EXIT_LEVEL = {ExitCode.OK: "info", ExitCode.HALTED: "warning", ExitCode.UNEVALU
 
 
 def env_redactor() -> Redactor:
-    """The contract's secrets by their standard names (the CLI's error boundary masks the same)."""
-    return Redactor([os.environ.get("FLAG_API_TOKEN"), os.environ.get("ALERT_WEBHOOK_URL")])
+    """Every secret the process knows (the CLI's error boundary masks the same)."""
+    return process_redactor()
 
 
 def run_log_records(result: RunResult) -> Iterator[dict[str, Any]]:

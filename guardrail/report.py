@@ -8,9 +8,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from guardrail.check import RunResult
 from guardrail.config import format_time
-from guardrail.model import Aggregate, Evaluation
+from guardrail.model import Aggregate, Evaluation, RunResult
 
 JSON_VERSION = 1
 

@@ -86,7 +86,7 @@ def _notes(flag: Flag | None, halt: HaltRecord) -> list[str]:
 
 def resume_record(key: str, reason: str, by: str, now: datetime, halt: HaltRecord) -> dict[str, Any]:
     previous = halt_to_dict(halt)
-    previous.pop("alert_payload", None)  # the prepared webhook body; the halt line in the audit has the facts
+    previous.pop("alert", None)  # the alert's context; the halt line in the audit has the facts
     return {"type": "resume", "flag": key, "reason": reason, "by": by, "time": format_time(now),
             "previous_halt": previous}
 

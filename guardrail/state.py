@@ -25,6 +25,7 @@ from guardrail.model import (
     GuardrailError,
     HaltAction,
     HaltRecord,
+    HaltStatus,
     State,
     Streak,
 )
@@ -45,7 +46,7 @@ def _dt(value: Any) -> datetime | None:
 
 def halt_to_dict(h: HaltRecord) -> dict[str, Any]:
     return {
-        "status": h.status,
+        "status": HaltStatus(h.status).value,
         "action": h.action.value,
         "reason": h.reason,
         "decided_at": _t(h.decided_at),
@@ -56,7 +57,7 @@ def halt_to_dict(h: HaltRecord) -> dict[str, Any]:
         "attempts": h.attempts,
         "last_error": h.last_error,
         "alert_delivered": h.alert_delivered,
-        "alert_payload": h.alert_payload,
+        "alert": h.alert,
         "run_id": h.run_id,
     }
 
@@ -65,7 +66,7 @@ def halt_from_dict(d: Mapping[str, Any]) -> HaltRecord:
     decided = _dt(d["decided_at"])
     assert decided is not None
     return HaltRecord(
-        status=str(d["status"]),
+        status=HaltStatus(d["status"]),
         action=HaltAction(d["action"]),
         reason=str(d["reason"]),
         decided_at=decided,
@@ -76,7 +77,8 @@ def halt_from_dict(d: Mapping[str, Any]) -> HaltRecord:
         attempts=int(d.get("attempts", 0)),
         last_error=d.get("last_error"),
         alert_delivered=bool(d.get("alert_delivered", False)),
-        alert_payload=d.get("alert_payload"),
+        # Files written before the alert was rendered at send time kept the rendered body instead.
+        alert=d.get("alert") or ({"legacy_payload": d["alert_payload"]} if d.get("alert_payload") else None),
         run_id=d.get("run_id"),
     )
 

@@ -16,7 +16,7 @@ import respx
 
 from guardrail.http import RetryPolicy
 from guardrail.model import Aggregate, AggregateKey, GuardrailError, MetricQuery
-from guardrail.sources import fetch_all
+from guardrail.sources import fetch_plan
 from guardrail.sources.prometheus import PrometheusSource, parse_prometheus_config
 
 URL = "http://prom.test:9090"
@@ -66,7 +66,7 @@ def run(
     async def go() -> tuple[dict[AggregateKey, Aggregate], int]:
         async with httpx.AsyncClient() as client:
             source = PrometheusSource(config, client, policy=FAST)
-            got = await fetch_all(source, planned, concurrency=8)
+            got = await fetch_plan(source, planned)
             return got, source.requests
 
     return asyncio.run(go())

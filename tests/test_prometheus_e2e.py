@@ -325,7 +325,7 @@ def test_latency_guardrails_report_exactly_what_promql_says(stack: Stack, tmp_pa
 
 def test_grouped_templates_give_the_per_series_numbers_in_one_query_per_metric_and_role(stack: Stack) -> None:
     from guardrail.model import AggregateKey
-    from guardrail.sources import fetch_all
+    from guardrail.sources import fetch_plan
 
     grouped_doc = yaml.safe_load((REPO / "configs" / "prometheus-grouped.yaml").read_text())
     end = instant()
@@ -341,7 +341,7 @@ def test_grouped_templates_give_the_per_series_numbers_in_one_query_per_metric_a
         async def go() -> tuple[dict[AggregateKey, Aggregate], int]:
             async with make_client(timeout=5.0) as client:
                 source = PrometheusSource(config, client)
-                return await fetch_all(source, plan, concurrency=8), source.requests
+                return await fetch_plan(source, plan), source.requests
 
         return asyncio.run(go())
 

@@ -73,10 +73,15 @@ def test_good_config_reads_the_password_from_the_environment_and_files_beside_th
 
 def test_settings_accept_the_sql_source_and_treat_its_password_as_a_secret(tmp_path: Path) -> None:
     path = tmp_path / "g.yaml"
-    path.write_text("metrics:\n  source: sql\n  url: duckdb:///x.duckdb\n  password_env: PW\n  queries: {}\n")
+    path.write_text(
+        "flags: flags.yaml\nmetrics:\n  source: sql\n  url: duckdb:///x.duckdb\n  password_env: PW\n"
+        "  queries:\n    m: {file: q.sql}\n"
+    )
+    (tmp_path / "q.sql").write_text(Q)  # beside the config file, not the working directory
     settings = load_settings(config=path, env={"PW": "pw-value-123"})
-    assert settings.metrics_source == "sql" and settings.secrets() == ["pw-value-123"]
+    assert settings.metrics_source == "sql" and "pw-value-123" in settings.secrets()
     assert "pw-value-123" not in repr(settings)
+    assert settings.metrics.config.queries == {"m": Q}
 
 
 def test_times_are_bound_as_naive_utc() -> None:

@@ -21,7 +21,7 @@ from guardrail import report
 from guardrail.check import RunResult, run_check
 from guardrail.demo.warehouse import Arm, generate, write_duckdb
 from guardrail.fakeapi import FakeAPI
-from guardrail.settings import Settings
+from guardrail.settings import load_settings
 
 DEMO_TOKEN = "demo-token-not-a-secret"
 EXPRESS, SEARCH = "checkout.payments.express-pay", "search.ranking.new-model"
@@ -60,21 +60,17 @@ def run_demo(state_dir: Path | None = None, now: datetime | None = None) -> int:
         warehouse = Path(tmp) / "events.duckdb"
         events = make_warehouse(warehouse, start)
         sql = resources.files("guardrail.demo").joinpath("sql")
-        settings = Settings(
-            flags=f"{api.url}/v1/flags",
-            flag_api_url=api.url,
-            flag_api_token=DEMO_TOKEN,
-            metrics_source="sql",
-            metrics_section={
-                "source": "sql",
-                "url": f"duckdb:///{warehouse}",
-                "timeout": 30,
-                "queries": {metric: sql.joinpath(name).read_text("utf-8") for metric, name in QUERIES.items()},
-            },
-            webhook_url=f"{api.url}/webhook",
-            state_path=base / "state.json",
-            audit_path=base / "audit.jsonl",
-        )
+        # A config file like a user's: metrics from SQL (guardrail/sources/sql.py), flags from the flag API.
+        config = Path(tmp) / "guardrail.yaml"
+        config.write_text(yaml.safe_dump({"metrics": {
+            "source": "sql",
+            "url": f"duckdb:///{warehouse}",
+            "timeout": 30,
+            "queries": {metric: sql.joinpath(name).read_text("utf-8") for metric, name in QUERIES.items()},
+        }}), "utf-8")
+        env = {"FLAG_API_URL": api.url, "FLAG_API_TOKEN": DEMO_TOKEN, "ALERT_WEBHOOK_URL": f"{api.url}/webhook"}
+        settings = load_settings(config=config, env=env, overrides={"state_path": base / "state.json",
+                                                                    "audit_path": base / "audit.jsonl"})
         print(
             f"guardrail demo: metrics from SQL over a DuckDB warehouse ({events:,} events in {warehouse.name}); "
             f"fake flag API and webhook on {api.url}"

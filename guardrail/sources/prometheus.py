@@ -18,15 +18,17 @@ import base64
 import math
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 
+from guardrail.adapters import ConfigContext, Plugin, Runtime
 from guardrail.http import HTTPFailure, RetryPolicy, is_loopback, json_body, request
-from guardrail.model import Aggregate, AggregateKey, GuardrailError, MetricQuery
+from guardrail.model import Aggregate, AggregateKey, FailureKind, GuardrailError, MetricQuery
+from guardrail.sources.base import PerSeriesSource
 
 PLACEHOLDERS = ("flag", "variant", "window")
 SECTION_KEYS = ("source", "url", "timeout", "queries", "allow_insecure_http", "labels", "concurrency")
@@ -273,6 +275,10 @@ def eval_time(end: datetime) -> str:
 class NoData(Exception):
     """Internal: why one PromQL answer gives no usable number (becomes Aggregate.missing)."""
 
+    def __init__(self, message: str, kind: FailureKind = FailureKind.BAD_ANSWER) -> None:
+        super().__init__(message)
+        self.kind = kind
+
 
 def _number(raw: Any) -> float:
     # Prometheus encodes sample values as strings: "1.5", "NaN", "+Inf", "-Inf".
@@ -359,7 +365,7 @@ def aggregate(metric: str, numbers: Mapping[str, float | NoData]) -> Aggregate:
     for role in ("value", "count"):
         answer = numbers[role]
         if isinstance(answer, NoData):
-            return Aggregate.missing(f"{metric} {role} query: {answer}")
+            return Aggregate.missing(f"{metric} {role} query: {answer}", answer.kind)
     value, count = numbers["value"], numbers["count"]
     assert isinstance(value, float) and isinstance(count, float)
     if not math.isfinite(value):
@@ -386,7 +392,17 @@ def _value_cause(v: float) -> str:
 # ---- the source --------------------------------------------------------------------------------------
 
 
-class PrometheusSource:
+def check_credential_transport(config: PrometheusConfig, headers: Mapping[str, str]) -> None:
+    insecure = urlsplit(config.url).scheme == "http" and not is_loopback(config.url)
+    if headers and insecure and not config.allow_insecure_http:
+        raise GuardrailError(
+            "refusing to send Prometheus credentials over plain http to a non-loopback host; use https, "
+            "or set `allow_insecure_http: true` if the network is trusted",
+            field="metrics.url",
+        )
+
+
+class PrometheusSource(PerSeriesSource):
     """MetricSource over Prometheus's HTTP API. The client belongs to the run; this never closes it."""
 
     name = "prometheus"
@@ -407,13 +423,7 @@ class PrometheusSource:
         self.headers = dict(headers or {})
         self.policy = policy
         self.endpoint = f"{config.url}/api/v1/query"
-        insecure = urlsplit(config.url).scheme == "http" and not is_loopback(config.url)
-        if self.headers and insecure and not config.allow_insecure_http:
-            raise GuardrailError(
-                "refusing to send Prometheus credentials over plain http to a non-loopback host; use https, "
-                "or set `allow_insecure_http: true` if the network is trusted",
-                field="metrics.url",
-            )
+        check_credential_transport(config, self.headers)
 
     def __repr__(self) -> str:
         return f"PrometheusSource(url={self.config.url!r}, metrics={sorted(self.config.queries)})"
@@ -439,7 +449,7 @@ class PrometheusSource:
             hint = ""
             if exc.status in (401, 403):
                 hint = " (check PROMETHEUS_BEARER_TOKEN or PROMETHEUS_USERNAME/PASSWORD)"
-            raise NoData(f"{exc}{hint}") from None
+            raise NoData(f"{exc}{hint}", exc.failure) from None
         try:
             return json_body(response)
         except ValueError as exc:
@@ -461,7 +471,7 @@ class PrometheusSource:
         numbers: dict[str, float | NoData] = {}
         for (role, _template), answer in zip(roles, answers, strict=True):
             if isinstance(answer, BaseException) and not isinstance(answer, NoData):
-                raise answer  # a bug, not data: fetch_all reports it without a traceback
+                raise answer  # a bug, not data: PerSeriesSource.fetch reports it without a traceback
             numbers[role] = answer
         return aggregate(q.metric, numbers)
 
@@ -472,5 +482,36 @@ class PrometheusSource:
 
         return await fetch_plan(self, plan)
 
-    async def aclose(self) -> None:
-        """The client belongs to the run, which closes it."""
+
+# ---- the plugin -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PrometheusSettings:
+    config: PrometheusConfig
+    headers: Mapping[str, str]
+
+
+def _parse(ctx: ConfigContext) -> PrometheusSettings:
+    config = parse_prometheus_config(ctx.section("metrics"), source=ctx.source)
+    if ctx.option("allow_insecure_http"):
+        config = replace(config, allow_insecure_http=True)
+    headers = auth_headers_from_env(ctx.env)
+    check_credential_transport(config, headers)  # at start, not at the first query
+    return PrometheusSettings(config, headers)
+
+
+def _secrets(settings: PrometheusSettings) -> list[str]:
+    values = [v.split(" ", 1)[-1] for v in settings.headers.values()]
+    return values + list(settings.headers.values())
+
+
+def _create(settings: PrometheusSettings, runtime: Runtime) -> PrometheusSource:
+    return PrometheusSource(settings.config, runtime.client, headers=settings.headers, policy=runtime.policy,
+                            concurrency=runtime.concurrency)
+
+
+PLUGIN = Plugin(
+    name="prometheus", summary="Prometheus instant queries from PromQL templates",
+    parse=_parse, create=_create, secrets=_secrets,
+)

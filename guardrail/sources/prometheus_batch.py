@@ -17,7 +17,8 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from guardrail.model import Aggregate, AggregateKey, MetricQuery
+from guardrail.model import Aggregate, AggregateKey, FailureKind, MetricQuery
+from guardrail.sources.base import PerSeriesSource
 from guardrail.sources.prometheus import (
     _DURATION,
     NoData,
@@ -68,7 +69,7 @@ async def _grouped(
 ) -> dict[AggregateKey, Aggregate]:
     queries = source.config.queries[metric]
     if not _DURATION.match(window):
-        error = Aggregate.missing(f"window {window!r} is not a PromQL duration such as 5m")
+        error = Aggregate.missing(f"window {window!r} is not a PromQL duration such as 5m", FailureKind.INTERNAL)
         return {key: error for key, _q in items}
     at = eval_time(end)
     roles = [("value", queries.value), ("count", queries.count)]
@@ -94,7 +95,8 @@ async def _grouped(
                     (q.flag, q.variant),
                     NoData(
                         f"no series for {labels[0]}={q.flag} {labels[1]}={q.variant} in the grouped answer "
-                        "(no traffic yet, or the labels differ)"
+                        "(no traffic yet, or the labels differ)",
+                        FailureKind.NOT_FOUND,
                     ),
                 )
         out[key] = aggregate(metric, numbers)
@@ -104,8 +106,6 @@ async def _grouped(
 async def fetch_plan(
     source: PrometheusSource, plan: Sequence[tuple[AggregateKey, MetricQuery]]
 ) -> dict[AggregateKey, Aggregate]:
-    from guardrail.sources import per_series
-
     groups: dict[tuple[str, str, datetime], list[tuple[AggregateKey, MetricQuery]]] = defaultdict(list)
     single: list[tuple[AggregateKey, MetricQuery]] = []
     for key, q in plan:
@@ -123,7 +123,7 @@ async def fetch_plan(
 
     async def rest() -> None:
         if single:
-            results.update(await per_series(source, single, concurrency=source.concurrency))
+            results.update(await PerSeriesSource.fetch(source, single))
 
     await asyncio.gather(rest(), *(one(spec, items) for spec, items in groups.items()))
     return {key: results[key] for key, _q in plan}

@@ -28,7 +28,8 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, TypeVar
 
-from guardrail.model import Aggregate, AggregateKey, GuardrailError, MetricQuery
+from guardrail.adapters import ConfigContext, Plugin, Runtime
+from guardrail.model import Aggregate, AggregateKey, FailureKind, GuardrailError, MetricQuery
 from guardrail.sources.sql_rows import Rows, aggregates_from_rows
 
 SECTION_KEYS = ("source", "url", "password_env", "timeout", "total_timeout", "concurrency", "queries")
@@ -211,6 +212,10 @@ def window_bounds(window: str, end: datetime) -> tuple[datetime, datetime]:
 class StatementFailed(Exception):
     """Internal: a statement failed; the message is the database's own (password scrubbed)."""
 
+    def __init__(self, message: str, kind: FailureKind) -> None:
+        super().__init__(message)
+        self.kind = kind
+
 
 async def in_thread(work: Callable[[], T], *, deadline: float, on_timeout: Callable[[], None]) -> T:
     """Run blocking `work` on a daemon thread and wait at most `deadline` seconds.
@@ -309,19 +314,24 @@ class SqlSource:
                 result.close()
                 conn.rollback()
         except DBAPIError as exc:
-            raise StatementFailed(self._db_message(exc.orig, handle)) from None
+            raise StatementFailed(*self._db_message(exc, handle)) from None
         except SQLAlchemyError as exc:
-            raise StatementFailed(self._scrub(str(exc).split("\n")[0])[:300]) from None
+            raise StatementFailed(self._scrub(str(exc).split("\n")[0])[:300], FailureKind.REFUSED) from None
         finally:
             if timer is not None:
                 timer.cancel()
         if len(rows) > limit:
             raise StatementFailed(
-                f"returned more than {limit:,} rows: one row per (flag, variant) is expected (GROUP BY flag, variant)"
+                f"returned more than {limit:,} rows: one row per (flag, variant) is expected (GROUP BY flag, variant)",
+                FailureKind.BAD_ANSWER,
             )
         return Rows(columns=columns, rows=[tuple(r) for r in rows])
 
-    def _db_message(self, orig: BaseException | None, handle: Mapping[str, Any]) -> str:
+    def _db_message(self, exc: Any, handle: Mapping[str, Any]) -> tuple[str, FailureKind]:
+        """The database's own words (password scrubbed), and what kind of failure they describe."""
+        from sqlalchemy.exc import OperationalError
+
+        orig = exc.orig
         message = " ".join(str(orig).split()) if orig is not None else "database error"
         lowered = message.lower()
         if handle.get("interrupted") or "statement timeout" in lowered:
@@ -329,7 +339,14 @@ class SqlSource:
                 f"statement deadline of {self.config.timeout:g} s hit, the database cancelled it ({message}); "
                 "see docs/sql.md for a per-unit rollup or a longer cadence"
             )
-        return self._scrub(message)[:400]
+            kind = FailureKind.TIMEOUT
+        elif "password authentication failed" in lowered or "permission denied" in lowered:
+            kind = FailureKind.AUTH
+        elif isinstance(exc, OperationalError) and "raw" not in handle:
+            kind = FailureKind.UNREACHABLE  # no connection was made
+        else:
+            kind = FailureKind.REFUSED  # the query itself: asking again will not help
+        return self._scrub(message)[:400], kind
 
     def _cancel(self, handle: Mapping[str, Any]) -> None:
         """The client's deadline passed: ask the database to stop, so the query does not run on unseen."""
@@ -345,16 +362,16 @@ class SqlSource:
     async def _group(
         self, metric: str, window: str, end: datetime, items: Sequence[tuple[AggregateKey, MetricQuery]]
     ) -> dict[AggregateKey, Aggregate]:
-        def every(error: str) -> dict[AggregateKey, Aggregate]:
-            return {key: Aggregate.missing(error) for key, _q in items}
+        def every(error: str, kind: FailureKind) -> dict[AggregateKey, Aggregate]:
+            return {key: Aggregate.missing(error, kind) for key, _q in items}
 
         sql = self.config.queries.get(metric)
         if sql is None:
-            return every(f"no SQL configured for metric {metric!r} in metrics.queries")
+            return every(f"no SQL configured for metric {metric!r} in metrics.queries", FailureKind.NOT_FOUND)
         try:
             start, stop = window_bounds(window, end)
         except ValueError:
-            return every(f"window {window!r} is not a duration such as 5m")
+            return every(f"window {window!r} is not a duration such as 5m", FailureKind.INTERNAL)
         handle: dict[str, Any] = {}
         limit = max(100_000, 10 * len(items))
         self.statements += 1
@@ -365,11 +382,12 @@ class SqlSource:
                 on_timeout=lambda: self._cancel(handle),
             )
         except StatementFailed as exc:
-            return every(f"{metric} query ({window}): {exc}")
+            return every(f"{metric} query ({window}): {exc}", exc.kind)
         except asyncio.TimeoutError:
             return every(
                 f"{metric} query ({window}): no answer within {self.config.timeout + GRACE:g} s; "
-                "cancel sent to the database"
+                "cancel sent to the database",
+                FailureKind.TIMEOUT,
             )
         pairs = {(q.flag, q.variant) for _key, q in items}
         found = aggregates_from_rows(rows, pairs, label=f"{metric} query ({window})")
@@ -389,7 +407,8 @@ class SqlSource:
                 try:
                     results.update(await self._group(*spec, items))
                 except Exception as exc:  # a bug here must cost this metric, not the run
-                    results.update({k: Aggregate.missing(f"sql source failed: {type(exc).__name__}") for k, _ in items})
+                    failed = Aggregate.missing(f"sql source failed: {type(exc).__name__}", FailureKind.INTERNAL)
+                    results.update({k: failed for k, _ in items})
 
         tasks = [asyncio.ensure_future(one(spec, items)) for spec, items in groups.items()]
         if tasks:
@@ -397,7 +416,7 @@ class SqlSource:
             for task in pending:
                 task.cancel()
         late = f"sql source: total deadline of {self.config.total_timeout:g} s (metrics.total_timeout) passed first"
-        return {key: results.get(key, Aggregate.missing(late)) for key, _q in plan}
+        return {key: results.get(key, Aggregate.missing(late, FailureKind.DEADLINE)) for key, _q in plan}
 
     async def query(self, q: MetricQuery) -> Aggregate:
         key: AggregateKey = (q.flag, q.variant, q.metric, q.window)
@@ -405,3 +424,28 @@ class SqlSource:
 
     async def aclose(self) -> None:
         self.engine.dispose()
+
+
+# ---- the plugin -------------------------------------------------------------------------------------
+
+
+def _parse(ctx: ConfigContext) -> SqlConfig:
+    base = Path(ctx.source).parent if ctx.source != "<environment>" else Path(".")
+    return parse_sql_config(ctx.section("metrics"), ctx.env, source=ctx.source, base_dir=base)
+
+
+def _create(config: SqlConfig, _runtime: Runtime) -> SqlSource:
+    return SqlSource(config)
+
+
+def _secrets(config: SqlConfig) -> list[str]:
+    return config.secrets()
+
+
+PLUGIN = Plugin(
+    name="sql",
+    summary="SQL over a database via SQLAlchemy (DuckDB, PostgreSQL, ...): one query per metric for all flags",
+    parse=_parse,
+    create=_create,
+    secrets=_secrets,
+)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from guardrail.model import Aggregate
+from guardrail.model import Aggregate, FailureKind
 
 REQUIRED = ("flag", "variant", "value", "count")
 OPTIONAL_FLOATS = ("stddev", "unit_sum", "unit_sum_sq", "num_sum", "num_sum_sq", "den_sum", "den_sum_sq", "num_den_sum")
@@ -88,7 +88,7 @@ def aggregates_from_rows(
     if absent:
         shown = ", ".join(result.columns) or "none"
         error = f"{label}: no {', '.join(absent)} column(s) in the result (columns: {shown}); {CONTRACT}"
-        return {pair: Aggregate.missing(error) for pair in wanted}
+        return {pair: Aggregate.missing(error, FailureKind.BAD_ANSWER) for pair in wanted}
     wanted_set = set(wanted)
     seen: dict[tuple[str, str], int] = {}
     rows: dict[tuple[str, str], tuple[Any, ...]] = {}
@@ -106,7 +106,8 @@ def aggregates_from_rows(
         n = seen.get(pair, 0)
         if n == 0:
             found[pair] = Aggregate.missing(
-                f"{label}: no row for flag={flag} variant={variant} (no exposures or events in the window?)"
+                f"{label}: no row for flag={flag} variant={variant} (no exposures or events in the window?)",
+                FailureKind.NOT_FOUND,
             )
         elif n > 1:
             found[pair] = Aggregate.missing(
