@@ -231,3 +231,22 @@ def test_unreachable_database_is_no_data_not_a_crash() -> None:
     got = fetch(src, d.plan(["error_rate"], "5m", d.END, [("a", "b")]))
     error = str(got[("a", "b", "error_rate", "5m")].error)
     assert "connection" in error.lower() and "error_rate query (5m)" in error
+
+
+def test_the_hourly_rollup_recipe_gives_the_raw_queries_numbers(engine: tuple[str, str, dict[str, str]]) -> None:
+    """docs/sql.md's rollup for large tables: the same aggregates, per-unit sums included, over whole hours."""
+    import sqlalchemy
+
+    dialect, url, env = engine
+    rollup = (d.EXAMPLES / "rollup" / "unit_hourly.sql").read_text()
+    admin = url.replace("postgresql+psycopg://guardrail@", f"postgresql+psycopg://guardrail:{env.get(PW_ENV)}@")
+    engine_ = sqlalchemy.create_engine(admin)
+    with engine_.begin() as conn:
+        conn.execute(sqlalchemy.text("DROP TABLE IF EXISTS unit_hourly"))
+        conn.execute(sqlalchemy.text(rollup))
+    engine_.dispose()
+    raw = source(url, env, {"error_rate": d.template("error_rate", dialect)})
+    rolled = source(url, env, {"error_rate": (d.EXAMPLES / "rollup" / "error_rate.sql").read_text()})
+    plan = d.plan(["error_rate"], "60m", d.END)  # 11:00 to 12:00: whole hours
+    want, got = fetch(raw, plan), fetch(rolled, plan)
+    assert got == want and all(a.usable and a.units for a in got.values())
