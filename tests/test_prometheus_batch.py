@@ -116,7 +116,7 @@ def test_missing_and_duplicated_series_cost_only_their_arm(mock: respx.MockRoute
     assert got[("a", "control", "error_rate", "5m")].usable
     assert "several series for flag=a variant=treatment" in str(got[("a", "treatment", "error_rate", "5m")].error)
     assert "value is NaN" in str(got[("b", "treatment", "error_rate", "5m")].error)
-    assert "no series for flag=c variant=control in the grouped answer" in str(
+    assert "no value series for flag=c variant=control in the grouped answer" in str(
         got[("c", "control", "error_rate", "5m")].error
     )
 

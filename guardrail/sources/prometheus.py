@@ -14,8 +14,6 @@ answers with `warnings`). Each becomes `Aggregate.missing(<cause>)`, which the e
 from __future__ import annotations
 
 import asyncio
-import base64
-import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -27,218 +25,34 @@ import httpx
 
 from guardrail.adapters import ConfigContext, Plugin, Runtime
 from guardrail.http import HTTPFailure, RetryPolicy, is_loopback, json_body, request
-from guardrail.model import Aggregate, AggregateKey, FailureKind, GuardrailError, MetricQuery
+from guardrail.model import Aggregate, AggregateKey, GuardrailError, MetricQuery
 from guardrail.sources.base import PerSeriesSource
+from guardrail.sources.prometheus_answers import (
+    NoData,
+    aggregate,
+    answer_data,
+    parse_answer,
+    sample_value,
+)
+from guardrail.sources.prometheus_config import (
+    _DURATION,
+    _TOKEN,
+    DEFAULT_LABELS,
+    STAT_LABEL,
+    PrometheusConfig,
+    PromQueries,
+    auth_headers_from_env,
+    parse_prometheus_config,
+)
 
-PLACEHOLDERS = ("flag", "variant", "window")
-SECTION_KEYS = ("source", "url", "timeout", "queries", "allow_insecure_http", "labels", "concurrency")
-DEFAULT_LABELS = ("flag", "variant")
-_LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
-QUERY_KEYS = ("value", "count", "stddev")
-
-# `$name` or `${name}`; `$$` is a literal dollar (a regex end anchor inside a label matcher, say).
-_TOKEN = re.compile(r"\$(?:\$|\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*))")
-# PromQL durations: one or more number+unit pairs, e.g. 5m, 4320m, 1h30m.
-# https://prometheus.io/docs/prometheus/latest/querying/basics/#time-durations
-_DURATION = re.compile(r"^(?:[0-9]+(?:ms|s|m|h|d|w|y))+$")
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _MS = timedelta(milliseconds=1)
 DEFAULT_POLICY = RetryPolicy()
-
-
-@dataclass(frozen=True)
-class PromQueries:
-    """The PromQL templates of one guardrail metric."""
-
-    value: str
-    count: str
-    stddev: str | None = None
-    # Grouped templates use neither $flag nor $variant: `sum by (flag, variant) (...)` answers every flag and
-    # arm in one instant query, and the series are mapped back by their labels (guardrail/sources/prometheus_batch.py).
-    grouped: bool = False
-
-
-@dataclass(frozen=True)
-class PrometheusConfig:
-    url: str
-    queries: Mapping[str, PromQueries]
-    timeout: float = 5.0
-    # Credentials over plain http to a non-loopback host are refused unless this is set.
-    allow_insecure_http: bool = False
-    labels: tuple[str, str] = DEFAULT_LABELS  # the series labels that carry the flag key and the variant
-    concurrency: int | None = None  # queries in flight; None: the run's http.concurrency
-
-
-# ---- configuration ---------------------------------------------------------------------------------
-
-
-def _template(
-    raw: Any, *, source: str, field: str, required: bool, labels: tuple[str, str] = DEFAULT_LABELS
-) -> tuple[str, bool] | None:
-    """The template and whether it is grouped (no $flag or $variant: one query answers every flag)."""
-    if raw is None:
-        if required:
-            raise GuardrailError("missing PromQL template", source=source, field=field)
-        return None
-    if not isinstance(raw, str) or not raw.strip():
-        raise GuardrailError(
-            f"must be a non-empty PromQL string, got {type(raw).__name__}", source=source, field=field
-        )
-    names = set()
-    for m in _TOKEN.finditer(raw):
-        name = m.group(1) or m.group(2)
-        if name is None:
-            continue  # `$$`
-        if name not in PLACEHOLDERS:
-            raise GuardrailError(
-                f"unknown placeholder ${name}; use $flag, $variant or $window (or ${{flag}} when a letter "
-                "follows), and $$ for a literal $",
-                source=source, field=field,
-            )
-        names.add(name)
-    if "$" in _TOKEN.sub("", raw):
-        raise GuardrailError(
-            "stray `$`: the placeholders are $flag, $variant and $window; write $$ for a literal $",
-            source=source, field=field,
-        )
-    if not names & {"flag", "variant"}:
-        # Grouped: the series must keep both labels, or they cannot be told apart (by(), not without()).
-        missing = [label for label in labels if not re.search(rf"\b{re.escape(label)}\b", raw)]
-        if missing:
-            raise GuardrailError(
-                f"must use $variant (one series per query), or aggregate `by ({', '.join(labels)})` so one query "
-                f"answers every flag and arm (label(s) {missing} do not appear)",
-                source=source, field=field,
-            )
-        return raw, True
-    # Without $variant both arms get the same query and the same number: the guardrail could never fire.
-    if "variant" not in names:
-        raise GuardrailError(
-            "must use $variant (e.g. variant=\"$variant\"), or control and treatment get the same number",
-            source=source, field=field,
-        )
-    return raw, False
-
-
-def parse_prometheus_config(section: Mapping[str, Any], *, source: str) -> PrometheusConfig:
-    """The `metrics:` mapping of a config file -> PrometheusConfig. Raises GuardrailError naming the field."""
-    if not isinstance(section, Mapping):
-        raise GuardrailError("must be a mapping", source=source, field="metrics")
-    unknown = sorted(str(k) for k in section if k not in SECTION_KEYS)
-    if unknown:
-        raise GuardrailError(
-            f"unknown key(s) {unknown}; known: {list(SECTION_KEYS)}",
-            source=source, field=f"metrics.{unknown[0]}",
-        )
-    kind = section.get("source", "prometheus")
-    if kind != "prometheus":
-        raise GuardrailError(f"expected `prometheus`, got {kind!r}", source=source, field="metrics.source")
-
-    url = section.get("url")
-    if not isinstance(url, str) or not url.strip():
-        raise GuardrailError(
-            "missing Prometheus base URL, e.g. http://127.0.0.1:9090", source=source, field="metrics.url"
-        )
-    parts = urlsplit(url.strip())
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise GuardrailError(f"not an http(s) URL: {url!r}", source=source, field="metrics.url")
-    if parts.username or parts.password:
-        # The config file is meant to be committed; credentials come from the environment.
-        raise GuardrailError(
-            "credentials do not belong in the URL; set PROMETHEUS_USERNAME and PROMETHEUS_PASSWORD "
-            "(or PROMETHEUS_BEARER_TOKEN) in the environment",
-            source=source, field="metrics.url",
-        )
-    if parts.query or parts.fragment:
-        raise GuardrailError(
-            "must be a base URL without ?query or #fragment", source=source, field="metrics.url"
-        )
-
-    timeout = section.get("timeout", 5.0)
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < math.inf:
-        raise GuardrailError(f"must be a positive number of seconds, got {timeout!r}", source=source,
-                             field="metrics.timeout")
-    insecure = section.get("allow_insecure_http", False)
-    if not isinstance(insecure, bool):
-        raise GuardrailError("must be true or false", source=source, field="metrics.allow_insecure_http")
-    labels = _parse_labels(section.get("labels"), source=source)
-    concurrency = section.get("concurrency")
-    if concurrency is not None and (isinstance(concurrency, bool) or not isinstance(concurrency, int)
-                                    or concurrency < 1):
-        raise GuardrailError(f"must be a positive whole number, got {concurrency!r}", source=source,
-                             field="metrics.concurrency")
-
-    raw_queries = section.get("queries")
-    if raw_queries is None:
-        raise GuardrailError(
-            "missing: map each guardrail metric to PromQL `value` and `count` templates",
-            source=source, field="metrics.queries",
-        )
-    if not isinstance(raw_queries, Mapping) or not raw_queries:
-        raise GuardrailError("must be a non-empty mapping of metric name -> {value, count}", source=source,
-                             field="metrics.queries")
-    queries: dict[str, PromQueries] = {}
-    for metric, spec in raw_queries.items():
-        where = f"metrics.queries.{metric}"
-        if not isinstance(metric, str):
-            raise GuardrailError("metric names must be strings", source=source, field=where)
-        if not isinstance(spec, Mapping):
-            raise GuardrailError("must be a mapping with `value` and `count`", source=source, field=where)
-        extra = sorted(str(k) for k in spec if k not in QUERY_KEYS)
-        if extra:
-            raise GuardrailError(f"unknown key(s) {extra}; known: {list(QUERY_KEYS)}", source=source,
-                                 field=f"{where}.{extra[0]}")
-        parsed = {
-            role: _template(spec.get(role), source=source, field=f"{where}.{role}", required=role != "stddev",
-                            labels=labels)
-            for role in QUERY_KEYS
-        }
-        value, count, stddev = parsed["value"], parsed["count"], parsed["stddev"]
-        assert value is not None and count is not None
-        for role, template in parsed.items():
-            if template is not None and template[1] != value[1]:
-                raise GuardrailError(
-                    "mixes a grouped template with a per-series one: a metric's value, count and stddev are all "
-                    "per series ($flag/$variant) or all grouped by (flag, variant)",
-                    source=source, field=f"{where}.{role}",
-                )
-        queries[metric] = PromQueries(value=value[0], count=count[0], stddev=stddev[0] if stddev else None,
-                                      grouped=value[1])
-    return PrometheusConfig(
-        url=url.strip().rstrip("/"), queries=queries, timeout=float(timeout), allow_insecure_http=insecure,
-        labels=labels, concurrency=concurrency,
-    )
-
-
-def _parse_labels(raw: Any, *, source: str) -> tuple[str, str]:
-    if raw is None:
-        return DEFAULT_LABELS
-    if not isinstance(raw, Mapping) or set(raw) - {"flag", "variant"}:
-        raise GuardrailError("must be a mapping {flag: <label>, variant: <label>}", source=source,
-                             field="metrics.labels")
-    names = (raw.get("flag", DEFAULT_LABELS[0]), raw.get("variant", DEFAULT_LABELS[1]))
-    for role, name in zip(("flag", "variant"), names, strict=True):
-        if not isinstance(name, str) or not _LABEL_NAME.match(name):
-            raise GuardrailError(f"not a Prometheus label name: {name!r}", source=source,
-                                 field=f"metrics.labels.{role}")
-    return names[0], names[1]
-
-
-def auth_headers_from_env(env: Mapping[str, str]) -> dict[str, str]:
-    """PROMETHEUS_BEARER_TOKEN, else PROMETHEUS_USERNAME + PROMETHEUS_PASSWORD (basic auth). Never logged."""
-    token = env.get("PROMETHEUS_BEARER_TOKEN", "").strip()
-    if token:
-        return {"Authorization": f"Bearer {token}"}
-    user, password = env.get("PROMETHEUS_USERNAME", ""), env.get("PROMETHEUS_PASSWORD", "")
-    if user and password:
-        encoded = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
-        return {"Authorization": f"Basic {encoded}"}
-    if user or password:
-        missing = "PROMETHEUS_PASSWORD" if user else "PROMETHEUS_USERNAME"
-        raise GuardrailError(f"basic auth for Prometheus needs both variables; {missing} is not set",
-                             field=missing)
-    return {}
-
+__all__ = [
+    "DEFAULT_LABELS", "STAT_LABEL", "NoData", "PromQueries", "PrometheusConfig", "PrometheusSource", "aggregate",
+    "answer_data", "auth_headers_from_env", "eval_time", "parse_answer", "parse_prometheus_config", "promql_string",
+    "render", "sample_value",
+]
 
 # ---- rendering ---------------------------------------------------------------------------------------
 
@@ -270,123 +84,6 @@ def eval_time(end: datetime) -> str:
 
 
 # ---- answers -----------------------------------------------------------------------------------------
-
-
-class NoData(Exception):
-    """Internal: why one PromQL answer gives no usable number (becomes Aggregate.missing)."""
-
-    def __init__(self, message: str, kind: FailureKind = FailureKind.BAD_ANSWER) -> None:
-        super().__init__(message)
-        self.kind = kind
-
-
-def _number(raw: Any) -> float:
-    # Prometheus encodes sample values as strings: "1.5", "NaN", "+Inf", "-Inf".
-    try:
-        return float(raw)
-    except (TypeError, ValueError):
-        raise NoData(f"sample value is not a number ({raw!r:.40})") from None
-
-
-def _labels(metric: Any) -> str:
-    if not isinstance(metric, Mapping) or not metric:
-        return "{}"
-    return "{" + ",".join(f"{k}={v!r}" for k, v in sorted(metric.items())) + "}"
-
-
-def parse_answer(body: Any, *, flag: str, variant: str) -> float:
-    """One /api/v1/query answer -> its single number, or NoData with the cause. May return NaN/Inf:
-    what that means depends on whether it is the value or the count."""
-    rtype, result = answer_data(body)
-    if rtype == "scalar":
-        if not isinstance(result, list) or len(result) != 2:
-            raise NoData("malformed scalar result")
-        return _number(result[1])
-    if not result:
-        raise NoData(f"no series for flag={flag} variant={variant}: empty result "
-                     "(no traffic yet, or the query's labels do not match)")
-    if len(result) > 1:
-        shown = ", ".join(_labels(s.get("metric") if isinstance(s, Mapping) else None) for s in result[:2])
-        raise NoData(f"query returned {len(result)} series ({shown}{', ...' if len(result) > 2 else ''}); "
-                     "aggregate with sum() so it returns one")
-    return sample_value(result[0])
-
-
-def answer_data(body: Any) -> tuple[str, Any]:
-    """An answer's (resultType, result), a scalar or a vector list; NoData for anything else."""
-    if not isinstance(body, Mapping):
-        raise NoData(f"answer is {type(body).__name__}, not a Prometheus API object")
-    if body.get("status") == "error":
-        kind = body.get("errorType") or "error"
-        raise NoData(f"Prometheus error ({kind}): {str(body.get('error') or 'no detail')[:300]}")
-    if body.get("status") != "success":
-        raise NoData(f"answer has no success status (status={body.get('status')!r:.30})")
-    # Warnings mean the answer may be partial (a remote-read or federated store did not answer, a
-    # malformed histogram): one arm could be missing data. Halting on a partial answer is the one mistake
-    # this tool must not make, so it is no data, with Prometheus's own words. `infos` (Prometheus >= 2.50,
-    # e.g. "metric might not be a counter") do not question the number and are ignored.
-    warnings = body.get("warnings")
-    if warnings:
-        text = "; ".join(str(w) for w in warnings) if isinstance(warnings, list) else str(warnings)
-        raise NoData(f"Prometheus warned, the answer may be partial: {text[:300]}")
-    data = body.get("data")
-    if not isinstance(data, Mapping):
-        raise NoData("answer has no `data` object")
-    rtype, result = data.get("resultType"), data.get("result")
-    if rtype == "scalar":
-        return rtype, result
-    if rtype == "matrix":
-        raise NoData("query returns a range vector (matrix); wrap the [range] selector in rate()/increase() "
-                     "and aggregate with sum()")
-    if rtype != "vector":
-        raise NoData(f"query returns a {rtype!r} result; it must return one number (a vector or a scalar)")
-    if not isinstance(result, list):
-        raise NoData("malformed vector result")
-    return rtype, result
-
-
-def sample_value(sample: Any) -> float:
-    """One vector sample's number (may be NaN/Inf), or NoData."""
-    if not isinstance(sample, Mapping):
-        raise NoData("malformed sample")
-    if "value" not in sample:
-        if "histogram" in sample:
-            raise NoData("query returned a native histogram, not a number; use histogram_quantile(), "
-                         "histogram_count() or histogram_sum()")
-        raise NoData("sample has no value")
-    pair = sample["value"]
-    if not isinstance(pair, list) or len(pair) != 2:
-        raise NoData("malformed sample value")
-    return _number(pair[1])
-
-
-def aggregate(metric: str, numbers: Mapping[str, float | NoData]) -> Aggregate:
-    """The numbers of one aggregate's queries (value, count, optional stddev) -> an Aggregate or the cause."""
-    for role in ("value", "count"):
-        answer = numbers[role]
-        if isinstance(answer, NoData):
-            return Aggregate.missing(f"{metric} {role} query: {answer}", answer.kind)
-    value, count = numbers["value"], numbers["count"]
-    assert isinstance(value, float) and isinstance(count, float)
-    if not math.isfinite(value):
-        return Aggregate.missing(f"{metric} value query: {_value_cause(value)}")
-    if not math.isfinite(count):
-        return Aggregate.missing(f"{metric} count query: count is {count}")
-    if count < 0:
-        return Aggregate.missing(f"{metric} count query: count is negative ({count:g})")
-    # optional: only the sequential test on a mean metric needs it, and says so
-    stddev = numbers.get("stddev")
-    if not isinstance(stddev, float) or not math.isfinite(stddev) or stddev < 0:
-        stddev = None
-    # increase() extrapolates to the window's edges, so counts come back as 1234.56: round, not floor.
-    return Aggregate(value=value, count=round(count), stddev=stddev)
-
-
-def _value_cause(v: float) -> str:
-    if math.isnan(v):
-        return "value is NaN (no traffic in the window?)"
-    sign = "+" if v > 0 else "-"
-    return f"value is {sign}Inf (a division by zero: no traffic in the window's denominator?)"
 
 
 # ---- the source --------------------------------------------------------------------------------------

@@ -19,39 +19,31 @@ from typing import TYPE_CHECKING, Any
 
 from guardrail.model import Aggregate, AggregateKey, FailureKind, MetricQuery
 from guardrail.sources.base import PerSeriesSource
-from guardrail.sources.prometheus import (
-    _DURATION,
-    NoData,
-    aggregate,
-    answer_data,
-    eval_time,
-    render,
-    sample_value,
-)
+from guardrail.sources.prometheus import eval_time, render
+from guardrail.sources.prometheus_answers import NoData, aggregate, answer_data, sample_value
+from guardrail.sources.prometheus_config import _DURATION, STAT_LABEL
 
 if TYPE_CHECKING:
     from guardrail.sources.prometheus import PrometheusSource
 
-Pair = tuple[str, str]
+Labels = tuple[str, ...]
 
 
-def parse_grouped(body: Any, labels: tuple[str, str]) -> dict[Pair, float | NoData]:
-    """A grouped answer -> {(flag, variant): number, or NoData for a duplicated or malformed series}.
+def parse_grouped(body: Any, labels: tuple[str, ...]) -> dict[Labels, float | NoData]:
+    """A grouped answer -> {(flag, variant[, stat]): number, or NoData for a duplicated or malformed series}.
     The whole answer failing (error, warning, not a vector) raises NoData."""
     rtype, result = answer_data(body)
     if rtype != "vector":
         raise NoData(f"a grouped query must return one series per ({', '.join(labels)}), got a {rtype}")
-    found: dict[Pair, float | NoData] = {}
+    found: dict[Labels, float | NoData] = {}
     for series in result:
         metric = series.get("metric") if isinstance(series, Mapping) else None
         if not isinstance(metric, Mapping) or not all(isinstance(metric.get(name), str) for name in labels):
             continue  # a series without both labels belongs to no arm (e.g. an `or vector(0)` fallback)
-        pair = (str(metric[labels[0]]), str(metric[labels[1]]))
+        pair = tuple(str(metric[name]) for name in labels)
         if pair in found:
-            found[pair] = NoData(
-                f"several series for {labels[0]}={pair[0]} {labels[1]}={pair[1]}: aggregate "
-                f"`by ({', '.join(labels)})` only"
-            )
+            shown = " ".join(f"{name}={value}" for name, value in zip(labels, pair, strict=True))
+            found[pair] = NoData(f"several series for {shown}: aggregate `by ({', '.join(labels[:2])})` only")
             continue
         try:
             found[pair] = sample_value(series)
@@ -72,18 +64,29 @@ async def _grouped(
         error = Aggregate.missing(f"window {window!r} is not a PromQL duration such as 5m", FailureKind.INTERNAL)
         return {key: error for key, _q in items}
     at = eval_time(end)
-    roles = [("value", queries.value), ("count", queries.count)]
-    if queries.stddev is not None:
-        roles.append(("stddev", queries.stddev))
-    labels = source.config.labels
+    labels: tuple[str, ...] = source.config.labels
+    if queries.combined:  # one query; each series says which role it answers
+        labels = (*labels, STAT_LABEL)
+        roles = [("series", queries.value)]
+    else:
+        roles = [("value", queries.value), ("count", queries.count)]
+        if queries.stddev is not None:
+            roles.append(("stddev", queries.stddev))
 
-    async def answer(template: str) -> dict[Pair, float | NoData] | NoData:
+    async def answer(template: str) -> dict[Labels, float | NoData] | NoData:
         try:
             return parse_grouped(await source.get(render(template, flag="", variant="", window=window), at), labels)
         except NoData as exc:
             return exc
 
     answers = await asyncio.gather(*(answer(template) for _role, template in roles))
+    if queries.combined:
+        roles = [(role, "") for role in ("value", "count", "stddev")]
+        answers = [
+            got if isinstance(got, NoData) else {k[:2]: v for k, v in got.items() if k[2] == role}
+            for role, _ in roles
+            for got in answers[:1]
+        ]
     out: dict[AggregateKey, Aggregate] = {}
     for key, q in items:
         numbers: dict[str, float | NoData] = {}
@@ -94,7 +97,7 @@ async def _grouped(
                 numbers[role] = got.get(
                     (q.flag, q.variant),
                     NoData(
-                        f"no series for {labels[0]}={q.flag} {labels[1]}={q.variant} in the grouped answer "
+                        f"no {role} series for {labels[0]}={q.flag} {labels[1]}={q.variant} in the grouped answer "
                         "(no traffic yet, or the labels differ)",
                         FailureKind.NOT_FOUND,
                     ),
