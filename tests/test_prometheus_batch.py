@@ -173,3 +173,36 @@ def test_grouped_config_errors_name_the_field(queries: dict[str, str], labels: A
     with pytest.raises(GuardrailError) as err:
         parse_prometheus_config(section, source="t.yaml")
     assert err.value.field == field and says in err.value.message
+
+
+SERIES = (
+    "label_replace(sum by (flag, variant) (rate(errors_total[$window])) / sum by (flag, variant) "
+    '(rate(requests_total[$window])), "stat", "value", "", "") or '
+    'label_replace(sum by (flag, variant) (increase(requests_total[$window])), "stat", "count", "", "")'
+)
+
+
+def test_one_series_template_answers_value_and_count_in_one_query(mock: respx.MockRouter) -> None:
+    answer = [series("0.02", flag="a", variant=v, stat="value") for v in ("control", "treatment")]
+    answer += [series("500", flag="a", variant=v, stat="count") for v in ("control", "treatment")]
+    answer += [series("0.5", flag="b", variant="control", stat="value")]  # b has no count series
+    mock.get(API).mock(return_value=httpx.Response(200, json=ok(answer)))
+    got, requests = run({"url": URL, "queries": {"error_rate": {"series": SERIES}}}, plan(["a", "b"]))
+    assert requests == 1
+    assert got[("a", "treatment", "error_rate", "5m")] == Aggregate(value=0.02, count=500)
+    assert "no count series for flag=b variant=control" in str(got[("b", "control", "error_rate", "5m")].error)
+    assert "no value series for flag=b variant=treatment" in str(got[("b", "treatment", "error_rate", "5m")].error)
+
+
+@pytest.mark.parametrize(
+    ("spec", "field", "says"),
+    [
+        ({"series": SERIES, "count": GROUPED["count"]}, "metrics.queries.m.count", "remove the others"),
+        ({"series": SERIES.replace('"stat"', '"role"')}, "metrics.queries.m.series", 'label each series stat="value"'),
+        ({"series": 'x{flag="$flag",variant="$variant",stat="v"}'}, "metrics.queries.m.series", "must be grouped"),
+    ],
+)
+def test_series_template_errors_name_the_field(spec: dict[str, str], field: str, says: str) -> None:
+    with pytest.raises(GuardrailError) as err:
+        parse_prometheus_config({"url": URL, "queries": {"m": spec}}, source="t.yaml")
+    assert err.value.field == field and says in err.value.message

@@ -349,6 +349,16 @@ def test_grouped_templates_give_the_per_series_numbers_in_one_query_per_metric_a
     per_series, per_series_requests = run(example_section(stack.prom))
     assert grouped_requests == 2 * len(metrics)  # value + count per metric, for 3 flags x 2 arms
     assert per_series_requests == 2 * len(plan)
+    # One `series` template per metric: value and count in a single query, told apart by a `stat` label.
+    queries = grouped_doc["metrics"]["queries"]
+    combined = {
+        m: {"series": f'label_replace({q["value"]}, "stat", "value", "", "") or '
+                      f'label_replace({q["count"]}, "stat", "count", "", "")'}
+        for m, q in queries.items()
+    }
+    single, single_requests = run({**grouped_doc["metrics"], "queries": combined})
+    assert single_requests == len(metrics)
+    assert single == grouped
     for key, agg in grouped.items():
         other = per_series[key]
         assert agg.usable and other.usable, (key, agg.error, other.error)
