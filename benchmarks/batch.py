@@ -44,8 +44,11 @@ from tests.prom_fixtures import free_port, prometheus_binary  # noqa: E402
 from tests.servers import postgres  # noqa: E402
 
 METRICS = ("error_rate", "crash_rate", "timeout_rate")
-COUNTERS = {"error_rate": "http_request_errors", "crash_rate": "http_request_crashes",
-            "timeout_rate": "http_request_timeouts"}
+COUNTERS = {
+    "error_rate": "http_request_errors",
+    "crash_rate": "http_request_crashes",
+    "timeout_rate": "http_request_timeouts",
+}
 T = datetime(2026, 11, 25, 12, 0, tzinfo=timezone.utc)
 NOW = "2026-11-25T12:00:00Z"
 RUN_TIMEOUT = 600.0
@@ -60,7 +63,9 @@ def flags_doc(count: int, window: str) -> dict[str, Any]:
             metadata[f"guardrail.{metric}.threshold"] = 0.10
             metadata[f"guardrail.{metric}.window"] = window
         flags[key(i)] = {
-            "state": "ENABLED", "variants": {"control": False, "treatment": True}, "defaultVariant": "control",
+            "state": "ENABLED",
+            "variants": {"control": False, "treatment": True},
+            "defaultVariant": "control",
             "targeting": {"fractional": [{"var": "targetingKey"}, ["treatment", 50], ["control", 50]]},
             "metadata": metadata,
         }
@@ -78,8 +83,14 @@ def run_command(args: list[str], cwd: Path, env: dict[str, str] | None = None) -
     command = [str(Path(sys.executable).parent / "guardrail"), *args]
     started = time.perf_counter()
     with (cwd / "out.txt").open("wb") as out:
-        process = subprocess.Popen(command, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                   env={**os.environ, **(env or {})})
+        process = subprocess.Popen(
+            command,
+            cwd=cwd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, **(env or {})},
+        )
         deadline = started + RUN_TIMEOUT
         while True:
             pid, status, usage = os.wait4(process.pid, os.WNOHANG)
@@ -120,12 +131,14 @@ def prom_config(mode: str, url: str) -> dict[str, Any]:
         if mode == "batch (series)":
             value = f"{by} (rate({counter}_total[$window])) / {by} (rate(http_requests_total[$window]))"
             count = f"{by} (increase(http_requests_total[$window]))"
-            queries[metric] = {"series": f'label_replace({value}, "stat", "value", "", "") or '
-                                         f'label_replace({count}, "stat", "count", "", "")'}
+            queries[metric] = {
+                "series": f'label_replace({value}, "stat", "value", "", "") or '
+                f'label_replace({count}, "stat", "count", "", "")'
+            }
         elif mode == "batch":
             queries[metric] = {
                 "value": f"sum by (flag, variant) (rate({counter}_total[$window])) / "
-                         "sum by (flag, variant) (rate(http_requests_total[$window]))",
+                "sum by (flag, variant) (rate(http_requests_total[$window]))",
                 "count": "sum by (flag, variant) (increase(http_requests_total[$window]))",
             }
         else:
@@ -160,8 +173,12 @@ def bench_prometheus(count: int, work: Path, per_series: bool) -> list[dict[str,
     work.mkdir(parents=True)
     (work / "series.om").write_text(openmetrics(count))
     started = time.perf_counter()
-    subprocess.run([promtool, "tsdb", "create-blocks-from", "openmetrics", str(work / "series.om"), str(work / "tsdb")],
-                   check=True, capture_output=True, timeout=RUN_TIMEOUT)
+    subprocess.run(
+        [promtool, "tsdb", "create-blocks-from", "openmetrics", str(work / "series.om"), str(work / "tsdb")],
+        check=True,
+        capture_output=True,
+        timeout=RUN_TIMEOUT,
+    )
     backfill = time.perf_counter() - started
     (work / "series.om").unlink()
     (work / "flags.json").write_text(json.dumps(flags_doc(count, "5m")))
@@ -169,9 +186,18 @@ def bench_prometheus(count: int, work: Path, per_series: bool) -> list[dict[str,
     (work / "prometheus.yml").write_text("global: {scrape_interval: 1m}\n")
     with (work / "prometheus.log").open("wb") as log:
         server = subprocess.Popen(
-            [binary, f"--config.file={work / 'prometheus.yml'}", f"--storage.tsdb.path={work / 'tsdb'}",
-             f"--web.listen-address=127.0.0.1:{port}", "--storage.tsdb.retention.time=3650d", "--log.level=warn"],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            [
+                binary,
+                f"--config.file={work / 'prometheus.yml'}",
+                f"--storage.tsdb.path={work / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+                "--storage.tsdb.retention.time=3650d",
+                "--log.level=warn",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
     url = f"http://127.0.0.1:{port}"
     rows = []
     try:
@@ -191,16 +217,38 @@ def bench_prometheus(count: int, work: Path, per_series: bool) -> list[dict[str,
             config.write_text(yaml.safe_dump(prom_config(mode, url)))
             before = prom_queries_served(url)
             wall, code, rss, cpu = run_command(
-                ["check", "--dry-run", "--config", str(config), "--flags", str(work / "flags.json"), "--now", NOW,
-                 "--json"], work)
+                [
+                    "check",
+                    "--dry-run",
+                    "--config",
+                    str(config),
+                    "--flags",
+                    str(work / "flags.json"),
+                    "--now",
+                    NOW,
+                    "--json",
+                ],
+                work,
+            )
             served = prom_queries_served(url) - before
             doc = json.loads((work / "out.txt").read_text())
             usable = sum(1 for e in doc["evaluations"] if not e["verdict"].startswith("skip"))
-            rows.append({"system": "prometheus", "flags": count, "mode": mode,
-                         "queries": int(served), "windows": 1, "wall_s": round(wall, 2), "cpu_s": round(cpu, 2),
-                         "rss_mb": round(rss / 2**20, 1), "exit": code, "decided": usable,
-                         "evaluations": len(doc["evaluations"]),
-                         "backfill_s": round(backfill, 1)})
+            rows.append(
+                {
+                    "system": "prometheus",
+                    "flags": count,
+                    "mode": mode,
+                    "queries": int(served),
+                    "windows": 1,
+                    "wall_s": round(wall, 2),
+                    "cpu_s": round(cpu, 2),
+                    "rss_mb": round(rss / 2**20, 1),
+                    "exit": code,
+                    "decided": usable,
+                    "evaluations": len(doc["evaluations"]),
+                    "backfill_s": round(backfill, 1),
+                }
+            )
             print(rows[-1], flush=True)
     finally:
         server.terminate()
@@ -273,8 +321,9 @@ def pg_transactions(dsn: str) -> int:
 
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("SELECT pg_stat_clear_snapshot()")
-        row = conn.execute("SELECT xact_commit + xact_rollback FROM pg_stat_database "
-                           "WHERE datname = current_database()").fetchone()
+        row = conn.execute(
+            "SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = current_database()"
+        ).fetchone()
     assert row is not None
     return int(row[0])
 
@@ -283,12 +332,14 @@ def per_series_pg(server: postgres.PgServer, count: int, concurrency: int = 2) -
     """The same query filtered to one (flag, variant), one statement per series, `concurrency` at a time."""
     import sqlalchemy
 
-    engine = sqlalchemy.create_engine(server.dsn.replace("postgresql://", "postgresql+psycopg://"),
-                                      pool_size=concurrency, max_overflow=0)
+    engine = sqlalchemy.create_engine(
+        server.dsn.replace("postgresql://", "postgresql+psycopg://"), pool_size=concurrency, max_overflow=0
+    )
     start, end = (T - timedelta(minutes=60)).replace(tzinfo=None), T.replace(tzinfo=None)
     jobs = [(m, key(i), v) for m in METRICS for i in range(count) for v in ("control", "treatment")]
-    texts = {m: sqlalchemy.text(SQL[m].replace("{filter}", " AND x.flag = :flag AND x.variant = :variant"))
-             for m in METRICS}
+    texts = {
+        m: sqlalchemy.text(SQL[m].replace("{filter}", " AND x.flag = :flag AND x.variant = :variant")) for m in METRICS
+    }
 
     def one(job: tuple[str, str, str]) -> None:
         metric, flag, variant = job
@@ -323,26 +374,71 @@ def bench_postgres(count: int, work: Path, per_series: bool) -> list[dict[str, A
         load = time.perf_counter() - started
         (work / "flags.json").write_text(json.dumps(flags_doc(count, "60m")))
         queries = {m: SQL[m].replace("{filter}", "") for m in METRICS}
-        config = {"metrics": {"source": "sql", "url": server.url, "password_env": "BENCH_PG_PASSWORD",
-                              "timeout": 120, "queries": queries}}
+        config = {
+            "metrics": {
+                "source": "sql",
+                "url": server.url,
+                "password_env": "BENCH_PG_PASSWORD",
+                "timeout": 120,
+                "queries": queries,
+            }
+        }
         (work / "config.yaml").write_text(yaml.safe_dump(config))
         before = pg_transactions(server.dsn)
         wall, code, rss, cpu = run_command(
-            ["check", "--dry-run", "--config", str(work / "config.yaml"), "--flags", str(work / "flags.json"),
-             "--now", NOW, "--json"], work, env={"BENCH_PG_PASSWORD": server.password})
+            [
+                "check",
+                "--dry-run",
+                "--config",
+                str(work / "config.yaml"),
+                "--flags",
+                str(work / "flags.json"),
+                "--now",
+                NOW,
+                "--json",
+            ],
+            work,
+            env={"BENCH_PG_PASSWORD": server.password},
+        )
         statements = pg_transactions(server.dsn) - before - 1  # the `before` snapshot's own transaction
         doc = json.loads((work / "out.txt").read_text())
         decided = sum(1 for e in doc["evaluations"] if not e["verdict"].startswith("skip"))
-        rows.append({"system": "postgresql", "flags": count, "mode": "batch", "queries": statements, "windows": 1,
-                     "wall_s": round(wall, 2), "cpu_s": round(cpu, 2), "rss_mb": round(rss / 2**20, 1), "exit": code,
-                     "decided": decided,
-                     "evaluations": len(doc["evaluations"]), "events": events, "load_s": round(load, 1)})
+        rows.append(
+            {
+                "system": "postgresql",
+                "flags": count,
+                "mode": "batch",
+                "queries": statements,
+                "windows": 1,
+                "wall_s": round(wall, 2),
+                "cpu_s": round(cpu, 2),
+                "rss_mb": round(rss / 2**20, 1),
+                "exit": code,
+                "decided": decided,
+                "evaluations": len(doc["evaluations"]),
+                "events": events,
+                "load_s": round(load, 1),
+            }
+        )
         print(rows[-1], flush=True)
         if per_series:
             wall, statements = per_series_pg(server, count)
-            rows.append({"system": "postgresql", "flags": count, "mode": "per-series", "queries": statements,
-                         "windows": 1, "wall_s": round(wall, 2), "cpu_s": None, "rss_mb": None, "exit": None,
-                         "decided": None, "evaluations": None, "events": events})
+            rows.append(
+                {
+                    "system": "postgresql",
+                    "flags": count,
+                    "mode": "per-series",
+                    "queries": statements,
+                    "windows": 1,
+                    "wall_s": round(wall, 2),
+                    "cpu_s": None,
+                    "rss_mb": None,
+                    "exit": None,
+                    "decided": None,
+                    "evaluations": None,
+                    "events": events,
+                }
+            )
             print(rows[-1], flush=True)
     finally:
         server.stop()
@@ -372,16 +468,19 @@ def markdown(rows: list[dict[str, Any]], machine: str, load: str) -> str:
         rss = "" if r["rss_mb"] is None else f"{r['rss_mb']:.0f}"
         cpu = "" if r.get("cpu_s") is None else f"{r['cpu_s']:.2f}"
         decided = "" if r["decided"] is None else f"{r['decided']:,} / {r['evaluations']:,}"
-        out.append(f"| {r['system']} | {r['flags']:,} | {r['mode']} | {r['queries']:,} | {r['wall_s']:.2f} | {cpu} | "
-                   f"{rss} | {decided} |")
+        out.append(
+            f"| {r['system']} | {r['flags']:,} | {r['mode']} | {r['queries']:,} | {r['wall_s']:.2f} | {cpu} | "
+            f"{rss} | {decided} |"
+        )
     return "\n".join(out) + "\n"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[200, 2000, 10000])
-    parser.add_argument("--per-series-max", type=int, default=2000,
-                        help="run the per-series baselines only up to this many flags")
+    parser.add_argument(
+        "--per-series-max", type=int, default=2000, help="run the per-series baselines only up to this many flags"
+    )
     parser.add_argument("--only", choices=["prometheus", "postgresql"])
     parser.add_argument("--out", type=Path, default=HERE / "batch-results")
     args = parser.parse_args()
@@ -397,7 +496,8 @@ def main() -> None:
     machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
     load = f"{load_before:.1f} / {os.getloadavg()[0]:.1f}"
     args.out.with_suffix(".json").write_text(
-        json.dumps({"machine": machine, "load_average": load, "rows": rows}, indent=2) + "\n")
+        json.dumps({"machine": machine, "load_average": load, "rows": rows}, indent=2) + "\n"
+    )
     args.out.with_suffix(".md").write_text(markdown(rows, machine, load))
     print(markdown(rows, machine, load))
 

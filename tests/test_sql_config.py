@@ -29,6 +29,8 @@ def parse(env: dict[str, str] | None = None, **section: Any) -> Any:
         ({"url": "postgresql+psycopg://u:@db/x"}, "metrics.url", "holds a password"),
         ({"url": "nonsense"}, "metrics.url", "not a database URL"),
         ({"url": "nosuchdb://h/x"}, "metrics.url", "no SQLAlchemy driver"),
+        ({"url": "mysql+nosuchdriver://h/x"}, "metrics.url", "no SQLAlchemy driver"),
+        ({"url": "postgresql+asyncpg://h/x"}, "metrics.url", "pip install 'guardrail[postgres]'"),
         ({"url": ""}, "metrics.url", "missing database URL"),
         ({"password_env": "NOT_SET_ANYWHERE"}, "metrics.password_env", "NOT_SET_ANYWHERE is not set"),
         ({"timeout": 0}, "metrics.timeout", "positive"),

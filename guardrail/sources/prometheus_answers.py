@@ -41,12 +41,16 @@ def parse_answer(body: Any, *, flag: str, variant: str) -> float:
             raise NoData("malformed scalar result")
         return _number(result[1])
     if not result:
-        raise NoData(f"no series for flag={flag} variant={variant}: empty result "
-                     "(no traffic yet, or the query's labels do not match)")
+        raise NoData(
+            f"no series for flag={flag} variant={variant}: empty result "
+            "(no traffic yet, or the query's labels do not match)"
+        )
     if len(result) > 1:
         shown = ", ".join(_labels(s.get("metric") if isinstance(s, Mapping) else None) for s in result[:2])
-        raise NoData(f"query returned {len(result)} series ({shown}{', ...' if len(result) > 2 else ''}); "
-                     "aggregate with sum() so it returns one")
+        raise NoData(
+            f"query returned {len(result)} series ({shown}{', ...' if len(result) > 2 else ''}); "
+            "aggregate with sum() so it returns one"
+        )
     return sample_value(result[0])
 
 
@@ -74,8 +78,10 @@ def answer_data(body: Any) -> tuple[str, Any]:
     if rtype == "scalar":
         return rtype, result
     if rtype == "matrix":
-        raise NoData("query returns a range vector (matrix); wrap the [range] selector in rate()/increase() "
-                     "and aggregate with sum()")
+        raise NoData(
+            "query returns a range vector (matrix); wrap the [range] selector in rate()/increase() "
+            "and aggregate with sum()"
+        )
     if rtype != "vector":
         raise NoData(f"query returns a {rtype!r} result; it must return one number (a vector or a scalar)")
     if not isinstance(result, list):
@@ -89,8 +95,10 @@ def sample_value(sample: Any) -> float:
         raise NoData("malformed sample")
     if "value" not in sample:
         if "histogram" in sample:
-            raise NoData("query returned a native histogram, not a number; use histogram_quantile(), "
-                         "histogram_count() or histogram_sum()")
+            raise NoData(
+                "query returned a native histogram, not a number; use histogram_quantile(), "
+                "histogram_count() or histogram_sum()"
+            )
         raise NoData("sample has no value")
     pair = sample["value"]
     if not isinstance(pair, list) or len(pair) != 2:
@@ -125,5 +133,3 @@ def _value_cause(v: float) -> str:
         return "value is NaN (no traffic in the window?)"
     sign = "+" if v > 0 else "-"
     return f"value is {sign}Inf (a division by zero: no traffic in the window's denominator?)"
-
-

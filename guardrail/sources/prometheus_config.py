@@ -69,9 +69,7 @@ def _template(
             raise GuardrailError("missing PromQL template", source=source, field=field)
         return None
     if not isinstance(raw, str) or not raw.strip():
-        raise GuardrailError(
-            f"must be a non-empty PromQL string, got {type(raw).__name__}", source=source, field=field
-        )
+        raise GuardrailError(f"must be a non-empty PromQL string, got {type(raw).__name__}", source=source, field=field)
     names = set()
     for m in _TOKEN.finditer(raw):
         name = m.group(1) or m.group(2)
@@ -81,13 +79,15 @@ def _template(
             raise GuardrailError(
                 f"unknown placeholder ${name}; use $flag, $variant or $window (or ${{flag}} when a letter "
                 "follows), and $$ for a literal $",
-                source=source, field=field,
+                source=source,
+                field=field,
             )
         names.add(name)
     if "$" in _TOKEN.sub("", raw):
         raise GuardrailError(
             "stray `$`: the placeholders are $flag, $variant and $window; write $$ for a literal $",
-            source=source, field=field,
+            source=source,
+            field=field,
         )
     if not names & {"flag", "variant"}:
         # Grouped: the series must keep both labels, or they cannot be told apart (by(), not without()).
@@ -96,14 +96,16 @@ def _template(
             raise GuardrailError(
                 f"must use $variant (one series per query), or aggregate `by ({', '.join(labels)})` so one query "
                 f"answers every flag and arm (label(s) {missing} do not appear)",
-                source=source, field=field,
+                source=source,
+                field=field,
             )
         return raw, True
     # Without $variant both arms get the same query and the same number: the guardrail could never fire.
     if "variant" not in names:
         raise GuardrailError(
-            "must use $variant (e.g. variant=\"$variant\"), or control and treatment get the same number",
-            source=source, field=field,
+            'must use $variant (e.g. variant="$variant"), or control and treatment get the same number',
+            source=source,
+            field=field,
         )
     return raw, False
 
@@ -116,7 +118,8 @@ def parse_prometheus_config(section: Mapping[str, Any], *, source: str) -> Prome
     if unknown:
         raise GuardrailError(
             f"unknown key(s) {unknown}; known: {list(SECTION_KEYS)}",
-            source=source, field=f"metrics.{unknown[0]}",
+            source=source,
+            field=f"metrics.{unknown[0]}",
         )
     kind = section.get("source", "prometheus")
     if kind != "prometheus":
@@ -135,36 +138,40 @@ def parse_prometheus_config(section: Mapping[str, Any], *, source: str) -> Prome
         raise GuardrailError(
             "credentials do not belong in the URL; set PROMETHEUS_USERNAME and PROMETHEUS_PASSWORD "
             "(or PROMETHEUS_BEARER_TOKEN) in the environment",
-            source=source, field="metrics.url",
+            source=source,
+            field="metrics.url",
         )
     if parts.query or parts.fragment:
-        raise GuardrailError(
-            "must be a base URL without ?query or #fragment", source=source, field="metrics.url"
-        )
+        raise GuardrailError("must be a base URL without ?query or #fragment", source=source, field="metrics.url")
 
     timeout = section.get("timeout", 5.0)
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < math.inf:
-        raise GuardrailError(f"must be a positive number of seconds, got {timeout!r}", source=source,
-                             field="metrics.timeout")
+        raise GuardrailError(
+            f"must be a positive number of seconds, got {timeout!r}", source=source, field="metrics.timeout"
+        )
     insecure = section.get("allow_insecure_http", False)
     if not isinstance(insecure, bool):
         raise GuardrailError("must be true or false", source=source, field="metrics.allow_insecure_http")
     labels = _parse_labels(section.get("labels"), source=source)
     concurrency = section.get("concurrency")
-    if concurrency is not None and (isinstance(concurrency, bool) or not isinstance(concurrency, int)
-                                    or concurrency < 1):
-        raise GuardrailError(f"must be a positive whole number, got {concurrency!r}", source=source,
-                             field="metrics.concurrency")
+    if concurrency is not None and (
+        isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1
+    ):
+        raise GuardrailError(
+            f"must be a positive whole number, got {concurrency!r}", source=source, field="metrics.concurrency"
+        )
 
     raw_queries = section.get("queries")
     if raw_queries is None:
         raise GuardrailError(
             "missing: map each guardrail metric to PromQL `value` and `count` templates",
-            source=source, field="metrics.queries",
+            source=source,
+            field="metrics.queries",
         )
     if not isinstance(raw_queries, Mapping) or not raw_queries:
-        raise GuardrailError("must be a non-empty mapping of metric name -> {value, count}", source=source,
-                             field="metrics.queries")
+        raise GuardrailError(
+            "must be a non-empty mapping of metric name -> {value, count}", source=source, field="metrics.queries"
+        )
     queries: dict[str, PromQueries] = {}
     for metric, spec in raw_queries.items():
         where = f"metrics.queries.{metric}"
@@ -177,11 +184,13 @@ def parse_prometheus_config(section: Mapping[str, Any], *, source: str) -> Prome
             continue
         extra = sorted(str(k) for k in spec if k not in QUERY_KEYS)
         if extra:
-            raise GuardrailError(f"unknown key(s) {extra}; known: {[*QUERY_KEYS, 'series']}", source=source,
-                                 field=f"{where}.{extra[0]}")
+            raise GuardrailError(
+                f"unknown key(s) {extra}; known: {[*QUERY_KEYS, 'series']}", source=source, field=f"{where}.{extra[0]}"
+            )
         parsed = {
-            role: _template(spec.get(role), source=source, field=f"{where}.{role}", required=role != "stddev",
-                            labels=labels)
+            role: _template(
+                spec.get(role), source=source, field=f"{where}.{role}", required=role != "stddev", labels=labels
+            )
             for role in QUERY_KEYS
         }
         value, count, stddev = parsed["value"], parsed["count"], parsed["stddev"]
@@ -191,31 +200,44 @@ def parse_prometheus_config(section: Mapping[str, Any], *, source: str) -> Prome
                 raise GuardrailError(
                     "mixes a grouped template with a per-series one: a metric's value, count and stddev are all "
                     "per series ($flag/$variant) or all grouped by (flag, variant)",
-                    source=source, field=f"{where}.{role}",
+                    source=source,
+                    field=f"{where}.{role}",
                 )
-        queries[metric] = PromQueries(value=value[0], count=count[0], stddev=stddev[0] if stddev else None,
-                                      grouped=value[1])
+        queries[metric] = PromQueries(
+            value=value[0], count=count[0], stddev=stddev[0] if stddev else None, grouped=value[1]
+        )
     return PrometheusConfig(
-        url=url.strip().rstrip("/"), queries=queries, timeout=float(timeout), allow_insecure_http=insecure,
-        labels=labels, concurrency=concurrency,
+        url=url.strip().rstrip("/"),
+        queries=queries,
+        timeout=float(timeout),
+        allow_insecure_http=insecure,
+        labels=labels,
+        concurrency=concurrency,
     )
 
 
 def _series_template(spec: Mapping[str, Any], *, where: str, source: str, labels: tuple[str, str]) -> PromQueries:
     others = sorted(str(k) for k in spec if k != "series")
     if others:
-        raise GuardrailError("`series` answers value, count and stddev in one query; remove the others",
-                             source=source, field=f"{where}.{others[0]}")
+        raise GuardrailError(
+            "`series` answers value, count and stddev in one query; remove the others",
+            source=source,
+            field=f"{where}.{others[0]}",
+        )
     template = _template(spec["series"], source=source, field=f"{where}.series", required=True, labels=labels)
     assert template is not None
     if not template[1]:
-        raise GuardrailError(f"must be grouped (`by ({', '.join(labels)})`, no $flag or $variant)", source=source,
-                             field=f"{where}.series")
+        raise GuardrailError(
+            f"must be grouped (`by ({', '.join(labels)})`, no $flag or $variant)",
+            source=source,
+            field=f"{where}.series",
+        )
     if not re.search(rf"\b{STAT_LABEL}\b", template[0]):
         raise GuardrailError(
             f'must label each series {STAT_LABEL}="value" or "count" (or "stddev"), e.g. with '
             f'label_replace(<value query>, "{STAT_LABEL}", "value", "", "") or label_replace(<count query>, ...)',
-            source=source, field=f"{where}.series",
+            source=source,
+            field=f"{where}.series",
         )
     return PromQueries(value=template[0], count=template[0], grouped=True, combined=True)
 
@@ -224,13 +246,15 @@ def _parse_labels(raw: Any, *, source: str) -> tuple[str, str]:
     if raw is None:
         return DEFAULT_LABELS
     if not isinstance(raw, Mapping) or set(raw) - {"flag", "variant"}:
-        raise GuardrailError("must be a mapping {flag: <label>, variant: <label>}", source=source,
-                             field="metrics.labels")
+        raise GuardrailError(
+            "must be a mapping {flag: <label>, variant: <label>}", source=source, field="metrics.labels"
+        )
     names = (raw.get("flag", DEFAULT_LABELS[0]), raw.get("variant", DEFAULT_LABELS[1]))
     for role, name in zip(("flag", "variant"), names, strict=True):
         if not isinstance(name, str) or not _LABEL_NAME.match(name):
-            raise GuardrailError(f"not a Prometheus label name: {name!r}", source=source,
-                                 field=f"metrics.labels.{role}")
+            raise GuardrailError(
+                f"not a Prometheus label name: {name!r}", source=source, field=f"metrics.labels.{role}"
+            )
     return names[0], names[1]
 
 
@@ -245,8 +269,5 @@ def auth_headers_from_env(env: Mapping[str, str]) -> dict[str, str]:
         return {"Authorization": f"Basic {encoded}"}
     if user or password:
         missing = "PROMETHEUS_PASSWORD" if user else "PROMETHEUS_USERNAME"
-        raise GuardrailError(f"basic auth for Prometheus needs both variables; {missing} is not set",
-                             field=missing)
+        raise GuardrailError(f"basic auth for Prometheus needs both variables; {missing} is not set", field=missing)
     return {}
-
-

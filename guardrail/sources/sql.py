@@ -142,21 +142,29 @@ def parse_sql_config(
             field="metrics.url",
         )
     try:
-        url.get_dialect()
+        dialect = url.get_dialect()
+        dialect.import_dbapi()  # the driver module itself (psycopg, duckdb, ...): missing is a config error
     except NoSuchModuleError:
         raise GuardrailError(
-            f"no SQLAlchemy driver for {url.drivername!r}; install guardrail[sql] (DuckDB and PostgreSQL "
-            "via psycopg) or the dialect package for your database",
+            f"no SQLAlchemy driver for {url.drivername!r}: DuckDB (duckdb:///) comes with guardrail, PostgreSQL "
+            "needs `pip install 'guardrail[postgres]'` (postgresql+psycopg://), others their dialect package",
             source=source,
             field="metrics.url",
         ) from None
     except ImportError as exc:
         raise GuardrailError(
-            f"the driver for {url.drivername!r} is not installed ({exc.name}); install guardrail[sql]",
+            f"the driver for {url.drivername!r} is not installed (no module {exc.name!r}); "
+            + ("pip install 'guardrail[postgres]'" if url.get_backend_name() == "postgresql" else "install it"),
             source=source,
             field="metrics.url",
         ) from None
 
+    if getattr(dialect, "is_async", False):
+        raise GuardrailError(
+            f"{url.drivername!r} is an asyncio driver; use a synchronous one (e.g. postgresql+psycopg://)",
+            source=source,
+            field="metrics.url",
+        )
     password = None
     password_env = section.get("password_env")
     if password_env is not None:
