@@ -32,7 +32,6 @@ def parse(env: dict[str, str] | None = None, **section: Any) -> Any:
         ({"url": "mysql+nosuchdriver://h/x"}, "metrics.url", "no SQLAlchemy driver"),
         ({"url": "postgresql+asyncpg://h/x"}, "metrics.url", "pip install 'guardrail[postgres]'"),
         ({"url": ""}, "metrics.url", "missing database URL"),
-        ({"password_env": "NOT_SET_ANYWHERE"}, "metrics.password_env", "NOT_SET_ANYWHERE is not set"),
         ({"timeout": 0}, "metrics.timeout", "positive"),
         ({"timeout": True}, "metrics.timeout", "positive"),
         ({"concurrency": 1.5}, "metrics.concurrency", "whole number"),
@@ -84,6 +83,21 @@ def test_settings_accept_the_sql_source_and_treat_its_password_as_a_secret(tmp_p
     assert settings.metrics_source == "sql" and "pw-value-123" in settings.secrets()
     assert "pw-value-123" not in repr(settings)
     assert settings.metrics.config.queries == {"m": Q}
+
+
+def test_a_missing_password_stops_a_check_run_but_not_status(tmp_path: Path) -> None:
+    from guardrail.settings import require
+
+    path = tmp_path / "g.yaml"
+    path.write_text(
+        "flags: flags.yaml\nmetrics:\n  source: sql\n  url: postgresql+psycopg://guardrail@db/events\n"
+        "  password_env: NOT_SET_ANYWHERE\n  queries:\n    m: 'SELECT 1 WHERE :start < :end'\n"
+    )
+    settings = load_settings(config=path, env={})  # what status and resume read: no password needed
+    with pytest.raises(GuardrailError) as err:
+        require(settings)  # what a check run demands first, before any lock
+    assert (err.value.field, err.value.source) == ("metrics.password_env", str(path))
+    assert "NOT_SET_ANYWHERE is not set" in err.value.message
 
 
 def test_times_are_bound_as_naive_utc() -> None:

@@ -48,6 +48,8 @@ class SqlConfig:
     timeout: float = DEFAULT_TIMEOUT  # per statement, enforced by the database where it can
     total_timeout: float = 2 * DEFAULT_TIMEOUT + GRACE  # the whole fetch, client side
     concurrency: int = DEFAULT_CONCURRENCY
+    password_env: str | None = None  # the variable named by the config (checked when a run starts)
+    origin: str = "<config>"  # the config file, for messages
 
     def secrets(self) -> list[str]:
         return [self.password] if self.password else []
@@ -170,11 +172,7 @@ def parse_sql_config(
     if password_env is not None:
         if not isinstance(password_env, str) or not password_env.strip():
             raise GuardrailError("must name an environment variable", source=source, field="metrics.password_env")
-        password = env.get(password_env.strip())
-        if not password:
-            raise GuardrailError(
-                f"environment variable {password_env.strip()} is not set", source=source, field="metrics.password_env"
-            )
+        password = env.get(password_env.strip()) or None  # missing: `ready` refuses a check run
 
     timeout = _positive(section, "timeout", DEFAULT_TIMEOUT, source=source)
     total = _positive(section, "total_timeout", 2 * timeout + GRACE, source=source)
@@ -193,6 +191,8 @@ def parse_sql_config(
         timeout=timeout,
         total_timeout=total,
         concurrency=concurrency,
+        password_env=password_env.strip() if isinstance(password_env, str) else None,
+        origin=source,
     )
 
 
@@ -450,10 +450,19 @@ def _secrets(config: SqlConfig) -> list[str]:
     return config.secrets()
 
 
+def _ready(config: SqlConfig) -> None:
+    """A check run needs the password the config names; status and resume, which never query, do not."""
+    if config.password_env and not config.password:
+        raise GuardrailError(
+            f"environment variable {config.password_env} is not set", source=config.origin, field="metrics.password_env"
+        )
+
+
 PLUGIN = Plugin(
     name="sql",
     summary="SQL over a database via SQLAlchemy (DuckDB, PostgreSQL, ...): one query per metric for all flags",
     parse=_parse,
     create=_create,
     secrets=_secrets,
+    ready=_ready,
 )
