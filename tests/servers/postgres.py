@@ -123,8 +123,10 @@ def _ready(server: PgServer, bindir: Path, deadline: float) -> bool:
     return False
 
 
-def start(tmpdir: Path, *, ready_timeout: float = 60.0) -> PgServer:
-    """initdb + postgres on 127.0.0.1; returns when it accepts connections. Bounded: fails with its log."""
+def start(tmpdir: Path, *, ready_timeout: float = 60.0, settings: dict[str, str] | None = None) -> PgServer:
+    """initdb + postgres on 127.0.0.1; returns when it accepts connections. Bounded: fails with its log.
+    `settings` are extra server settings (`-c name=value`), e.g. {"shared_preload_libraries": "pg_stat_statements"}."""
+    extra = [arg for name, value in (settings or {}).items() for arg in ("-c", f"{name}={value}")]
     bindir = bin_dir()
     prefix, uid, gid = _demote()
     if uid is not None:
@@ -193,6 +195,7 @@ def start(tmpdir: Path, *, ready_timeout: float = 60.0) -> PgServer:
                     "max_connections=50",
                     "-c",
                     "shared_buffers=64MB",
+                    *extra,
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
