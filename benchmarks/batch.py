@@ -28,6 +28,7 @@ import asyncio
 import json
 import os
 import platform
+import secrets
 import subprocess
 import sys
 import tempfile
@@ -42,6 +43,7 @@ sys.path.insert(0, str(REPO))
 
 from tests.prom_fixtures import free_port, prometheus_binary  # noqa: E402
 from tests.servers import postgres  # noqa: E402
+from tests.sql_data import sqlalchemy_url  # noqa: E402
 
 METRICS = ("error_rate", "crash_rate", "timeout_rate")
 COUNTERS = {
@@ -348,12 +350,12 @@ def pg_statements(dsn: str) -> int:
     return int(row[0])
 
 
-def per_series_pg(server: postgres.PgServer, count: int, concurrency: int = 2) -> tuple[float, int]:
+def per_series_pg(server: postgres.PostgresServer, count: int, concurrency: int = 2) -> tuple[float, int]:
     """The same query filtered to one (flag, variant), one statement per series, `concurrency` at a time."""
     import sqlalchemy
 
     engine = sqlalchemy.create_engine(
-        server.dsn.replace("postgresql://", "postgresql+psycopg://"), pool_size=concurrency, max_overflow=0
+        server.dsn().replace("postgresql://", "postgresql+psycopg://"), pool_size=concurrency, max_overflow=0
     )
     start, end = (T - timedelta(minutes=60)).replace(tzinfo=None), T.replace(tzinfo=None)
     jobs = [(m, key(i), v) for m in METRICS for i in range(count) for v in ("control", "treatment")]
@@ -386,18 +388,20 @@ def bench_postgres(count: int, work: Path, per_series: bool) -> list[dict[str, A
     import yaml
 
     work.mkdir(parents=True)
-    server = postgres.start(work, settings={"shared_preload_libraries": "pg_stat_statements"})
+    server = postgres.start(
+        work, password=secrets.token_hex(12), settings={"shared_preload_libraries": "pg_stat_statements"}
+    )
     rows = []
     try:
         started = time.perf_counter()
-        events = load_pg(server.dsn, count)
+        events = load_pg(server.dsn(), count)
         load = time.perf_counter() - started
         (work / "flags.json").write_text(json.dumps(flags_doc(count), separators=(",", ":")))
         queries = {m: SQL[m].replace("{filter}", "") for m in METRICS}
         config = {
             "metrics": {
                 "source": "sql",
-                "url": server.url,
+                "url": sqlalchemy_url(server),
                 "password_env": "BENCH_PG_PASSWORD",
                 "timeout": 120,
                 "queries": queries,
@@ -405,7 +409,7 @@ def bench_postgres(count: int, work: Path, per_series: bool) -> list[dict[str, A
             "defaults": {"window": "60m"},
         }
         (work / "config.yaml").write_text(yaml.safe_dump(config))
-        before = pg_statements(server.dsn)
+        before = pg_statements(server.dsn())
         wall, code, rss, cpu = run_command(
             [
                 "check",
@@ -422,7 +426,7 @@ def bench_postgres(count: int, work: Path, per_series: bool) -> list[dict[str, A
             work,
             env={"BENCH_PG_PASSWORD": server.password},
         )
-        statements = pg_statements(server.dsn) - before
+        statements = pg_statements(server.dsn()) - before
         decided, evaluations = verdicts(work / "run.prom", work / "out.txt")
         rows.append(
             {

@@ -128,3 +128,9 @@ def plan(metrics: Sequence[str], window: str, end: datetime, pairs: Sequence[tup
     from guardrail.model import MetricQuery
 
     return [((f, v, m, window), MetricQuery(f, v, m, window, end)) for m in metrics for f, v in pairs]
+
+
+def sqlalchemy_url(server: Any) -> str:
+    """A tests/servers/postgres.py server's SQLAlchemy URL, without the password (guardrail reads it from
+    `password_env`)."""
+    return f"postgresql+psycopg://guardrail@127.0.0.1:{server.port}/postgres"

@@ -6,6 +6,7 @@ numpy from the generated rows; every way a query can fail costs only its own met
 from __future__ import annotations
 
 import asyncio
+import secrets
 from collections.abc import Iterator
 from datetime import timedelta, timezone
 from pathlib import Path
@@ -17,6 +18,7 @@ from guardrail.model import Aggregate, AggregateKey
 from guardrail.sources.sql import SqlSource, parse_sql_config
 from tests import sql_data as d
 from tests.servers import postgres
+from tests.sql_data import sqlalchemy_url
 
 pytestmark = pytest.mark.postgres
 
@@ -36,10 +38,10 @@ def duck(tmp_path_factory: pytest.TempPathFactory, data: d.Tables) -> str:
 
 
 @pytest.fixture(scope="module")
-def pg(tmp_path_factory: pytest.TempPathFactory, data: d.Tables) -> Iterator[postgres.PgServer]:
-    server = postgres.start(tmp_path_factory.mktemp("pg"))
+def pg(tmp_path_factory: pytest.TempPathFactory, data: d.Tables) -> Iterator[postgres.PostgresServer]:
+    server = postgres.start(tmp_path_factory.mktemp("pg"), password=secrets.token_hex(12))
     try:
-        d.load_postgres(server.dsn, data)
+        d.load_postgres(server.dsn(), data)
         yield server
     finally:
         server.stop()
@@ -50,8 +52,8 @@ def engine(request: pytest.FixtureRequest) -> tuple[str, str, dict[str, str]]:
     """(dialect, url, env): the same tables on each engine."""
     if request.param == "duckdb":
         return "duckdb", request.getfixturevalue("duck"), {}
-    server: postgres.PgServer = request.getfixturevalue("pg")
-    return "postgresql", server.url, {PW_ENV: server.password}
+    server: postgres.PostgresServer = request.getfixturevalue("pg")
+    return "postgresql", sqlalchemy_url(server), {PW_ENV: server.password}
 
 
 def source(url: str, env: dict[str, str], queries: dict[str, Any], **options: Any) -> SqlSource:
@@ -175,16 +177,16 @@ def test_each_broken_query_costs_only_its_own_metric(engine: tuple[str, str, dic
             assert env[PW_ENV] not in str(errors)
 
 
-def test_postgres_cancels_the_statement_itself(pg: postgres.PgServer) -> None:
+def test_postgres_cancels_the_statement_itself(pg: postgres.PostgresServer) -> None:
     """A client that stops waiting leaves the query running; statement_timeout makes the server stop it."""
     import psycopg
 
     query = "SELECT 'x' AS flag, 'y' AS variant, 1.0 AS value, 1 AS count FROM pg_sleep(30) WHERE :start < :end"
-    src = source(pg.url, {PW_ENV: pg.password}, {"slow": query}, timeout=0.5)
+    src = source(sqlalchemy_url(pg), {PW_ENV: pg.password}, {"slow": query}, timeout=0.5)
     got = fetch(src, d.plan(["slow"], "5m", d.END, [("x", "y")]))
     error = got[("x", "y", "slow", "5m")].error
     assert error is not None and "canceling statement due to statement timeout" in error
-    with psycopg.connect(pg.dsn) as conn:
+    with psycopg.connect(pg.dsn()) as conn:
         running = conn.execute(
             "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(30)%' "
             "AND state = 'active' AND pid <> pg_backend_pid()"
@@ -192,16 +194,16 @@ def test_postgres_cancels_the_statement_itself(pg: postgres.PgServer) -> None:
     assert running == (0,)
 
 
-def test_postgres_sessions_are_read_only(pg: postgres.PgServer) -> None:
+def test_postgres_sessions_are_read_only(pg: postgres.PostgresServer) -> None:
     query = "DELETE FROM events WHERE ts >= :start AND ts < :end RETURNING unit_id AS flag"
-    src = source(pg.url, {PW_ENV: pg.password}, {"evil": query})
+    src = source(sqlalchemy_url(pg), {PW_ENV: pg.password}, {"evil": query})
     got = fetch(src, d.plan(["evil"], "60m", d.END, [(d.HARMFUL, "control")]))
     assert "read-only transaction" in str(got[(d.HARMFUL, "control", "evil", "60m")].error)
 
 
-def test_wrong_password_is_a_clear_error_that_never_shows_a_password(pg: postgres.PgServer) -> None:
+def test_wrong_password_is_a_clear_error_that_never_shows_a_password(pg: postgres.PostgresServer) -> None:
     wrong = "not-the-Password-7731"
-    src = source(pg.url, {PW_ENV: wrong}, {"error_rate": d.template("error_rate", "postgresql")})
+    src = source(sqlalchemy_url(pg), {PW_ENV: wrong}, {"error_rate": d.template("error_rate", "postgresql")})
     got = fetch(src, d.plan(["error_rate"], "60m", d.END, [(d.HARMFUL, "control")]))
     error = str(got[(d.HARMFUL, "control", "error_rate", "60m")].error)
     assert "password authentication failed" in error

@@ -4,6 +4,7 @@ the healthy one is not. DuckDB through the installed command (as cron runs it), 
 from __future__ import annotations
 
 import json
+import secrets
 from collections.abc import Iterator
 from datetime import timedelta, timezone
 from pathlib import Path
@@ -17,6 +18,7 @@ from guardrail.model import ExitCode, Verdict
 from guardrail.settings import load_settings
 from tests import sql_data as d
 from tests.servers import postgres
+from tests.sql_data import sqlalchemy_url
 
 pytestmark = pytest.mark.postgres
 T1 = "2026-11-25T12:00:00Z"  # = sql_data.END
@@ -91,20 +93,20 @@ def test_duckdb_halts_the_harmful_flag_through_the_installed_command(tmp_path: P
 
 
 @pytest.fixture(scope="module")
-def pg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[postgres.PgServer]:
-    server = postgres.start(tmp_path_factory.mktemp("pg"))
+def pg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[postgres.PostgresServer]:
+    server = postgres.start(tmp_path_factory.mktemp("pg"), password=secrets.token_hex(12))
     try:
-        d.load_postgres(server.dsn, d.tables())
+        d.load_postgres(server.dsn(), d.tables())
         yield server
     finally:
         server.stop()
 
 
 def test_postgres_halts_the_harmful_flag_and_keeps_the_password_out_of_everything(
-    tmp_path: Path, pg: postgres.PgServer, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, pg: postgres.PostgresServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("GUARDRAIL_SQL_PASSWORD", pg.password)
-    config = write_setup(tmp_path, pg.url, "postgresql", password_env="GUARDRAIL_SQL_PASSWORD")
+    config = write_setup(tmp_path, sqlalchemy_url(pg), "postgresql", password_env="GUARDRAIL_SQL_PASSWORD")
     settings = load_settings(config=config)
     assert pg.password in settings.secrets()
     now1 = d.END.replace(tzinfo=timezone.utc)

@@ -126,11 +126,11 @@ class SqlSource:
     def _url(self) -> Any:
         from sqlalchemy.engine import make_url
 
-        url = make_url(self.config.url)
+        url = make_url(self.config.database_url)
         return url.set(password=self.config.password) if self.config.password else url
 
     def __repr__(self) -> str:
-        return f"SqlSource(url={self.config.url!r}, metrics={sorted(self.config.queries)})"
+        return f"SqlSource(url={self.config.database_url!r}, metrics={sorted(self.config.queries)})"
 
     def _scrub(self, text: str) -> str:
         for secret in self.config.secrets():

@@ -20,7 +20,8 @@ GRACE = 5.0  # seconds the client waits past the database's own deadline before 
 
 @dataclass(frozen=True)
 class SqlConfig:
-    url: str  # as configured: never holds a password
+    # As configured: never holds a password. Not `url`: the settings read `url` as an http(s) metrics API.
+    database_url: str
     queries: Mapping[str, str]
     password: str | None = field(default=None, repr=False)
     timeout: float = DEFAULT_TIMEOUT  # per statement, enforced by the database where it can
@@ -163,7 +164,7 @@ def parse_sql_config(
     base = base_dir if base_dir is not None else Path(".")
     queries = {str(m): _query_text(m, spec, source=source, base_dir=base) for m, spec in raw_queries.items()}
     return SqlConfig(
-        url=raw_url.strip(),
+        database_url=raw_url.strip(),
         queries=queries,
         password=password,
         timeout=timeout,
