@@ -213,8 +213,9 @@ def validate(
 def demo(
     state: StateOpt = None,
 ) -> None:
-    """Run the whole halt loop against the built-in fake API (no server needed): a treatment breaches
-    its error-rate guardrail twice and is halted."""
+    """Run the whole halt loop with nothing to set up: metrics from SQL over a DuckDB warehouse the demo
+    generates, flags and alerts on the built-in fake API. A treatment breaches its error-rate guardrail
+    twice and is halted."""
     from guardrail.demo import run_demo
 
     raise typer.Exit(run_demo(state_dir=state))
