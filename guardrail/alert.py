@@ -51,6 +51,7 @@ def build_payload(
     reason: str,
     link: str,
     detail: str = "",
+    report_link: str | None = None,
 ) -> dict[str, Any]:
     """The alert body. Every field named in CONTRACTS.md §4 is always present."""
     e = evaluation
@@ -89,6 +90,7 @@ def build_payload(
     fields += [
         {"title": "Flag key", "value": flag, "short": False},
         {"title": "Flag definition", "value": link, "short": False},
+        *([{"title": "Guardrail report", "value": report_link, "short": False}] if report_link else []),
         {"title": "Reason", "value": reason, "short": False},
     ]
     if detail and outcome != "FAILED":

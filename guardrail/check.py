@@ -63,6 +63,7 @@ class RunResult:
     problems: tuple[FlagProblem, ...] = ()
     skipped_flags: Mapping[str, str] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
+    records: tuple[Mapping[str, Any], ...] = ()  # the audit lines this run wrote (redacted), for the report
 
     @property
     def exit_code(self) -> ExitCode:
@@ -255,11 +256,12 @@ class Run:
                 record = state.flags[h.flag].halt
                 assert record is not None
                 state = await self._apply(state, backend, by_key[h.flag], record, client, resumed=False)
-            self.audit.append([json.loads(self.redact(json.dumps(r))) for r in self.audit_lines])
+            self.audit_lines = [json.loads(self.redact(json.dumps(r))) for r in self.audit_lines]
+            self.audit.append(list(self.audit_lines))
         return RunResult(
             now=self.now, dry_run=self.dry_run, run_id=self.run_id, evaluations=decision.evaluations,
             halts=tuple(self.halts), problems=tuple(problems), skipped_flags=decision.skipped_flags,
-            warnings=tuple(self.warnings),
+            warnings=tuple(self.warnings), records=tuple(self.audit_lines),
         )
 
     def _stamp(self, state: State) -> State:
@@ -323,7 +325,15 @@ class Run:
             flag=flag.key, action=record.action,
             outcome="held" if record.action is HaltAction.HOLD else "halted",
             evaluation=evaluation, reason=record.reason, link=self._link(backend, source, flag.key),
+            report_link=self._report_link(flag.key),
         )
+
+    def _report_link(self, key: str) -> str | None:
+        if not self.settings.report_base_url:
+            return None
+        from guardrail.site.build import page_link
+
+        return page_link(self.settings.report_base_url, key)
 
     async def _alert(self, client: httpx.AsyncClient, payload: Mapping[str, Any]) -> tuple[str, bool]:
         if not payload:

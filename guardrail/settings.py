@@ -18,6 +18,7 @@ from guardrail.model import ExitCode, GuardrailError
 
 CONFIG_KEYS = {
     "flags", "flag_api", "flag_backend", "metrics", "alert", "state", "audit", "defaults", "http", "lock_timeout",
+    "report",
 }
 DEFAULT_STATE = Path(".guardrail/state.json")
 DEFAULT_AUDIT = Path(".guardrail/audit.jsonl")
@@ -43,6 +44,8 @@ class Settings:
     ca_bundle: str | None = None
     allow_insecure_http: bool = False
     config_path: str | None = None
+    report_dir: Path | None = None  # `report.dir`: refresh this site after each check run
+    report_base_url: str | None = None  # `report.base_url`: alerts link to the flag's page under it
 
     def secrets(self) -> list[str]:
         return [s for s in (self.flag_api_token, self.webhook_url) if s]
@@ -85,6 +88,25 @@ def _validate_defaults(defaults: Mapping[str, Any], source: str) -> None:
         raise GuardrailError(message, source=source, field=place.replace("metadata.", "", 1))
 
 
+def _report_section(section: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """`report: {dir: PATH, base_url: https://...}` (docs/report.md)."""
+    unknown = sorted(set(map(str, section)) - {"dir", "base_url"})
+    if unknown:
+        raise GuardrailError(f"unknown key(s) {unknown}; known: ['base_url', 'dir']", source=source,
+                             field=f"report.{unknown[0]}")
+    out: dict[str, Any] = {}
+    if section.get("dir") is not None:
+        if not isinstance(section["dir"], str) or not section["dir"]:
+            raise GuardrailError("must be a directory path", source=source, field="report.dir")
+        out["report_dir"] = Path(section["dir"])
+    base = section.get("base_url")
+    if base is not None:
+        if not isinstance(base, str) or not base.startswith(("http://", "https://", "file://")):
+            raise GuardrailError(f"must be an http(s) URL, got {base!r:.60}", source=source, field="report.base_url")
+        out["report_base_url"] = base
+    return out
+
+
 def load_settings(
     *,
     config: Path | None = None,
@@ -117,6 +139,7 @@ def load_settings(
     alert = _section(doc, "alert", source)
     http = _section(doc, "http", source)
     defaults = _section(doc, "defaults", source)
+    report = _report_section(_section(doc, "report", source), source)
     if defaults:
         _validate_defaults(defaults, source)
 
@@ -153,6 +176,7 @@ def load_settings(
         "audit_path": Path(env.get("GUARDRAIL_AUDIT") or doc.get("audit") or DEFAULT_AUDIT),
         "defaults": defaults,
         "config_path": str(config) if config else None,
+        **report,
     }
     for key, field_name, integer in (
         ("timeout", "http.timeout", False),
