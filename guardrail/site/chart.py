@@ -40,15 +40,19 @@ def _utc(t: float) -> datetime:
     return datetime.fromtimestamp(t, tz=timezone.utc)
 
 
-def _domain_y(lo: float | None, hi: float | None, threshold: float | None) -> tuple[float, float, bool]:
-    """A y range that always shows 0 and the threshold; wild early values (a relative delta of +900 % on
-    a few events) are clipped so they do not flatten the rest of the run."""
+def _domain_y(lo: float | None, hi: float | None, threshold: float | None,
+              last: Sequence[float | None] = ()) -> tuple[float, float, bool]:
+    """A y range that always shows 0, the threshold and the newest look; wild early values (a relative
+    delta of +900 % on a few events) are clipped so they do not flatten the rest of the run."""
     thr = threshold or 0.0
     scale = abs(thr) or max(abs(lo or 0.0), abs(hi or 0.0), 1e-12)
     cap_hi, cap_lo = max(thr, 0.0) + 4 * scale, min(thr, 0.0) - 4 * scale
     top = min(max(hi if hi is not None else thr, thr, 0.0), cap_hi)
     bottom = max(min(lo if lo is not None else 0.0, thr, 0.0), cap_lo)
-    clipped = (hi is not None and hi > cap_hi) or (lo is not None and lo < cap_lo)
+    for v in last:
+        if v is not None:
+            top, bottom = max(top, v), min(bottom, v)
+    clipped = (hi is not None and hi > top) or (lo is not None and lo < bottom)
     if top - bottom <= 0:
         top, bottom = top + scale, bottom - scale
     pad = (top - bottom) * 0.08
@@ -77,7 +81,8 @@ def render(
     if xmax - xmin < 10.0:  # one look (or a halt with no look): a ten-minute window around it
         mid = (xmin + xmax) / 2
         xmin, xmax = mid - 5.0, mid + 5.0
-    ylo, yhi, clipped = _domain_y((series or {}).get("lo"), (series or {}).get("hi"), threshold)
+    newest = raw[-1][1:3] if raw else ()
+    ylo, yhi, clipped = _domain_y((series or {}).get("lo"), (series or {}).get("hi"), threshold, newest)
 
     def px(x: float) -> float:
         return float(LEFT + (x - xmin) / (xmax - xmin) * PW)
@@ -105,7 +110,7 @@ def render(
             when = _utc(t0 + x * 60).strftime("%m-%d %H:%M")
             anchor = ("start", "middle", "middle", "middle", "end")[i]
             out.append(f'<text class="xlabel" x="{px(x):.1f}" y="{H - 12}" text-anchor="{anchor}">{when}</text>')
-    if raw:
+    if any(p[1] is not None or p[2] is not None for p in raw):
         view = f"{xmin:.4f} {-yhi:.6g} {xmax - xmin:.4f} {yhi - ylo:.6g}"
         s = series or {}
         out.append(f'<svg class="data" x="{LEFT}" y="{TOP}" width="{PW}" height="{PH}" viewBox="{view}" '
@@ -126,7 +131,8 @@ def render(
             out.append(f'<circle class="last" cx="{px(x):.1f}" cy="{py(e):.1f}" r="3.5"><title>last estimate '
                        f'{escape(fmt_value(e, relative))}</title></circle>')
     else:
-        out.append(f'<text class="empty" x="{LEFT + PW / 2}" y="{TOP + PH / 2}">no data yet</text>')
+        looks = f" in {len(raw)} look{'s' if len(raw) != 1 else ''}" if raw else " yet"
+        out.append(f'<text class="empty" x="{LEFT + PW / 2}" y="{TOP + PH / 2}">no data{looks}</text>')
     if threshold is not None:
         out.append(f'<path class="threshold" d="M{LEFT},{py(threshold):.1f}H{LEFT + PW}">'
                    f'<title>threshold {escape(fmt_value(threshold, relative))}</title></path>')

@@ -20,8 +20,9 @@ CSS = """
 body{font:14px/1.4 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0 auto;max-width:1100px;
 padding:12px 20px;color:#1b1b1b;background:#fff}
 h1{font-size:20px;margin:8px 0;word-break:break-all}h2{font-size:16px;margin:22px 0 4px;word-break:break-all}
-table{border-collapse:collapse;width:100%;margin:8px 0}th,td{text-align:left;padding:3px 8px;overflow-wrap:anywhere;
-border-bottom:1px solid #e3e3e3;vertical-align:top}th{background:#f4f4f4;position:sticky;top:0}
+table{border-collapse:collapse;width:100%;margin:8px 0}th,td{text-align:left;padding:3px 8px;
+border-bottom:1px solid #e3e3e3;vertical-align:top}td{overflow-wrap:anywhere}th{background:#f4f4f4;position:sticky;top:0;white-space:nowrap}
+table.facts,table.halt{width:auto}
 td.num{text-align:right;font-variant-numeric:tabular-nums}.key{word-break:break-all}
 .badge{display:inline-block;padding:1px 7px;border-radius:9px;font-size:12px;font-weight:600;background:#e0e0e0}
 .st-halt_failed .badge,.badge.st-halt_failed{background:#6a1b9a;color:#fff}
