@@ -156,8 +156,12 @@ def check(
     if report_dir is not None and not dry_run:  # a dry run writes nothing, the report included
         from guardrail.site.build import refresh_site
 
-        refresh_site(report_dir, state_path=settings.state_path, audit_path=settings.audit_path,
-                     records=result.records, now=result.now)
+        try:
+            refresh_site(report_dir, state_path=settings.state_path, audit_path=settings.audit_path,
+                         records=result.records, now=result.now)
+        except (GuardrailError, OSError) as exc:
+            # The run has acted and audited; its exit code matters more than the view of it.
+            print(f"guardrail: warning: report not refreshed: {exc}", file=sys.stderr)
     if os.environ.get("GITHUB_STEP_SUMMARY"):
         from guardrail.redact import Redactor
         from guardrail.summary import append_step_summary

@@ -16,7 +16,7 @@ pixels (threshold, zero line, events, axes) are computed here each time.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timezone
 from html import escape
 from typing import Any
@@ -59,65 +59,81 @@ def _domain_y(lo: float | None, hi: float | None, threshold: float | None,
     return bottom - pad, top + pad, clipped
 
 
+class Frame:
+    """What every chart of one flag page shares: the time axis and the event markers, drawn once."""
+
+    def __init__(self, series: Iterable[Mapping[str, Any]], *, t0: float | None,
+                 events: Sequence[Mapping[str, Any]]) -> None:
+        evx = [(ev["t"] - t0) / 60.0 for ev in events] if t0 is not None else []
+        allx = [x for s in series for x in (s.get("x0"), s.get("x1")) if x is not None] + evx
+        xmin, xmax = (min(allx), max(allx)) if allx else (0.0, 10.0)
+        if xmax - xmin < 10.0:  # one look (or a halt with no look): a ten-minute window around it
+            mid = (xmin + xmax) / 2
+            xmin, xmax = mid - 5.0, mid + 5.0
+        self.xmin, self.xmax = xmin, xmax
+        parts = []
+        if t0 is not None:  # x axis: five times, UTC
+            for i, anchor in enumerate(("start", "middle", "middle", "middle", "end")):
+                x = xmin + (xmax - xmin) * i / 4
+                when = _utc(t0 + x * 60).strftime("%m-%d %H:%M")
+                parts.append(f'<text class="xlabel" x="{self.px(x):.1f}" y="{H - 12}" text-anchor="{anchor}">'
+                             f"{when}</text>")
+        self.axis = "".join(parts)
+        marks = []
+        for ev, x in zip(events, evx, strict=False):
+            colour = EVENT_COLOURS.get(str(ev["kind"]), "#444")
+            kind = escape(str(ev["kind"]))
+            when = _utc(float(ev["t"])).strftime("%Y-%m-%d %H:%M UTC")
+            at = self.px(x)
+            side = f'x="{at - 3:.1f}" text-anchor="end"' if at > LEFT + PW * 0.8 else f'x="{at + 3:.1f}"'
+            label = escape(str(ev["label"]))
+            marks.append(f'<g class="event event-{kind}" data-kind="{kind}"><path d="M{at:.1f},{TOP}V{TOP + PH}" '
+                         f'stroke="{colour}"/><text {side} y="{TOP - 8}" fill="{colour}">{label}</text><title>'
+                         f'{label} at {when}: {escape(str(ev.get("detail") or ""))}</title></g>')
+        self.events = "".join(marks)
+
+    def px(self, x: float) -> float:
+        return LEFT + (x - self.xmin) / (self.xmax - self.xmin) * PW
+
+
 def render(
     gid: str,
     series: Mapping[str, Any] | None,
     *,
-    t0: float | None,
-    events: Sequence[Mapping[str, Any]],
+    frame: Frame,
     threshold: float | None,
     relative: bool,
     sequential: bool,
 ) -> str:
     """The <svg> of one guardrail and treatment arm. Every text from outside is escaped."""
-    raw: list[list[Any]] = list((series or {}).get("raw") or [])
-    xs = [p[0] for p in raw]
-    evx = [(ev["t"] - t0) / 60.0 for ev in events if t0 is not None]
-    allx = xs + evx
-    if allx:
-        xmin, xmax = min(allx), max(allx)
-    else:
-        xmin, xmax = 0.0, 10.0
-    if xmax - xmin < 10.0:  # one look (or a halt with no look): a ten-minute window around it
-        mid = (xmin + xmax) / 2
-        xmin, xmax = mid - 5.0, mid + 5.0
-    newest = raw[-1][1:3] if raw else ()
-    ylo, yhi, clipped = _domain_y((series or {}).get("lo"), (series or {}).get("hi"), threshold, newest)
-
-    def px(x: float) -> float:
-        return float(LEFT + (x - xmin) / (xmax - xmin) * PW)
+    s = series or {}
+    npts = int(s.get("npts") or 0)
+    ylo, yhi, clipped = _domain_y(s.get("lo"), s.get("hi"), threshold, (s.get("last_e"), s.get("last_b")))
+    xmin, xmax = frame.xmin, frame.xmax
 
     def py(v: float) -> float:
-        return TOP + (yhi - v) / (yhi - ylo) * PH
+        return float(TOP + (yhi - v) / (yhi - ylo) * PH)
 
     label = escape(gid)
     out = [f'<svg class="chart" role="img" viewBox="0 0 {W} {H}" width="{W}" height="{H}" '
-           f'data-guardrail="{label}" data-points="{len(raw)}"><title>{label}: estimated harm over time '
-           f'against the threshold</title>']
-    out.append(f'<rect class="plot" x="{LEFT}" y="{TOP}" width="{PW}" height="{PH}"/>')
-    # y axis: bottom, 0, threshold, top (close labels merged)
-    ticks: list[tuple[float, str]] = []
-    for v, cls in ((ylo, "tick"), (0.0, "zero"), (threshold, "thr"), (yhi, "tick")):
-        if v is None or any(abs(py(v) - py(t)) < 14 for t, _ in ticks):
+           f'data-guardrail="{label}" data-points="{npts}"><title>{label}: estimated harm over time '
+           f'against the threshold</title><rect class="plot" x="{LEFT}" y="{TOP}" width="{PW}" height="{PH}"/>']
+    # y axis: bottom, 0, threshold, top (labels closer than 14 px merged)
+    ticks: list[float] = []
+    for v in (ylo, 0.0, threshold, yhi):
+        if v is None or any(abs(py(v) - py(t)) < 14 for t in ticks):
             continue
-        ticks.append((v, cls))
-        out.append(f'<text class="ylabel" x="{LEFT - 6}" y="{py(v) + 4:.1f}">{escape(fmt_value(v, relative))}</text>')
-    out.append(f'<path class="zero" d="M{LEFT},{py(0.0):.1f}H{LEFT + PW}"/>')
-    # x axis: five times, UTC
-    if t0 is not None:
-        for i in range(5):
-            x = xmin + (xmax - xmin) * i / 4
-            when = _utc(t0 + x * 60).strftime("%m-%d %H:%M")
-            anchor = ("start", "middle", "middle", "middle", "end")[i]
-            out.append(f'<text class="xlabel" x="{px(x):.1f}" y="{H - 12}" text-anchor="{anchor}">{when}</text>')
-    if any(p[1] is not None or p[2] is not None for p in raw):
+        ticks.append(v)
+        out.append(f'<text class="ylabel" x="{LEFT - 6}" y="{py(v) + 4:.1f}">{fmt_value(v, relative)}</text>')
+    out.append(f'<path class="zero" d="M{LEFT},{py(0.0):.1f}H{LEFT + PW}"/>{frame.axis}')
+    if s.get("drawable"):
         view = f"{xmin:.4f} {-yhi:.6g} {xmax - xmin:.4f} {yhi - ylo:.6g}"
-        s = series or {}
         out.append(f'<svg class="data" x="{LEFT}" y="{TOP}" width="{PW}" height="{PH}" viewBox="{view}" '
                    'preserveAspectRatio="none">')
         if sequential and s.get("band"):
             # One stroke per look from bound to estimate, as wide as a look's share of the plot: together a band.
-            width = max(2.0, min(12.0, PW / max(len(raw), 1) * (xmax - xmin) / max(xs[-1] - xs[0], 1e-9)))
+            span = max(float(s["x1"]) - float(s["x0"]), 1e-9)
+            width = max(2.0, min(12.0, PW / max(npts, 1) * span / (xmax - xmin)))
             out.append(f'<g class="band"><path d="{s["band"]}" style="stroke-width:{width:.1f}px"/></g>')
         if s.get("pb"):
             out.append(f'<path class="bound" d="{s["pb"]}"/>')
@@ -126,26 +142,17 @@ def render(
         if s.get("dots"):
             out.append(f'<path class="breach" d="{s["dots"]}"/>')
         out.append("</svg>")
-        x, e = raw[-1][0], raw[-1][1]
-        if e is not None and ylo <= e <= yhi:
-            out.append(f'<circle class="last" cx="{px(x):.1f}" cy="{py(e):.1f}" r="3.5"><title>last estimate '
-                       f'{escape(fmt_value(e, relative))}</title></circle>')
+        e = s.get("last_e")
+        if e is not None:
+            out.append(f'<circle class="last" cx="{frame.px(float(s["x1"])):.1f}" cy="{py(e):.1f}" r="3.5"><title>'
+                       f"last estimate {fmt_value(e, relative)}</title></circle>")
     else:
-        looks = f" in {len(raw)} look{'s' if len(raw) != 1 else ''}" if raw else " yet"
+        looks = f" in {npts} look{'s' if npts != 1 else ''}" if npts else " yet"
         out.append(f'<text class="empty" x="{LEFT + PW / 2}" y="{TOP + PH / 2}">no data{looks}</text>')
     if threshold is not None:
         out.append(f'<path class="threshold" d="M{LEFT},{py(threshold):.1f}H{LEFT + PW}">'
-                   f'<title>threshold {escape(fmt_value(threshold, relative))}</title></path>')
-    for ev, x in zip(events, evx, strict=False):
-        colour = EVENT_COLOURS.get(str(ev["kind"]), "#444")
-        kind = escape(str(ev["kind"]))
-        when = _utc(float(ev["t"])).strftime("%Y-%m-%d %H:%M UTC")
-        at = px(x)
-        side = f'x="{at - 3:.1f}" text-anchor="end"' if at > LEFT + PW * 0.8 else f'x="{at + 3:.1f}"'
-        out.append(f'<g class="event event-{kind}" data-kind="{kind}"><path d="M{at:.1f},{TOP}V{TOP + PH}" '
-                   f'stroke="{colour}"/><text {side} y="{TOP - 8}" fill="{colour}">'
-                   f'{escape(str(ev["label"]))}</text><title>{escape(str(ev["label"]))} at {when}: '
-                   f'{escape(str(ev.get("detail") or ""))}</title></g>')
+                   f"<title>threshold {fmt_value(threshold, relative)}</title></path>")
+    out.append(frame.events)
     if clipped:
         out.append(f'<text class="note" x="{LEFT + PW}" y="{TOP + 12}">some values beyond the range are cut off'
                    "</text>")

@@ -66,7 +66,10 @@ def new_history(key: str) -> History:
 def _new_series(rec: Mapping[str, Any]) -> Series:
     return {
         "metric": str(rec.get("metric", "")), "variant": str(rec.get("treatment_variant", "")),
-        "control_variant": str(rec.get("control_variant", "")), "n": 0, "raw": [],
+        "control_variant": str(rec.get("control_variant", "")), "n": 0,
+        # The points kept, as text ("x,e,b,c;" each; e or b empty when missing): JSON reads and writes one
+        # string ~10x faster than a list of lists, and only thinning needs them as numbers.
+        "raw": "", "npts": 0, "x0": None, "x1": None, "last_e": None, "last_b": None, "drawable": False,
         "pe": "", "pb": "", "band": "", "dots": "", "pen_e": False, "pen_b": False,
         "lo": None, "hi": None, "last": None,
     }
@@ -95,12 +98,31 @@ def _draw(s: Series, x: float, e: float | None, b: float | None, code: str) -> N
             s["hi"] = v if s["hi"] is None else max(s["hi"], v)
 
 
+def points(s: Series) -> list[tuple[float, float | None, float | None, str]]:
+    """The series' kept points as numbers: (x, estimate, bound, verdict code)."""
+    out = []
+    for item in s["raw"].split(";")[:-1]:
+        x, e, b, code = item.split(",")
+        out.append((float(x), float(e) if e else None, float(b) if b else None, code))
+    return out
+
+
+def _keep(s: Series, x: float, e: float | None, b: float | None, code: str) -> None:
+    s["raw"] += f"{x:g},{'' if e is None else repr(e)},{'' if b is None else repr(b)},{code};"
+    s["npts"] += 1
+    s["x0"] = x if s["x0"] is None else s["x0"]
+    s["x1"], s["last_e"], s["last_b"] = x, e, b
+    s["drawable"] = s["drawable"] or e is not None or b is not None
+
+
 def _thin(s: Series) -> None:
     """Keep every other point (and every breach, and the newest), then redraw the paths from them."""
-    raw: list[list[Any]] = s["raw"]
+    raw = points(s)
     kept = [p for i, p in enumerate(raw) if i % 2 == 1 or p[3] == BREACH or i == len(raw) - 1]
-    s.update(raw=kept, pe="", pb="", band="", dots="", pen_e=False, pen_b=False, lo=None, hi=None)
+    s.update(raw="", npts=0, x0=None, pe="", pb="", band="", dots="", pen_e=False, pen_b=False, lo=None, hi=None,
+             drawable=False)
     for x, e, b, code in kept:
+        _keep(s, x, e, b, code)
         _draw(s, x, e, b, code)
 
 
@@ -121,11 +143,11 @@ def add_decision(h: History, rec: Mapping[str, Any]) -> None:
     code = VERDICT_CODES.get(verdict, "?")
     e, b = number(rec.get("delta")), number(rec.get("bound"))
     x = round((t - h["t0"]) / 60.0, 2)
-    s["raw"].append([x, e, b, code])
     s["n"] += 1
+    _keep(s, x, e, b, code)
     _draw(s, x, e, b, code)
     s["last"] = {k: rec.get(k) for k in LAST_KEYS}
-    if len(s["raw"]) > MAX_POINTS:
+    if s["npts"] > MAX_POINTS:
         _thin(s)
 
 

@@ -21,7 +21,8 @@ body{font:14px/1.4 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0
 padding:12px 20px;color:#1b1b1b;background:#fff}
 h1{font-size:20px;margin:8px 0;word-break:break-all}h2{font-size:16px;margin:22px 0 4px;word-break:break-all}
 table{border-collapse:collapse;width:100%;margin:8px 0}th,td{text-align:left;padding:3px 8px;
-border-bottom:1px solid #e3e3e3;vertical-align:top}td{overflow-wrap:anywhere}th{background:#f4f4f4;position:sticky;top:0;white-space:nowrap}
+border-bottom:1px solid #e3e3e3;vertical-align:top}td{overflow-wrap:anywhere}
+th{background:#f4f4f4;position:sticky;top:0;white-space:nowrap}
 table.facts,table.halt{width:auto}
 td.num{text-align:right;font-variant-numeric:tabular-nums}.key{word-break:break-all}
 .badge{display:inline-block;padding:1px 7px;border-radius:9px;font-size:12px;font-weight:600;background:#e0e0e0}
@@ -224,6 +225,7 @@ def flag_page(key: str, history: Mapping[str, Any], state_entry: Mapping[str, An
     legend = ('<p class="legend"><span><i class="sw"></i>estimated harm</span>{bound}<span><i class="sw" '
               'style="border-top:2px dashed #c62828"></i>threshold</span><span style="color:#c62828">&#9679; '
               "breach</span><span>vertical lines: halts, holds, resumes, ramp steps</span></p>")
+    frame = chart.Frame(series.values(), t0=history.get("t0"), events=events)
     for gid in gids:
         s = series.get(gid)
         last = (s or {}).get("last") or {}
@@ -243,8 +245,8 @@ def flag_page(key: str, history: Mapping[str, Any], state_entry: Mapping[str, An
         bound = ('<span><i class="sw" style="border-top:2px dotted #1565c0"></i>always-valid lower bound</span>'
                  if sequential else "")
         parts.append(legend.format(bound=bound))
-        parts.append(chart.render(gid, s, t0=history.get("t0"), events=events, threshold=threshold,
-                                  relative=relative, sequential=sequential))
+        parts.append(chart.render(gid, s, frame=frame, threshold=threshold, relative=relative,
+                                  sequential=sequential))
         parts.append("</section>")
     if not gids:
         parts.append('<p id="nodata">No guardrail of this flag has been evaluated yet.</p>')
@@ -260,6 +262,13 @@ def flag_page(key: str, history: Mapping[str, Any], state_entry: Mapping[str, An
     return _page(f"{key}: guardrail report", "".join(parts), stale_after=stale_after)
 
 
+def _number(v: Any, relative: bool) -> str:
+    """A harm, bound or threshold as the chart labels it; text from the audit log ("inf") is escaped."""
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return chart.fmt_value(float(v), relative)
+    return "-" if v is None else escape(str(v))
+
+
 def _last_run_table(series: Mapping[str, Any], gids: Sequence[str]) -> str:
     rows = []
     for gid in gids:
@@ -267,19 +276,14 @@ def _last_run_table(series: Mapping[str, Any], gids: Sequence[str]) -> str:
         if not last:
             rows.append(f"<tr><td>{escape(gid)}</td><td colspan=\"9\" class=\"muted\">not evaluated yet</td></tr>")
             continue
-        relative = str(last.get("comparison") or "").startswith("relative")
-        fmt = chart.fmt_value
-        delta = last.get("delta") if isinstance(last.get("delta"), (int, float)) else None
-        bound = last.get("bound") if isinstance(last.get("bound"), (int, float)) else None
-        threshold = last.get("threshold") if isinstance(last.get("threshold"), (int, float)) else None
+        rel = str(last.get("comparison") or "").startswith("relative")
         rows.append(
             f"<tr><td>{escape(gid)}</td><td>{escape(str(last.get('verdict')))}</td><td>{_arm(last.get('treatment'))}"
-            f"</td><td>{_arm(last.get('control'))}</td><td class=\"num\">"
-            f"{escape(fmt(delta, relative) if delta is not None else str(last.get('delta') or '-'))}</td>"
-            f"<td class=\"num\">{escape(fmt(bound, relative) if bound is not None else '-')}</td>"
-            f"<td class=\"num\">{escape(fmt(threshold, relative) if threshold is not None else '-')}</td>"
-            f"<td class=\"num\">{_num(last.get('streak'))}/{_num(last.get('confirmations'))}</td>"
-            f"<td>{escape(str(last.get('time') or ''))}</td><td>{escape(str(last.get('reason') or ''))}</td></tr>"
+            f"</td><td>{_arm(last.get('control'))}</td><td class=\"num\">{_number(last.get('delta'), rel)}</td>"
+            f"<td class=\"num\">{_number(last.get('bound'), rel)}</td><td class=\"num\">"
+            f"{_number(last.get('threshold'), rel)}</td><td class=\"num\">{_num(last.get('streak'))}/"
+            f"{_num(last.get('confirmations'))}</td><td>{escape(str(last.get('time') or ''))}</td>"
+            f"<td>{escape(str(last.get('reason') or ''))}</td></tr>"
         )
     return ('<h2>Last run</h2><table class="last-run"><thead><tr><th>guardrail</th><th>verdict</th><th>treatment</th>'
             "<th>control</th><th>harm</th><th>bound</th><th>threshold</th><th>streak</th><th>at</th><th>reason</th>"
