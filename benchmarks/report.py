@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
                            "--audit", str(base / "audit.jsonl")]
                     if arm == "report":
                         cmd += ["--report", str(base / "site")]
-                    env = clean_env(FLAG_API_URL=urls[arm], METRICS_API_URL=urls[arm], FLAG_API_TOKEN="bench")
+                    env = clean_env(FLAG_API_URL=urls[arm], METRICS_API_URL=urls[arm], FLAG_API_TOKEN="test-token")
                     m = run_measured(cmd, env=env, cwd=work, tag=f"{arm}-{run}")
                     if m.returncode not in (0, 1):
                         raise RuntimeError(f"{arm} run {run} exited {m.returncode}: "
