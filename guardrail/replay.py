@@ -239,11 +239,11 @@ def replay(flags: Sequence[Flag], looks: Sequence[Look],
 
 
 def _records(when: datetime, decision: Any) -> list[dict[str, Any]]:
-    from guardrail.check import audit_record
+    from guardrail.audit import decision_line
 
     run_id = f"replay-{format_time(when)}"
     halting = {h.flag for h in decision.halts}
-    out = [audit_record(run_id, when, e, "halt" if e.flag in halting and e.streak >= e.confirmations else "none",
+    out = [decision_line(run_id, when, e, "halt" if e.flag in halting and e.streak >= e.confirmations else "none",
                         False) for e in decision.evaluations]
     out += [{"time": format_time(when), "run_id": run_id, "type": "halt", "flag": h.flag, "action": h.action.value,
              "status": "done", "reason": h.reason, "metric": h.evaluation.metric,

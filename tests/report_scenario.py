@@ -14,7 +14,7 @@ from typing import Any
 
 from guardrail.check import RunResult, run_check
 from guardrail.fakeapi import FakeAPI
-from guardrail.settings import Settings
+from guardrail.settings import Settings, load_settings
 
 START = datetime(2026, 11, 25, 9, 0, tzinfo=timezone.utc)
 TOKEN = "tok-SECRET-report-7d1e"
@@ -67,9 +67,10 @@ class Scenario:
 
 
 def settings_for(api: FakeAPI, base: Path, **extra: Any) -> Settings:
-    return Settings(flags=f"{api.url}/v1/flags", flag_api_url=api.url, flag_api_token=TOKEN, metrics_url=api.url,
-                    webhook_url=f"{api.url}/webhook", state_path=base / "state.json",
-                    audit_path=base / "audit.jsonl", **extra)
+    env = {"FLAG_API_URL": api.url, "FLAG_API_TOKEN": TOKEN, "METRICS_API_URL": api.url,
+           "ALERT_WEBHOOK_URL": f"{api.url}/webhook"}
+    return load_settings(env=env, overrides={"state_path": base / "state.json", "audit_path": base / "audit.jsonl",
+                                             **extra})
 
 
 def _set_looks(api: FakeAPI, look: int, rng: random.Random) -> None:

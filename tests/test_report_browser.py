@@ -23,9 +23,8 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
-from guardrail.check import run_check
-from guardrail.fakeapi import FakeAPI
 from guardrail.config import format_time
+from guardrail.fakeapi import FakeAPI
 from tests.report_scenario import EVIL_VARIANT, START, TOKEN, run_scenario
 
 CHROMIUM = os.environ.get("GUARDRAIL_CHROMIUM", "/usr/bin/chromium")
