@@ -133,7 +133,7 @@ def render(
         if sequential and s.get("band"):
             # One stroke per look from bound to estimate, as wide as a look's share of the plot: together a band.
             span = max(float(s["x1"]) - float(s["x0"]), 1e-9)
-            width = max(2.0, min(12.0, PW / max(npts, 1) * span / (xmax - xmin)))
+            width = max(2.0, min(40.0, PW / max(npts - 1, 1) * span / (xmax - xmin)))
             out.append(f'<g class="band"><path d="{s["band"]}" style="stroke-width:{width:.1f}px"/></g>')
         if s.get("pb"):
             out.append(f'<path class="bound" d="{s["pb"]}"/>')
@@ -154,7 +154,6 @@ def render(
                    f"<title>threshold {fmt_value(threshold, relative)}</title></path>")
     out.append(frame.events)
     if clipped:
-        out.append(f'<text class="note" x="{LEFT + PW}" y="{TOP + 12}">some values beyond the range are cut off'
-                   "</text>")
+        out.append(f'<text class="note" x="{LEFT}" y="{TOP - 8}">some values beyond the range are cut off</text>')
     out.append("</svg>")
     return "".join(out)

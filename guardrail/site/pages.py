@@ -35,7 +35,9 @@ td.num{text-align:right;font-variant-numeric:tabular-nums}.key{word-break:break-
 .st-no_data .badge,.badge.st-no_data{background:#b0bec5}
 .st-ok .badge,.badge.st-ok{background:#c8e6c9}
 .warn{background:#fff3cd;border:1px solid #e0b000;padding:8px 12px;margin:8px 0;font-weight:600}
-.warn[hidden]{display:none}.muted{color:#666}.stale{color:#b00020;font-weight:600}
+.warn[hidden]{display:none}
+.why{background:#fdecea;border-left:4px solid #c62828;padding:6px 10px}
+.muted{color:#666}.stale{color:#b00020;font-weight:600}td.num,td.t{white-space:nowrap}.scroll{overflow-x:auto}
 input[type=search]{font-size:15px;padding:5px 8px;width:22em}
 svg.chart{max-width:100%;height:auto;display:block}
 svg.chart .plot{fill:#fafafa;stroke:#ccc}svg.chart text{font-size:11px;fill:#444}
@@ -46,7 +48,7 @@ svg.chart .estimate{stroke:#1565c0;stroke-width:2}svg.chart .bound{stroke:#1565c
 stroke-dasharray:4 3}svg.chart .band{opacity:.18}svg.chart .band path{stroke:#1565c0;stroke-width:5}
 svg.chart .breach{stroke:#c62828;stroke-width:7;stroke-linecap:round}svg.chart .last{fill:#1565c0}
 svg.chart .event path{stroke-width:2;stroke-dasharray:3 2}svg.chart .event text{font-weight:600}
-svg.chart .empty{text-anchor:middle;font-size:14px;fill:#888}svg.chart .note{text-anchor:end;fill:#888}
+svg.chart .empty{text-anchor:middle;font-size:14px;fill:#888}svg.chart .note{fill:#888}
 .legend span{margin-right:14px;font-size:12px}.sw{display:inline-block;width:18px;height:0;
 vertical-align:middle;margin-right:4px;border-top:2px solid #1565c0}
 """
@@ -211,17 +213,14 @@ def flag_page(key: str, history: Mapping[str, Any], state_entry: Mapping[str, An
     status = str(row["status"])
     series: Mapping[str, Any] = history.get("series") or {}
     events: list[Mapping[str, Any]] = list(history.get("events") or [])
+    halt = state_entry.get("halt") if isinstance(state_entry.get("halt"), Mapping) else None
     parts = [f'<p><a href="../index.html">&larr; all flags</a></p><h1 class="key">{escape(key)}</h1>',
              _stale_banner(row.get("monitor_last_run"), now, stale_after),
              f'<p><span class="badge st-{status}" id="status">{escape(STATUS_TEXT[status])}</span> '
-             f'<span class="muted">{escape(str(row.get("detail", "")))}</span></p><table class="facts">']
-    facts = [("last run", _time_cell(row.get("last_run"), now)),
-             ("first seen enabled", escape(str(state_entry.get("first_seen_enabled") or "-"))),
-             ("ramp", escape(str(row.get("ramp") or "-"))), ("SRM", escape(str(row.get("srm") or "-"))),
-             ("halts recorded", str(int(row.get("halts", 0))))]
-    parts += [f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in facts]
-    parts.append("</table>")
-    parts.append(_halt_block(state_entry.get("halt"), key))
+             f'<span class="muted">{escape(str(row.get("detail", "")))}</span> &middot; last run '
+             f"{_time_cell(row.get('last_run'), now)}</p>"]
+    if halt is not None:  # what the person paged needs first: why
+        parts.append(f'<p class="why"><b>Why:</b> {escape(str(halt.get("reason") or ""))}</p>')
     legend = ('<p class="legend"><span><i class="sw"></i>estimated harm</span>{bound}<span><i class="sw" '
               'style="border-top:2px dashed #c62828"></i>threshold</span><span style="color:#c62828">&#9679; '
               "breach</span><span>vertical lines: halts, holds, resumes, ramp steps</span></p>")
@@ -251,6 +250,14 @@ def flag_page(key: str, history: Mapping[str, Any], state_entry: Mapping[str, An
     if not gids:
         parts.append('<p id="nodata">No guardrail of this flag has been evaluated yet.</p>')
     parts.append(_last_run_table(series, gids))
+    facts = [("last run", _time_cell(row.get("last_run"), now)),
+             ("first seen enabled", escape(str(state_entry.get("first_seen_enabled") or "-"))),
+             ("ramp", escape(str(row.get("ramp") or "-"))), ("SRM", escape(str(row.get("srm") or "-"))),
+             ("halts recorded", str(int(row.get("halts", 0))))]
+    parts.append('<h2>Flag</h2><table class="facts">')
+    parts += [f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in facts]
+    parts.append("</table>")
+    parts.append(_halt_block(halt, key))
     if events:
         parts.append("<h2>Events</h2><table class=\"events\"><thead><tr><th>time (UTC)</th><th>what</th>"
                      "<th>detail</th></tr></thead><tbody>")
@@ -278,13 +285,14 @@ def _last_run_table(series: Mapping[str, Any], gids: Sequence[str]) -> str:
             continue
         rel = str(last.get("comparison") or "").startswith("relative")
         rows.append(
-            f"<tr><td>{escape(gid)}</td><td>{escape(str(last.get('verdict')))}</td><td>{_arm(last.get('treatment'))}"
-            f"</td><td>{_arm(last.get('control'))}</td><td class=\"num\">{_number(last.get('delta'), rel)}</td>"
+            f"<tr><td>{escape(gid)}</td><td>{escape(str(last.get('verdict')))}</td>"
+            f"<td class=\"t\">{_arm(last.get('treatment'))}</td><td class=\"t\">{_arm(last.get('control'))}</td>"
+            f"<td class=\"num\">{_number(last.get('delta'), rel)}</td>"
             f"<td class=\"num\">{_number(last.get('bound'), rel)}</td><td class=\"num\">"
             f"{_number(last.get('threshold'), rel)}</td><td class=\"num\">{_num(last.get('streak'))}/"
-            f"{_num(last.get('confirmations'))}</td><td>{escape(str(last.get('time') or ''))}</td>"
+            f"{_num(last.get('confirmations'))}</td><td class=\"t\">{escape(str(last.get('time') or ''))}</td>"
             f"<td>{escape(str(last.get('reason') or ''))}</td></tr>"
         )
-    return ('<h2>Last run</h2><table class="last-run"><thead><tr><th>guardrail</th><th>verdict</th><th>treatment</th>'
+    return ('<h2>Last run</h2><div class="scroll"><table class="last-run"><thead><tr><th>guardrail</th><th>verdict</th><th>treatment</th>'
             "<th>control</th><th>harm</th><th>bound</th><th>threshold</th><th>streak</th><th>at</th><th>reason</th>"
-            f"</tr></thead><tbody>{''.join(rows)}</tbody></table>")
+            f"</tr></thead><tbody>{''.join(rows)}</tbody></table></div>")
