@@ -293,6 +293,7 @@ def _last_run_table(series: Mapping[str, Any], gids: Sequence[str]) -> str:
             f"{_num(last.get('confirmations'))}</td><td class=\"t\">{escape(str(last.get('time') or ''))}</td>"
             f"<td>{escape(str(last.get('reason') or ''))}</td></tr>"
         )
-    return ('<h2>Last run</h2><div class="scroll"><table class="last-run"><thead><tr><th>guardrail</th><th>verdict</th><th>treatment</th>'
+    return ('<h2>Last run</h2><div class="scroll"><table class="last-run"><thead><tr><th>guardrail</th>'
+            "<th>verdict</th><th>treatment</th>"
             "<th>control</th><th>harm</th><th>bound</th><th>threshold</th><th>streak</th><th>at</th><th>reason</th>"
             f"</tr></thead><tbody>{''.join(rows)}</tbody></table></div>")
