@@ -22,13 +22,15 @@ from guardrail.config import format_time
 from guardrail.model import Evaluation, Verdict
 
 MAX_ROWS = 500
-_MD = re.compile(r"([\\`*_{}\[\]()#+\-.!|~>])")
+# ASCII punctuation GFM may read as markup; `<`, `>` and `&` are turned into entities first (without `#`,
+# which this would escape and so break the entity), so `<b>` shows as text.
+_MD = re.compile(r"([\\`*_{}\[\]()#+\-.!|~])")
 
 
 def md(text: object) -> str:
     """Text from outside, safe in a GFM table cell: no markup, no HTML, no cell break."""
     flat = " ".join(str(text).split())
-    return _MD.sub(r"\\\1", html.escape(flat, quote=True))
+    return _MD.sub(r"\\\1", html.escape(flat, quote=False))
 
 
 def _pct(x: float | None, relative: bool) -> str:

@@ -195,3 +195,24 @@ def test_check_report_alert_link_and_job_summary(tmp_path: Path, fake_api: FakeA
     decisions = real.split("### Decisions")[1]
     assert decisions.index("z\\.bad") < decisions.index("a\\.healthy")  # halts first
     assert API_TOKEN not in summary and "webhook" not in summary
+
+
+@pytest.mark.parametrize("evil", ["a|b", "<b>bold</b>", "[x](http://evil.example)", "*em* _u_ `code`",
+                                  "&lt;b&gt; entity", "<img src=x onerror=alert(1)>", "line\nbreak | two",
+                                  "\\| escaped pipe", "# heading"])
+def test_job_summary_cells_render_as_plain_text(evil: str) -> None:
+    """A CommonMark + tables parser (markdown-it-py, GFM's table rules) as the oracle: one row, four cells,
+    no element the text asked for, and the text shown as written."""
+    import html as html_mod
+
+    from markdown_it import MarkdownIt
+
+    from guardrail.summary import md
+
+    doc = f"| a | b | c | d |\n|---|---|---|---|\n| x | {md(evil)} | y | z |\n"
+    out = MarkdownIt("commonmark").enable("table").render(doc)
+    body = out.split("<tbody>")[1]
+    assert body.count("<td>") == 4
+    cell = body.split("<td>")[2].split("</td>")[0]
+    assert not re.search(r"<(?!/?td)", cell), cell  # no tag inside the cell
+    assert html_mod.unescape(cell) == " ".join(evil.split())
