@@ -38,6 +38,7 @@ td.num{text-align:right;font-variant-numeric:tabular-nums}.key{word-break:break-
 .warn[hidden]{display:none}
 .why{background:#fdecea;border-left:4px solid #c62828;padding:6px 10px}
 .muted{color:#666}.stale{color:#b00020;font-weight:600}td.num,td.t{white-space:nowrap}.scroll{overflow-x:auto}
+.last-run td:last-child{min-width:18em}
 input[type=search]{font-size:15px;padding:5px 8px;width:22em}
 svg.chart{max-width:100%;height:auto;display:block}
 svg.chart .plot{fill:#fafafa;stroke:#ccc}svg.chart text{font-size:11px;fill:#444}
