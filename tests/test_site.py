@@ -130,22 +130,27 @@ def test_page_link_under_base_url() -> None:
 
 
 def test_ramp_srm_resume_and_unknown_records_are_read_tolerantly(tmp_path: Path) -> None:
-    recs = [decision(minute(0), 0.01), {"type": "ramp", "time": minute(1), "flag": "f.k", "decision": "advance",
-                                        "share": 25, "reason": "5 min on step, no harm"},
+    recs = [decision(minute(0), 0.01),
+            # As guardrail/ramp_run.py writes them: steps 1-based, shares per variant; a hold is no event.
+            {"type": "ramp", "time": minute(1), "flag": "f.k", "action": "advance", "status": "done", "step": 2,
+             "to_step": 3, "shares": {"treatment": 25, "control": 75}, "reason": "5 min on step, no harm"},
+            {"type": "ramp", "time": minute(2), "flag": "f.k", "action": "hold", "status": "decided", "step": 3,
+             "to_step": None, "shares": {"treatment": 25, "control": 75}, "reason": "12 min left on step 3"},
             {"type": "srm", "time": minute(2), "flag": "f.k", "verdict": "mismatch", "p_value": 1e-6},
             {"type": "resume", "time": minute(3), "flag": "f.k", "by": "ana", "reason": "fixed"},
             {"type": "something_new", "time": minute(3), "flag": "f.k"}, decision(minute(4), 0.02)]
-    doc = {"last_run_at": minute(4), "flags": {"f.k": {"ramp": {"step": 2, "steps": [1, 5, 25, 50], "share": 25}},
+    doc = {"last_run_at": minute(4), "flags": {"f.k": {"ramp": {"step": 2, "step_started_at": minute(1)}},
                                                 "g.k": {"ramp": "not a mapping"}}}
     build_from_records(tmp_path, doc, recs, now=START, stale_after=10.0)
     page = (tmp_path / "flags" / "f.k.html").read_text()
     kinds = re.findall(r'data-kind="(\w+)"', page)
     assert kinds == ["ramp", "srm", "resume"]
-    assert "ramp advance 25%" in page and "by ana: fixed" in page
+    assert "ramp advance step 3" in page and "treatment 25%, control 75%" in page and "by ana: fixed" in page
     index = (tmp_path / "index.html").read_text()
-    assert "step 3/4 25%" in index and "mismatch (p=1e-06)" in index
+    assert "step 3 (treatment 25%, control 75%)" in index and "mismatch (p=1e-06)" in index
     assert index.index("f.k.html") < index.index("g.k.html")  # SRM mismatch ranks above an idle flag
     assert pages.ramp_text(None) == "" and pages.ramp_text({"percent": 5}) == "5%"
+    assert pages.ramp_text({"step": 4, "shipped_at": minute(9)}) == "step 5 shipped"
 
 
 def test_report_settings_are_validated(tmp_path: Path) -> None:

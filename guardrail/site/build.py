@@ -95,7 +95,8 @@ def _summary(h: Mapping[str, Any]) -> dict[str, Any]:
     """What the index needs from a history: kept in data/index.json between refreshes."""
     verdicts = {gid: ((s.get("last") or {}).get("verdict"), (s.get("last") or {}).get("streak"),
                       (s.get("last") or {}).get("confirmations")) for gid, s in (h.get("series") or {}).items()}
-    return {"last_run": h.get("last_run"), "halts": h.get("halts", 0), "srm": h.get("srm"), "verdicts": verdicts}
+    return {"last_run": h.get("last_run"), "halts": h.get("halts", 0), "srm": h.get("srm"), "ramp": h.get("ramp"),
+            "verdicts": verdicts}
 
 
 def flag_status(entry: Mapping[str, Any], summary: Mapping[str, Any]) -> tuple[str, str]:
@@ -158,7 +159,7 @@ class Site:
         last = summary.get("last_run")
         srm = entry.get("srm") if isinstance(entry.get("srm"), Mapping) else summary.get("srm")
         return {"key": key, "slug": slug(key), "status": status, "detail": detail,
-                "ramp": pages.ramp_text(entry.get("ramp")),
+                "ramp": pages.ramp_text(entry.get("ramp"), summary.get("ramp")),
                 "srm": pages.srm_text(srm),
                 "last_run": last, "halts": int(summary.get("halts") or 0) or (1 if entry.get("halt") else 0),
                 "guardrails": len(summary.get("verdicts") or {}) or len(entry.get("last_evaluations") or {}),

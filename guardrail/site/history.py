@@ -60,7 +60,7 @@ def number(value: Any) -> float | None:
 
 def new_history(key: str) -> History:
     return {"v": HISTORY_VERSION, "key": key, "t0": None, "series": {}, "events": [], "last_run": None,
-            "last_run_id": None, "srm": None, "halts": 0}
+            "last_run_id": None, "srm": None, "ramp": None, "halts": 0}
 
 
 def _new_series(rec: Mapping[str, Any]) -> Series:
@@ -169,6 +169,27 @@ def _event(h: History, t: float, kind: str, label: str, detail: str) -> None:
         del h["events"][: len(h["events"]) - MAX_EVENTS]
 
 
+RAMP_MOVES = {"start", "advance", "ship", "rollback", "adopt"}  # a hold (waiting on the step) is no event
+
+
+def _ramp(h: History, t: float, rec: Mapping[str, Any], reason: str) -> None:
+    """A ramp record (guardrail/ramp_run.py: action, status, step and to_step 1-based, shares per variant)."""
+    action = str(rec.get("action") or rec.get("decision") or "step")
+    step = rec.get("to_step") if rec.get("to_step") is not None else rec.get("step")
+    raw_shares = rec.get("shares")
+    shares: Mapping[str, Any] = raw_shares if isinstance(raw_shares, Mapping) else {}
+    share_text = ", ".join(f"{k} {v}%" for k, v in shares.items())
+    if str(rec.get("status", "")) == "failed":
+        _event(h, t, "failed", f"ramp {action} failed", f"{reason}; {rec.get('detail') or ''}".strip("; "))
+        return
+    if str(rec.get("status", "")) == "would":
+        return  # a dry run's intention (not written by check, which audits no dry run; tolerated anyway)
+    h["ramp"] = {"step": step, "shares": dict(shares), "action": action, "time": rec.get("time")}
+    if action in RAMP_MOVES:
+        label = f"ramp {action}" + (f" step {step}" if isinstance(step, int) else "")
+        _event(h, t, "ramp", label, f"{share_text}; {reason}".strip("; "))
+
+
 def add_record(h: History, rec: Mapping[str, Any]) -> None:
     """Fold any audit record: decisions become points; halts, holds, resumes, ramp steps and SRM
     verdicts become events. Unknown record types are ignored (a newer guardrail may write more)."""
@@ -192,10 +213,7 @@ def add_record(h: History, rec: Mapping[str, Any]) -> None:
     elif kind == "resume":
         _event(h, t, "resume", "resumed", f"by {rec.get('by') or '?'}: {reason}")
     elif kind.startswith("ramp"):
-        what = str(rec.get("decision") or rec.get("action") or kind.partition("_")[2] or "step")
-        share = rec.get("share", rec.get("percent", rec.get("to")))
-        label = f"ramp {what}" + (f" {share}%" if isinstance(share, (int, float)) else "")
-        _event(h, t, "ramp", label, reason)
+        _ramp(h, t, rec, reason)
     elif kind == "srm":
         h["srm"] = {k: rec.get(k) for k in ("verdict", "p_value", "time", "action", "reason")}
         if str(rec.get("verdict", "")) not in ("", "ok", "pass", "none"):

@@ -122,21 +122,28 @@ def _stale_banner(last_run: str | None, now: datetime, stale_after: float | None
     return f'<div id="stale" class="warn"{"" if old else " hidden"}>STALE MONITOR: {escape(text)}</div>'
 
 
-def ramp_text(ramp: Any) -> str:
-    """The ramp entry of a flag's state, whatever its exact shape: step i/n and the treatment share."""
-    if not isinstance(ramp, Mapping):
-        return ""
-    steps, step = ramp.get("steps"), ramp.get("step")
-    share = ramp.get("share", ramp.get("percent"))
-    if share is None and isinstance(steps, list) and isinstance(step, int) and 0 <= step < len(steps):
-        share = steps[step]
+def ramp_text(ramp: Any, last: Any = None) -> str:
+    """Where a ramp is: from the flag's state entry (`step`, 0-based; `shipped_at`) and the last ramp record
+    of the audit log (`step` 1-based, `shares` per variant). Other shapes show what they can."""
     parts = []
-    if isinstance(step, int):
+    state = ramp if isinstance(ramp, Mapping) else {}
+    record = last if isinstance(last, Mapping) else {}
+    step = state.get("step")
+    if isinstance(step, int) and not isinstance(step, bool):
+        steps = state.get("steps")
         parts.append(f"step {step + 1}/{len(steps)}" if isinstance(steps, list) else f"step {step + 1}")
-    if isinstance(share, (int, float)) and not isinstance(share, bool):
+    elif isinstance(record.get("step"), int):
+        parts.append(f"step {record['step']}")
+    shares = record.get("shares")
+    share = state.get("share", state.get("percent"))
+    if isinstance(shares, Mapping) and shares:
+        parts.append("(" + ", ".join(f"{k} {v}%" for k, v in shares.items()) + ")")
+    elif isinstance(share, (int, float)) and not isinstance(share, bool):
         parts.append(f"{share:g}%")
-    if ramp.get("status") or ramp.get("state"):
-        parts.append(str(ramp.get("status") or ramp.get("state")))
+    if state.get("shipped_at"):
+        parts.append("shipped")
+    elif state.get("status"):
+        parts.append(str(state["status"]))
     return " ".join(parts)
 
 
