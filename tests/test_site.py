@@ -17,7 +17,7 @@ from guardrail.model import GuardrailError
 from guardrail.settings import load_settings
 from guardrail.site import history as hist
 from guardrail.site import pages
-from guardrail.site.build import build_from_records, build_site, page_link, refresh_site, slug
+from guardrail.site.build import _pending, build_from_records, build_site, due, page_link, refresh_site, slug
 from tests.report_scenario import START, TOKEN, _set_looks, flags, settings_for
 
 
@@ -36,7 +36,8 @@ def minute(i: int) -> str:
 
 def test_incremental_refresh_equals_a_full_build(tmp_path: Path) -> None:
     """`check --report` after every run leaves the same histories as `guardrail report` from the audit log."""
-    incremental = tmp_path / "inc"
+    incremental, deferred = tmp_path / "inc", tmp_path / "deferred"
+    waiting = 0
     with FakeAPI(flags=flags(), token=TOKEN) as api:
         settings = settings_for(api, tmp_path)
         import random
@@ -48,7 +49,10 @@ def test_incremental_refresh_equals_a_full_build(tmp_path: Path) -> None:
             result = run_check(settings, now=now)
             assert result.records, "a run hands its audit records to the report"
             refresh_site(incremental, state_path=settings.state_path, audit_path=settings.audit_path,
-                         records=result.records, now=now)
+                         records=result.records, now=now, every_minutes=0)  # every page, every run
+            refresh_site(deferred, state_path=settings.state_path, audit_path=settings.audit_path,
+                         records=result.records, now=now)  # healthy pages every 10 minutes
+            waiting += len(list((deferred / "data" / "pending").iterdir()))
     full = tmp_path / "full"
     build_site(full, state_path=settings.state_path, audit_path=settings.audit_path, now=now)
     names = sorted(p.name for p in (full / "data" / "flags").iterdir())
@@ -60,6 +64,30 @@ def test_incremental_refresh_equals_a_full_build(tmp_path: Path) -> None:
     assert (incremental / "index.html").read_text() == (full / "index.html").read_text()
     page = (full / "flags" / "checkout.payments.express-pay.html").read_text()
     assert page == (incremental / "flags" / "checkout.payments.express-pay.html").read_text()
+    # Deferred redraws lose nothing: each healthy flag's history plus its waiting looks is the full history.
+    for name in names:
+        key = json.loads((full / "data" / "flags" / name).read_text())["key"]
+        h = json.loads((deferred / "data" / "flags" / name).read_text())
+        pending = _pending(deferred, key)
+        for rec in pending:
+            hist.add_record(h, rec)
+        assert h == json.loads((full / "data" / "flags" / name).read_text()), name
+    assert waiting > 0, "healthy flags' pages waited for their slot"
+    index = (deferred / "index.html").read_text()
+    assert index.count("badge\">ok<") == 2 and "halted" in index
+
+
+def test_a_healthy_page_is_redrawn_once_per_period_and_anything_else_at_once() -> None:
+    ok = [decision(minute(0), 0.01)]
+    summary: dict[str, Any] = {"rendered_at": START.timestamp(), "verdicts": {"error_rate@treatment": ["pass", 0, 2]}}
+    slots = [due("f.k", summary, ok, START + timedelta(minutes=m), 10.0) for m in range(0, 10, 2)]
+    assert slots.count(True) <= 1, "at most one redraw in a ten-minute period"
+    assert any(due("f.k", summary, ok, START + timedelta(minutes=m), 10.0) for m in range(10, 20, 2))
+    assert due("f.k", summary, [decision(minute(0), 0.5, verdict="breach")], START, 10.0)
+    assert due("f.k", summary, [{"type": "halt", "flag": "f.k"}], START, 10.0)
+    was_breaching = {**summary, "verdicts": {"error_rate@treatment": ["breach", 1, 2]}}
+    assert due("f.k", was_breaching, ok, START, 10.0), "the look that clears a breach is drawn at once"
+    assert due("f.k", {}, ok, START, 10.0) and due("f.k", summary, ok, START, 0.0)
 
 
 def test_refresh_builds_in_full_when_the_site_is_new_or_foreign(tmp_path: Path) -> None:

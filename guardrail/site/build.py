@@ -21,7 +21,7 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -33,6 +33,9 @@ from guardrail.site import pages
 
 SAFE = re.compile(r"[^A-Za-z0-9._-]")
 DEFAULT_STALE_AFTER = 10.0
+# A healthy flag's page (every guardrail passing, now and at the last look) is redrawn at most this often;
+# anything else is redrawn by the run that sees it. Its looks wait in data/pending/ (one small append).
+REDRAW_MINUTES = 10.0
 
 
 def slug(key: str) -> str:
@@ -166,7 +169,7 @@ class Site:
                 "monitor_last_run": self.state_doc.get("last_run_at")}
 
     def write_flag(self, key: str, h: Mapping[str, Any]) -> None:
-        self.summaries[key] = _summary(h)
+        self.summaries[key] = {**_summary(h), "rendered_at": self.now.timestamp()}
         name = slug(key)
         _write_in_place(self.out / "data" / "flags" / f"{name}.json", json.dumps(h, separators=(",", ":")))
         entry = self._entry(key)
@@ -187,6 +190,7 @@ def _prepare(out: Path) -> None:
     try:
         (out / "flags").mkdir(parents=True, exist_ok=True)
         (out / "data" / "flags").mkdir(parents=True, exist_ok=True)
+        (out / "data" / "pending").mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise GuardrailError(f"cannot create the report directory: {exc.strerror}", source=str(out)) from None
 
@@ -220,6 +224,8 @@ def build_from_records(out: Path, doc: dict[str, Any], records: Iterable[Mapping
     """The whole site from a state document and audit records (`stale_after=None`: not a live monitor,
     e.g. a backtest, so no stale warnings)."""
     _prepare(out)
+    for stale in (out / "data" / "pending").glob("*.jsonl"):  # the audit log holds them all
+        stale.unlink()
     site = Site(out, doc, now, stale_after, warnings=warnings or [])
     histories: dict[str, dict[str, Any]] = {}
     for rec in records:
@@ -267,14 +273,15 @@ def _load_history(out: Path, key: str) -> dict[str, Any]:
 
 
 def refresh_site(out: Path, *, state_path: Path, audit_path: Path, records: Iterable[Mapping[str, Any]],
-                 now: datetime, stale_after: float = DEFAULT_STALE_AFTER) -> Site:
+                 now: datetime, stale_after: float = DEFAULT_STALE_AFTER,
+                 every_minutes: float = REDRAW_MINUTES) -> Site:
     """After a run: fold this run's records into the touched flags' histories; rewrite their pages and
     the index. A site not built yet (or by another version) is built in full from the audit log, which
     already holds this run's records."""
     _prepare(out)
     with _locked(out):
         return _refresh(out, state_path=state_path, audit_path=audit_path, records=records, now=now,
-                        stale_after=stale_after)
+                        stale_after=stale_after, every_minutes=every_minutes)
 
 
 @contextlib.contextmanager
@@ -290,7 +297,7 @@ def _locked(out: Path) -> Iterator[None]:
 
 
 def _refresh(out: Path, *, state_path: Path, audit_path: Path, records: Iterable[Mapping[str, Any]],
-             now: datetime, stale_after: float) -> Site:
+             now: datetime, stale_after: float, every_minutes: float) -> Site:
     summaries = _load_index(out)
     if summaries is None:
         return build_site(out, state_path=state_path, audit_path=audit_path, now=now, stale_after=stale_after)
@@ -301,14 +308,69 @@ def _refresh(out: Path, *, state_path: Path, audit_path: Path, records: Iterable
         key = rec.get("flag")
         if isinstance(key, str):
             by_flag.setdefault(key, []).append(rec)
+    later = {key: recs for key, recs in by_flag.items()
+             if not due(key, summaries.get(key) or {}, recs, now, every_minutes)}
+    by_flag = {key: recs for key, recs in by_flag.items() if key not in later}
     try:
         loaded = {key: _load_history(out, key) for key in by_flag}
     except _Unreadable:
         return build_site(out, state_path=state_path, audit_path=audit_path, now=now, stale_after=stale_after)
     for key, recs in by_flag.items():
         h = loaded[key]
+        for rec in _pending(out, key):
+            hist.add_record(h, rec)
         for rec in recs:
             hist.add_record(h, rec)
         site.write_flag(key, h)
+        with contextlib.suppress(FileNotFoundError):
+            (out / "data" / "pending" / f"{slug(key)}.jsonl").unlink()
+    for key, recs in later.items():
+        with (out / "data" / "pending" / f"{slug(key)}.jsonl").open("a", encoding="utf-8") as fh:
+            fh.write("".join(json.dumps(r, separators=(",", ":")) + "\n" for r in recs))
+        site.summaries[key] = _summary_after(site.summaries.get(key) or {}, recs)
     site.write_index()
     return site
+
+
+def due(key: str, summary: Mapping[str, Any], recs: Sequence[Mapping[str, Any]], now: datetime,
+        every_minutes: float) -> bool:
+    """Must this run redraw the flag's page? At once when anything is not a plain pass (a breach, missing
+    data, a halt, a ramp step, an SRM verdict) or was not at the last look; otherwise once every
+    `every_minutes`, each flag in its own phase (a hash of its key) so the redraws of a healthy fleet are
+    spread evenly over the runs instead of all falling on one."""
+    if every_minutes <= 0 or summary.get("rendered_at") is None:
+        return True
+    if any(r.get("type") != "decision" or r.get("verdict") != "pass" for r in recs):
+        return True
+    if any(v[0] != "pass" for v in (summary.get("verdicts") or {}).values()):
+        return True
+    period = every_minutes * 60
+    phase = int.from_bytes(hashlib.blake2b(key.encode("utf-8"), digest_size=4).digest(), "big") % int(period)
+    return (now.timestamp() - phase) // period != (float(summary["rendered_at"]) - phase) // period
+
+
+def _summary_after(summary: Mapping[str, Any], recs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The index's view of a flag whose page waits: only plain passes (see `due`), so the newest look."""
+    out = dict(summary)
+    verdicts = dict(out.get("verdicts") or {})
+    for r in recs:
+        verdicts[f"{r.get('metric', '')}@{r.get('treatment_variant', '')}"] = (
+            r.get("verdict"), r.get("streak"), r.get("confirmations"))
+        out["last_run"] = r.get("time", out.get("last_run"))
+    out["verdicts"] = verdicts
+    return out
+
+
+def _pending(out: Path, key: str) -> list[dict[str, Any]]:
+    """Records folded into no page yet (runs where the flag's page was not due)."""
+    try:
+        lines = (out / "data" / "pending" / f"{slug(key)}.jsonl").read_text("utf-8").splitlines()
+    except FileNotFoundError:
+        return []
+    found = []
+    for line in lines:
+        with contextlib.suppress(ValueError):  # a line cut short by a crash: that look is lost to the chart
+            rec = json.loads(line)
+            if isinstance(rec, dict):
+                found.append(rec)
+    return found

@@ -22,7 +22,7 @@ from typing import Any
 from guardrail.config import parse_time
 
 HISTORY_VERSION = 1
-MAX_POINTS = 300  # per series; thinned to half when exceeded
+MAX_POINTS = 200  # per series; thinned to half when exceeded (the plot is 680 pixels wide)
 MAX_EVENTS = 200  # per flag; the oldest are dropped (the audit log keeps them all)
 BREACH = "b"
 VERDICT_CODES = {"breach": BREACH, "pass": "p", "skip:min_count": "m", "skip:warmup": "w", "skip:no_data": "n"}

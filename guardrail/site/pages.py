@@ -226,7 +226,8 @@ def flag_page(key: str, history: Mapping[str, Any], state_entry: Mapping[str, An
              _stale_banner(row.get("monitor_last_run"), now, stale_after),
              f'<p><span class="badge st-{status}" id="status">{escape(STATUS_TEXT[status])}</span> '
              f'<span class="muted">{escape(str(row.get("detail", "")))}</span> &middot; last run '
-             f"{_time_cell(row.get('last_run'), now)}</p>"]
+             f"{_time_cell(row.get('last_run'), now)} &middot; <span class=\"muted\" id=\"drawn\">page drawn "
+             f"{now.strftime('%Y-%m-%d %H:%M UTC')}</span></p>"]
     if halt is not None:  # what the person paged needs first: why
         parts.append(f'<p class="why"><b>Why:</b> {escape(str(halt.get("reason") or ""))}</p>')
     legend = ('<p class="legend"><span><i class="sw"></i>estimated harm</span>{bound}<span><i class="sw" '
