@@ -599,6 +599,7 @@ class RunResult:
     warnings: tuple[str, ...] = ()
     ramps: tuple[RampResult, ...] = ()
     srm: tuple[SrmResult, ...] = ()
+    records: tuple[Mapping[str, Any], ...] = ()  # the audit lines this run wrote (redacted), for the report
 
     @property
     def exit_code(self) -> ExitCode:

@@ -26,7 +26,7 @@ from guardrail.sources import SOURCES, MetricSource
 
 GENERAL_KEYS = {
     "flags", "flag_backend", "metrics", "alert", "state", "audit", "defaults", "http", "lock_timeout", "budget",
-    "guardrails",
+    "guardrails", "report",
 }
 FLAGS_KEYS = {"source", "git"}  # `flags:` as a mapping
 CONFIG_KEYS = GENERAL_KEYS | BACKENDS.sections() | SOURCES.sections()
@@ -54,6 +54,8 @@ class Settings:
     allow_insecure_http: bool = False
     config_path: str | None = None
     guardrail_rules: GuardrailRules | None = None  # the `guardrails:` section: options beside the flags
+    report_dir: Path | None = None  # `report.dir`: refresh this site after each check run
+    report_base_url: str | None = None  # `report.base_url`: alerts link to the flag's page under it
 
     def secrets(self) -> list[str]:
         return [*self.backend.secrets(), *self.metrics.secrets(), *([self.webhook_url] if self.webhook_url else [])]
@@ -140,6 +142,25 @@ def _read_config(config: Path | None) -> tuple[Mapping[str, Any], str]:
     return loaded, source
 
 
+def _report_section(section: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """`report: {dir: PATH, base_url: https://...}` (docs/report.md)."""
+    unknown = sorted(set(map(str, section)) - {"dir", "base_url"})
+    if unknown:
+        raise GuardrailError(f"unknown key(s) {unknown}; known: ['base_url', 'dir']", source=source,
+                             field=f"report.{unknown[0]}")
+    out: dict[str, Any] = {}
+    if section.get("dir") is not None:
+        if not isinstance(section["dir"], str) or not section["dir"]:
+            raise GuardrailError("must be a directory path", source=source, field="report.dir")
+        out["report_dir"] = Path(section["dir"])
+    base = section.get("base_url")
+    if base is not None:
+        if not isinstance(base, str) or not base.startswith(("http://", "https://", "file://")):
+            raise GuardrailError(f"must be an http(s) URL, got {base!r:.60}", source=source, field="report.base_url")
+        out["report_base_url"] = base
+    return out
+
+
 def load_settings(
     *,
     config: Path | None = None,
@@ -180,6 +201,7 @@ def load_settings(
         "defaults": defaults,
         "config_path": str(config) if config else None,
         "guardrail_rules": parse_rules(doc["guardrails"], source=source) if doc.get("guardrails") else None,
+        **_report_section(ctx.section("report"), source),
     }
     for key, field_name, integer in (
         ("timeout", "http.timeout", False),
