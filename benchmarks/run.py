@@ -2,8 +2,8 @@
 
     .venv/bin/python benchmarks/run.py            # prints a Markdown table, writes benchmarks/results.{md,json}
 
-What it does, all against the project's own fake API (guardrail/fakeapi.py) on 127.0.0.1 with an injected
-latency per request, run as a separate process (`python -m guardrail.fakeapi`) so that the server does not
+What it does, all against the project's own fake API (guardrail/fakeapi.py, with the tests' latency injection)
+on 127.0.0.1, run as a separate process (`python -m tests.fakeserver_faults --latency`) so that the server does not
 share a GIL with this driver or with the command under test:
 
 1. `guardrail check --dry-run` wall time (the installed command, as cron runs it; flags from the fake flag
@@ -123,16 +123,17 @@ def run_measured(cmd: Sequence[str], *, env: dict[str, str], cwd: Path, tag: str
 @contextmanager
 def fake_api(workdir: Path, name: str, flags: dict[str, Any], series: list[dict[str, Any]],
              latency: float) -> Iterator[str]:
-    """`python -m guardrail.fakeapi` in its own process; yields its URL, stops it on exit."""
+    """`python -m tests.fakeserver_faults` in its own process; yields its URL, stops it on exit."""
     flags_file, metrics_file = workdir / f"{name}-flags.json", workdir / f"{name}-metrics.json"
     port_file = workdir / f"{name}.url"
     flags_file.write_text(json.dumps({"flags": flags}), "utf-8")
     metrics_file.write_text(json.dumps(series), "utf-8")
     log = (workdir / f"{name}-server.log").open("wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "guardrail.fakeapi", "--latency", str(latency), "--port-file", str(port_file),
+        [sys.executable, "-m", "tests.fakeserver_faults", "--latency", str(latency), "--port-file", str(port_file),
          "--flags", str(flags_file), "--metrics", str(metrics_file)],
         stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=clean_env(),
+        cwd=Path(__file__).resolve().parents[1],  # `-m tests.fakeserver_faults` imports from the repository root
     )
     try:
         for _ in range(300):  # up to 30 s for 2,000 flags' worth of set_metric calls

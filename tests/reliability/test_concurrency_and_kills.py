@@ -10,9 +10,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from guardrail.fakeapi import FakeAPI
 from guardrail.state import StateStore
 from tests.conftest import clean_env, guardrail_command
+from tests.fakeserver_faults import FaultyAPI
 from tests.reliability.conftest import BAD, Runner, api_env, breaching
 
 
@@ -25,7 +25,7 @@ def start(workdir: Path, env: dict[str, str], *extra: str) -> subprocess.Popen[s
     )
 
 
-def test_twenty_overlapping_runs_halt_once(api: FakeAPI, tmp_path: Path) -> None:
+def test_twenty_overlapping_runs_halt_once(api: FaultyAPI, tmp_path: Path) -> None:
     breaching(api, confirmations=1)
     api.latency = 0.02  # so the runs really overlap
     env = api_env(api)
@@ -42,7 +42,7 @@ def test_twenty_overlapping_runs_halt_once(api: FakeAPI, tmp_path: Path) -> None
     assert api.flag(BAD)["state"] == "DISABLED"
 
 
-def test_200_kills_at_random_moments(api: FakeAPI, tmp_path: Path) -> None:
+def test_200_kills_at_random_moments(api: FaultyAPI, tmp_path: Path) -> None:
     """SIGTERM and SIGKILL at random moments. After each: the state file loads; a streak is never counted
     twice; and once a halt was decided, the next complete run finishes it. Four lanes in parallel."""
     breaching(api, confirmations=2)
@@ -91,7 +91,7 @@ def test_200_kills_at_random_moments(api: FakeAPI, tmp_path: Path) -> None:
     assert api.count("PATCH", "/v1/flags") == 1  # the other lanes see the flag already halted
 
 
-def test_a_halt_decided_by_a_killed_run_is_finished_by_the_next(api: FakeAPI, tmp_path: Path) -> None:
+def test_a_halt_decided_by_a_killed_run_is_finished_by_the_next(api: FaultyAPI, tmp_path: Path) -> None:
     breaching(api, confirmations=1)
     # The PATCH hangs: the run has written its pending halt and is waiting on the API when it is killed.
     api.add_fault(route="patch", mode="delay", delay=5.0, times=1)
