@@ -105,12 +105,6 @@ def format_time(dt: datetime) -> str:
     return dt.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
 
 
-def window_minutes(window: str) -> float:
-    unit = window[-1]
-    number = float(window[:-1])
-    return number * {"s": 1 / 60, "m": 1.0, "h": 60.0, "d": 1440.0}[unit]
-
-
 def _json_safe(value: Any) -> Any:
     """YAML gives datetimes and dates; the schema wants strings."""
     if isinstance(value, (datetime, date)):
@@ -118,31 +112,39 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-def _fractional_variants(node: Any, depth: int = 0) -> Iterator[tuple[str, str]]:
-    """Yield (operator, variant) for every variant named in a fractional split, anywhere in targeting."""
+def fractional_splits(node: Any, depth: int = 0) -> Iterator[tuple[str, list[Any]]]:
+    """Yield (operator, arguments) for every fractional split anywhere in a flag's targeting rules."""
     if depth > 50:
         return
     if isinstance(node, Mapping):
         for op, args in node.items():
             if op in FRACTIONAL_OPS and isinstance(args, list):
-                for item in args:
-                    if isinstance(item, list) and item and isinstance(item[0], str):
-                        yield op, item[0]
-            yield from _fractional_variants(args, depth + 1)
+                yield op, args
+            yield from fractional_splits(args, depth + 1)
     elif isinstance(node, list):
         for item in node:
-            yield from _fractional_variants(item, depth + 1)
+            yield from fractional_splits(item, depth + 1)
+
+
+def is_held(definition: Any) -> bool:
+    """True when a definition carries `metadata.guardrail_hold` as true (`true` or the string "true", any case).
+
+    The one place this is decided: a rollout held here (or by a person) is never evaluated, held again, or
+    resumed while it stays held, whichever backend it lives in.
+    """
+    metadata = definition.get("metadata") if isinstance(definition, Mapping) else None
+    hold = metadata.get("guardrail_hold") if isinstance(metadata, Mapping) else None
+    return hold is True or (isinstance(hold, str) and hold.strip().lower() == "true")
 
 
 def split_variants(definition: Mapping[str, Any]) -> tuple[str, ...]:
+    """The variants a fractional split names, in order of first appearance."""
     seen: dict[str, None] = {}
-    for _op, variant in _fractional_variants(definition.get("targeting")):
-        seen.setdefault(variant, None)
+    for _op, args in fractional_splits(definition.get("targeting")):
+        for item in args:
+            if isinstance(item, list) and item and isinstance(item[0], str):
+                seen.setdefault(item[0], None)
     return tuple(seen)
-
-
-def legacy_operators(definition: Mapping[str, Any]) -> bool:
-    return any(op == "fractionalEvaluation" for op, _ in _fractional_variants(definition.get("targeting")))
 
 
 def gather_guardrail_options(
@@ -314,7 +316,6 @@ def parse_flag(
         )
         guardrails.append(g)
 
-    hold = metadata.get("guardrail_hold", False)
     flag = Flag(
         key=key,
         enabled=state == "ENABLED",
@@ -326,7 +327,7 @@ def parse_flag(
         guardrails=tuple(guardrails),
         started_at=started_at,
         warmup_minutes=float(metadata.get("warmup_minutes", 0) or 0),
-        held=hold is True or (isinstance(hold, str) and hold.lower() == "true"),
+        held=is_held(definition),
         source=source,
         definition=definition,
     )

@@ -19,6 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from guardrail.files import atomic_write
 from guardrail.model import (
     ExitCode,
     FlagState,
@@ -130,30 +131,6 @@ def from_dict(doc: Any) -> State:
     return State(flags=flags, last_run_at=_dt(doc.get("last_run_at")))
 
 
-def atomic_write(path: Path, data: bytes, *, mode: int = FILE_MODE) -> None:
-    """Write-then-rename so a reader (or a run killed mid-write) sees the old file or the new, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    with contextlib.suppress(OSError):
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-
-
 @dataclass
 class StateStore:
     """The state file at `path`; use `with store.locked(): ...` around load/save of one run."""
@@ -230,7 +207,7 @@ class StateStore:
 
     def save(self, state: State) -> None:
         text = json.dumps(to_dict(state), indent=2, sort_keys=False, allow_nan=False, default=str)
-        atomic_write(self.path, (text + "\n").encode("utf-8"))
+        atomic_write(self.path, (text + "\n").encode("utf-8"), mode=FILE_MODE)
 
 
 class AuditLog:

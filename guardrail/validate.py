@@ -156,19 +156,6 @@ def _metadata_findings(metadata: Mapping[str, Any], where: str) -> Iterator[tupl
             )
 
 
-def _fractional_args(node: Any, depth: int = 0) -> Iterator[tuple[str, list[Any]]]:
-    if depth > 50:
-        return
-    if isinstance(node, Mapping):
-        for op, args in node.items():
-            if op in config.FRACTIONAL_OPS and isinstance(args, list):
-                yield op, args
-            yield from _fractional_args(args, depth + 1)
-    elif isinstance(node, list):
-        for item in node:
-            yield from _fractional_args(item, depth + 1)
-
-
 def _variant_type(value: Any) -> str:
     if isinstance(value, bool):
         return "boolean"
@@ -189,7 +176,7 @@ def _flagd_findings(definition: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
         kinds = sorted({_variant_type(v) for v in variants.values()})
         if len(kinds) > 1 or kinds[0] not in ("boolean", "number", "string", "object"):
             yield "variants", f"flagd needs all variants of one type (boolean, number, string or object): {kinds}"
-    for op, args in _fractional_args(definition.get("targeting")):
+    for op, args in config.fractional_splits(definition.get("targeting")):
         if op == "fractionalEvaluation":
             yield (
                 "targeting.fractionalEvaluation",

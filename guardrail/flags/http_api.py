@@ -10,6 +10,7 @@ from urllib.parse import quote
 
 import httpx
 
+from guardrail.config import is_held
 from guardrail.flags.base import HaltOutcome, LoadedFlags
 from guardrail.http import HTTPFailure, RetryPolicy, json_body, request
 from guardrail.model import ExitCode, Flag, GuardrailError
@@ -21,11 +22,6 @@ def _reverted(definition: Any, control: str) -> bool:
         and definition.get("state") == "DISABLED"
         and definition.get("defaultVariant") == control
     )
-
-
-def _held(definition: Any) -> bool:
-    meta = definition.get("metadata") if isinstance(definition, Mapping) else None
-    return isinstance(meta, Mapping) and meta.get("guardrail_hold") in (True, "true")
 
 
 class HttpFlagBackend:
@@ -159,18 +155,18 @@ class HttpFlagBackend:
         return HaltOutcome(ok=False, detail="force-variant call answered but the flag still serves another variant")
 
     async def hold(self, flag: Flag, reason: str) -> HaltOutcome:
-        if _held(await self.get(flag.key)):
+        if is_held(await self.get(flag.key)):
             return HaltOutcome(ok=True, already=True, detail="rollout was already held")
         answer, failure = await self._until_applied(
             flag.key,
             lambda: self._patch(flag.key, {"metadata": {"guardrail_hold": True, "guardrail_reason": reason}}),
-            _held,
+            is_held,
         )
         if failure is not None:
             if failure.applied_anyway:
                 return HaltOutcome(ok=True, detail=f"PATCH answer lost ({failure.kind}) but the rollout is held")
             return HaltOutcome(ok=False, detail=str(failure), permanent=failure.permanent)
-        if _held(answer) or _held(await self.get(flag.key)):
+        if is_held(answer) or is_held(await self.get(flag.key)):
             return HaltOutcome(ok=True, detail="rollout held at its current split (metadata.guardrail_hold)")
         return HaltOutcome(ok=False, detail="PATCH answered but metadata.guardrail_hold is not set")
 
