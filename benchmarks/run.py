@@ -8,7 +8,7 @@ share a GIL with this driver or with the command under test:
 
 1. `guardrail check --dry-run` wall time (the installed command, as cron runs it; flags from the fake flag
    API, METRICS_API_URL at the fake API): 200 ENABLED flags x 3 guardrails = 1,200 metric queries;
-2. the how-to's approach on the same 1,200 queries: one httpx.AsyncClient, each query awaited before the
+2. the naive approach on the same 1,200 queries: one httpx.AsyncClient, each query awaited before the
    next (run inside this driver, so its interpreter start-up is not counted: the speed-up is a lower bound);
 3. what the fake API itself can serve: the same queries over raw keep-alive sockets, no HTTP library, at
    the default concurrency (so a slow client is not mistaken for a slow server);
@@ -198,7 +198,7 @@ def query_params(series: list[dict[str, Any]]) -> list[dict[str, str]]:
 
 
 async def how_to_baseline(url: str, params: list[dict[str, str]]) -> float:
-    """The how-to's monitor loop: one client, each query awaited before the next is sent."""
+    """The naive monitor loop: one client, each query awaited before the next is sent."""
     import httpx
 
     async with httpx.AsyncClient(timeout=10) as client:
@@ -395,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
                     check_samples, "s", "installed command, new process each run, default concurrency")
     file_row = Row(f"the same, flags read from a {args.flags}-flag JSON file", file_samples, "s",
                    "`--flags FILE` instead of the flag API; metrics as above")
-    base_row = Row(f"sequential baseline, the how-to's loop ({queries:,} queries)", baseline, "s",
+    base_row = Row(f"sequential baseline, one query at a time ({queries:,} queries)", baseline, "s",
                    "one httpx.AsyncClient, each query awaited in turn; start-up not counted")
     cap_row = Row(f"fake API alone: {queries:,} queries on {args.default_concurrency} raw sockets", capacity, "s",
                   f"no HTTP library; the latency floor is {fmt_s(floor)}")

@@ -1,4 +1,4 @@
-"""Slack-compatible alerts (CONTRACTS.md §4): every number the person paged needs, in one message.
+"""Slack-compatible alerts (docs/contracts.md): every number the person paged needs, in one message.
 
 Building the payload is pure; posting it goes through the shared retrying client. The webhook URL is a
 secret: errors name "alert webhook", never the URL.
@@ -52,7 +52,7 @@ def build_payload(
     link: str,
     detail: str = "",
 ) -> dict[str, Any]:
-    """The alert body. Every field named in CONTRACTS.md §4 is always present."""
+    """The alert body. Every field docs/contracts.md lists is always present."""
     e = evaluation
     treatment_value, treatment_count = _agg(e.treatment)
     control_value, control_count = _agg(e.control)

@@ -231,7 +231,7 @@ def simulate(
     method: Annotated[list[str], typer.Option(
         "--method", help="threshold | sequential (repeatable).")] = ["threshold", "sequential"],  # noqa: B006
     as_json: JsonOpt = False,
-    markdown: Annotated[bool, typer.Option("--markdown", help="Print a Markdown table (for the README).")] = False,
+    markdown: Annotated[bool, typer.Option("--markdown", help="Print a Markdown table.")] = False,
 ) -> None:
     """Synthetic A/A and A/B experiments through the engine: false-halt rate and time to halt per method."""
     from guardrail.simulate import run_simulate_command

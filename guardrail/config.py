@@ -1,7 +1,7 @@
 """Pure translation of flag definitions (plain dicts) into the domain model.
 
-Guardrails come in two spellings (CONTRACTS.md §1): flat `guardrail.<metric>.<option>` metadata keys,
-which flagd accepts, and the how-to's nested `guardrails:` list, which flagd rejects (flagd allows only
+Guardrails come in two spellings (docs/guardrails.md): flat `guardrail.<metric>.<option>` metadata keys,
+which flagd accepts, and a nested `guardrails:` list, which flagd rejects (flagd allows only
 strings, numbers and booleans as metadata values). Both are gathered into one shape, validated against
 the JSON Schema shipped in guardrail/schemas/, then turned into frozen dataclasses. One bad flag yields
 FlagProblems naming the place; the other flags are unaffected.
@@ -43,7 +43,7 @@ GUARDRAIL_OPTIONS = (
     "tuning_n",
 )
 # Fractional split operators: `fractional` is flagd's name today; `fractionalEvaluation` is the legacy one
-# the how-to uses (flagd's evaluator no longer knows it; `guardrail validate` reports it).
+# older files use (flagd's evaluator no longer knows it; `guardrail validate` reports it).
 FRACTIONAL_OPS = ("fractional", "fractionalEvaluation")
 
 
@@ -74,7 +74,7 @@ def _validator() -> Any:
 
 
 def infer_kind(metric: str) -> MetricKind:
-    """Guess a metric's kind from its name when `kind` is not given (documented in the README)."""
+    """Guess a metric's kind from its name when `kind` is not given (documented in docs/guardrails.md)."""
     name = metric.lower()
     if re.search(r"(^|_)p\d{2,3}(_|$)", name) or "quantile" in name or "percentile" in name:
         return MetricKind.QUANTILE

@@ -116,10 +116,10 @@ class FakeAPI:
         with self._lock:
             self._flags = copy.deepcopy(flags)
 
-    def flag(self, key: str) -> dict[str, Any] | None:
+    def flag(self, key: str) -> dict[str, Any]:
+        """A copy of the flag's current definition; KeyError when there is none."""
         with self._lock:
-            found = self._flags.get(key)
-            return copy.deepcopy(found) if found is not None else None
+            return copy.deepcopy(self._flags[key])
 
     def set_metric(self, flag: str, variant: str, metric: str, value: float | None, count: int | None,
                    stddev: float | None = None, *, window: str | None = None) -> None:
@@ -165,8 +165,9 @@ class FakeAPI:
             if key is None:
                 with self._lock:
                     return json_answer(200, {"flags": self._flags})
-            found = self.flag(key)
-            return json_answer(200, found) if found is not None else error_answer(404, "no such flag")
+            with self._lock:
+                found = self._flags.get(key)
+                return json_answer(200, found) if found is not None else error_answer(404, "no such flag")
         if route in ("patch", "force") and key is not None:
             if not self._authorized(request.authorization):
                 return error_answer(401, "unauthorized")
@@ -359,7 +360,11 @@ def serve(api: FakeAPI, port_file: str | None) -> int:
     stopping = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stopping.set())
-    api.start()
+    try:
+        api.start()
+    except OSError as exc:  # e.g. the port is taken
+        print(f"fakeapi: cannot listen on 127.0.0.1:{api._port}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
     print(f"fakeapi listening on {api.url}", flush=True)
     if port_file:
         # Written whole then renamed, so a poller never reads half a URL.

@@ -1,6 +1,6 @@
 """Run settings: command-line options over environment variables over the config file.
 
-The four variables of CONTRACTS.md §5 (FLAG_API_URL, FLAG_API_TOKEN, METRICS_API_URL, ALERT_WEBHOOK_URL)
+The four variables of docs/contracts.md (FLAG_API_URL, FLAG_API_TOKEN, METRICS_API_URL, ALERT_WEBHOOK_URL)
 are enough on their own. Secrets come only from the environment: a config file names the variable
 (`token_env`, `webhook_url_env`) rather than holding the value, so it can be committed.
 """

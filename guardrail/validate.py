@@ -1,6 +1,6 @@
 """`guardrail validate PATH...`: check flag files in CI before flagd (or guardrail) meets them.
 
-It reports what the real flagd evaluator would refuse (non-scalar metadata, such as the how-to's nested
+It reports what the real flagd evaluator would refuse (non-scalar metadata, such as a nested
 `guardrails` list; the legacy `fractionalEvaluation` operator; mixed variant types), every problem
 config.parse_flag finds in the guardrail metadata, and a few things that are legal but probably wrong
 (an expired flag, a threshold below day-to-day noise). Each finding names file, flag, field and line.
@@ -23,7 +23,7 @@ from guardrail import config, files
 from guardrail.model import Flag, GuardrailError, Method, MetricKind
 
 # Below this relative change, day-to-day variation between two arms of one population already fires a
-# fixed-threshold rule (the how-to's A/A simulation: 100 % of runs halted at 10 % with short windows).
+# fixed-threshold rule (simulated A/A: 100 % of runs halted at 10 % with short windows; docs/statistics.md).
 NOISE_FLOOR = 0.005
 # What flagd's flag object knows; the Python provider builds a dataclass from exactly these and refuses
 # the whole file on any other key (`source` and `selector` are dropped before that).

@@ -1,4 +1,4 @@
-"""The alert carries every number the person paged needs (CONTRACTS.md §4)."""
+"""The alert carries every number the person paged needs (docs/contracts.md)."""
 
 from __future__ import annotations
 

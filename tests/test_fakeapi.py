@@ -81,10 +81,12 @@ def test_query_stddev_and_unknown_series(api: FakeAPI, client: httpx.Client) -> 
 
 
 # ---- flags ---------------------------------------------------------------------------------------------
-def test_flags_list_and_get(client: httpx.Client) -> None:
+def test_flags_list_and_get(api: FakeAPI, client: httpx.Client) -> None:
     assert client.get("/v1/flags").json() == {"flags": _flags()}
-    assert client.get(f"/v1/flags/{KEY}").json() == _flags()[KEY]
+    assert client.get(f"/v1/flags/{KEY}").json() == _flags()[KEY] == api.flag(KEY)
     assert client.get("/v1/flags/no.such.flag").status_code == 404
+    with pytest.raises(KeyError):
+        api.flag("no.such.flag")
 
 
 def test_patch_requires_the_token(client: httpx.Client) -> None:

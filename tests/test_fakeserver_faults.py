@@ -68,7 +68,7 @@ def test_flag_route_faults_match_the_key(api: FaultyAPI, client: httpx.Client) -
     assert client.get("/v1/flags").status_code == 200
     assert client.get(f"/v1/flags/{KEY}").status_code == 500
     assert client.patch(f"/v1/flags/{KEY}", json={"state": "DISABLED"}, headers=AUTH).status_code == 503
-    assert api.flag(KEY)["state"] == "ENABLED"  # type: ignore[index]
+    assert api.flag(KEY)["state"] == "ENABLED"
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,7 @@
 """make_client's PoolSet: one client per run whose connections live in small httpcore pools.
 
 httpcore 1.0's pool costs O(connections) per request and release (quadratic in places), so a run's
-connections are spread over pools of POOL_SIZE (numbers in guardrail/http.py and the README's "Speed at scale").
+connections are spread over pools of POOL_SIZE (numbers in guardrail/http.py and docs/performance.md).
 These tests pin what must not change with that: the concurrency bound, every request answered, each
 connection given back, and the stock transport behind a proxy.
 """

@@ -197,7 +197,7 @@ def test_halt_status_resume_and_watch_again(fake_api: FakeAPI, run_cli: Any, tmp
     # Two cron runs two minutes apart halt the flag.
     assert _run(run_cli, "check", *files, "--now", at(4), env=env).returncode == 0
     assert _run(run_cli, "check", *files, "--now", at(2), env=env).returncode == 1
-    assert (fake_api.flag(KEY) or {})["state"] == "DISABLED"
+    assert fake_api.flag(KEY)["state"] == "DISABLED"
 
     status = _run(run_cli, "status", "--state", files[1], "--json", env=env)
     assert status.returncode == 0, status.stderr
@@ -222,7 +222,7 @@ def test_halt_status_resume_and_watch_again(fake_api: FakeAPI, run_cli: Any, tmp
     assert again.returncode == 0, again.stderr
     (evaluation,) = json.loads(again.stdout)["evaluations"]
     assert evaluation["flag"] == KEY and evaluation["verdict"] == "breach" and evaluation["streak"] == 1
-    assert (fake_api.flag(KEY) or {})["state"] == "ENABLED"
+    assert fake_api.flag(KEY)["state"] == "ENABLED"
     for path in tmp_path.iterdir():
         if path.is_file():
             assert TOKEN not in path.read_text() and "/webhook" not in path.read_text()

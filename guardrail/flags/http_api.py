@@ -1,4 +1,4 @@
-"""The flag management API of CONTRACTS.md §3: list, get, PATCH to halt or hold, PUT .../force."""
+"""The flag management API (docs/contracts.md): list, get, PATCH to halt or hold, PUT .../force."""
 
 from __future__ import annotations
 
@@ -138,7 +138,7 @@ class HttpFlagBackend:
             return HaltOutcome(ok=False, detail=str(failure), permanent=failure.permanent)
         if _reverted(answer, control) and _reverted(await self.get(flag.key), control):
             return HaltOutcome(ok=True, detail="PATCH applied: state DISABLED, defaultVariant " + control)
-        # Not applied atomically (CONTRACTS.md §3): force the control variant instead.
+        # Not applied atomically (docs/contracts.md): force the control variant instead.
         try:
             await request(
                 self.client, "PUT", self._url(flag.key, "/force"), label="flag API force", policy=self.policy,

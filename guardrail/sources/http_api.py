@@ -1,4 +1,4 @@
-"""The metrics query API of CONTRACTS.md §2: `GET {url}/query?flag=&variant=&metric=&window=&end=`."""
+"""The metrics query API (docs/contracts.md): `GET {url}/query?flag=&variant=&metric=&window=&end=`."""
 
 from __future__ import annotations
 

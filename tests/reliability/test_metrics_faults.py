@@ -70,7 +70,9 @@ def test_one_of_600_queries_failing(api: FaultyAPI, runner: Runner) -> None:
     flags = {}
     for i in range(100):
         key = f"svc.team.flag-{i:03d}"
-        metadata = {f"guardrail.{m}.comparison": "relative_increase" for m in ("error_rate", "latency_ms", "cpu")}
+        metadata: dict[str, object] = {
+            f"guardrail.{m}.comparison": "relative_increase" for m in ("error_rate", "latency_ms", "cpu")
+        }
         metadata |= {f"guardrail.{m}.threshold": 0.5 for m in ("error_rate", "latency_ms", "cpu")}
         flags[key] = flag_definition(extra_metadata=metadata)
         for m in ("error_rate", "latency_ms", "cpu"):
