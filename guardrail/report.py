@@ -10,7 +10,7 @@ from typing import Any
 
 from guardrail import codec
 from guardrail.codec import format_time
-from guardrail.model import Aggregate, Evaluation, RunResult
+from guardrail.model import Aggregate, Evaluation, HaltResultStatus, RunResult
 
 JSON_VERSION = 1
 
@@ -95,8 +95,9 @@ def _footer(result: RunResult) -> list[str]:
         if why not in ("disabled", "no guardrails"):
             lines.append(f"  {key}: not evaluated: {why}")
     for h in result.halts:
-        verb = {"done": "HALTED" if h.action == "revert" else "HELD", "failed": "HALT FAILED",
-                "would_halt": "WOULD HALT (dry run)"}.get(h.status, h.status)
+        verb = {HaltResultStatus.DONE: "HALTED" if h.action == "revert" else "HELD",
+                HaltResultStatus.FAILED: "HALT FAILED",
+                HaltResultStatus.WOULD_HALT: "WOULD HALT (dry run)"}.get(HaltResultStatus(h.status), str(h.status))
         lines.append(f"{verb}: {h.flag} ({h.action}){' [finishing an earlier run]' if h.resumed else ''}")
         lines.append(f"  reason: {h.reason}")
         if h.detail:

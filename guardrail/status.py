@@ -19,7 +19,7 @@ from typing import Any
 from guardrail import codec, engine
 from guardrail.config import ParsedFlags, format_time, parse_flags
 from guardrail.flags.base import LoadedFlags
-from guardrail.model import ExitCode, Flag, FlagState, GuardrailError, State, guardrail_id
+from guardrail.model import ExitCode, Flag, FlagState, GuardrailError, HaltStatus, State, guardrail_id
 from guardrail.redact import Redactor
 from guardrail.settings import Settings, load_settings
 from guardrail.state import StateStore, halt_to_dict
@@ -236,8 +236,9 @@ def _guardrail_line(row: Mapping[str, Any]) -> str:
 
 
 def _halt_lines(halt: Mapping[str, Any]) -> list[str]:
-    verb = {"done": "HALTED" if halt["action"] == "revert" else "HELD", "pending": "HALT PENDING",
-            "failed": "HALT FAILED (do it by hand; retried every run)"}.get(str(halt["status"]), str(halt["status"]))
+    verb = {HaltStatus.DONE: "HALTED" if halt["action"] == "revert" else "HELD", HaltStatus.PENDING: "HALT PENDING",
+            HaltStatus.FAILED: "HALT FAILED (do it by hand; retried every run)"}.get(
+        HaltStatus(halt["status"]), str(halt["status"]))
     lines = [
         f"    {verb} ({halt['action']}) decided {halt['decided_at']} by run {halt['run_id'] or '-'}"
         + (f", completed {halt['completed_at']}" if halt["completed_at"] else ""),
@@ -245,7 +246,7 @@ def _halt_lines(halt: Mapping[str, Any]) -> list[str]:
         f"      attempts {halt['attempts']}; alert {'delivered' if halt['alert_delivered'] else 'NOT delivered'}"
         + (f"; last error: {halt['last_error']}" if halt["last_error"] else ""),
     ]
-    if halt["status"] == "done":
+    if halt["status"] == HaltStatus.DONE:
         key = halt.get("flag", "KEY")
         lines.append(f"      once reviewed and the flag restored: guardrail resume {key} --reason ...")
     return lines

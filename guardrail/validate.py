@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from guardrail import config, files
-from guardrail.model import Flag, GuardrailError, Method, MetricKind
+from guardrail.model import Flag, GuardrailError, Method, MetricKind, Severity
 
 # Below this relative change, day-to-day variation between two arms of one population already fires a
 # fixed-threshold rule (simulated A/A: 100 % of runs halted at 10 % with short windows; docs/statistics.md).
@@ -37,7 +37,7 @@ class Finding:
     flag: str | None
     field: str | None
     line: int | None
-    severity: str  # "error" | "warning"
+    severity: Severity
     message: str
 
     @property
@@ -237,7 +237,7 @@ def _validate_flag(
 ) -> list[Finding]:
     out: list[Finding] = []
 
-    def add(field: str | None, message: str, severity: str = "error") -> None:
+    def add(field: str | None, message: str, severity: Severity = Severity.ERROR) -> None:
         where = _field_line(tree, field) if field and tree is not None else None
         out.append(Finding(source, key, field, where or line, severity, message))
 
@@ -251,13 +251,13 @@ def _validate_flag(
         for field, message in _metadata_findings(metadata, "metadata"):
             add(field, message)
         if "expiry" in metadata and (expired := _expiry_finding(metadata["expiry"], today)):
-            add("metadata.expiry", expired, "warning")
+            add("metadata.expiry", expired, Severity.WARNING)
     flag, problems = config.parse_flag(key, definition, source=source, line=line)
     for problem in problems:
         add(problem.field, problem.message, problem.severity)
     if flag is not None and isinstance(metadata, Mapping):
         for field, message in _guardrail_warnings(metadata, flag):
-            add(field, message, "warning")
+            add(field, message, Severity.WARNING)
     return out
 
 
@@ -270,21 +270,22 @@ def validate_text(text: str, *, source: str, today: date, json_format: bool = Fa
     for path, key, line in _duplicate_keys(text):
         flag = path[1] if len(path) > 1 and path[0] == "flags" else (key if path == ["flags"] else None)
         field = ".".join([*path[2:], key]) if flag and path != ["flags"] else None
-        findings.append(Finding(source, flag, field, line, "error", f"key {key!r} is written twice"))
+        findings.append(Finding(source, flag, field, line, Severity.ERROR, f"key {key!r} is written twice"))
     flags = doc.get("flags") if isinstance(doc, Mapping) else None
     if not isinstance(flags, Mapping):
-        return [*findings, Finding(source, None, "flags", None, "error", "no top-level `flags` mapping")]
+        return [*findings, Finding(source, None, "flags", None, Severity.ERROR, "no top-level `flags` mapping")]
     top_metadata = doc.get("metadata")
     if top_metadata is not None and not isinstance(top_metadata, Mapping):
-        findings.append(Finding(source, None, "metadata", None, "error", "must be a mapping"))
+        findings.append(Finding(source, None, "metadata", None, Severity.ERROR, "must be a mapping"))
     elif isinstance(top_metadata, Mapping):
         for field, message in _metadata_findings(top_metadata, "metadata"):
             where = _field_line(tree, field) if tree is not None else None
-            findings.append(Finding(source, None, field, where, "error", message))
+            findings.append(Finding(source, None, field, where, Severity.ERROR, message))
     flags_tree = tree.get("flags") if isinstance(tree, Mapping) else None
     for key, definition in flags.items():
         if not isinstance(key, str) or not key:
-            findings.append(Finding(source, str(key), None, None, "error", "flag key must be a non-empty string"))
+            findings.append(
+                Finding(source, str(key), None, None, Severity.ERROR, "flag key must be a non-empty string"))
             continue
         sub = flags_tree.get(key) if isinstance(flags_tree, Mapping) else None
         findings += _validate_flag(key, definition, source=source, line=key_lines.get(key), tree=sub, today=today)
@@ -300,10 +301,10 @@ def validate_paths(paths: Sequence[Path], *, today: date) -> tuple[list[Finding]
             findings += validate_text(text, source=str(path), today=today, json_format=path.suffix.lower() == ".json")
         except GuardrailError as exc:
             unreadable = True
-            findings.append(Finding(str(path), exc.flag, exc.field, exc.line, "error", exc.message))
+            findings.append(Finding(str(path), exc.flag, exc.field, exc.line, Severity.ERROR, exc.message))
     if unreadable:
         return findings, EXIT_UNREADABLE
-    return findings, EXIT_FINDINGS if any(f.severity == "error" for f in findings) else EXIT_CLEAN
+    return findings, EXIT_FINDINGS if any(f.severity == Severity.ERROR for f in findings) else EXIT_CLEAN
 
 
 # ---- output -------------------------------------------------------------------------------------------
@@ -312,7 +313,7 @@ def validate_paths(paths: Sequence[Path], *, today: date) -> tuple[list[Finding]
 def render_text(findings: Sequence[Finding]) -> str:
     ordered = sorted(findings, key=lambda f: (f.path, f.line or 0))
     lines = [f"{f.path}{f':{f.line}' if f.line else ''}: {f.severity}: {f.text}" for f in ordered]
-    errors = sum(f.severity == "error" for f in findings)
+    errors = sum(f.severity == Severity.ERROR for f in findings)
     warnings = len(findings) - errors
     lines.append(f"{errors} error(s), {warnings} warning(s)" if findings else "no problems found")
     return "\n".join(lines)
@@ -335,6 +336,6 @@ def render_github(findings: Sequence[Finding]) -> str:
         if f.line:
             props.append(f"line={f.line}")
         props.append("title=guardrail")
-        command = "error" if f.severity == "error" else "warning"
+        command = "error" if f.severity == Severity.ERROR else "warning"
         out.append(f"::{command} {','.join(props)}::{_escape_data(f.text)}")
     return "\n".join(out)
