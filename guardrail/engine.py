@@ -19,6 +19,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
+from guardrail import rollout
 from guardrail.codec import finite, format_time
 from guardrail.model import (
     SINCE_START,
@@ -37,6 +38,8 @@ from guardrail.model import (
     Method,
     MetricKind,
     MetricQuery,
+    RampDecision,
+    SrmResult,
     State,
     Streak,
     Verdict,
@@ -55,6 +58,7 @@ class Outcome:
     bound: float | None = None
     p_value: float | None = None
     tuning_n: float | None = None
+    upper_bound: float | None = None
 
 
 def logical_window(g: Guardrail) -> str:
@@ -65,9 +69,14 @@ def logical_window(g: Guardrail) -> str:
 def experiment_start(flag: Flag, prior: FlagState | None, now: datetime) -> datetime:
     if flag.started_at is not None:
         return flag.started_at
-    if prior is not None and prior.first_seen_enabled is not None:
-        return prior.first_seen_enabled
-    return now
+    return _first_seen(prior, now)
+
+
+def _first_seen(prior: FlagState | None, now: datetime) -> datetime:
+    """When the flag was first seen enabled. A time after `now` was written by a run whose clock was ahead:
+    kept, it would hold the flag in warmup until that date, so it is taken as now."""
+    seen = None if prior is None else prior.first_seen_enabled
+    return now if seen is None or seen > now else seen
 
 
 def since_start_window(start: datetime, now: datetime) -> str:
@@ -84,6 +93,8 @@ def watched(flag: Flag, state: State) -> str | None:
     if flag.held:
         return "held by guardrail (metadata.guardrail_hold); clear it and run `guardrail resume` to watch again"
     prior = state.flags.get(flag.key)
+    if (done := rollout.shipped(prior)) is not None:  # ramps hook
+        return done
     if prior is not None and prior.halt is not None:
         when = format_time(prior.halt.decided_at)
         return f"halted by guardrail at {when} ({prior.halt.status}); `guardrail resume {flag.key}` watches it again"
@@ -104,14 +115,17 @@ def plan_queries(flags: Iterable[Flag], state: State, now: datetime) -> list[tup
             continue
         prior = state.flags.get(flag.key)
         start = experiment_start(flag, prior, now)
-        if warming_up(flag, start, now) > 0:
+        if warming_up(flag, start, now) > 0 or rollout.awaiting_start(flag, prior):  # ramps hook
             continue
+        since = since_start_window(rollout.data_start(flag, prior, start), now)  # ramps hook: the step's own data
         for g in flag.guardrails:
             window = logical_window(g)
-            physical = since_start_window(start, now) if window == SINCE_START else window
+            physical = since if window == SINCE_START else window
             for variant in (flag.control_variant, *flag.treatment_variants):
                 key = (flag.key, variant, g.metric, window)
                 planned.setdefault(key, MetricQuery(flag.key, variant, g.metric, physical, now))
+        for key, query in rollout.srm_queries(flag, since, now):  # ramps hook: SRM unit counts
+            planned.setdefault(key, query)
     return list(planned.items())
 
 
@@ -131,6 +145,37 @@ def _data_problem(g: Guardrail, arm: str, agg: Aggregate | None) -> str | None:
     if agg.stddev is not None and (not math.isfinite(agg.stddev) or agg.stddev < 0):
         return f"{arm}: stddev is not a non-negative number ({agg.stddev})"
     return None
+
+
+# Past this magnitude a value's square (a variance) overflows a float: no real metric is this large, so
+# such a number is a broken source, not a measurement.
+_MAX_MAGNITUDE = 1e150
+
+
+def _range_problem(g: Guardrail, arm: str, agg: Aggregate | None) -> str | None:
+    """Numbers that are finite but cannot be real for this guardrail (checked after _data_problem)."""
+    if agg is None or agg.value is None:
+        return None
+    if g.kind is MetricKind.QUANTILE and agg.value < 0:
+        return f"{arm}: negative quantile ({agg.value:g}); a latency or size quantile cannot be below 0"
+    for name, number in (("value", agg.value), ("stddev", agg.stddev), ("count", agg.count)):
+        if number is not None and abs(number) > _MAX_MAGNITUDE:
+            return f"{arm}: {name} {number:g} is out of range"
+    return None
+
+
+def _safe_compare(
+    g: Guardrail, control: Aggregate, treatment: Aggregate, *, tuning_n: float | None, minutes: float
+) -> Outcome:
+    """compare(), with any arithmetic failure on odd numbers made no data for this guardrail only."""
+    try:
+        outcome = compare(g, control, treatment, tuning_n=tuning_n, minutes=minutes)
+    except (ArithmeticError, ValueError) as exc:
+        return Outcome(Verdict.SKIP_NO_DATA, f"numbers out of range for the comparison ({type(exc).__name__})")
+    for number in (outcome.bound, outcome.p_value):
+        if number is not None and math.isnan(number):
+            return Outcome(Verdict.SKIP_NO_DATA, "numbers out of range for the comparison (NaN)")
+    return outcome
 
 
 def point_delta(g: Guardrail, control: float, treatment: float) -> tuple[float, float | None, str]:
@@ -240,6 +285,8 @@ def compare(
         bound=result.lower_bound,
         p_value=result.p_value,
         tuning_n=frozen,
+        # The other side of the same confidence sequence (Δ̂ + SE·B⁺_n at the same alpha): proves safety.
+        upper_bound=2.0 * result.estimate - result.lower_bound,
     )
 
 
@@ -249,8 +296,12 @@ def next_streak(prior: Streak, verdict: Verdict, now: datetime, max_gap_minutes:
     if verdict is not Verdict.BREACH:
         return prior  # a skip neither confirms nor clears
     last = prior.last_breach_at
-    if last is not None and now <= last:
+    if last is not None and now == last:
         return prior  # the same look seen again (a retried run): never count it twice
+    if last is not None and now < last:
+        # A breach "from the future" was recorded by a run whose clock was ahead. Keeping it would freeze
+        # the streak until that date; it cannot be consecutive with this look, so a new streak starts.
+        return Streak(1, now)
     if last is not None and now - last <= timedelta(minutes=max_gap_minutes) and prior.count > 0:
         return Streak(prior.count + 1, now)
     return Streak(1, now)
@@ -290,9 +341,9 @@ def decide_flag(
     flag: Flag, aggregates: Mapping[AggregateKey, Aggregate], prior: FlagState, now: datetime
 ) -> tuple[list[Evaluation], Halt | None, FlagState]:
     start = experiment_start(flag, prior, now)
-    first_seen = prior.first_seen_enabled or now
+    first_seen = _first_seen(prior, now)
     warmup_left = warming_up(flag, start, now)
-    minutes = (now - start).total_seconds() / 60
+    minutes = (now - rollout.data_start(flag, prior, start)).total_seconds() / 60  # ramps hook
     streaks = dict(prior.streaks)
     tuning = dict(prior.tuning_n)
     evaluations: list[Evaluation] = []
@@ -304,7 +355,8 @@ def decide_flag(
             treatment = aggregates.get((flag.key, variant, g.metric, window))
             if warmup_left > 0:
                 cmp = Outcome(Verdict.SKIP_WARMUP, f"warming up: {warmup_left:.1f} of {flag.warmup_minutes:g} min left")
-            elif problem := (_data_problem(g, "control", control) or _data_problem(g, "treatment", treatment)):
+            elif problem := (_data_problem(g, "control", control) or _data_problem(g, "treatment", treatment)
+                             or _range_problem(g, "control", control) or _range_problem(g, "treatment", treatment)):
                 cmp = Outcome(Verdict.SKIP_NO_DATA, problem)
             else:
                 assert control is not None and treatment is not None
@@ -316,7 +368,7 @@ def decide_flag(
                         f"counts control={control.count}, treatment={treatment.count}; need {g.min_count} in each arm",
                     )
                 else:
-                    cmp = compare(
+                    cmp = _safe_compare(
                         g, control, treatment, tuning_n=g.tuning_n or tuning.get(gid), minutes=minutes
                     )
                     if cmp.tuning_n is not None and g.tuning_n is None:
@@ -342,6 +394,7 @@ def decide_flag(
                     confirmations=g.confirmations,
                     bound=cmp.bound,
                     p_value=cmp.p_value,
+                    upper_bound=cmp.upper_bound,
                 )
             )
 
@@ -366,7 +419,8 @@ def decide_flag(
             treatment_variant=worst.treatment_variant,
             control_variant=flag.control_variant,
         )
-    next_state = FlagState(
+    next_state = replace(
+        prior,
         first_seen_enabled=first_seen,
         streaks=streaks,
         halt=record,
@@ -374,6 +428,17 @@ def decide_flag(
         last_evaluations={e.guardrail_id: _summary(e, now) for e in evaluations},
     )
     return evaluations, halt, next_state
+
+
+def _undecided(flag: Flag, reason: str) -> list[Evaluation]:
+    return [
+        Evaluation(flag=flag.key, metric=g.metric, treatment_variant=variant, control_variant=flag.control_variant,
+                   comparison=g.comparison, threshold=g.threshold, method=g.method, verdict=Verdict.SKIP_NO_DATA,
+                   reason=reason, control=None, treatment=None, delta=None, relative_delta=None, streak=0,
+                   confirmations=g.confirmations, bound=None, p_value=None)
+        for g in flag.guardrails
+        for variant in flag.treatment_variants
+    ]
 
 
 def decide(
@@ -385,15 +450,38 @@ def decide(
     evaluations: list[Evaluation] = []
     halts: list[Halt] = []
     skipped: dict[str, str] = {}
+    ramps: list[RampDecision] = []
+    srm_results: list[SrmResult] = []
     for flag in flags:
         prior = state.flags.get(flag.key, FlagState())
         why = watched(flag, state)
         if why is not None:
             skipped[flag.key] = why
             if not flag.enabled and prior.halt is None and flag.key in next_flags:
-                next_flags[flag.key] = replace(prior, first_seen_enabled=None, streaks={})
+                # a new exposure window: the SRM p-value of the old one does not carry over
+                next_flags[flag.key] = replace(
+                    prior, first_seen_enabled=None, streaks={}, srm_min_p=1.0, srm_warned=False
+                )
             continue
-        found, halt, flag_state = decide_flag(flag, aggregates, prior, now)
+        found: list[Evaluation]
+        halt: Halt | None
+        try:
+            if rollout.awaiting_start(flag, prior):  # nothing measured yet: only the first step to write
+                found, halt, flag_state = [], None, replace(prior, first_seen_enabled=prior.first_seen_enabled or now)
+            else:
+                found, halt, flag_state = decide_flag(rollout.for_step(flag), aggregates, prior, now)
+            # ---- ramps hook: SRM gate and the ramp's advance/hold/rollback/ship (guardrail/rollout.py) ----
+            found, halt, flag_state, ramp, srm_result = rollout.after_decide(
+                flag, aggregates, prior, now, found, halt, flag_state
+            )
+        except (ArithmeticError, ValueError, TypeError) as exc:
+            # One flag's numbers must never stop the others from being decided (a harmful flag elsewhere
+            # would stay on): this flag is reported as not evaluated and keeps its state.
+            evaluations.extend(_undecided(flag, f"not decided: {type(exc).__name__} on these numbers"))
+            continue
+        ramps.extend([ramp] if ramp is not None else [])
+        srm_results.extend([srm_result] if srm_result is not None else [])
+        # ---- end of ramps hook ----
         evaluations.extend(found)
         next_flags[flag.key] = flag_state
         if halt is not None:
@@ -403,4 +491,6 @@ def decide(
         halts=tuple(halts),
         state=State(flags=next_flags, last_run_at=now),
         skipped_flags=skipped,
+        ramps=tuple(ramps),
+        srm=tuple(srm_results),
     )

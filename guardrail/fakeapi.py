@@ -157,7 +157,8 @@ class FakeAPI:
             self._requests.append(entry)
 
     # ---- the three APIs (called from handler threads) --------------------------------------------------
-    def respond(self, request: Request) -> Answer:
+    def respond(self, request: Request, *, store: bool = True) -> Answer:
+        """The answer to one request. `store=False` answers a write as it would be, keeping nothing."""
         route, key = request.route, request.key
         if route == "query":
             return self._query(request.params)
@@ -171,7 +172,9 @@ class FakeAPI:
         if route in ("patch", "force") and key is not None:
             if not self._authorized(request.authorization):
                 return error_answer(401, "unauthorized")
-            return self._patch(key, request.body) if route == "patch" else self._force(key, request.body)
+            if route == "patch":
+                return self._patch(key, request.body, store=store)
+            return self._force(key, request.body, store=store)
         if route == "webhook":
             if request.body is None:
                 return error_answer(400, "invalid_payload")
@@ -190,7 +193,7 @@ class FakeAPI:
         expected = f"Bearer {self.token}".encode()
         return self.token is None or hmac.compare_digest((header or "").encode(), expected)
 
-    def _patch(self, key: str, body: Any) -> Answer:
+    def _patch(self, key: str, body: Any, *, store: bool = True) -> Answer:
         if not isinstance(body, dict):
             return error_answer(400, "body must be a JSON object")
         if not isinstance(body.get("metadata", {}), dict):
@@ -210,10 +213,11 @@ class FakeAPI:
                 return error_answer(400, "state must be ENABLED or DISABLED")
             if "defaultVariant" in body and new.get("defaultVariant") not in (new.get("variants") or {}):
                 return error_answer(400, "defaultVariant must name one of the variants")
-            self._flags[key] = new
+            if store:
+                self._flags[key] = new
             return json_answer(200, new)
 
-    def _force(self, key: str, body: Any) -> Answer:
+    def _force(self, key: str, body: Any, *, store: bool = True) -> Answer:
         if not isinstance(body, dict) or not isinstance(body.get("variant"), str):
             return error_answer(400, 'body must be {"variant": NAME}')
         variant = body["variant"]
@@ -223,6 +227,8 @@ class FakeAPI:
                 return error_answer(404, "no such flag")
             if variant not in (current.get("variants") or {}):
                 return error_answer(400, f"no variant {variant!r}")
+            if not store:
+                current = copy.deepcopy(current)
             current["defaultVariant"] = variant
             current.pop("targeting", None)  # without targeting every user gets the default variant
             current.setdefault("metadata", {})["guardrail_forced_variant"] = variant

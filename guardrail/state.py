@@ -9,8 +9,10 @@ code 5. A corrupt state file is renamed aside and reported, never silently repla
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
+import math
 import os
 import time
 from collections.abc import Iterator, Mapping
@@ -28,6 +30,7 @@ from guardrail.model import (
     HaltAction,
     HaltRecord,
     HaltStatus,
+    RampState,
     State,
     Streak,
 )
@@ -41,9 +44,27 @@ def _t(value: datetime | None) -> str | None:
 
 
 def _dt(value: Any) -> datetime | None:
+    """An RFC 3339 time from the state file; a naive one (hand-edited) is taken as UTC, as in flag files.
+    Anything but a string is a wrong type: the file is set aside like a corrupt one."""
     if value is None:
         return None
+    if not isinstance(value, str):
+        raise TypeError(f"expected a time string, got {type(value).__name__}")
     return parse_time(value)
+
+
+def _count(value: Any, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise TypeError(f"{what} must be a whole number >= 0, got {value!r}")
+    return value
+
+
+def _mapping(value: Any, what: str) -> Mapping[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise TypeError(f"{what} must be an object, got {type(value).__name__}")
+    return value
 
 
 def halt_to_dict(h: HaltRecord) -> dict[str, Any]:
@@ -64,9 +85,19 @@ def halt_to_dict(h: HaltRecord) -> dict[str, Any]:
     }
 
 
-def halt_from_dict(d: Mapping[str, Any]) -> HaltRecord:
+def halt_from_dict(d: Any) -> HaltRecord:
+    d = _mapping(d, "halt")
     decided = _dt(d["decided_at"])
-    assert decided is not None
+    if decided is None:
+        raise TypeError("halt.decided_at is missing")
+    for name in ("alert", "alert_payload"):
+        if d.get(name) is not None and not isinstance(d[name], dict):
+            raise TypeError(f"halt.{name} must be an object")
+    if not isinstance(d.get("alert_delivered", False), bool):
+        raise TypeError("halt.alert_delivered must be true or false")
+    for name in ("reason", "metric", "treatment_variant", "control_variant", "last_error", "run_id"):
+        if d.get(name) is not None and not isinstance(d[name], str):
+            raise TypeError(f"halt.{name} must be a string")
     return HaltRecord(
         status=HaltStatus(d["status"]),
         action=HaltAction(d["action"]),
@@ -76,7 +107,7 @@ def halt_from_dict(d: Mapping[str, Any]) -> HaltRecord:
         treatment_variant=str(d.get("treatment_variant", "")),
         control_variant=str(d.get("control_variant", "control")),
         completed_at=_dt(d.get("completed_at")),
-        attempts=int(d.get("attempts", 0)),
+        attempts=_count(d.get("attempts", 0), "halt.attempts"),
         last_error=d.get("last_error"),
         alert_delivered=bool(d.get("alert_delivered", False)),
         # Files written before the alert was rendered at send time kept the rendered body instead.
@@ -99,10 +130,32 @@ def to_dict(state: State) -> dict[str, Any]:
                 "halt": None if fs.halt is None else halt_to_dict(fs.halt),
                 "tuning_n": dict(fs.tuning_n),
                 "last_evaluations": dict(fs.last_evaluations),
+                **_ramp_to_dict(fs),
             }
             for key, fs in sorted(state.flags.items())
         },
     }
+
+
+def _ramp_to_dict(fs: FlagState) -> dict[str, Any]:
+    """Ramp and SRM fields, written only when set (older documents simply lack them)."""
+    out: dict[str, Any] = {}
+    if fs.ramp is not None:
+        out["ramp"] = {"step": fs.ramp.step, "step_started_at": _t(fs.ramp.step_started_at),
+                       "shipped_at": _t(fs.ramp.shipped_at), "last": dict(fs.ramp.last)}
+    if fs.srm_min_p < 1.0 or fs.srm_warned:
+        out["srm_min_p"] = fs.srm_min_p
+        out["srm_warned"] = fs.srm_warned
+    return out
+
+
+def _ramp_from_dict(d: Any) -> RampState | None:
+    if not isinstance(d, Mapping):
+        return None
+    started = _dt(d["step_started_at"])
+    assert started is not None
+    return RampState(step=int(d["step"]), step_started_at=started, shipped_at=_dt(d.get("shipped_at")),
+                     last=dict(d.get("last") or {}))
 
 
 def _upgrade(doc: dict[str, Any]) -> dict[str, Any]:
@@ -115,23 +168,63 @@ def _upgrade(doc: dict[str, Any]) -> dict[str, Any]:
     raise ValueError(f"unknown state version {version!r}")
 
 
+def _tuning(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise TypeError(f"tuning_n must be a positive number, got {value!r}")
+    return float(value)
+
+
 def from_dict(doc: Any) -> State:
+    """Strict: a hand-edited file with a wrong type anywhere raises (TypeError/ValueError/KeyError), and
+    `load` sets it aside like a corrupt one, rather than every later run crashing on it."""
     if not isinstance(doc, dict):
         raise ValueError("state document is not an object")
     doc = _upgrade(doc)
     flags: dict[str, FlagState] = {}
-    for key, fs in (doc.get("flags") or {}).items():
+    for key, fs in _mapping(doc.get("flags"), "flags").items():
+        fs = _mapping(fs, f"flags.{key}")
+        streaks = {}
+        for gid, s in _mapping(fs.get("streaks"), f"flags.{key}.streaks").items():
+            s = _mapping(s, f"flags.{key}.streaks.{gid}")
+            streaks[str(gid)] = Streak(_count(s.get("count", 0), "streak count"), _dt(s.get("last_breach_at")))
+        evaluations = _mapping(fs.get("last_evaluations"), f"flags.{key}.last_evaluations")
+        if not all(isinstance(v, Mapping) for v in evaluations.values()):
+            raise TypeError(f"flags.{key}.last_evaluations values must be objects")
         flags[str(key)] = FlagState(
             first_seen_enabled=_dt(fs.get("first_seen_enabled")),
-            streaks={
-                str(gid): Streak(int(s.get("count", 0)), _dt(s.get("last_breach_at")))
-                for gid, s in (fs.get("streaks") or {}).items()
-            },
+            streaks=streaks,
             halt=None if fs.get("halt") is None else halt_from_dict(fs["halt"]),
-            tuning_n={str(k): float(v) for k, v in (fs.get("tuning_n") or {}).items()},
-            last_evaluations=dict(fs.get("last_evaluations") or {}),
+            tuning_n={str(k): _tuning(v) for k, v in _mapping(fs.get("tuning_n"), "tuning_n").items()},
+            last_evaluations=dict(evaluations),
+            ramp=_ramp_from_dict(fs.get("ramp")),
+            srm_min_p=float(fs.get("srm_min_p", 1.0)),
+            srm_warned=bool(fs.get("srm_warned", False)),
         )
     return State(flags=flags, last_run_at=_dt(doc.get("last_run_at")))
+
+
+def _fix_for(code: int | None, what: str, option: str) -> str:
+    """The fix a person can apply, for the errno a write failed with."""
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        return "the disk (or quota) is full: free space there, or point " + option + " at another disk"
+    if code == errno.EROFS:
+        return f"the file system is read-only: point {option} at a writable directory"
+    if code in (errno.EACCES, errno.EPERM):
+        return (f"permission denied: give this user write access to the {what} and its directory, "
+                f"or point {option} elsewhere")
+    if code == errno.EISDIR:
+        return f"the path is a directory: point {option} at a file"
+    if code == errno.ENOTDIR:
+        return f"a parent of the path is a file, not a directory: point {option} elsewhere"
+    return f"check the {what} path, or point {option} elsewhere"
+
+
+def write_error(exc: OSError, path: Path, what: str, option: str) -> GuardrailError:
+    """An OSError while writing `path`, as a message naming the path and the fix (never 'internal error')."""
+    return GuardrailError(
+        f"cannot write the {what}: {exc.strerror or exc}; {_fix_for(exc.errno, what, option)}",
+        source=str(path), exit_code=ExitCode.CONFIG,
+    )
 
 
 @dataclass
@@ -149,8 +242,11 @@ class StateStore:
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[StateStore]:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, FILE_MODE)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, FILE_MODE)
+        except OSError as exc:
+            raise write_error(exc, self.lock_path, "state lock file", "--state (or GUARDRAIL_STATE)") from None
         deadline = time.monotonic() + self.lock_timeout
         try:
             while True:
@@ -201,7 +297,11 @@ class StateStore:
         if state is not None:
             return state
         aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
-        os.replace(self.path, aside)
+        try:
+            os.replace(self.path, aside)
+        except OSError as exc:
+            raise write_error(exc, self.path, "state file (unreadable, to be set aside)",
+                              "--state (or GUARDRAIL_STATE)") from None
         self.warning = (
             f"state file {self.path} was unreadable ({problem}); kept it as {aside} and started fresh "
             "(streaks and first-seen times restart)"
@@ -210,7 +310,10 @@ class StateStore:
 
     def save(self, state: State) -> None:
         text = json.dumps(to_dict(state), indent=2, sort_keys=False, allow_nan=False, default=str)
-        atomic_write(self.path, (text + "\n").encode("utf-8"), mode=FILE_MODE)
+        try:
+            atomic_write(self.path, (text + "\n").encode("utf-8"), mode=FILE_MODE)
+        except OSError as exc:
+            raise write_error(exc, self.path, "state file", "--state (or GUARDRAIL_STATE)") from None
 
 
 class AuditLog:
@@ -222,15 +325,25 @@ class AuditLog:
     def append(self, records: list[Mapping[str, Any]]) -> None:
         if not records:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         data = "".join(json.dumps(r, sort_keys=False, default=str, allow_nan=True) + "\n" for r in records)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE)
         try:
-            # One write call per run: O_APPEND keeps concurrent writers' lines whole.
-            os.write(fd, data.encode("utf-8"))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE)
+            try:
+                # One write call per run: O_APPEND keeps concurrent writers' lines whole.
+                payload = data.encode("utf-8")
+                written = os.write(fd, payload)
+                if written != len(payload):  # a short write: the disk filled mid-line
+                    raise OSError(errno.ENOSPC, "short write (disk full?)")
+                try:
+                    os.fsync(fd)
+                except OSError as exc:  # a character device or pipe (/dev/stdout) cannot fsync: fine
+                    if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EROFS):
+                        raise
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise write_error(exc, self.path, "audit log", "--audit (or GUARDRAIL_AUDIT)") from None
 
     def read(self) -> list[dict[str, Any]]:
         try:

@@ -227,6 +227,14 @@ def _guardrail_warnings(metadata: Mapping[str, Any], flag: Flag) -> Iterator[tup
                     "threshold rule"
                 ),
             )
+        if flag.ramp is not None and (g.kind is MetricKind.QUANTILE or g.method is not Method.SEQUENTIAL):
+            why = "a quantile metric has no sequential test" if g.kind is MetricKind.QUANTILE else (
+                "it uses the threshold rule")
+            yield (
+                base,
+                f"ramp: {why}, so this guardrail can block an advance only through its threshold rule; it can "
+                "neither prove harm nor prove safety (advance: proven_safe ignores it)",
+            )
 
 
 # ---- files --------------------------------------------------------------------------------------------

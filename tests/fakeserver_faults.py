@@ -3,7 +3,10 @@
 `FaultyAPI.add_fault(route=..., mode=..., ...)` makes matching requests fail in one of the ways real
 servers fail: an error status (with `Retry-After`), a slow answer, a write applied but answered too late,
 a connection reset, a non-atomic PATCH, or a bad body (HTML, truncated JSON, null, NaN, negative count,
-string value). `latency` delays every request. `/_control/faults` (POST a rule or a list, DELETE to clear)
+string value). `pretend` answers a write with the definition it would produce and keeps nothing (a liar); `trickle`
+sends headers, then one body byte every `delay` seconds, never finishing (a slow-loris peer). `latency`
+delays every request; `in_flight` and `max_in_flight` count requests being handled, so a test can wait
+for an event instead of a stopwatch. `/_control/faults` (POST a rule or a list, DELETE to clear)
 drives it from another process: `python -m tests.fakeserver_faults` takes the package server's options
 plus `--latency`.
 """
@@ -33,7 +36,7 @@ CANNED: dict[str, tuple[str, bytes]] = {
     "negative_count": ("application/json", b'{"value": 0.01, "count": -5}'),
     "string_value": ("application/json", b'{"value": "abc", "count": 10}'),
 }
-MODES = frozenset({"status", "delay", "apply_then_delay", "reset", "ignore_field", *CANNED})
+MODES = frozenset({"status", "delay", "apply_then_delay", "reset", "ignore_field", "pretend", "trickle", *CANNED})
 
 
 @dataclass
@@ -61,7 +64,7 @@ class Fault:
             raise ValueError("fault times and every must be positive integers")
         if self.mode == "status" and type(self.status) is not int:
             raise ValueError("mode 'status' needs an integer 'status'")
-        if self.mode in ("delay", "apply_then_delay") and not isinstance(self.delay, int | float):
+        if self.mode in ("delay", "apply_then_delay", "trickle") and not isinstance(self.delay, int | float):
             raise ValueError(f"mode {self.mode!r} needs a number 'delay'")
         if self.mode == "ignore_field" and not isinstance(self.field, str):
             raise ValueError("mode 'ignore_field' needs a string 'field'")
@@ -83,7 +86,15 @@ class FaultyAPI(FakeAPI):
     def __init__(self, *, latency: float = 0.0, **kwargs: Any) -> None:
         self.latency = latency
         self._faults: list[Fault] = []
+        self._in_flight = 0  # requests received and not yet answered
+        self.max_in_flight = 0
         super().__init__(**kwargs)
+
+    @property
+    def in_flight(self) -> int:
+        """Requests being handled now (a delayed or trickled one stays in flight)."""
+        with self._lock:
+            return self._in_flight
 
     def __enter__(self) -> FaultyAPI:
         self.start()
@@ -134,6 +145,16 @@ class FaultyAPI(FakeAPI):
 class FaultyHandler(Handler):
     def reply(self, request: Request) -> None:
         api = cast(FaultyAPI, self.api)
+        with api._lock:
+            api._in_flight += 1
+            api.max_in_flight = max(api.max_in_flight, api._in_flight)
+        try:
+            self._reply(api, request)
+        finally:
+            with api._lock:
+                api._in_flight -= 1
+
+    def _reply(self, api: FaultyAPI, request: Request) -> None:
         if api.latency > 0:
             time.sleep(api.latency)
         fault = api.pick_fault(request)
@@ -146,6 +167,10 @@ class FaultyHandler(Handler):
             self._reset()
             return
         time.sleep(fault.delay if mode == "delay" else 0.0)
+        if mode == "trickle":
+            api.record(request, 200, fault=mode)
+            self._trickle(fault.delay)
+            return
         if mode == "status":
             headers = {"Retry-After": str(fault.retry_after)} if fault.retry_after is not None else {}
             answer = json_answer(cast(int, fault.status), {"error": f"injected status {fault.status}"}, headers)
@@ -156,10 +181,26 @@ class FaultyHandler(Handler):
             body = {k: v for k, v in request.body.items() if k != fault.field}
             answer = api.respond(dataclasses.replace(request, body=body))
         else:
-            answer = api.respond(request)
+            answer = api.respond(request, store=mode != "pretend")
         time.sleep(fault.delay if mode == "apply_then_delay" else 0.0)
         api.record(request, answer[0], fault=mode)
         self.send(answer)
+
+    def _trickle(self, every: float) -> None:
+        """A 200 whose body never ends: one byte per `every` seconds until the client hangs up or the
+        server stops. Each byte arrives well within a per-read timeout; only a total deadline ends it."""
+        self.close_connection = True
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", "1000000")
+        self.end_headers()
+        with contextlib.suppress(OSError, ValueError):
+            self.wfile.write(b"{")
+            self.wfile.flush()
+            while self.api._server is not None:
+                time.sleep(every)
+                self.wfile.write(b" ")
+                self.wfile.flush()
 
     def _reset(self) -> None:
         # Linger 0 makes close() send RST instead of FIN: the client sees a reset, not a clean close.

@@ -241,8 +241,10 @@ def test_plan_queries_pins_one_end_and_covers_both_arms() -> None:
     assert {(q.variant, q.metric) for _k, q in planned} == {
         ("control", "error_rate"), ("treatment", "error_rate"),
         ("control", "p95_latency_ms"), ("treatment", "p95_latency_ms"),
+        # the SRM gate's unit counts, since the start (an A/B experiment with a 50/50 split)
+        ("control", "exposures"), ("treatment", "exposures"),
     }
-    assert {q.window for _k, q in planned} == {"5m"}
+    assert {q.window for _k, q in planned if q.metric != "exposures"} == {"5m"}
 
 
 def test_sequential_guardrail_asks_for_a_since_start_window() -> None:

@@ -175,12 +175,12 @@ class _Rendezvous(FaultyAPI):
         super().__init__(flags=_flags())
         self.barrier = threading.Barrier(parties, timeout=60)
 
-    def respond(self, request: Request) -> Answer:
+    def respond(self, request: Request, *, store: bool = True) -> Answer:
         try:
             self.barrier.wait()
         except threading.BrokenBarrierError:
             return error_answer(500, "requests were not handled in parallel")
-        return super().respond(request)
+        return super().respond(request, store=store)
 
 
 def test_concurrent_requests_are_served_in_parallel() -> None:

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from guardrail.fakeapi import FakeAPI
 from tests.conftest import TOKEN, clean_env, flag_definition, guardrail_command
 from tests.fakeserver_faults import FaultyAPI
 
@@ -17,7 +18,7 @@ GOOD = "search.ranking.new-model"
 WEBHOOK_SECRET_PATH = "/webhook/T0SECRET/B0SECRET/abcdefSECRETxyz"
 
 
-def breaching(api: FaultyAPI, *, confirmations: int = 2, experiment_type: str = "ab") -> None:
+def breaching(api: FakeAPI, *, confirmations: int = 2, experiment_type: str = "ab") -> None:
     api.set_flags({
         BAD: flag_definition(experiment_type=experiment_type,
                              extra_metadata={"guardrail.error_rate.confirmations": confirmations}),
@@ -28,7 +29,7 @@ def breaching(api: FaultyAPI, *, confirmations: int = 2, experiment_type: str = 
         api.set_metric(flag, "treatment", "error_rate", treatment, 5000)
 
 
-def api_env(api: FaultyAPI, **extra: str) -> dict[str, str]:
+def api_env(api: FakeAPI, **extra: str) -> dict[str, str]:
     env = {"FLAG_API_URL": api.url, "FLAG_API_TOKEN": TOKEN, "METRICS_API_URL": api.url,
            "ALERT_WEBHOOK_URL": api.url + "/webhook"}
     env.update(extra)
