@@ -1,32 +1,35 @@
-"""`make demo` runs `guardrail demo`: the whole loop on the package's fake API, as the README describes it."""
+"""`guardrail demo` (what `make demo` runs) exercises the SQL path: DuckDB warehouse -> breach, breach -> halt."""
 
 from __future__ import annotations
 
 import json
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
 
-from tests.conftest import NOW
+import pytest
 
+from guardrail.demo import run_demo
 
-def test_demo_breaches_then_halts_and_alerts(run_cli: Any) -> None:
-    result = run_cli("demo")
-    assert result.returncode == 0, result.stderr
-    out = result.stdout
-    assert "fake flag, metrics and webhook API on http://127.0.0.1:" in out
-    run1, run2 = out.index("=== run 1"), out.index("=== run 2")
-    assert "HALTED" not in out[run1:run2] and "HALTED: checkout.payments.express-pay" in out[run2:]
-    assert "checkout.payments.express-pay: state=DISABLED defaultVariant=control" in out
-    assert "AUTO-HALT" in out and "demo behaved as expected" in out
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "sql"
+PACKAGED = Path(__file__).resolve().parent.parent / "guardrail" / "demo" / "sql"
 
 
-def test_demo_keeps_its_files_where_asked(tmp_path: Path, capsys: Any) -> None:
-    from guardrail.demo import run_demo
+def test_demo_halts_the_harmful_flag_from_the_duckdb_warehouse(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = run_demo(state_dir=tmp_path, now=datetime(2026, 11, 25, 12, 0, tzinfo=timezone.utc))
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "metrics from SQL over a DuckDB warehouse" in out
+    audit = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    decisions = {(r["flag"], r["metric"], r["run_id"]): r for r in audit if r["type"] == "decision"}
+    assert {r["verdict"] for (f, _m, _r), r in decisions.items() if f == "search.ranking.new-model"} == {"pass"}
+    assert [r["flag"] for r in audit if r["type"] == "halt"] == ["checkout.payments.express-pay"]
+    # The numbers came from SQL: the per-arm counts are the warehouse's, not fixed values.
+    express = [r for (f, m, _r), r in decisions.items() if f == "checkout.payments.express-pay" and m == "error_rate"]
+    assert all(r["verdict"] == "breach" and r["treatment"]["count"] > 50_000 for r in express)
 
-    assert run_demo(state_dir=tmp_path, now=NOW) == 0
-    state = json.loads((tmp_path / "state.json").read_text("utf-8"))
-    assert state["flags"]["checkout.payments.express-pay"]["halt"]["status"] == "done"
-    lines = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text("utf-8").splitlines()]
-    assert [line["flag"] for line in lines if line["type"] == "halt"] == ["checkout.payments.express-pay"]
-    assert "search.ranking.new-model" not in {line["flag"] for line in lines if line["type"] == "halt"}
-    assert "demo behaved as expected" in capsys.readouterr().out
+
+def test_the_demo_ships_the_example_queries_unchanged() -> None:
+    for packaged in PACKAGED.glob("*.sql"):
+        assert packaged.read_text() == (EXAMPLES / packaged.name).read_text(), packaged.name
