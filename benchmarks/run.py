@@ -2,13 +2,13 @@
 
     .venv/bin/python benchmarks/run.py            # prints a Markdown table, writes benchmarks/results.{md,json}
 
-What it does, all against the project's own fake API (guardrail/fakeapi.py) on 127.0.0.1 with an injected
-latency per request, run as a separate process (`python -m guardrail.fakeapi`) so that the server does not
+What it does, all against the project's own fake API (guardrail/fakeapi.py, with the tests' latency injection)
+on 127.0.0.1, run as a separate process (`python -m tests.fakeserver_faults --latency`) so that the server does not
 share a GIL with this driver or with the command under test:
 
 1. `guardrail check --dry-run` wall time (the installed command, as cron runs it; flags from the fake flag
    API, METRICS_API_URL at the fake API): 200 ENABLED flags x 3 guardrails = 1,200 metric queries;
-2. the how-to's approach on the same 1,200 queries: one httpx.AsyncClient, each query awaited before the
+2. the naive approach on the same 1,200 queries: one httpx.AsyncClient, each query awaited before the
    next (run inside this driver, so its interpreter start-up is not counted: the speed-up is a lower bound);
 3. what the fake API itself can serve: the same queries over raw keep-alive sockets, no HTTP library, at
    the default concurrency (so a slow client is not mistaken for a slow server);
@@ -124,16 +124,17 @@ def run_measured(cmd: Sequence[str], *, env: dict[str, str], cwd: Path, tag: str
 @contextmanager
 def fake_api(workdir: Path, name: str, flags: dict[str, Any], series: list[dict[str, Any]],
              latency: float) -> Iterator[str]:
-    """`python -m guardrail.fakeapi` in its own process; yields its URL, stops it on exit."""
+    """`python -m tests.fakeserver_faults` in its own process; yields its URL, stops it on exit."""
     flags_file, metrics_file = workdir / f"{name}-flags.json", workdir / f"{name}-metrics.json"
     port_file = workdir / f"{name}.url"
     flags_file.write_text(json.dumps({"flags": flags}), "utf-8")
     metrics_file.write_text(json.dumps(series), "utf-8")
     log = (workdir / f"{name}-server.log").open("wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "guardrail.fakeapi", "--latency", str(latency), "--port-file", str(port_file),
+        [sys.executable, "-m", "tests.fakeserver_faults", "--latency", str(latency), "--port-file", str(port_file),
          "--flags", str(flags_file), "--metrics", str(metrics_file)],
         stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=clean_env(),
+        cwd=Path(__file__).resolve().parents[1],  # `-m tests.fakeserver_faults` imports from the repository root
     )
     try:
         for _ in range(300):  # up to 30 s for 2,000 flags' worth of set_metric calls
@@ -198,7 +199,7 @@ def query_params(series: list[dict[str, Any]]) -> list[dict[str, str]]:
 
 
 async def how_to_baseline(url: str, params: list[dict[str, str]]) -> float:
-    """The how-to's monitor loop: one client, each query awaited before the next is sent."""
+    """The naive monitor loop: one client, each query awaited before the next is sent."""
     import httpx
 
     async with httpx.AsyncClient(timeout=10) as client:
@@ -395,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
                     check_samples, "s", "installed command, new process each run, default concurrency")
     file_row = Row(f"the same, flags read from a {args.flags}-flag JSON file", file_samples, "s",
                    "`--flags FILE` instead of the flag API; metrics as above")
-    base_row = Row(f"sequential baseline, the how-to's loop ({queries:,} queries)", baseline, "s",
+    base_row = Row(f"sequential baseline, one query at a time ({queries:,} queries)", baseline, "s",
                    "one httpx.AsyncClient, each query awaited in turn; start-up not counted")
     cap_row = Row(f"fake API alone: {queries:,} queries on {args.default_concurrency} raw sockets", capacity, "s",
                   f"no HTTP library; the latency floor is {fmt_s(floor)}")

@@ -308,7 +308,7 @@ def simulate(
     method: Annotated[list[str], typer.Option(
         "--method", help="threshold | sequential (repeatable).")] = ["threshold", "sequential"],  # noqa: B006
     as_json: JsonOpt = False,
-    markdown: Annotated[bool, typer.Option("--markdown", help="Print a Markdown table (for the README).")] = False,
+    markdown: Annotated[bool, typer.Option("--markdown", help="Print a Markdown table.")] = False,
     scenario: Annotated[str, typer.Option(
         "--scenario", help="experiments (default) | ramps: ramped rollouts 1,5,25,50,100 % (docs/rollouts.md).")
     ] = "experiments",

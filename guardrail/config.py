@@ -1,7 +1,7 @@
 """Pure translation of flag definitions (plain dicts) into the domain model.
 
-Guardrails come in two spellings (CONTRACTS.md §1): flat `guardrail.<metric>.<option>` metadata keys,
-which flagd accepts, and the how-to's nested `guardrails:` list, which flagd rejects (flagd allows only
+Guardrails come in two spellings (docs/guardrails.md): flat `guardrail.<metric>.<option>` metadata keys,
+which flagd accepts, and a nested `guardrails:` list, which flagd rejects (flagd allows only
 strings, numbers and booleans as metadata values). Both are gathered into one shape, validated against
 the JSON Schema shipped in guardrail/schemas/, then turned into frozen dataclasses. One bad flag yields
 FlagProblems naming the place; the other flags are unaffected.
@@ -51,7 +51,7 @@ GUARDRAIL_OPTIONS = (
     "tuning_n",
 )
 # Fractional split operators: `fractional` is flagd's name today; `fractionalEvaluation` is the legacy one
-# the how-to uses (flagd's evaluator no longer knows it; `guardrail validate` reports it).
+# older files use (flagd's evaluator no longer knows it; `guardrail validate` reports it).
 FRACTIONAL_OPS = ("fractional", "fractionalEvaluation")
 
 
@@ -82,7 +82,7 @@ def _validator() -> Any:
 
 
 def infer_kind(metric: str) -> MetricKind:
-    """Guess a metric's kind from its name when `kind` is not given (documented in the README)."""
+    """Guess a metric's kind from its name when `kind` is not given (documented in docs/guardrails.md)."""
     name = metric.lower()
     if re.search(r"(^|_)p\d{2,3}(_|$)", name) or "quantile" in name or "percentile" in name:
         return MetricKind.QUANTILE
@@ -92,6 +92,7 @@ def infer_kind(metric: str) -> MetricKind:
 
 
 def window_minutes(window: str) -> float:
+    """A window such as `5m`, `2h` or `30s`, in minutes (the SQL source turns it into a time range)."""
     unit = window[-1]
     number = float(window[:-1])
     return number * {"s": 1 / 60, "m": 1.0, "h": 60.0, "d": 1440.0}[unit]
@@ -104,31 +105,39 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-def _fractional_variants(node: Any, depth: int = 0) -> Iterator[tuple[str, str]]:
-    """Yield (operator, variant) for every variant named in a fractional split, anywhere in targeting."""
+def fractional_splits(node: Any, depth: int = 0) -> Iterator[tuple[str, list[Any]]]:
+    """Yield (operator, arguments) for every fractional split anywhere in a flag's targeting rules."""
     if depth > 50:
         return
     if isinstance(node, Mapping):
         for op, args in node.items():
             if op in FRACTIONAL_OPS and isinstance(args, list):
-                for item in args:
-                    if isinstance(item, list) and item and isinstance(item[0], str):
-                        yield op, item[0]
-            yield from _fractional_variants(args, depth + 1)
+                yield op, args
+            yield from fractional_splits(args, depth + 1)
     elif isinstance(node, list):
         for item in node:
-            yield from _fractional_variants(item, depth + 1)
+            yield from fractional_splits(item, depth + 1)
+
+
+def is_held(definition: Any) -> bool:
+    """True when a definition carries `metadata.guardrail_hold` as true (`true` or the string "true", any case).
+
+    The one place this is decided: a rollout held here (or by a person) is never evaluated, held again, or
+    resumed while it stays held, whichever backend it lives in.
+    """
+    metadata = definition.get("metadata") if isinstance(definition, Mapping) else None
+    hold = metadata.get("guardrail_hold") if isinstance(metadata, Mapping) else None
+    return hold is True or (isinstance(hold, str) and hold.strip().lower() == "true")
 
 
 def split_variants(definition: Mapping[str, Any]) -> tuple[str, ...]:
+    """The variants a fractional split names, in order of first appearance."""
     seen: dict[str, None] = {}
-    for _op, variant in _fractional_variants(definition.get("targeting")):
-        seen.setdefault(variant, None)
+    for _op, args in fractional_splits(definition.get("targeting")):
+        for item in args:
+            if isinstance(item, list) and item and isinstance(item[0], str):
+                seen.setdefault(item[0], None)
     return tuple(seen)
-
-
-def legacy_operators(definition: Mapping[str, Any]) -> bool:
-    return any(op == "fractionalEvaluation" for op, _ in _fractional_variants(definition.get("targeting")))
 
 
 def gather_guardrail_options(
@@ -347,7 +356,6 @@ def parse_flag(
     if ramp_errors:
         return None, [problem(f, m) for f, m in ramp_errors]
 
-    hold = metadata.get("guardrail_hold", False)
     flag = Flag(
         key=key,
         enabled=state == "ENABLED",
@@ -359,7 +367,7 @@ def parse_flag(
         guardrails=tuple(guardrails),
         started_at=started_at,
         warmup_minutes=float(options.get("warmup_minutes", 0) or 0),
-        held=hold is True or (isinstance(hold, str) and hold.lower() == "true"),
+        held=is_held(definition),
         source=source,
         definition=definition,
         ramp=ramp,

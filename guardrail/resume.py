@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from guardrail import codec
-from guardrail.config import format_time, parse_flag
+from guardrail.config import format_time, is_held, parse_flag
 from guardrail.model import ExitCode, Flag, FlagState, GuardrailError, HaltRecord, HaltStatus, Method
 from guardrail.redact import Redactor
 from guardrail.settings import load_settings
@@ -42,12 +42,6 @@ def _who(by: str | None) -> str:
     return found or "unknown"
 
 
-def _held(definition: Mapping[str, Any]) -> bool:
-    meta = definition.get("metadata")
-    hold = meta.get("guardrail_hold") if isinstance(meta, Mapping) else None
-    return hold is True or (isinstance(hold, str) and hold.lower() == "true")
-
-
 def refusal(key: str, definition: Any, source: str) -> str | None:
     """Why the flag at its source is not ready to be watched again, or None when it is."""
     if not isinstance(definition, Mapping):
@@ -57,7 +51,7 @@ def refusal(key: str, definition: Any, source: str) -> str | None:
             f"still {definition.get('state')} at {source}: review the halt, restore the flag "
             "(state: ENABLED) at the source, then resume"
         )
-    if _held(definition):
+    if is_held(definition):
         return (
             f"still held at {source} (metadata.guardrail_hold is true): clear guardrail_hold at the source "
             "once the rollout may continue, then resume"

@@ -1,7 +1,7 @@
 """`guardrail simulate`: synthetic A/A and A/B experiments, per method: how often a halt, and how fast.
 
 Traffic is Poisson per arm per minute and errors are binomial. Looks come every `cadence` minutes for
-`days` days. The threshold method judges the last 5 minutes of data at each look (the how-to's rule, with
+`days` days. The threshold method judges the last 5 minutes of data at each look (the naive fixed-threshold rule, with
 min_count and confirmations); the sequential method judges since-start cumulative counts with the
 always-valid confidence sequence of guardrail/stats.py.
 
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     import numpy as np
     from numpy.typing import NDArray
 
-WINDOW_MINUTES = 5  # the threshold method's window, as in the how-to
+WINDOW_MINUTES = 5  # the threshold method's default window
 PASS, BREACH, SKIP = 0, 1, 2
 # Runs x minutes judged at once (~110 bytes each at peak, so ~460 MB): memory stays bounded whatever --runs
 # is. 200 runs x 14 days fit in one batch; the numbers depend on the batch size, so keep it fixed.

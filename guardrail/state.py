@@ -14,7 +14,6 @@ import fcntl
 import json
 import math
 import os
-import stat
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from guardrail.codec import format_time, parse_time
+from guardrail.files import atomic_write
 from guardrail.model import (
     ExitCode,
     FlagState,
@@ -227,37 +227,6 @@ def write_error(exc: OSError, path: Path, what: str, option: str) -> GuardrailEr
     )
 
 
-def atomic_write(path: Path, data: bytes, *, mode: int = FILE_MODE) -> None:
-    """Write-then-rename so a reader (or a run killed mid-write) sees the old file or the new, never half.
-
-    The file is the user's wherever they put it: a symlink is followed (the target is replaced, the link
-    stays), and an existing file keeps its permission bits (a new one is created `mode`)."""
-    if path.is_symlink():
-        path = Path(os.path.realpath(path))
-    with contextlib.suppress(OSError):
-        mode = stat.S_IMODE(path.stat().st_mode)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    with contextlib.suppress(OSError):
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-
-
 @dataclass
 class StateStore:
     """The state file at `path`; use `with store.locked(): ...` around load/save of one run."""
@@ -342,7 +311,7 @@ class StateStore:
     def save(self, state: State) -> None:
         text = json.dumps(to_dict(state), indent=2, sort_keys=False, allow_nan=False, default=str)
         try:
-            atomic_write(self.path, (text + "\n").encode("utf-8"))
+            atomic_write(self.path, (text + "\n").encode("utf-8"), mode=FILE_MODE)
         except OSError as exc:
             raise write_error(exc, self.path, "state file", "--state (or GUARDRAIL_STATE)") from None
 

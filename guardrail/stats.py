@@ -85,7 +85,7 @@ def tuning_factor(alpha: float) -> float:
 def rho(tuning_n: float, alpha: float) -> float:
     """Mixture parameter ρ = N* / tuning_factor(α) (one-sided, α′ = 2α).
 
-    Test vectors (reference notes §2): ρ(10⁴, α=.05) = 1580.06 one-sided; the two-sided value 1260.06 is
+    Test vectors: ρ(10⁴, α=.05) = 1580.06 one-sided; the two-sided value 1260.06 is
     `rho(1e4, 0.025)`. GrowthBook's parameterisation is ρ_GB² = 1/ρ.
     """
     if not (math.isfinite(tuning_n) and tuning_n > 0.0):
@@ -261,7 +261,7 @@ def default_tuning_n(n_first_look: float, minutes_elapsed: float, target_minutes
 class RateRatioEProcess:
     """Exact count-based e-process for rare-event counts (error counts): H0: λ_T/λ_C ≤ 1 + δ.
 
-    Model (reference notes §3; Lindon & Malek, NeurIPS 2022; savvi `InhomogeneousPoissonProcess`): in each
+    Model (Lindon & Malek, NeurIPS 2022; savvi `InhomogeneousPoissonProcess`): in each
     disjoint window i with exposures n_T,i, n_C,i and event counts e_T,i, e_C,i, conditional on the window's
     total events, e_T,i ~ Bin(e_T,i + e_C,i, q_i(θ)) with q_i(θ) = expit(logit π_i + θ),
     π_i = n_T,i/(n_T,i + n_C,i) and θ = log(rate ratio). This is exact for Poisson counts and close for

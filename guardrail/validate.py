@@ -1,6 +1,6 @@
 """`guardrail validate PATH...`: check flag files in CI before flagd (or guardrail) meets them.
 
-It reports what the real flagd evaluator would refuse (non-scalar metadata, such as the how-to's nested
+It reports what the real flagd evaluator would refuse (non-scalar metadata, such as a nested
 `guardrails` list; the legacy `fractionalEvaluation` operator; mixed variant types), every problem
 config.parse_flag finds in the guardrail metadata, and a few things that are legal but probably wrong
 (an expired flag, a threshold below day-to-day noise). Each finding names file, flag, field and line.
@@ -24,7 +24,7 @@ from guardrail.model import Flag, GuardrailError, Method, MetricKind, Severity
 from guardrail.rules import GuardrailRules
 
 # Below this relative change, day-to-day variation between two arms of one population already fires a
-# fixed-threshold rule (the how-to's A/A simulation: 100 % of runs halted at 10 % with short windows).
+# fixed-threshold rule (simulated A/A: 100 % of runs halted at 10 % with short windows; docs/statistics.md).
 NOISE_FLOOR = 0.005
 # What flagd's flag object knows; the Python provider builds a dataclass from exactly these and refuses
 # the whole file on any other key (`source` and `selector` are dropped before that).
@@ -165,19 +165,6 @@ def _metadata_findings(metadata: Mapping[str, Any], where: str) -> Iterator[tupl
             )
 
 
-def _fractional_args(node: Any, depth: int = 0) -> Iterator[tuple[str, list[Any]]]:
-    if depth > 50:
-        return
-    if isinstance(node, Mapping):
-        for op, args in node.items():
-            if op in config.FRACTIONAL_OPS and isinstance(args, list):
-                yield op, args
-            yield from _fractional_args(args, depth + 1)
-    elif isinstance(node, list):
-        for item in node:
-            yield from _fractional_args(item, depth + 1)
-
-
 def _variant_type(value: Any) -> str:
     if isinstance(value, bool):
         return "boolean"
@@ -198,7 +185,7 @@ def _flagd_findings(definition: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
         kinds = sorted({_variant_type(v) for v in variants.values()})
         if len(kinds) > 1 or kinds[0] not in ("boolean", "number", "string", "object"):
             yield "variants", f"flagd needs all variants of one type (boolean, number, string or object): {kinds}"
-    for op, args in _fractional_args(definition.get("targeting")):
+    for op, args in config.fractional_splits(definition.get("targeting")):
         if op == "fractionalEvaluation":
             yield (
                 "targeting.fractionalEvaluation",

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from guardrail.fakeapi import FakeAPI
+from tests.fakeserver_faults import FaultyAPI
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=timezone.utc)
 TOKEN = "tok-SECRET-4f9a8b7c6d5e"
@@ -56,8 +56,8 @@ def now() -> datetime:
 
 
 @pytest.fixture
-def fake_api() -> Iterator[FakeAPI]:
-    with FakeAPI(token=TOKEN) as api:
+def fake_api() -> Iterator[FaultyAPI]:
+    with FaultyAPI(token=TOKEN) as api:
         yield api
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from guardrail.config import infer_kind, parse_flags
+from guardrail.config import infer_kind, is_held, parse_flags
 from guardrail.model import Comparison, ExperimentType, GuardrailError, Method, MetricKind
 from guardrail.settings import load_settings, require
 from tests.conftest import flag_definition
@@ -150,3 +150,15 @@ def test_config_errors_name_the_field(tmp_path: Path, text: str, field: str) -> 
         load_settings(config=path, env={})
     assert info.value.field == field
     assert str(path) in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("hold", "held"),
+    [(True, True), ("true", True), ("TRUE", True), (" True ", True), (False, False), ("false", False),
+     ("yes", False), (1, False), (None, False)],
+)
+def test_is_held_is_one_rule_for_every_backend(hold: object, held: bool) -> None:
+    definition = flag_definition(extra_metadata={"guardrail_hold": hold})
+    assert is_held(definition) is held
+    assert parse_flags({KEY: definition}).flags[0].held is held
+    assert not is_held({"metadata": "not a mapping"}) and not is_held(None)

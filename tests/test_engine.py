@@ -18,6 +18,7 @@ from guardrail.model import (
     FlagState,
     HaltAction,
     HaltRecord,
+    HaltStatus,
     State,
     Streak,
     Verdict,
@@ -216,7 +217,7 @@ def test_not_watched_flags() -> None:
     held = make_flag(extra_metadata={"guardrail_hold": True})
     assert engine.watched(disabled, State()) == "disabled"
     assert "held" in (engine.watched(held, State()) or "")
-    record = HaltRecord("done", HaltAction.REVERT, "r", NOW, "error_rate", "treatment")
+    record = HaltRecord(HaltStatus.DONE, HaltAction.REVERT, "r", NOW, "error_rate", "treatment")
     halted_state = State(flags={KEY: FlagState(halt=record)})
     flag = make_flag()
     assert "resume" in (engine.watched(flag, halted_state) or "")

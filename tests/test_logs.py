@@ -20,6 +20,7 @@ from guardrail.model import (
     ExitCode,
     FlagProblem,
     GuardrailError,
+    HaltResultStatus,
     Method,
     Verdict,
 )
@@ -47,7 +48,8 @@ def sample_result() -> RunResult:
             evaluation(Verdict.SKIP_NO_DATA, flag="g.h.i", delta=None,
                        treatment=Aggregate.missing("metrics query: timeout")),
         ),
-        halts=(HaltResult("a.b.c", "revert", "failed", "error_rate 3x", detail=f"webhook {SECRET} refused"),),
+        halts=(HaltResult("a.b.c", "revert", HaltResultStatus.FAILED, "error_rate 3x",
+                          detail=f"webhook {SECRET} refused"),),
         problems=(FlagProblem("x.y.z", "must be a number", source="flags.yaml", field="metadata.x"),),
         skipped_flags={"old.flag.off": "disabled", "held.flag.one": "held by guardrail"},
         warnings=("state file was unreadable",),

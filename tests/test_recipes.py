@@ -119,7 +119,7 @@ def test_crontab_line_runs_and_mails_only_on_trouble(fake_api: FakeAPI, tmp_path
     serve(fake_api, harmful=True)
     mailed = cron()
     assert "HALTED" in mailed.stdout and KEY in mailed.stdout
-    assert (fake_api.flag(KEY) or {})["state"] == "DISABLED"
+    assert fake_api.flag(KEY)["state"] == "DISABLED"
     assert TOKEN not in mailed.stdout + mailed.stderr
 
 
@@ -239,7 +239,7 @@ def test_deploy_step_fails_the_job_on_a_halt(fake_api: FakeAPI, tmp_path: Path, 
     assert result.returncode == code, result.stdout + result.stderr
     if harmful:
         assert "::error title=guardrail halted" in result.stdout
-        assert (fake_api.flag(KEY) or {})["state"] == "DISABLED"
+        assert fake_api.flag(KEY)["state"] == "DISABLED"
     else:
         assert result.stdout.count("no guardrail harmed") == 2
     assert (tmp_path / "guardrail-audit.jsonl").exists()

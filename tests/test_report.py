@@ -7,7 +7,7 @@ import math
 
 from guardrail import report
 from guardrail.check import HaltResult, RunResult
-from guardrail.model import Aggregate, Comparison, Evaluation, FlagProblem, Method, Verdict
+from guardrail.model import Aggregate, Comparison, Evaluation, FlagProblem, HaltResultStatus, Method, Verdict
 from tests.conftest import NOW
 
 
@@ -16,7 +16,7 @@ def result() -> RunResult:
                    Method.THRESHOLD, Verdict.BREACH, "why", Aggregate(0.0, 500), Aggregate(0.01, 400),
                    delta=math.inf, relative_delta=math.inf, streak=2, confirmations=2)
     return RunResult(now=NOW, dry_run=False, run_id="r1", evaluations=(e,),
-                     halts=(HaltResult("f.k", "revert", "done", "why", "PATCH applied", "sent"),),
+                     halts=(HaltResult("f.k", "revert", HaltResultStatus.DONE, "why", "PATCH applied", "sent"),),
                      problems=(FlagProblem("g.k", "bad", "flags.yaml", "metadata.x", 3),),
                      skipped_flags={"h.k": "disabled"}, warnings=("w",))
 

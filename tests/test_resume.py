@@ -14,7 +14,17 @@ import yaml
 from guardrail import engine
 from guardrail.config import parse_flags
 from guardrail.fakeapi import FakeAPI
-from guardrail.model import Aggregate, ExitCode, FlagState, GuardrailError, HaltAction, HaltRecord, State, Streak
+from guardrail.model import (
+    Aggregate,
+    ExitCode,
+    FlagState,
+    GuardrailError,
+    HaltAction,
+    HaltRecord,
+    HaltStatus,
+    State,
+    Streak,
+)
 from guardrail.resume import run_resume_command
 from guardrail.state import AuditLog, StateStore
 from tests.conftest import NOW, TOKEN, flag_definition
@@ -24,7 +34,7 @@ GID = "error_rate@treatment"
 
 
 def halted_state() -> State:
-    halt = HaltRecord(status="done", action=HaltAction.REVERT, reason="error_rate 3.4x control",
+    halt = HaltRecord(status=HaltStatus.DONE, action=HaltAction.REVERT, reason="error_rate 3.4x control",
                       decided_at=NOW - timedelta(minutes=30), metric="error_rate", treatment_variant="treatment",
                       completed_at=NOW - timedelta(minutes=30), attempts=1, alert_delivered=True, run_id="run-1",
                       alert={"flag": "prepared"})
@@ -197,7 +207,7 @@ def test_halt_status_resume_and_watch_again(fake_api: FakeAPI, run_cli: Any, tmp
     # Two cron runs two minutes apart halt the flag.
     assert _run(run_cli, "check", *files, "--now", at(4), env=env).returncode == 0
     assert _run(run_cli, "check", *files, "--now", at(2), env=env).returncode == 1
-    assert (fake_api.flag(KEY) or {})["state"] == "DISABLED"
+    assert fake_api.flag(KEY)["state"] == "DISABLED"
 
     status = _run(run_cli, "status", "--state", files[1], "--json", env=env)
     assert status.returncode == 0, status.stderr
@@ -222,7 +232,7 @@ def test_halt_status_resume_and_watch_again(fake_api: FakeAPI, run_cli: Any, tmp
     assert again.returncode == 0, again.stderr
     (evaluation,) = json.loads(again.stdout)["evaluations"]
     assert evaluation["flag"] == KEY and evaluation["verdict"] == "breach" and evaluation["streak"] == 1
-    assert (fake_api.flag(KEY) or {})["state"] == "ENABLED"
+    assert fake_api.flag(KEY)["state"] == "ENABLED"
     for path in tmp_path.iterdir():
         if path.is_file():
             assert TOKEN not in path.read_text() and "/webhook" not in path.read_text()

@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from guardrail.fakeapi import FakeAPI
 from guardrail.http import HTTPFailure
 from guardrail.model import (
     Aggregate,
@@ -36,6 +35,7 @@ from guardrail.selfmetrics import (
 )
 from guardrail.sources import http_api, prometheus
 from tests.conftest import NOW, TOKEN, flag_definition
+from tests.fakeserver_faults import FaultyAPI
 
 
 def evaluation(verdict: Verdict, *, flag: str = "a.b.c", control: Aggregate | None = None,
@@ -176,7 +176,7 @@ def test_promtool_accepts_the_file(tmp_path: Path) -> None:
 
 
 @pytest.mark.e2e
-def test_check_writes_the_metrics_file(fake_api: FakeAPI, run_cli: Any, tmp_path: Path) -> None:
+def test_check_writes_the_metrics_file(fake_api: FaultyAPI, run_cli: Any, tmp_path: Path) -> None:
     key = "checkout.payments.express-pay"
     fake_api.set_flags({key: flag_definition()})
     fake_api.set_metric(key, "control", "error_rate", 0.010, 5000)

@@ -116,7 +116,7 @@ def test_sequential_aa_false_halt_rate_is_within_alpha() -> None:
 
 def test_naive_rule_halts_healthy_experiments() -> None:
     (outcome,) = simulate.simulate(scenario(1.0, runs=50, days=1.0), ["threshold"], np.random.default_rng(3))
-    assert outcome.summary()["halt_rate"] > 0.9  # the how-to's known defect, reproduced
+    assert outcome.summary()["halt_rate"] > 0.9  # the naive rule's known defect, reproduced
 
 
 def test_real_harm_is_caught_fast() -> None:

@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from guardrail.model import ExitCode, FlagState, GuardrailError, HaltAction, HaltRecord, State, Streak
+from guardrail.model import ExitCode, FlagState, GuardrailError, HaltAction, HaltRecord, HaltStatus, State, Streak
 from guardrail.state import STATE_VERSION, AuditLog, StateStore, from_dict, to_dict
 from tests.conftest import NOW
 
 
 def sample_state() -> State:
-    record = HaltRecord("pending", HaltAction.REVERT, "why", NOW, "error_rate", "treatment",
+    record = HaltRecord(HaltStatus.PENDING, HaltAction.REVERT, "why", NOW, "error_rate", "treatment",
                         alert={"flag": "x"}, run_id="abc")
     return State(
         flags={"a.b.c": FlagState(first_seen_enabled=NOW - timedelta(hours=1),

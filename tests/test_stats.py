@@ -44,7 +44,7 @@ def run(**overrides: Any) -> stats.HarmTest:
     return result
 
 
-# ---- test vectors (reference notes §2) --------------------------------------------------------------
+# ---- test vectors ------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("tuning_n", [1e3, 1e4, 9e4, 1e7])
@@ -469,7 +469,7 @@ def test_monte_carlo_power_three_times_the_error_rate(record_property: Any) -> N
     assert ever == 1.0
 
 
-# ---- optional: count e-process for error counts (reference notes §3) ------------------------------------
+# ---- optional: count e-process for error counts (Lindon & Malek 2022) ------------------------------------
 
 
 def test_rate_ratio_e_process_state_round_trip_and_detection() -> None:

@@ -13,7 +13,7 @@ import yaml
 
 from guardrail.config import parse_flags
 from guardrail.fakeapi import FakeAPI
-from guardrail.model import ExitCode, FlagState, GuardrailError, HaltAction, HaltRecord, State, Streak
+from guardrail.model import ExitCode, FlagState, GuardrailError, HaltAction, HaltRecord, HaltStatus, State, Streak
 from guardrail.state import StateStore
 from guardrail.status import build_report, read_state, run_status_command, to_json, to_text
 from tests.conftest import NOW, TOKEN, flag_definition
@@ -37,7 +37,8 @@ def summary(verdict: str, at: datetime, streak: int) -> dict[str, Any]:
 
 
 def halt_record() -> HaltRecord:
-    return HaltRecord(status="done", action=HaltAction.REVERT, reason="error_rate 3.4x control", metric="error_rate",
+    return HaltRecord(status=HaltStatus.DONE, action=HaltAction.REVERT, reason="error_rate 3.4x control",
+                      metric="error_rate",
                       decided_at=NOW - timedelta(minutes=4), treatment_variant="treatment",
                       completed_at=NOW - timedelta(minutes=4), attempts=1, alert_delivered=True, run_id="run-abc",
                       alert={"flag": "big"})

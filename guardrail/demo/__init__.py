@@ -80,7 +80,7 @@ def run_demo(state_dir: Path | None = None, now: datetime | None = None) -> int:
         second = run_check(settings, now=start + timedelta(minutes=2))
         _show("run 2 (cron, t+2 min)", second)
 
-        halted = api.flag("checkout.payments.express-pay") or {}
+        halted = api.flag("checkout.payments.express-pay")
         print("\n=== what the flag API holds now ===")
         print(
             f"checkout.payments.express-pay: state={halted.get('state')} defaultVariant={halted.get('defaultVariant')}"

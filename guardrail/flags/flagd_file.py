@@ -23,7 +23,6 @@ import json
 import os
 import re
 import stat
-import tempfile
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -38,6 +37,7 @@ from ruamel.yaml.scalarstring import DoubleQuotedScalarString, SingleQuotedScala
 
 from guardrail import files
 from guardrail.adapters import ConfigContext, Plugin, Runtime
+from guardrail.config import is_held
 from guardrail.flags.base import FlagBackend, HaltOutcome, LoadedFlags
 from guardrail.flags.gitrepo import GitConfig, discover, parse_git_config
 from guardrail.model import ExitCode, FailureKind, Flag, GuardrailError
@@ -66,9 +66,7 @@ def is_already(definition: Mapping[str, Any], action: Action, control_variant: s
     """True when the flag is already in the state the halt would put it in (nothing to write)."""
     if action == "revert":
         return definition.get("state") == "DISABLED" and definition.get("defaultVariant") == control_variant
-    metadata = definition.get("metadata")
-    hold = metadata.get("guardrail_hold") if isinstance(metadata, Mapping) else None
-    return hold is True or (isinstance(hold, str) and hold.lower() == "true")
+    return is_held(definition)
 
 
 def _edit_plain(definition: dict[str, Any], action: Action, control: str, reason: str) -> None:
@@ -543,43 +541,13 @@ class FlagdFileBackend:
         # Write through a symlink (a Git checkout, a ConfigMap mount) rather than replace the link.
         target = Path(os.path.realpath(self.path))
         before = target.stat()
-        fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-        tmp = Path(tmp_name)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(new)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.chmod(tmp, stat.S_IMODE(before.st_mode))
-            if hasattr(os, "chown") and (before.st_uid, before.st_gid) != (os.getuid(), os.getgid()):
-                with contextlib.suppress(OSError):  # only root may give a file away; the mode still holds
-                    os.chown(tmp, before.st_uid, before.st_gid)
-            # As late as possible: an edit made since our read must not be overwritten.
+
+        def unchanged() -> bool:  # checked as late as possible: an edit made since our read must survive
             with target.open("rb") as fh:
-                current = fh.read(self.max_bytes + 1)
-            if _digest(current) != _digest(expected):
-                tmp.unlink()
-                return False
-            os.replace(tmp, target)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-            raise
-        _fsync_dir(target.parent)
-        return True
+                return _digest(fh.read(self.max_bytes + 1)) == _digest(expected)
 
-
-def _fsync_dir(directory: Path) -> None:
-    # Makes the rename itself durable; not every platform or filesystem can open a directory.
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        with contextlib.suppress(OSError):
-            os.fsync(fd)
-    finally:
-        os.close(fd)
+        return files.atomic_write(target, new, mode=stat.S_IMODE(before.st_mode),
+                                  owner=(before.st_uid, before.st_gid), precondition=unchanged)
 
 
 # ---- the plugin -------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from urllib.parse import quote, urlsplit
 import httpx
 
 from guardrail.adapters import ConfigContext, Plugin, Runtime
+from guardrail.config import is_held
 from guardrail.flags.base import HaltOutcome, LoadedFlags
 from guardrail.http import HTTPFailure, RetryPolicy, check_token_transport, json_body, request, side_effect, url_problem
 from guardrail.model import ExitCode, FailureKind, Flag, GuardrailError
@@ -43,11 +44,6 @@ def _serves_only(definition: Any, control: str) -> bool:
         and definition.get("state") in ("ENABLED", "DISABLED")
         and not definition.get("targeting")
     )
-
-
-def _held(definition: Any) -> bool:
-    meta = definition.get("metadata") if isinstance(definition, Mapping) else None
-    return isinstance(meta, Mapping) and meta.get("guardrail_hold") in (True, "true")
 
 
 class HttpFlagBackend:
@@ -207,19 +203,19 @@ class HttpFlagBackend:
                            detail=f"PATCH and force-variant calls answered, but the flag is not halted: {seen}")
 
     async def _hold(self, flag: Flag, reason: str) -> HaltOutcome:
-        if _held(await self.get(flag.key)):
+        if is_held(await self.get(flag.key)):
             return HaltOutcome(ok=True, already=True, detail="rollout was already held (re-read)")
         _answer, failure = await self._until_applied(
             flag.key,
             lambda: self._patch(flag.key, {"metadata": {"guardrail_hold": True, "guardrail_reason": reason}}),
-            _held,
+            is_held,
         )
         if failure is not None:
             if failure.applied_anyway:
                 return HaltOutcome(ok=True, detail=f"PATCH answer lost ({failure.kind}) but a re-read shows the "
                                    "rollout held")
             return HaltOutcome(ok=False, detail=str(failure), kind=failure.failure)
-        if _held(await self.get(flag.key)):
+        if is_held(await self.get(flag.key)):
             return HaltOutcome(ok=True, detail="rollout held at its current split (re-read: metadata.guardrail_hold)")
         return HaltOutcome(ok=False, kind=FailureKind.BAD_ANSWER,
                            detail="PATCH answered, but a re-read shows metadata.guardrail_hold not set")

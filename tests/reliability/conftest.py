@@ -11,6 +11,7 @@ import pytest
 
 from guardrail.fakeapi import FakeAPI
 from tests.conftest import TOKEN, clean_env, flag_definition, guardrail_command
+from tests.fakeserver_faults import FaultyAPI
 
 BAD = "checkout.payments.express-pay"
 GOOD = "search.ranking.new-model"
@@ -70,7 +71,7 @@ def runner(tmp_path: Path) -> Runner:
 
 @pytest.fixture
 def api() -> Any:
-    with FakeAPI(token=TOKEN) as server:
+    with FaultyAPI(token=TOKEN) as server:
         yield server
 
 

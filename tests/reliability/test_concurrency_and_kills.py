@@ -10,9 +10,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from guardrail.fakeapi import FakeAPI
 from guardrail.state import StateStore
 from tests.conftest import TOKEN, clean_env, guardrail_command
+from tests.fakeserver_faults import FaultyAPI
 from tests.reliability.conftest import BAD, Runner, api_env, breaching
 
 
@@ -25,7 +25,7 @@ def start(workdir: Path, env: dict[str, str], *extra: str) -> subprocess.Popen[s
     )
 
 
-def test_twenty_overlapping_runs_halt_once(api: FakeAPI, tmp_path: Path) -> None:
+def test_twenty_overlapping_runs_halt_once(api: FaultyAPI, tmp_path: Path) -> None:
     breaching(api, confirmations=1)
     api.latency = 0.02  # so the runs really overlap
     env = api_env(api)
@@ -42,7 +42,7 @@ def test_twenty_overlapping_runs_halt_once(api: FakeAPI, tmp_path: Path) -> None
     assert api.flag(BAD)["state"] == "DISABLED"
 
 
-def _kill_after(proc: subprocess.Popen[str], api: FakeAPI, requests: int, sig: int) -> None:
+def _kill_after(proc: subprocess.Popen[str], api: FaultyAPI, requests: int, sig: int) -> None:
     """Kill `proc` once `api` has answered `requests` more requests (an event, not a delay), or leave it
     when it ended first. A loaded machine changes how long that takes, never where the kill lands."""
     target = len(api.requests) + requests
@@ -67,7 +67,7 @@ def test_200_kills_at_random_moments(tmp_path: Path) -> None:
         workdir = tmp_path / f"lane{index}"
         workdir.mkdir()
         problems = []
-        with FakeAPI(token=TOKEN) as api:
+        with FaultyAPI(token=TOKEN) as api:
             breaching(api, confirmations=2)
             env = api_env(api)
             for attempt, (after, sig) in enumerate(plan[index]):
@@ -105,7 +105,7 @@ def test_200_kills_at_random_moments(tmp_path: Path) -> None:
     assert problems == []
 
 
-def test_a_halt_decided_by_a_killed_run_is_finished_by_the_next(api: FakeAPI, tmp_path: Path) -> None:
+def test_a_halt_decided_by_a_killed_run_is_finished_by_the_next(api: FaultyAPI, tmp_path: Path) -> None:
     breaching(api, confirmations=1)
     # The PATCH never answers (within this run's 600 s timeout): the run has written its pending halt and
     # is waiting on the API when it is killed. The kill waits for that event, however slow the machine.

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from guardrail.fakeapi import FakeAPI
 from tests.conftest import TOKEN, clean_env, guardrail_command
+from tests.fakeserver_faults import FaultyAPI
 from tests.reliability.conftest import BAD, WEBHOOK_SECRET_PATH, Runner, api_env, breaching, doc
 
 
-def test_secrets_never_appear_anywhere_even_in_failures(api: FakeAPI, runner: Runner) -> None:
+def test_secrets_never_appear_anywhere_even_in_failures(api: FaultyAPI, runner: Runner) -> None:
     breaching(api, confirmations=1)
     env = api_env(api, ALERT_WEBHOOK_URL=api.url + WEBHOOK_SECRET_PATH)
     api.add_fault(route="patch", mode="status", status=403, times=1)
@@ -43,7 +43,7 @@ def test_token_is_not_sent_over_plain_http_to_a_remote_host(runner: Runner, tmp_
     assert TOKEN not in result.stderr + result.stdout
 
 
-def test_state_and_audit_are_private_even_with_a_permissive_umask(api: FakeAPI, tmp_path: Path) -> None:
+def test_state_and_audit_are_private_even_with_a_permissive_umask(api: FaultyAPI, tmp_path: Path) -> None:
     breaching(api, confirmations=1)
     result = subprocess.run(
         ["sh", "-c", 'umask 000 && exec "$@"', "sh", *guardrail_command(), "check", "--state",
@@ -95,7 +95,7 @@ def https_metrics(tls_cert: tuple[Path, Path]) -> Iterator[str]:
 
 
 def test_tls_is_verified_by_default_and_ca_bundle_trusts_a_private_ca(
-    api: FakeAPI, runner: Runner, https_metrics: str, tls_cert: tuple[Path, Path]
+    api: FaultyAPI, runner: Runner, https_metrics: str, tls_cert: tuple[Path, Path]
 ) -> None:
     breaching(api)
     env = api_env(api, METRICS_API_URL=https_metrics)

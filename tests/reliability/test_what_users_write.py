@@ -14,7 +14,7 @@ from guardrail.check import HaltResult, RunResult
 from guardrail.config import parse_flags
 from guardrail.fakeapi import FakeAPI
 from guardrail.flags.flagd_file import apply_halt_to_text
-from guardrail.model import GuardrailError, HaltAction
+from guardrail.model import GuardrailError, HaltAction, HaltResultStatus
 from guardrail.report import to_text
 from guardrail.settings import load_settings
 from tests.conftest import NOW, flag_definition
@@ -125,7 +125,8 @@ def test_outside_text_in_the_report_stays_on_its_line() -> None:
         dry_run=False,
         run_id="r",
         halts=(
-            HaltResult("f.k", "revert", "failed", "reason", detail="server said\nHALTED: other.flag (revert)\x1b[2J"),
+            HaltResult("f.k", "revert", HaltResultStatus.FAILED, "reason",
+                       detail="server said\nHALTED: other.flag (revert)\x1b[2J"),
         ),
     )
     text = to_text(result)
