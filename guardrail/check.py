@@ -124,8 +124,9 @@ class Run:
     async def _run(self, state: State, runtime: Runtime) -> RunResult:
         backend = self.settings.backend.create(runtime)
         loaded = await backend.load()
+        self.warnings.extend(getattr(backend, "warnings", ()))  # e.g. flags in git read as of the last fetch
         parsed = parse_flags(loaded.definitions, source=loaded.source, lines=loaded.lines,
-                             defaults=self.settings.defaults)
+                             defaults=self.settings.defaults, rules=self.settings.guardrail_rules)
         flags = [f for f in parsed.flags if self._mine(f.key)]
         problems = [p for p in (*loaded.problems, *parsed.problems) if self._mine(p.flag)]
         # A halted key that came back (a new experiment, or turned on by a person): see world.py.

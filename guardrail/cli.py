@@ -111,6 +111,9 @@ def check(
         "--metrics-file", help="Write run metrics in Prometheus textfile-collector format to PATH.")] = None,
     log_format: Annotated[str, typer.Option(
         "--log-format", help="text | json: structured log lines on stderr.")] = "text",
+    git: Annotated[bool, typer.Option(
+        "--git", help="The flag file is in a git clone: read it from the upstream branch, and commit and push "
+        "every halt or hold there (as `flags.git: true`; see docs/git-flags.md).")] = False,
     report_dir: Annotated[Path | None, typer.Option(
         "--report", help="Refresh the report site in this directory after the run (only the flags this run "
         "touched, and the index); default: `report.dir` in --config. See docs/report.md.")] = None,
@@ -125,7 +128,7 @@ def check(
     settings = load_settings(config=config, overrides={
         "flags": flags, "state_path": state, "audit_path": audit, "concurrency": concurrency,
         "timeout": timeout, "lock_timeout": lock_timeout, "ca_bundle": ca_bundle, "budget": budget,
-        "allow_insecure_http": allow_insecure_http or None,
+        "allow_insecure_http": allow_insecure_http or None, "git": git or None,
     })
     import time
 
@@ -190,19 +193,35 @@ def _render(result: Any, as_json: bool) -> None:
 
 @app.command()
 def validate(
-    paths: Annotated[list[Path], typer.Argument(help="Flag files to check (YAML or JSON).")],
+    paths: Annotated[list[Path] | None, typer.Argument(
+        help="Flag files to check (YAML or JSON). Default: the config file's flag file.")] = None,
     output: Annotated[str, typer.Option("--format", help="text | github (GitHub Actions annotations).")] = "text",
+    config: Annotated[Path | None, typer.Option(
+        "--config", help="Config file: check its `guardrails:` section, merge it (and `defaults:`) under each "
+        "flag's metadata, and print the merged guardrails with where each value came from.")] = None,
 ) -> None:
     """Check flag files for anything flagd would refuse and any guardrail mistake.
 
-    Exit 0 clean (warnings allowed), 1 findings, 2 a file is unreadable.
+    Exit 0 clean (warnings allowed), 1 findings, 2 a file (or the config file) is unreadable or invalid.
     """
-    from guardrail.validate import render_github, render_text, validate_paths
+    from guardrail.validate import Layers, explain_paths, render_github, render_text, validate_paths
 
     if output not in ("text", "github"):
         raise GuardrailError("must be text or github", field="--format")
-    findings, code = validate_paths(paths, today=datetime.now(timezone.utc).date())
+    layers = Layers()
+    if config is not None:
+        from guardrail.settings import load_settings
+
+        settings = load_settings(config=config, env={})  # env={}: nothing secret is read for a check of files
+        layers = Layers(defaults=settings.defaults, rules=settings.guardrail_rules)
+        if not paths and settings.flags and not settings.flags.startswith(("http://", "https://")):
+            paths = [Path(settings.flags)]
+    if not paths:
+        raise GuardrailError("name flag files to check, or a --config whose `flags:` is a file", field="PATHS")
+    findings, code = validate_paths(paths, today=datetime.now(timezone.utc).date(), layers=layers)
     text = render_github(findings) if output == "github" else render_text(findings)
+    if config is not None and output == "text":
+        text = "\n".join(t for t in (text, explain_paths(paths, layers)) if t)
     if text:
         print(text)
     raise typer.Exit(code)
@@ -212,8 +231,9 @@ def validate(
 def demo(
     state: StateOpt = None,
 ) -> None:
-    """Run the whole halt loop against the built-in fake API (no server needed): a treatment breaches
-    its error-rate guardrail twice and is halted."""
+    """Run the whole halt loop with nothing to set up: metrics from SQL over a DuckDB warehouse the demo
+    generates, flags and alerts on the built-in fake API. A treatment breaches its error-rate guardrail
+    twice and is halted."""
     from guardrail.demo import run_demo
 
     raise typer.Exit(run_demo(state_dir=state))

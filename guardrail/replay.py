@@ -25,6 +25,7 @@ from typing import Any
 from guardrail import engine, files
 from guardrail.config import format_time, parse_flags, parse_time
 from guardrail.model import SINCE_START, Aggregate, AggregateKey, Evaluation, Flag, GuardrailError, State, Verdict
+from guardrail.rules import GuardrailRules
 
 Look = tuple[datetime, dict[AggregateKey, Aggregate]]
 CONTROL = "control"  # the control variant's name when there is no --flags file to say otherwise
@@ -176,13 +177,16 @@ def default_flags(
     return list(parsed.flags)
 
 
-def load_flags(path: Path, defaults: Mapping[str, Any] | None = None) -> list[Flag]:
+def load_flags(
+    path: Path, defaults: Mapping[str, Any] | None = None, rules: GuardrailRules | None = None
+) -> list[Flag]:
     text = files.read_text(path)
     document = files.parse_text(text, source=str(path))
     definitions = document.get("flags") if isinstance(document, dict) else None
     if not isinstance(definitions, dict):
         raise GuardrailError("not a flagd flag file: no top-level `flags` mapping", source=str(path))
-    parsed = parse_flags(definitions, source=str(path), lines=files.flag_key_lines(text), defaults=defaults)
+    parsed = parse_flags(definitions, source=str(path), lines=files.flag_key_lines(text), defaults=defaults,
+                         rules=rules)
     if parsed.errors:
         raise GuardrailError("; ".join(str(p) for p in parsed.errors))
     return list(parsed.flags)
@@ -288,12 +292,14 @@ def run_replay_command(*, history: Path, flags: Path | None, config: Path | None
     """Exit 1 when any flag would have halted, else 0 (2 for bad input, raised as GuardrailError)."""
     looks = read_history(history)
     defaults: Mapping[str, Any] = {}
+    rules: GuardrailRules | None = None
     if config is not None:
         from guardrail.settings import load_settings
 
-        # Only the config's `defaults:` matter to a replay; env={} keeps secrets and URLs out of it.
-        defaults = load_settings(config=config, env={}).defaults
-    watched = load_flags(flags, defaults) if flags is not None else default_flags(looks, defaults, str(history))
+        # Only the config's `defaults:` and `guardrails:` matter to a replay; env={} keeps secrets and URLs out.
+        settings = load_settings(config=config, env={})
+        defaults, rules = settings.defaults, settings.guardrail_rules
+    watched = load_flags(flags, defaults, rules) if flags is not None else default_flags(looks, defaults, str(history))
     records: list[dict[str, Any]] | None = [] if report_dir is not None else None
     results = replay(watched, looks, records)
     if report_dir is not None and records is not None:
