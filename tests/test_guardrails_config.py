@@ -311,3 +311,16 @@ def test_a_ramp_schedule_can_come_from_the_config() -> None:
     with pytest.raises(GuardrailError, match="unknown ramp option 'stepz'") as caught:
         rules({"checkout.*": {"ramp": {"stepz": "1,5"}}})
     assert caught.value.field == 'guardrails."checkout.*".ramp.stepz'
+
+
+def test_unleash_tags_completed_by_the_config() -> None:
+    """A flag server's flags get the same merge: a tag sets the threshold, the config the comparison."""
+    from tests.test_unleash_unit import AB, KEY, definition, feature
+
+    partial, problems = definition(feature([AB], tags=("error_rate.threshold=0.05",)))
+    assert partial is not None and problems == []
+    section = {"checkout.*": {"error_rate": {"comparison": "relative_increase", "threshold": 0.5}}}
+    (g,) = guardrail_of({KEY: partial}, KEY, section).guardrails
+    assert (g.comparison, g.threshold) == (Comparison.RELATIVE_INCREASE, 0.05)
+    parsed = parse_flags({KEY: partial}, source="unleash")  # without the config: still reported, by the run
+    assert parsed.errors and "'comparison' is a required property" in parsed.errors[0].message
