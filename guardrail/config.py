@@ -282,10 +282,15 @@ def parse_flag(
         # watch, and not an error of the flag either. A flag that splits traffic probably is one, under
         # other variant names: say so. An exact key in the config is meant, so there it stays an error.
         if len(split_variants(definition)) > 1:
-            warnings.append(problem(
-                None, f"config guardrails {list(merged.patterns)} match and it splits traffic, but it has no "
-                f"control variant {str(merged.flag_options.get('control_variant', 'control'))!r}: not watched "
-                "(add an exact-key entry with control_variant to watch it)", Severity.WARNING))
+            warnings.append(
+                problem(
+                    None,
+                    f"config guardrails {list(merged.patterns)} match and it splits traffic, but it has no "
+                    f"control variant {str(merged.flag_options.get('control_variant', 'control'))!r}: not watched "
+                    "(add an exact-key entry with control_variant to watch it)",
+                    Severity.WARNING,
+                )
+            )
         merged = merge_guardrails(key, metadata, rules=None, defaults=defaults)
     options = merged.flag_options
     raw_guardrails = merged.guardrails
@@ -396,8 +401,13 @@ def parse_flags(
             continue
         if _has_control(key):
             # A newline in a key could forge a line of the report or the cron mail.
-            problems.append(FlagProblem(key.encode("unicode_escape").decode("ascii"),
-                                        "flag key contains control characters (a newline?)", source))
+            problems.append(
+                FlagProblem(
+                    key.encode("unicode_escape").decode("ascii"),
+                    "flag key contains control characters (a newline?)",
+                    source,
+                )
+            )
             continue
         flag, found = parse_flag(
             key, definition, source=source, line=(lines or {}).get(key), defaults=defaults, rules=rules
@@ -455,8 +465,11 @@ def treatments_problem(
     forever (no comparison, or one of control against itself, or one that never reaches min_count)."""
     field = "metadata.treatment_variants" if listed else "targeting"
     if not treatments:
-        return field, ("is empty: name the variant(s) to compare with control" if listed
-                       else "no treatment variant besides control: nothing to compare (set treatment_variants)")
+        return field, (
+            "is empty: name the variant(s) to compare with control"
+            if listed
+            else "no treatment variant besides control: nothing to compare (set treatment_variants)"
+        )
     if control in treatments:
         return field, f"names the control variant {control!r}: a variant cannot be compared with itself"
     if len(set(treatments)) != len(treatments):
@@ -464,8 +477,10 @@ def treatments_problem(
     weights = fractional_weights(definition)
     zero = [t for t in treatments if weights and weights.get(t, 0.0) <= 0]
     if zero and listed:
-        return field, (f"names variant(s) {zero} that get weight 0 in the fractional split: they never get "
-                       "traffic, so they can never be judged")
+        return field, (
+            f"names variant(s) {zero} that get weight 0 in the fractional split: they never get "
+            "traffic, so they can never be judged"
+        )
     return None
 
 

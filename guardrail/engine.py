@@ -272,8 +272,11 @@ def compare(
     )
     if result is None:
         return Outcome(
-            Verdict.SKIP_NO_DATA, "sequential test undefined for these aggregates", delta=harm,
-            relative_delta=relative, tuning_n=frozen,
+            Verdict.SKIP_NO_DATA,
+            "sequential test undefined for these aggregates",
+            delta=harm,
+            relative_delta=relative,
+            tuning_n=frozen,
         )
     bound = f"lower bound {_fmt_delta(g, result.lower_bound)} (alpha {g.alpha:g}, p={result.p_value:.3g})"
     verdict = Verdict.BREACH if result.breach else Verdict.PASS
@@ -355,8 +358,12 @@ def decide_flag(
             treatment = aggregates.get((flag.key, variant, g.metric, window))
             if warmup_left > 0:
                 cmp = Outcome(Verdict.SKIP_WARMUP, f"warming up: {warmup_left:.1f} of {flag.warmup_minutes:g} min left")
-            elif problem := (_data_problem(g, "control", control) or _data_problem(g, "treatment", treatment)
-                             or _range_problem(g, "control", control) or _range_problem(g, "treatment", treatment)):
+            elif problem := (
+                _data_problem(g, "control", control)
+                or _data_problem(g, "treatment", treatment)
+                or _range_problem(g, "control", control)
+                or _range_problem(g, "treatment", treatment)
+            ):
                 cmp = Outcome(Verdict.SKIP_NO_DATA, problem)
             else:
                 assert control is not None and treatment is not None
@@ -368,9 +375,7 @@ def decide_flag(
                         f"counts control={control.count}, treatment={treatment.count}; need {g.min_count} in each arm",
                     )
                 else:
-                    cmp = _safe_compare(
-                        g, control, treatment, tuning_n=g.tuning_n or tuning.get(gid), minutes=minutes
-                    )
+                    cmp = _safe_compare(g, control, treatment, tuning_n=g.tuning_n or tuning.get(gid), minutes=minutes)
                     if cmp.tuning_n is not None and g.tuning_n is None:
                         tuning.setdefault(gid, cmp.tuning_n)
             streak = next_streak(streaks.get(gid, Streak()), cmp.verdict, now, g.max_gap_minutes)
@@ -398,9 +403,7 @@ def decide_flag(
                 )
             )
 
-    confirmed = [
-        e for e in evaluations if e.verdict is Verdict.BREACH and e.streak >= e.confirmations
-    ]
+    confirmed = [e for e in evaluations if e.verdict is Verdict.BREACH and e.streak >= e.confirmations]
     halt: Halt | None = None
     record: HaltRecord | None = None
     if confirmed:
@@ -432,10 +435,25 @@ def decide_flag(
 
 def _undecided(flag: Flag, reason: str) -> list[Evaluation]:
     return [
-        Evaluation(flag=flag.key, metric=g.metric, treatment_variant=variant, control_variant=flag.control_variant,
-                   comparison=g.comparison, threshold=g.threshold, method=g.method, verdict=Verdict.SKIP_NO_DATA,
-                   reason=reason, control=None, treatment=None, delta=None, relative_delta=None, streak=0,
-                   confirmations=g.confirmations, bound=None, p_value=None)
+        Evaluation(
+            flag=flag.key,
+            metric=g.metric,
+            treatment_variant=variant,
+            control_variant=flag.control_variant,
+            comparison=g.comparison,
+            threshold=g.threshold,
+            method=g.method,
+            verdict=Verdict.SKIP_NO_DATA,
+            reason=reason,
+            control=None,
+            treatment=None,
+            delta=None,
+            relative_delta=None,
+            streak=0,
+            confirmations=g.confirmations,
+            bound=None,
+            p_value=None,
+        )
         for g in flag.guardrails
         for variant in flag.treatment_variants
     ]

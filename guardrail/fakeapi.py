@@ -55,8 +55,9 @@ class FakeAPI:
 
     handler: ClassVar[type[Handler]]
 
-    def __init__(self, *, flags: dict[str, dict[str, Any]] | None = None, token: str | None = "test-token",
-                 port: int = 0) -> None:
+    def __init__(
+        self, *, flags: dict[str, dict[str, Any]] | None = None, token: str | None = "test-token", port: int = 0
+    ) -> None:
         self.token = token
         self._port = port
         self._lock = threading.Lock()
@@ -121,8 +122,17 @@ class FakeAPI:
         with self._lock:
             return copy.deepcopy(self._flags[key])
 
-    def set_metric(self, flag: str, variant: str, metric: str, value: float | None, count: int | None,
-                   stddev: float | None = None, *, window: str | None = None) -> None:
+    def set_metric(
+        self,
+        flag: str,
+        variant: str,
+        metric: str,
+        value: float | None,
+        count: int | None,
+        stddev: float | None = None,
+        *,
+        window: str | None = None,
+    ) -> None:
         """Serve this aggregate; `window=None` answers every window the series is not set for."""
         series: Json = {"value": value, "count": count}
         if stddev is not None:
@@ -151,8 +161,15 @@ class FakeAPI:
 
     def record(self, request: Request, status: int, **extra: Any) -> None:
         """Append to the request log; status 0 means the connection was closed without an answer."""
-        entry: Json = {"method": request.method, "path": request.path, "query": request.params,
-                       "body": request.body, "status": status, "time": request.received, **extra}
+        entry: Json = {
+            "method": request.method,
+            "path": request.path,
+            "query": request.params,
+            "body": request.body,
+            "status": status,
+            "time": request.received,
+            **extra,
+        }
         with self._lock:
             self._requests.append(entry)
 
@@ -306,8 +323,9 @@ class Handler(BaseHTTPRequestHandler):
             return
         key = parts[2] if parts[:2] == ["v1", "flags"] and len(parts) > 2 else None
         route = _route(self.command, parts, key)
-        self.reply(Request(self.command, split.path, route, key, params, body,
-                           self.headers.get("Authorization"), received))
+        self.reply(
+            Request(self.command, split.path, route, key, params, body, self.headers.get("Authorization"), received)
+        )
 
     do_GET = do_POST = do_PATCH = do_PUT = do_DELETE = _handle
 
@@ -335,8 +353,13 @@ def _route(method: str, parts: list[str], key: str | None) -> str:
         # Real webhook URLs carry their secret in the path (/services/T…/B…/…): accept any path below.
         return "webhook"
     shape = "/".join("*" if i == 2 and key else p for i, p in enumerate(parts))
-    routes = {("GET", "query"): "query", ("GET", "v1/flags"): "flags", ("GET", "v1/flags/*"): "flags",
-              ("PATCH", "v1/flags/*"): "patch", ("PUT", "v1/flags/*/force"): "force"}
+    routes = {
+        ("GET", "query"): "query",
+        ("GET", "v1/flags"): "flags",
+        ("GET", "v1/flags/*"): "flags",
+        ("PATCH", "v1/flags/*"): "patch",
+        ("PUT", "v1/flags/*/force"): "force",
+    }
     return routes.get((method, shape), "")
 
 

@@ -22,8 +22,11 @@ from guardrail.model import GuardrailError
 
 # 10,000 flags with two guardrails each are ~6 MB of YAML: the default leaves room for ~50,000, and
 # GUARDRAIL_MAX_FILE_MB raises (or lowers) it for one deployment. A 100 MB file is still refused.
-MAX_BYTES = int(float(os.environ.get("GUARDRAIL_MAX_FILE_MB") or 32) * 1024 * 1024) if (
-    (os.environ.get("GUARDRAIL_MAX_FILE_MB") or "32").replace(".", "", 1).isdigit()) else 32 * 1024 * 1024
+MAX_BYTES = (
+    int(float(os.environ.get("GUARDRAIL_MAX_FILE_MB") or 32) * 1024 * 1024)
+    if ((os.environ.get("GUARDRAIL_MAX_FILE_MB") or "32").replace(".", "", 1).isdigit())
+    else 32 * 1024 * 1024
+)
 MAX_ALIASES = 200
 MAX_DEPTH = 64
 # Values a document may expand to once aliases are followed: a "billion laughs" has few aliases but an
@@ -140,8 +143,8 @@ def read_text(path: Path, *, max_bytes: int = MAX_BYTES) -> str:
         size = path.stat().st_size
         if size > max_bytes:
             raise GuardrailError(
-                f"file is {size / 1e6:.1f} MB; the limit is {max_bytes / 1e6:.1f} MB "
-                "(GUARDRAIL_MAX_FILE_MB raises it)", source=source
+                f"file is {size / 1e6:.1f} MB; the limit is {max_bytes / 1e6:.1f} MB (GUARDRAIL_MAX_FILE_MB raises it)",
+                source=source,
             )
         with path.open("rb") as fh:
             data = fh.read(max_bytes + 1)

@@ -292,9 +292,7 @@ class FlagProblem:
     severity: Severity = Severity.ERROR
 
     def __str__(self) -> str:
-        return str(
-            GuardrailError(self.message, source=self.source, flag=self.flag, field=self.field, line=self.line)
-        )
+        return str(GuardrailError(self.message, source=self.source, flag=self.flag, field=self.field, line=self.line))
 
 
 @dataclass(frozen=True)

@@ -115,8 +115,10 @@ def generate(s: Scenario, rng: np.random.Generator) -> Traffic:
         n = rng.poisson(s.traffic, shape)
         e = rng.binomial(n, rate)
         zero = np.zeros((s.runs, 1), dtype=np.int64)
-        return (np.concatenate([zero, np.cumsum(n, axis=1)], axis=1),
-                np.concatenate([zero, np.cumsum(e, axis=1)], axis=1))
+        return (
+            np.concatenate([zero, np.cumsum(n, axis=1)], axis=1),
+            np.concatenate([zero, np.cumsum(e, axis=1)], axis=1),
+        )
 
     n_c, e_c = cumulative(s.base_rate)
     n_t, e_t = cumulative(treatment_rate)
@@ -171,8 +173,9 @@ def sequential_verdicts(s: Scenario, t: Traffic, looks: NDArray[np.int64]) -> ND
         first = np.argmax(eligible, axis=1)
         n_first = n[np.arange(s.runs), first]
         minutes_first = looks[first].astype(float)
-        tuning = np.array([stats.default_tuning_n(float(a), float(b))
-                           for a, b in zip(n_first, minutes_first, strict=True)])
+        tuning = np.array(
+            [stats.default_tuning_n(float(a), float(b)) for a, b in zip(n_first, minutes_first, strict=True)]
+        )
         rho = np.array([stats.rho(v, s.alpha) for v in tuning])[:, None]
         # stats._one_sided_factor: √(2(1 + ρ/n)·log1p(√(1 + n/ρ)/(2α))).
         bound_factor = np.sqrt(2.0 * (1.0 + rho / n) * np.log1p(np.sqrt(1.0 + n / rho) / (2.0 * s.alpha)))
@@ -232,22 +235,42 @@ def render(rows: list[dict[str, Any]], markdown: bool) -> str:
     table = []
     for r in rows:
         low, high = r["halt_rate_ci95"]
-        table.append([
-            r["method"], f"{r['traffic']:g}", "A/A" if r["effect"] == 1 else f"{r['effect']:g}x", str(r["runs"]),
-            f"{r['halt_rate']:.1%} ({low:.1%}–{high:.1%})", _minutes(r["median_minutes_to_halt"]),
-            _minutes(r["p90_minutes_to_halt"]),
-        ])
+        table.append(
+            [
+                r["method"],
+                f"{r['traffic']:g}",
+                "A/A" if r["effect"] == 1 else f"{r['effect']:g}x",
+                str(r["runs"]),
+                f"{r['halt_rate']:.1%} ({low:.1%}–{high:.1%})",
+                _minutes(r["median_minutes_to_halt"]),
+                _minutes(r["p90_minutes_to_halt"]),
+            ]
+        )
     if markdown:
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in table])
     widths = [max(len(x) for x in col) for col in zip(header, *table, strict=True)]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
-                     for row in [header, *table])
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in [header, *table]
+    )
 
 
-def run_simulate_command(*, traffic: list[float], base_rate: float, effect: list[float], threshold: float,
-                         days: float, cadence: float, runs: int, seed: int, alpha: float, confirmations: int,
-                         methods: list[str], as_json: bool, markdown: bool) -> int:
+def run_simulate_command(
+    *,
+    traffic: list[float],
+    base_rate: float,
+    effect: list[float],
+    threshold: float,
+    days: float,
+    cadence: float,
+    runs: int,
+    seed: int,
+    alpha: float,
+    confirmations: int,
+    methods: list[str],
+    as_json: bool,
+    markdown: bool,
+) -> int:
     import numpy as np
 
     unknown = sorted(set(methods) - {"threshold", "sequential"})
@@ -275,14 +298,24 @@ def run_simulate_command(*, traffic: list[float], base_rate: float, effect: list
             # One stream per scenario, from (seed, traffic, effect): a row's numbers do not depend on which
             # other scenarios share the command. Both methods judge the same experiments.
             rng = np.random.default_rng([seed, round(t * 1000), round(e * 1_000_000)])
-            s = Scenario(traffic=t, base_rate=base_rate, effect=e, threshold=threshold, days=days,
-                         cadence=int(cadence), runs=runs, alpha=alpha, confirmations=confirmations)
+            s = Scenario(
+                traffic=t,
+                base_rate=base_rate,
+                effect=e,
+                threshold=threshold,
+                days=days,
+                cadence=int(cadence),
+                runs=runs,
+                alpha=alpha,
+                confirmations=confirmations,
+            )
             try:
                 rows.extend(o.summary() for o in simulate(s, list(dict.fromkeys(methods)), rng))
             except MemoryError:
                 # One batch of runs is held at once (BATCH_CELLS); a long --days makes a batch one huge run.
-                raise GuardrailError(f"not enough memory for {days:g} days of per-minute traffic; use fewer "
-                                     "--days") from None
+                raise GuardrailError(
+                    f"not enough memory for {days:g} days of per-minute traffic; use fewer --days"
+                ) from None
     if as_json:
         print(json.dumps({"seed": seed, "alpha": alpha, "confirmations": confirmations, "results": rows}, indent=2))
     else:

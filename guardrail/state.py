@@ -124,8 +124,7 @@ def to_dict(state: State) -> dict[str, Any]:
             key: {
                 "first_seen_enabled": _t(fs.first_seen_enabled),
                 "streaks": {
-                    gid: {"count": s.count, "last_breach_at": _t(s.last_breach_at)}
-                    for gid, s in fs.streaks.items()
+                    gid: {"count": s.count, "last_breach_at": _t(s.last_breach_at)} for gid, s in fs.streaks.items()
                 },
                 "halt": None if fs.halt is None else halt_to_dict(fs.halt),
                 "tuning_n": dict(fs.tuning_n),
@@ -141,8 +140,12 @@ def _ramp_to_dict(fs: FlagState) -> dict[str, Any]:
     """Ramp and SRM fields, written only when set (older documents simply lack them)."""
     out: dict[str, Any] = {}
     if fs.ramp is not None:
-        out["ramp"] = {"step": fs.ramp.step, "step_started_at": _t(fs.ramp.step_started_at),
-                       "shipped_at": _t(fs.ramp.shipped_at), "last": dict(fs.ramp.last)}
+        out["ramp"] = {
+            "step": fs.ramp.step,
+            "step_started_at": _t(fs.ramp.step_started_at),
+            "shipped_at": _t(fs.ramp.shipped_at),
+            "last": dict(fs.ramp.last),
+        }
     if fs.srm_min_p < 1.0 or fs.srm_warned:
         out["srm_min_p"] = fs.srm_min_p
         out["srm_warned"] = fs.srm_warned
@@ -154,8 +157,12 @@ def _ramp_from_dict(d: Any) -> RampState | None:
         return None
     started = _dt(d["step_started_at"])
     assert started is not None
-    return RampState(step=int(d["step"]), step_started_at=started, shipped_at=_dt(d.get("shipped_at")),
-                     last=dict(d.get("last") or {}))
+    return RampState(
+        step=int(d["step"]),
+        step_started_at=started,
+        shipped_at=_dt(d.get("shipped_at")),
+        last=dict(d.get("last") or {}),
+    )
 
 
 def _upgrade(doc: dict[str, Any]) -> dict[str, Any]:
@@ -210,8 +217,10 @@ def _fix_for(code: int | None, what: str, option: str) -> str:
     if code == errno.EROFS:
         return f"the file system is read-only: point {option} at a writable directory"
     if code in (errno.EACCES, errno.EPERM):
-        return (f"permission denied: give this user write access to the {what} and its directory, "
-                f"or point {option} elsewhere")
+        return (
+            f"permission denied: give this user write access to the {what} and its directory, "
+            f"or point {option} elsewhere"
+        )
     if code == errno.EISDIR:
         return f"the path is a directory: point {option} at a file"
     if code == errno.ENOTDIR:
@@ -223,7 +232,8 @@ def write_error(exc: OSError, path: Path, what: str, option: str) -> GuardrailEr
     """An OSError while writing `path`, as a message naming the path and the fix (never 'internal error')."""
     return GuardrailError(
         f"cannot write the {what}: {exc.strerror or exc}; {_fix_for(exc.errno, what, option)}",
-        source=str(path), exit_code=ExitCode.CONFIG,
+        source=str(path),
+        exit_code=ExitCode.CONFIG,
     )
 
 
@@ -300,8 +310,9 @@ class StateStore:
         try:
             os.replace(self.path, aside)
         except OSError as exc:
-            raise write_error(exc, self.path, "state file (unreadable, to be set aside)",
-                              "--state (or GUARDRAIL_STATE)") from None
+            raise write_error(
+                exc, self.path, "state file (unreadable, to be set aside)", "--state (or GUARDRAIL_STATE)"
+            ) from None
         self.warning = (
             f"state file {self.path} was unreadable ({problem}); kept it as {aside} and started fresh "
             "(streaks and first-seen times restart)"

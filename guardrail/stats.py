@@ -278,9 +278,7 @@ class RateRatioEProcess:
     overlapping windows.
     """
 
-    def __init__(
-        self, threshold: float, *, grid_size: int = 60, h_max: float = 1.5, prior_scale: float = 0.5
-    ) -> None:
+    def __init__(self, threshold: float, *, grid_size: int = 60, h_max: float = 1.5, prior_scale: float = 0.5) -> None:
         if not (math.isfinite(threshold) and threshold > -1.0):
             raise ValueError(f"threshold must be a finite relative increase > -1, got {threshold!r}")
         if grid_size < 1 or not (math.isfinite(h_max) and h_max > 0.0):
@@ -319,9 +317,7 @@ class RateRatioEProcess:
         proc.log_lr = [float(s) for s in state[1:]]
         return proc
 
-    def update(
-        self, events_treatment: float, events_control: float, n_treatment: float, n_control: float
-    ) -> bool:
+    def update(self, events_treatment: float, events_control: float, n_treatment: float, n_control: float) -> bool:
         """Add one disjoint window's counts. Returns False (and changes nothing) for unusable input.
 
         A window with no events, or with no exposure on one arm, carries no information about θ under the
@@ -338,9 +334,7 @@ class RateRatioEProcess:
         # ln q(θ_g)/q(θ₀) = softplus(−a0) − softplus(−a_g); likewise for 1 − q with +a.
         lq0_neg, l1q0_neg = _softplus(-a0), _softplus(a0)
         updated = [
-            ll
-            + events_treatment * (lq0_neg - _softplus(-(a0 + h)))
-            + events_control * (l1q0_neg - _softplus(a0 + h))
+            ll + events_treatment * (lq0_neg - _softplus(-(a0 + h))) + events_control * (l1q0_neg - _softplus(a0 + h))
             for ll, h in zip(self.log_lr, self.h, strict=True)
         ]
         if not all(math.isfinite(u) for u in updated):

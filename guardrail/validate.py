@@ -237,8 +237,11 @@ def _guardrail_warnings(metadata: Mapping[str, Any], flag: Flag, layers: Layers)
                 ),
             )
         if flag.ramp is not None and (g.kind is MetricKind.QUANTILE or g.method is not Method.SEQUENTIAL):
-            why = "a quantile metric has no sequential test" if g.kind is MetricKind.QUANTILE else (
-                "it uses the threshold rule")
+            why = (
+                "a quantile metric has no sequential test"
+                if g.kind is MetricKind.QUANTILE
+                else ("it uses the threshold rule")
+            )
             yield (
                 base,
                 f"ramp: {why}, so this guardrail can block an advance only through its threshold rule; it can "
@@ -269,8 +272,9 @@ def _validate_flag(
             add(field, message)
         if "expiry" in metadata and (expired := _expiry_finding(metadata["expiry"], today)):
             add("metadata.expiry", expired, Severity.WARNING)
-    flag, problems = config.parse_flag(key, definition, source=source, line=line, defaults=layers.defaults,
-                                       rules=layers.rules)
+    flag, problems = config.parse_flag(
+        key, definition, source=source, line=line, defaults=layers.defaults, rules=layers.rules
+    )
     for problem in problems:
         add(problem.field, problem.message, problem.severity)
     if flag is not None and isinstance(metadata, Mapping):
@@ -306,7 +310,8 @@ def validate_text(
     for key, definition in flags.items():
         if not isinstance(key, str) or not key:
             findings.append(
-                Finding(source, str(key), None, None, Severity.ERROR, "flag key must be a non-empty string"))
+                Finding(source, str(key), None, None, Severity.ERROR, "flag key must be a non-empty string")
+            )
             continue
         sub = flags_tree.get(key) if isinstance(flags_tree, Mapping) else None
         findings += _validate_flag(
@@ -315,9 +320,7 @@ def validate_text(
     return list(dict.fromkeys(findings))  # one message per place, even when two checks agree
 
 
-def validate_paths(
-    paths: Sequence[Path], *, today: date, layers: Layers | None = None
-) -> tuple[list[Finding], int]:
+def validate_paths(paths: Sequence[Path], *, today: date, layers: Layers | None = None) -> tuple[list[Finding], int]:
     findings: list[Finding] = []
     unreadable = False
     for path in paths:
@@ -349,7 +352,9 @@ def explain_paths(paths: Sequence[Path], layers: Layers) -> str:
         for key, definition in (flags or {}).items() if isinstance(flags, Mapping) else ():
             metadata = definition.get("metadata") if isinstance(definition, Mapping) else None
             merged = config.merge_guardrails(
-                str(key), metadata if isinstance(metadata, Mapping) else {}, rules=layers.rules,
+                str(key),
+                metadata if isinstance(metadata, Mapping) else {},
+                rules=layers.rules,
                 defaults=layers.defaults,
             )
             if not merged.guardrails:

@@ -29,10 +29,16 @@ def api() -> Iterator[FaultyAPI]:
 
 
 def settings(api: FaultyAPI, tmp_path: Path, **env: str) -> Settings:
-    base = {"FLAG_API_URL": api.url, "FLAG_API_TOKEN": TOKEN, "METRICS_API_URL": api.url,
-            "ALERT_WEBHOOK_URL": f"{api.url}{HOOK}", **env}
-    return load_settings(env=base, overrides={"state_path": tmp_path / "state.json",
-                                              "audit_path": tmp_path / "audit.jsonl"})
+    base = {
+        "FLAG_API_URL": api.url,
+        "FLAG_API_TOKEN": TOKEN,
+        "METRICS_API_URL": api.url,
+        "ALERT_WEBHOOK_URL": f"{api.url}{HOOK}",
+        **env,
+    }
+    return load_settings(
+        env=base, overrides={"state_path": tmp_path / "state.json", "audit_path": tmp_path / "audit.jsonl"}
+    )
 
 
 def breaching(api: FaultyAPI) -> None:
@@ -88,8 +94,9 @@ def test_a_refused_halt_pages_once_as_failed_then_pages_the_success(api: FaultyA
     failed = run_check(s, now=NOW + timedelta(minutes=2))
     assert failed.exit_code is ExitCode.HALT_FAILED and failed.halts[0].status is HaltResultStatus.FAILED
     [page] = api.alerts
-    assert page["text"].startswith(":warning: HALT FAILED: `checkout.payments.express-pay` was NOT changed: "
-                                   "revert it to control BY HAND.")
+    assert page["text"].startswith(
+        ":warning: HALT FAILED: `checkout.payments.express-pay` was NOT changed: revert it to control BY HAND."
+    )
     assert "AUTO-HALT" not in page["text"]
 
     again = run_check(s, now=NOW + timedelta(minutes=4))
@@ -142,8 +149,10 @@ def test_a_bad_adapter_section_fails_at_load_before_any_lock(tmp_path: Path) -> 
     from guardrail.model import GuardrailError
 
     config = tmp_path / "guardrail.yaml"
-    config.write_text("metrics:\n  source: prometheus\n  url: http://127.0.0.1:9\n  queries:\n"
-                      "    error_rate: {value: 'sum(x{flag=\"$flag\"})', count: 'sum(y)'}\n")
+    config.write_text(
+        "metrics:\n  source: prometheus\n  url: http://127.0.0.1:9\n  queries:\n"
+        "    error_rate: {value: 'sum(x{flag=\"$flag\"})', count: 'sum(y)'}\n"
+    )
     try:
         load_settings(config=config, env={}, overrides={"state_path": tmp_path / "state.json"})
     except GuardrailError as exc:

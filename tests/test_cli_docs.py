@@ -72,8 +72,13 @@ def test_readme_commands_table_lists_every_command() -> None:
 
 
 def test_python_dash_m_version() -> None:
-    result = subprocess.run([sys.executable, "-m", "guardrail", "--version"], capture_output=True, text=True,
-                            timeout=60, stdin=subprocess.DEVNULL)
+    result = subprocess.run(
+        [sys.executable, "-m", "guardrail", "--version"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == f"guardrail {__version__}"
 
@@ -101,12 +106,14 @@ def test_wheel_builds_with_package_data(tmp_path: Path) -> None:
     src.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, src / name)
-    shutil.copytree(ROOT / "guardrail", src / "guardrail",
-                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    shutil.copytree(ROOT / "guardrail", src / "guardrail", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     out = tmp_path / "dist"
     result = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(out), str(src)],
-        capture_output=True, text=True, timeout=180, stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        stdin=subprocess.DEVNULL,
     )
     if result.returncode != 0 and "No matching distribution" in result.stderr:
         pytest.skip("no package index to fetch the build backend from")

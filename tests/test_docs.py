@@ -53,9 +53,7 @@ def relative_links(page: Path) -> Iterator[str]:
 
 
 def test_the_pages_exist_and_link_somewhere() -> None:
-    assert {"index.md", "guardrails.md", "contracts.md", "operations.md", "development.md"} <= {
-        p.name for p in PAGES
-    }
+    assert {"index.md", "guardrails.md", "contracts.md", "operations.md", "development.md"} <= {p.name for p in PAGES}
     assert len(list(relative_links(README))) >= 8
 
 
@@ -98,15 +96,23 @@ def test_readme_exit_codes_match_the_code() -> None:
 
 def test_readme_lists_the_environment_variables() -> None:
     text = README.read_text("utf-8")
-    for name in ("FLAG_API_URL", "FLAG_API_TOKEN", "METRICS_API_URL", "ALERT_WEBHOOK_URL", "GUARDRAIL_STATE",
-                 "GUARDRAIL_AUDIT", "PROMETHEUS_BEARER_TOKEN", "GUARDRAIL_DEBUG"):
+    for name in (
+        "FLAG_API_URL",
+        "FLAG_API_TOKEN",
+        "METRICS_API_URL",
+        "ALERT_WEBHOOK_URL",
+        "GUARDRAIL_STATE",
+        "GUARDRAIL_AUDIT",
+        "PROMETHEUS_BEARER_TOKEN",
+        "GUARDRAIL_DEBUG",
+    ):
         assert f"`{name}" in text, name
 
 
 # ---- the README's first real run, as written ----------------------------------------------------------
 def first_run_block() -> list[str]:
     text = README.read_text("utf-8")
-    section = text[text.index("## A first real run"):]
+    section = text[text.index("## A first real run") :]
     block = re.search(r"```sh\n(.*?)```", section, re.S)
     assert block is not None
     return [line for line in block.group(1).splitlines() if line.strip()]
@@ -129,8 +135,15 @@ def test_first_real_run_works_as_written(tmp_path: Path) -> None:
     shutil.copytree(ROOT / "examples", tmp_path / "examples")
     # `python` and `guardrail` as a user with the virtualenv activated has them.
     env = clean_env(PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
-    proc = subprocess.Popen(shlex.split(server.rstrip("& ")), cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True)
+    proc = subprocess.Popen(
+        shlex.split(server.rstrip("& ")),
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    )
     try:
         assert proc.stdout is not None
         assert proc.stdout.readline().startswith(f"fakeapi listening on http://127.0.0.1:{port}")
@@ -145,8 +158,15 @@ def test_first_real_run_works_as_written(tmp_path: Path) -> None:
             if command.startswith("curl ") and shutil.which("curl") is None:
                 url = shlex.split(command)[-1]
                 command = f"python -c \"import urllib.request; print(urllib.request.urlopen('{url}').read().decode())\""
-            result = subprocess.run(["bash", "-c", command], cwd=tmp_path, env=env, capture_output=True, text=True,
-                                    timeout=120, stdin=subprocess.DEVNULL)
+            result = subprocess.run(
+                ["bash", "-c", command],
+                cwd=tmp_path,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=120,
+                stdin=subprocess.DEVNULL,
+            )
             said = re.search(r"exit (\d)", comment)
             assert result.returncode == (int(said.group(1)) if said else 0), f"{line}\n{result.stdout}\n{result.stderr}"
             ran.append((command, result.returncode, result.stdout))

@@ -34,8 +34,13 @@ def make_flag(**kwargs: Any) -> Flag:
     return parsed.flags[0]
 
 
-def aggs(control: Aggregate, treatment: Aggregate, metric: str = "error_rate", window: str = "5m",
-         treatment_variant: str = "treatment") -> dict[Any, Aggregate]:
+def aggs(
+    control: Aggregate,
+    treatment: Aggregate,
+    metric: str = "error_rate",
+    window: str = "5m",
+    treatment_variant: str = "treatment",
+) -> dict[Any, Aggregate]:
     return {(KEY, "control", metric, window): control, (KEY, treatment_variant, metric, window): treatment}
 
 
@@ -75,8 +80,12 @@ def test_pass_and_breach_relative_increase() -> None:
     ],
 )
 def test_comparisons(comparison: str, threshold: float, control: float, treatment: float, verdict: Verdict) -> None:
-    flag = make_flag(extra_metadata={"guardrail.conversion_rate.comparison": comparison,
-                                     "guardrail.conversion_rate.threshold": threshold})
+    flag = make_flag(
+        extra_metadata={
+            "guardrail.conversion_rate.comparison": comparison,
+            "guardrail.conversion_rate.threshold": threshold,
+        }
+    )
     flag = Flag(**{**flag.__dict__, "guardrails": tuple(g for g in flag.guardrails if g.metric == "conversion_rate")})
     e = one(flag, aggs(Aggregate(control, 5000), Aggregate(treatment, 5000), metric="conversion_rate")).evaluations[0]
     assert e.comparison is Comparison(comparison)
@@ -226,23 +235,33 @@ def test_not_watched_flags() -> None:
 
 
 def test_disabled_flag_forgets_first_seen_so_reenabling_restarts_warmup() -> None:
-    prior = State(flags={KEY: FlagState(first_seen_enabled=NOW - timedelta(days=1),
-                                        streaks={"error_rate@treatment": Streak(1, NOW)})})
+    prior = State(
+        flags={
+            KEY: FlagState(first_seen_enabled=NOW - timedelta(days=1), streaks={"error_rate@treatment": Streak(1, NOW)})
+        }
+    )
     decision = engine.decide([make_flag(state="DISABLED")], {}, prior, NOW)
     assert decision.state.flags[KEY].first_seen_enabled is None
     assert decision.state.flags[KEY].streaks == {}
 
 
 def test_plan_queries_pins_one_end_and_covers_both_arms() -> None:
-    flag = make_flag(extra_metadata={"guardrail.p95_latency_ms.comparison": "relative_increase",
-                                     "guardrail.p95_latency_ms.threshold": 0.1})
+    flag = make_flag(
+        extra_metadata={
+            "guardrail.p95_latency_ms.comparison": "relative_increase",
+            "guardrail.p95_latency_ms.threshold": 0.1,
+        }
+    )
     planned = engine.plan_queries([flag], State(), NOW)
     assert {q.end for _k, q in planned} == {NOW}
     assert {(q.variant, q.metric) for _k, q in planned} == {
-        ("control", "error_rate"), ("treatment", "error_rate"),
-        ("control", "p95_latency_ms"), ("treatment", "p95_latency_ms"),
+        ("control", "error_rate"),
+        ("treatment", "error_rate"),
+        ("control", "p95_latency_ms"),
+        ("treatment", "p95_latency_ms"),
         # the SRM gate's unit counts, since the start (an A/B experiment with a 50/50 split)
-        ("control", "exposures"), ("treatment", "exposures"),
+        ("control", "exposures"),
+        ("treatment", "exposures"),
     }
     assert {q.window for _k, q in planned if q.metric != "exposures"} == {"5m"}
 
@@ -277,22 +296,32 @@ def test_sequential_tuning_is_frozen_in_state() -> None:
 
 def test_sequential_quantile_keeps_threshold_rule_and_says_so() -> None:
     flag = make_flag(metric="p95_latency_ms", extra_metadata={"guardrail.p95_latency_ms.method": "sequential"})
-    e = engine.decide([flag], aggs(Aggregate(200.0, 5000), Aggregate(260.0, 5000), metric="p95_latency_ms"),
-                      State(), NOW).evaluations[0]
+    e = engine.decide(
+        [flag], aggs(Aggregate(200.0, 5000), Aggregate(260.0, 5000), metric="p95_latency_ms"), State(), NOW
+    ).evaluations[0]
     assert e.verdict is Verdict.BREACH
     assert "quantile metric: threshold rule" in e.reason
 
 
 def test_sequential_mean_without_stddev_is_no_data() -> None:
     flag = make_flag(metric="order_value", extra_metadata={"guardrail.order_value.method": "sequential"})
-    e = engine.decide([flag], aggs(Aggregate(50.0, 5000), Aggregate(40.0, 5000), metric="order_value",
-                                   window=SINCE_START), State(), NOW).evaluations[0]
+    e = engine.decide(
+        [flag],
+        aggs(Aggregate(50.0, 5000), Aggregate(40.0, 5000), metric="order_value", window=SINCE_START),
+        State(),
+        NOW,
+    ).evaluations[0]
     assert e.verdict is Verdict.SKIP_NO_DATA and "stddev" in e.reason
 
 
 def test_sequential_decides_when_an_arm_is_at_exactly_zero() -> None:
-    flag = make_flag(metric="conversion_rate", extra_metadata={
-        "guardrail.conversion_rate.method": "sequential", "guardrail.conversion_rate.comparison": "relative_decrease"})
+    flag = make_flag(
+        metric="conversion_rate",
+        extra_metadata={
+            "guardrail.conversion_rate.method": "sequential",
+            "guardrail.conversion_rate.comparison": "relative_decrease",
+        },
+    )
     data = aggs(Aggregate(0.05, 100_000), Aggregate(0.0, 100_000), metric="conversion_rate", window=SINCE_START)
     e = engine.decide([flag], data, State(), NOW).evaluations[0]
     assert e.verdict is Verdict.BREACH

@@ -206,9 +206,7 @@ def test_stop_closes_idle_keep_alive_connections() -> None:
 )
 def test_command_line(tmp_path: Path, module: str, extra: list[str]) -> None:
     flags_file = tmp_path / "flags.yaml"
-    flag_yaml = (
-        "state: ENABLED\n    variants: {treatment: true, control: false}\n    defaultVariant: control\n"
-    )
+    flag_yaml = "state: ENABLED\n    variants: {treatment: true, control: false}\n    defaultVariant: control\n"
     flags_file.write_text(f"flags:\n  {KEY}:\n    {flag_yaml}")
     metrics_file = tmp_path / "metrics.json"
     metric = {"flag": KEY, "variant": "control", "metric": "error_rate", "value": 0.1, "count": 9}
@@ -234,9 +232,7 @@ def test_command_line(tmp_path: Path, module: str, extra: list[str]) -> None:
             assert c.get(f"/v1/flags/{KEY}").json()["defaultVariant"] == "control"
             bad = c.patch(f"/v1/flags/{KEY}", json={"state": "DISABLED"}, headers=AUTH)
             assert bad.status_code == 401
-            good = c.patch(
-                f"/v1/flags/{KEY}", json={"state": "DISABLED"}, headers={"Authorization": "Bearer t0k"}
-            )
+            good = c.patch(f"/v1/flags/{KEY}", json={"state": "DISABLED"}, headers={"Authorization": "Bearer t0k"})
             assert good.status_code == 200
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=10)

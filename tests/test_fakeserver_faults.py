@@ -165,8 +165,6 @@ def test_invalid_fault_rules_are_refused(api: FaultyAPI) -> None:
         api.add_fault(route="query", mode="null", time=1)
 
 
-
-
 class _Rendezvous(FaultyAPI):
     """Every answer waits until `parties` requests are being handled at once: a server that handled one
     request at a time would never get there, and each wait would break (a 500 below)."""
@@ -187,10 +185,13 @@ def test_concurrent_requests_are_served_in_parallel() -> None:
     parties = 20
     with _Rendezvous(parties) as api:
         with ThreadPoolExecutor(parties) as pool:
-            codes = list(pool.map(lambda _i: httpx.get(f"{api.url}/v1/flags/{KEY}", timeout=90).status_code,
-                                  range(parties)))
+            codes = list(
+                pool.map(lambda _i: httpx.get(f"{api.url}/v1/flags/{KEY}", timeout=90).status_code, range(parties))
+            )
         assert codes == [200] * parties
         assert api.count("GET", "/v1/flags") == parties
+
+
 def test_keep_alive_survives_bad_bodies(api: FaultyAPI) -> None:
     api.add_fault(route="query", mode="html", every=2)
     conn = http.client.HTTPConnection("127.0.0.1", int(api.url.rsplit(":", 1)[1]), timeout=5)

@@ -69,9 +69,15 @@ def test_failed_requests_give_their_slot_back() -> None:
     assert asyncio.run(go()) == [0, 0]
 
 
-@pytest.mark.parametrize(("variable", "pooled"), [
-    ("HTTPS_PROXY", False), ("http_proxy", False), ("ALL_PROXY", False), ("NO_PROXY", True),
-])
+@pytest.mark.parametrize(
+    ("variable", "pooled"),
+    [
+        ("HTTPS_PROXY", False),
+        ("http_proxy", False),
+        ("ALL_PROXY", False),
+        ("NO_PROXY", True),
+    ],
+)
 def test_behind_a_proxy_the_stock_transport_is_kept(
     monkeypatch: pytest.MonkeyPatch, variable: str, pooled: bool
 ) -> None:

@@ -40,8 +40,10 @@ def engine_halts(s: simulate.Scenario, t: simulate.Traffic, method: str) -> list
             lo = 0 if method == "sequential" else max(0, minute - simulate.WINDOW_MINUTES)
             window = SINCE_START if method == "sequential" else "5m"
 
-            data = {(KEY, "control", "error_rate", window): arm(t.n_control, t.e_control, run, lo, int(minute)),
-                    (KEY, "treatment", "error_rate", window): arm(t.n_treatment, t.e_treatment, run, lo, int(minute))}
+            data = {
+                (KEY, "control", "error_rate", window): arm(t.n_control, t.e_control, run, lo, int(minute)),
+                (KEY, "treatment", "error_rate", window): arm(t.n_treatment, t.e_treatment, run, lo, int(minute)),
+            }
             decision = engine.decide([flag], data, state, NOW + timedelta(minutes=int(minute)))
             state = decision.state
             if decision.halts:
@@ -66,8 +68,17 @@ def engine_halts(s: simulate.Scenario, t: simulate.Traffic, method: str) -> list
 def test_vectorised_path_halts_exactly_where_the_engine_does(
     method: str, traffic: float, base_rate: float, effect: float, days: float, runs: int
 ) -> None:
-    s = simulate.Scenario(traffic=traffic, base_rate=base_rate, effect=effect, threshold=0.10, days=days,
-                          cadence=2, runs=runs, alpha=0.05, confirmations=2)
+    s = simulate.Scenario(
+        traffic=traffic,
+        base_rate=base_rate,
+        effect=effect,
+        threshold=0.10,
+        days=days,
+        cadence=2,
+        runs=runs,
+        alpha=0.05,
+        confirmations=2,
+    )
     t = simulate.generate(s, np.random.default_rng(7))
     looks = simulate.look_minutes(s)
     judge = simulate.threshold_verdicts if method == "threshold" else simulate.sequential_verdicts
@@ -80,11 +91,21 @@ def test_streak_rule_is_engine_next_streak(confirmations: int) -> None:
     """halts() against engine.next_streak itself, on random verdicts at irregular times: gaps longer than
     max_gap (15 min) must restart a streak, skips must neither confirm nor clear it."""
     rng = np.random.default_rng(confirmations)
-    s = simulate.Scenario(traffic=1, base_rate=0.5, effect=1, threshold=0.1, days=1, cadence=2, runs=300,
-                          alpha=0.05, confirmations=confirmations)
+    s = simulate.Scenario(
+        traffic=1,
+        base_rate=0.5,
+        effect=1,
+        threshold=0.1,
+        days=1,
+        cadence=2,
+        runs=300,
+        alpha=0.05,
+        confirmations=confirmations,
+    )
     looks = np.cumsum(rng.choice([1, 2, 5, 9, 16, 30], size=120)).astype(np.int64)
-    verdicts = rng.choice([simulate.PASS, simulate.BREACH, simulate.SKIP], p=[0.3, 0.3, 0.4],
-                          size=(s.runs, len(looks))).astype(np.int8)
+    verdicts = rng.choice(
+        [simulate.PASS, simulate.BREACH, simulate.SKIP], p=[0.3, 0.3, 0.4], size=(s.runs, len(looks))
+    ).astype(np.int8)
     code = {simulate.PASS: Verdict.PASS, simulate.BREACH: Verdict.BREACH, simulate.SKIP: Verdict.SKIP_MIN_COUNT}
     expected = []
     for run in range(s.runs):
@@ -103,8 +124,17 @@ def test_streak_rule_is_engine_next_streak(confirmations: int) -> None:
 
 
 def scenario(effect: float, runs: int = 200, days: float = 2.0) -> simulate.Scenario:
-    return simulate.Scenario(traffic=500, base_rate=0.01, effect=effect, threshold=0.10, days=days, cadence=2,
-                             runs=runs, alpha=0.05, confirmations=2)
+    return simulate.Scenario(
+        traffic=500,
+        base_rate=0.01,
+        effect=effect,
+        threshold=0.10,
+        days=days,
+        cadence=2,
+        runs=runs,
+        alpha=0.05,
+        confirmations=2,
+    )
 
 
 def test_sequential_aa_false_halt_rate_is_within_alpha() -> None:
@@ -141,27 +171,68 @@ def test_wilson_interval() -> None:
 
 def test_cli_json() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "guardrail", "simulate", "--runs", "20", "--days", "1", "--effect", "1", "--effect",
-         "3", "--json"],
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "guardrail",
+            "simulate",
+            "--runs",
+            "20",
+            "--days",
+            "1",
+            "--effect",
+            "1",
+            "--effect",
+            "3",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
     doc = json.loads(result.stdout)
     assert len(doc["results"]) == 4
-    assert set(doc["results"][0]) >= {"method", "traffic", "effect", "runs", "halt_rate", "halt_rate_ci95",
-                                      "median_minutes_to_halt", "p90_minutes_to_halt"}
+    assert set(doc["results"][0]) >= {
+        "method",
+        "traffic",
+        "effect",
+        "runs",
+        "halt_rate",
+        "halt_rate_ci95",
+        "median_minutes_to_halt",
+        "p90_minutes_to_halt",
+    }
 
 
 def test_cli_rejects_bad_options() -> None:
-    result = subprocess.run([sys.executable, "-m", "guardrail", "simulate", "--method", "magic"],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "guardrail", "simulate", "--method", "magic"], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 2 and "magic" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_a_scenario_gives_the_same_numbers_whatever_else_the_command_runs() -> None:
     def run(*extra: str) -> dict[tuple[str, float, float], dict[str, object]]:
-        result = subprocess.run([sys.executable, "-m", "guardrail", "simulate", "--runs", "20", "--days", "0.5",
-                                 "--effect", "1.5", *extra, "--json"], capture_output=True, text=True, timeout=120)
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "guardrail",
+                "simulate",
+                "--runs",
+                "20",
+                "--days",
+                "0.5",
+                "--effect",
+                "1.5",
+                *extra,
+                "--json",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert result.returncode == 0, result.stderr
         return {(r["method"], r["traffic"], r["effect"]): r for r in json.loads(result.stdout)["results"]}
 
@@ -178,6 +249,7 @@ def test_runs_are_judged_in_batches_of_bounded_size(monkeypatch: pytest.MonkeyPa
     looks = simulate.look_minutes(s)
     for size in (3, 3, 3, 1):
         part = replace(s, runs=size)
-        expected += simulate.halts(part, simulate.sequential_verdicts(part, simulate.generate(part, rng), looks),
-                                   looks).tolist()
+        expected += simulate.halts(
+            part, simulate.sequential_verdicts(part, simulate.generate(part, rng), looks), looks
+        ).tolist()
     assert outcome.halt_minutes.tolist() == expected and len(expected) == 10

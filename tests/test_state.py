@@ -18,13 +18,19 @@ from tests.conftest import NOW
 
 
 def sample_state() -> State:
-    record = HaltRecord(HaltStatus.PENDING, HaltAction.REVERT, "why", NOW, "error_rate", "treatment",
-                        alert={"flag": "x"}, run_id="abc")
+    record = HaltRecord(
+        HaltStatus.PENDING, HaltAction.REVERT, "why", NOW, "error_rate", "treatment", alert={"flag": "x"}, run_id="abc"
+    )
     return State(
-        flags={"a.b.c": FlagState(first_seen_enabled=NOW - timedelta(hours=1),
-                                  streaks={"error_rate@treatment": Streak(2, NOW)}, halt=record,
-                                  tuning_n={"error_rate@treatment": 12345.0},
-                                  last_evaluations={"error_rate@treatment": {"verdict": "breach"}})},
+        flags={
+            "a.b.c": FlagState(
+                first_seen_enabled=NOW - timedelta(hours=1),
+                streaks={"error_rate@treatment": Streak(2, NOW)},
+                halt=record,
+                tuning_n={"error_rate@treatment": 12345.0},
+                last_evaluations={"error_rate@treatment": {"verdict": "breach"}},
+            )
+        },
         last_run_at=NOW,
     )
 
@@ -117,8 +123,10 @@ def test_state_with_an_infinite_delta_saves(tmp_path: Path) -> None:
     from tests.conftest import flag_definition
 
     flag = parse_flags({"f.k": flag_definition()}).flags[0]
-    data = {("f.k", "control", "error_rate", "5m"): Aggregate(0.0, 500),
-            ("f.k", "treatment", "error_rate", "5m"): Aggregate(0.01, 500)}
+    data = {
+        ("f.k", "control", "error_rate", "5m"): Aggregate(0.0, 500),
+        ("f.k", "treatment", "error_rate", "5m"): Aggregate(0.01, 500),
+    }
     decision = engine.decide([flag], data, State(), NOW)
     store = StateStore(tmp_path / "s.json")
     store.save(decision.state)

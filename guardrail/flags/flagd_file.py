@@ -384,7 +384,8 @@ def apply_halt_to_text(
             raise GuardrailError(
                 f"this flag shares YAML anchors/aliases with {others}: the rewrite would change them too; left "
                 "unchanged (halt it by hand, and expand the anchors so each flag stands alone)",
-                source=source, flag=key,
+                source=source,
+                flag=key,
             )
         raise GuardrailError(
             "the rewritten file would not read back as intended; left unchanged", source=source, flag=key
@@ -513,11 +514,15 @@ class FlagdFileBackend:
             except GuardrailError as exc:
                 return HaltOutcome(ok=False, detail=str(exc), kind=FailureKind.REFUSED)
             except OSError as exc:
-                return HaltOutcome(ok=False, detail=f"{self.source}: cannot write: {exc.strerror or exc}",
-                                   kind=FailureKind.UNREACHABLE)
+                return HaltOutcome(
+                    ok=False, detail=f"{self.source}: cannot write: {exc.strerror or exc}", kind=FailureKind.UNREACHABLE
+                )
             except Exception as exc:  # a backend never raises: a bug here must become a failed halt, not a crash
-                return HaltOutcome(ok=False, detail=f"{self.source}: rewrite failed: {type(exc).__name__}: {exc}",
-                                   kind=FailureKind.INTERNAL)
+                return HaltOutcome(
+                    ok=False,
+                    detail=f"{self.source}: rewrite failed: {type(exc).__name__}: {exc}",
+                    kind=FailureKind.INTERNAL,
+                )
 
     def _apply_locked(self, flag: Flag, action: Action, reason: str) -> HaltOutcome:
         done = done_detail(action, flag.control_variant)
@@ -533,8 +538,11 @@ class FlagdFileBackend:
                 self.loaded_digest = _digest(new.encode("utf-8"))  # our own write is not someone's edit
                 note = " (the file had been edited since it was read; applied to the new content)"
                 return HaltOutcome(ok=True, detail=f"{self.source}: {done}" + (note if edited else ""))
-        return HaltOutcome(ok=False, kind=FailureKind.CONFLICT,
-                           detail=f"{self.source}: the file kept changing while being rewritten; will retry")
+        return HaltOutcome(
+            ok=False,
+            kind=FailureKind.CONFLICT,
+            detail=f"{self.source}: the file kept changing while being rewritten; will retry",
+        )
 
     def _replace_if_unchanged(self, expected: bytes, new: bytes) -> bool:
         """Atomically replace the file with `new` unless its content is no longer `expected`."""
@@ -546,8 +554,9 @@ class FlagdFileBackend:
             with target.open("rb") as fh:
                 return _digest(fh.read(self.max_bytes + 1)) == _digest(expected)
 
-        return files.atomic_write(target, new, mode=stat.S_IMODE(before.st_mode),
-                                  owner=(before.st_uid, before.st_gid), precondition=unchanged)
+        return files.atomic_write(
+            target, new, mode=stat.S_IMODE(before.st_mode), owner=(before.st_uid, before.st_gid), precondition=unchanged
+        )
 
 
 # ---- the plugin -------------------------------------------------------------------------------------
@@ -583,8 +592,10 @@ def _parse(ctx: ConfigContext) -> FileBackendConfig:
 
 def _ready(config: FileBackendConfig) -> None:
     if config.path is None:
-        raise GuardrailError("no flag definitions: the file backend needs --flags PATH or `flags:` in --config",
-                             exit_code=ExitCode.CONFIG)
+        raise GuardrailError(
+            "no flag definitions: the file backend needs --flags PATH or `flags:` in --config",
+            exit_code=ExitCode.CONFIG,
+        )
     if config.git is not None:
         # Local git only (no network): a clone without an upstream is refused before the lock, exit 2.
         discover(config.path, timeout=config.git.timeout)
@@ -601,6 +612,9 @@ def _create(config: FileBackendConfig, _runtime: Runtime) -> FlagBackend:
 
 
 PLUGIN = Plugin(
-    name="file", summary="a flagd flag file (YAML or JSON), rewritten in place",
-    parse=_parse, create=_create, ready=_ready,
+    name="file",
+    summary="a flagd flag file (YAML or JSON), rewritten in place",
+    parse=_parse,
+    create=_create,
+    ready=_ready,
 )

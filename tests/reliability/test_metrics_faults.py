@@ -27,8 +27,9 @@ from tests.reliability.conftest import BAD, GOOD, Runner, api_env, breaching, do
         ({"mode": "string_value"}, "not a number"),
     ],
 )
-def test_a_failing_series_is_skipped_with_its_cause(api: FaultyAPI, runner: Runner, fault: dict[str, object],
-                                                     cause: str) -> None:
+def test_a_failing_series_is_skipped_with_its_cause(
+    api: FaultyAPI, runner: Runner, fault: dict[str, object], cause: str
+) -> None:
     breaching(api, confirmations=1)
     api.add_fault(route="query", match={"flag": BAD, "variant": "treatment"}, **fault)
     result = runner.check("--timeout", "0.5", env=api_env(api))
@@ -79,8 +80,13 @@ def test_one_of_600_queries_failing(api: FaultyAPI, runner: Runner) -> None:
             api.set_metric(key, "control", m, 0.01 if m == "error_rate" else 100.0, 5000)
             api.set_metric(key, "treatment", m, 0.0101 if m == "error_rate" else 101.0, 5000)
     api.set_flags(flags)
-    api.add_fault(route="query", mode="status", status=500, times=3,
-                  match={"flag": "svc.team.flag-042", "metric": "cpu", "variant": "control"})
+    api.add_fault(
+        route="query",
+        mode="status",
+        status=500,
+        times=3,
+        match={"flag": "svc.team.flag-042", "metric": "cpu", "variant": "control"},
+    )
     result = runner.check(env=api_env(api))
     evaluations = doc(result)["evaluations"]
     assert len(evaluations) == 300
