@@ -11,6 +11,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -148,6 +149,7 @@ def test_first_real_run_works_as_written(tmp_path: Path) -> None:
         assert proc.stdout is not None
         assert proc.stdout.readline().startswith(f"fakeapi listening on http://127.0.0.1:{port}")
         ran: list[tuple[str, int, str]] = []  # (command, exit code, stdout)
+        last_check = 0
         for line in rest[:-1]:
             command, _, comment = line.partition("#")
             if command.startswith("export "):
@@ -158,6 +160,10 @@ def test_first_real_run_works_as_written(tmp_path: Path) -> None:
             if command.startswith("curl ") and shutil.which("curl") is None:
                 url = shlex.split(command)[-1]
                 command = f"python -c \"import urllib.request; print(urllib.request.urlopen('{url}').read().decode())\""
+            # `check` takes the clock to the second, and a second run within the same second is the same look
+            # (a retried run never counts a breach twice). A person typing is slower than that; so is this test.
+            while command.startswith("guardrail check") and int(time.time()) <= last_check:
+                time.sleep(0.05)
             result = subprocess.run(
                 ["bash", "-c", command],
                 cwd=tmp_path,
@@ -167,6 +173,8 @@ def test_first_real_run_works_as_written(tmp_path: Path) -> None:
                 timeout=120,
                 stdin=subprocess.DEVNULL,
             )
+            if command.startswith("guardrail check"):
+                last_check = int(time.time())  # the second this run's clock was read in, at the latest
             said = re.search(r"exit (\d)", comment)
             assert result.returncode == (int(said.group(1)) if said else 0), f"{line}\n{result.stdout}\n{result.stderr}"
             ran.append((command, result.returncode, result.stdout))
