@@ -81,7 +81,7 @@ def test_anchor_slugs_follow_github() -> None:
 def test_pages_speak_to_users(page: Path) -> None:
     """No project-log language: no issue numbers, no notes that are not in this repository."""
     text = page.read_text("utf-8")
-    for pattern in (r"CONTRACTS\.md", r"(?i)reference notes", r"(?i)\bhow-to\b", r"(?i)\bissue \d+", r"\.\./shared"):
+    for pattern in (r"CONTRACTS\.md", r"(?i)reference\s+notes", r"(?i)\bhow-to\b", r"(?i)\bissue \d+", r"\.\./shared"):
         assert not re.search(pattern, text), f"{page.name} mentions {pattern}"
 
 
