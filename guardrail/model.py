@@ -412,6 +412,8 @@ class HaltOutcome:
     detail: str  # what happened, for the output and audit (never a secret)
     already: bool = False  # the flag was already halted/held at the source
     kind: FailureKind | None = None  # why it failed (None when ok)
+    # A change made of several verified writes (a ramp's rollback: share_zero, revert): part -> done|failed.
+    parts: Mapping[str, str] | None = None
 
     @property
     def permanent(self) -> bool:
@@ -509,7 +511,7 @@ class RampResultStatus(TextEnum):
     DONE = "done"  # the step's split was written and a re-read showed it
     FAILED = "failed"  # the write failed: the ramp stays on its step (exit 4)
     WOULD = "would"  # dry run
-    DECIDED = "decided"  # nothing to write (hold, adopt, a rollback carried out as a halt)
+    DECIDED = "decided"  # nothing to write (hold, adopt)
 
 
 class RampAction(TextEnum):
@@ -517,7 +519,7 @@ class RampAction(TextEnum):
     ADVANCE = "advance"  # write the next step's split
     SHIP = "ship"  # write the last step's split, then stop watching
     HOLD = "hold"  # stay on the step (nothing written): waits for something, or on_breach: hold
-    ROLLBACK = "rollback"  # revert to control (carried out as a halt)
+    ROLLBACK = "rollback"  # treatment's share to 0 and revert to control (carried out as a halt)
     ADOPT = "adopt"  # the split was moved to another step outside guardrail: that step starts now
 
 
@@ -565,6 +567,7 @@ class HaltResult:
     alert: str = "not sent"
     resumed: bool = False  # finished a halt an earlier run had decided
     kind: FailureKind | None = None  # why it failed
+    parts: Mapping[str, str] | None = None  # a ramp's rollback: which of its writes a re-read showed
 
 
 @dataclass(frozen=True)
