@@ -244,15 +244,23 @@ def the_flag() -> Flag:
     return config.parse_flags({KEY: definition(25)}).flags[0]
 
 
+DONE, ALREADY = HaltOutcome(True, "done"), HaltOutcome(True, "already", already=True)
+REFUSED, BUSY = (
+    HaltOutcome(False, "refused", kind=FailureKind.AUTH),
+    HaltOutcome(False, "busy", kind=FailureKind.CONFLICT),
+)
+DOWN = HaltOutcome(False, "down", kind=FailureKind.UNREACHABLE)
+
+
 @pytest.mark.parametrize(
     ("split", "revert", "ok", "parts", "kind", "starts"),
     [
-        (HaltOutcome(True, "s", already=True), HaltOutcome(True, "r", already=True), True, ("done", "done"), None, "treatment share 0: s"),
-        (HaltOutcome(True, "s"), HaltOutcome(False, "r", kind=FailureKind.AUTH), False, ("done", "failed"), FailureKind.AUTH, "rollback PARTIAL"),
-        (HaltOutcome(False, "s", kind=FailureKind.CONFLICT), HaltOutcome(True, "r"), False, ("failed", "done"), FailureKind.CONFLICT, "rollback PARTIAL"),
-        (RuntimeError("bug"), HaltOutcome(False, "r", kind=FailureKind.UNREACHABLE), False, ("failed", "failed"), FailureKind.UNREACHABLE, "rollback FAILED"),
+        (ALREADY, ALREADY, True, ("done", "done"), None, "treatment share 0: already"),
+        (DONE, REFUSED, False, ("done", "failed"), FailureKind.AUTH, "rollback PARTIAL: treatment share 0"),
+        (BUSY, DONE, False, ("failed", "done"), FailureKind.CONFLICT, "rollback PARTIAL: reverted to control"),
+        (RuntimeError("bug"), DOWN, False, ("failed", "failed"), FailureKind.UNREACHABLE, "rollback FAILED"),
     ],
-)  # fmt: skip
+)
 def test_rollback_outcome_says_which_write_happened(
     split: Any, revert: Any, ok: bool, parts: tuple[str, str], kind: FailureKind | None, starts: str
 ) -> None:
@@ -260,7 +268,7 @@ def test_rollback_outcome_says_which_write_happened(
     outcome = asyncio.run(ramp_run.rollback(backend, the_flag(), "harm"))  # type: ignore[arg-type]
     assert outcome.ok is ok and outcome.kind is kind and outcome.detail.startswith(starts), outcome.detail
     assert outcome.parts == {"share_zero": parts[0], "revert": parts[1]}
-    assert outcome.already is (ok and split.already)
+    assert outcome.already is (split is ALREADY)
     # Both writes are always tried, the split first (a forced revert may drop the targeting it needs).
     assert backend.calls == [("set_split", {"treatment": 0, "control": 100}), ("halt", "harm")]
 
