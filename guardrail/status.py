@@ -10,6 +10,7 @@ state file's view is still shown, with a warning. A monitor whose last run is ol
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
@@ -180,12 +181,17 @@ def _ramp(flag: Flag | None, fs: FlagState, now: datetime) -> dict[str, Any] | N
     share = flag.ramp.steps[min(r.step, len(flag.ramp.steps) - 1)]
     # A shipped or halted ramp's clock stopped when guardrail stopped watching it.
     until = r.shipped_at or (fs.halt.decided_at if fs.halt is not None else now)
+    on_step = max(0.0, (until - r.step_started_at).total_seconds() / 60)
+    watched = r.shipped_at is None and fs.halt is None and r.step < len(flag.ramp.step_minutes)
+    left = max(0.0, flag.ramp.step_minutes[r.step] - on_step) if watched else None
     return {
         "step": r.step + 1,
         "steps": list(flag.ramp.steps),
         "share": share,
         "step_started_at": _t(r.step_started_at),
-        "minutes_on_step": round((until - r.step_started_at).total_seconds() / 60, 1),
+        "minutes_on_step": round(on_step, 1),
+        # The step's minimum time still to run as of `now` (None once shipped or halted: no clock runs).
+        "minutes_left_on_step": None if left is None else round(left, 1),
         "advance": flag.ramp.advance.value,
         "shipped_at": _t(r.shipped_at),
         "last_action": last.get("action"),
@@ -200,10 +206,11 @@ def _ramp_lines(ramp: dict[str, Any]) -> list[str]:
         return "n/a" if x is None else (f"{x:+.1%}" if g.get("relative") else f"{x:+.4g}")
 
     steps = ", ".join(f"{s}%" for s in ramp["steps"])
+    left = "" if ramp["minutes_left_on_step"] is None else f" ({math.ceil(ramp['minutes_left_on_step'])} min left)"
     state = f"shipped at {ramp['shipped_at']}" if ramp["shipped_at"] else f"last decision: {ramp['last_action']}"
     lines = [
         f"    ramp: step {ramp['step']} of {len(ramp['steps'])} ({ramp['share']} %; {steps}), "
-        f"{ramp['minutes_on_step']:.0f} min on it, advance {ramp['advance']}; {state}"
+        f"{ramp['minutes_on_step']:.0f} min on it{left}, advance {ramp['advance']}; {state}"
     ]
     for g in ramp["guardrails"]:
         limit = f"{g['threshold']:.0%}" if g.get("relative") else f"{g['threshold']:g}"
