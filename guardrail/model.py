@@ -457,13 +457,18 @@ class RampState:
     """Where a ramp is: its step (index into RampSpec.steps) and when that step's split took effect.
 
     Aggregates are queried since `step_started_at`, so each step is judged on its own data only.
-    `shipped_at` ends watching; `last` is the last decision, for `status`.
+    `shipped_at` ends watching; `last` is the last decision, for `status`. `steps` is the schedule this
+    state belongs to (empty in states written before it was kept): another schedule is another ramp.
+    `restarted` marks a shipped ramp the world started again (guardrail/world.py): the next decision
+    adopts the step the split is at below the last, or starts at step 1.
     """
 
     step: int
     step_started_at: datetime
     shipped_at: datetime | None = None
     last: Mapping[str, Any] = field(default_factory=dict)
+    steps: tuple[int, ...] = ()
+    restarted: bool = False
 
 
 @dataclass(frozen=True)

@@ -229,7 +229,7 @@ async def apply(
             step = d.to_step
             fs = state.flags[d.flag]
             shipped = run.now if d.action is RampAction.SHIP else None
-            new = rollout.enter_step(fs, d.to_step, run.now, shipped_at=shipped)
+            new = rollout.enter_step(fs, d.to_step, run.now, steps=flag.ramp.steps, shipped_at=shipped)
             last = dict(fs.ramp.last) if fs.ramp is not None else {}
             state = _with(state, d.flag, replace(new, ramp=replace(new.ramp, last=last) if new.ramp else None))
             run._save(state)
