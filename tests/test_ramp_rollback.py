@@ -284,3 +284,38 @@ def test_a_dry_run_rollback_says_both_writes_and_makes_neither(tmp_path: Path) -
     assert halt.status is HaltResultStatus.WOULD_HALT
     assert "would set the treatment's share to 0 and revert to control" in halt.detail
     assert path.read_bytes() == before and not (tmp_path / "audit.jsonl").exists()
+
+
+def test_after_a_rollback_and_resume_the_ramp_starts_again_at_step_1(tmp_path: Path) -> None:
+    """The path back: a person fixes the release, switches the flag on (its share is 0: nobody gets the
+    treatment), runs `guardrail resume`; the next run starts the ramp at step 1."""
+    from guardrail.resume import run_resume_command
+
+    path = tmp_path / "flags.yaml"
+    path.write_text(yaml.safe_dump({"flags": {KEY: definition(5)}}, sort_keys=False))
+    with FakeAPI(token=None) as api:
+        metrics(api)
+        s = settings(tmp_path, api)
+        assert run_check(s, now=NOW).exit_code is ExitCode.HALTED
+        re_enabled_by_hand(path)
+        loud = run_check(s, now=NOW + timedelta(minutes=2))  # on again without resume: said every run
+        assert loud.exit_code is ExitCode.CONFIG and "guardrail resume" in loud.problems[0].message
+        code = run_resume_command(
+            key=KEY,
+            reason="fixed the retry storm",
+            by="tester",
+            flags=str(path),
+            config=None,
+            state=tmp_path / "state.json",
+            audit=tmp_path / "audit.jsonl",
+            now=NOW + timedelta(minutes=3),
+        )
+        assert code == 0
+        metrics(api, share=1, treatment_rate=0.01)
+        again = run_check(s, now=NOW + timedelta(minutes=4))
+    (ramp,) = again.ramps
+    assert ramp.action is RampAction.START and ramp.status is RampResultStatus.DONE and ramp.step == 1
+    assert yaml.safe_load(path.read_text())["flags"][KEY]["targeting"]["fractional"][1:] == [
+        ["treatment", 1],
+        ["control", 99],
+    ]
