@@ -139,7 +139,7 @@ def sdk(unleash_server: Any, sdk_token: str, tmp_path: Path) -> Iterator[Any]:
     """answers(flag) -> {user id: variant name, or "disabled" when the flag is off for that user}, from a
     fresh SDK client each time (it fetches the definitions synchronously on start). No metrics, no
     registration, a local cache dir; destroyed after use, leaving no thread behind."""
-    from UnleashClient import UnleashClient
+    from UnleashClient import UnleashClient  # type: ignore[attr-defined]  # the SDK re-exports without __all__
 
     threads_before = set(threading.enumerate())
     made = iter(range(1_000_000))
