@@ -200,6 +200,7 @@ class Run:
                     reason=h.reason,
                     link=backend.link(h.flag),
                     report=self._report_link(h.flag),
+                    rollback=h.action is HaltAction.REVERT and rollout.ramped(by_key[h.flag]),
                 )
                 state = _with_halt(state, h.flag, halts.prepared(pending, run_id=self.run_id, alert_context=ctx))
             self.store.save(self._stamp(state))  # write-ahead: the pending halts are on disk first

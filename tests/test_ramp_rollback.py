@@ -177,9 +177,12 @@ def test_api_rollback_with_the_split_written_and_the_revert_refused_is_partial_t
         # A non-atomic server drops `state` from the PATCH, and refuses the force-variant call: the revert fails.
         api.add_fault(route="patch", mode="ignore_field", field="state")
         api.add_fault(route="force", mode="status", status=403)
-        s = settings(tmp_path, api, **api_env(api))
+        s = settings(tmp_path, api, **api_env(api), ALERT_WEBHOOK_URL=f"{api.url}/webhook")
         result = run_check(s, now=NOW)
         assert result.exit_code is ExitCode.HALT_FAILED
+        (page,) = [a["text"] for a in api.alerts]  # paged once, saying what is left to do by hand
+        assert page.startswith(f":warning: ROLLBACK FAILED: `{KEY}` was NOT fully rolled back")
+        assert "revert it to control BY HAND" in page and "rollback PARTIAL: treatment share 0" in page
         (halt,) = result.halts
         assert halt.status is HaltResultStatus.FAILED and halt.parts == {"share_zero": "done", "revert": "failed"}
         assert (
@@ -199,6 +202,7 @@ def test_api_rollback_with_the_split_written_and_the_revert_refused_is_partial_t
         assert halt.resumed and halt.status is HaltResultStatus.DONE, halt.detail
         assert halt.parts == {"share_zero": "done", "revert": "done"} and "split already" in halt.detail
         assert api.flag(KEY)["state"] == "DISABLED"
+        assert api.alerts[-1]["text"].startswith(f":rotating_light: AUTO-ROLLBACK: `{KEY}` rolled back: treatment")
 
 
 def test_api_rollback_with_the_revert_done_and_the_split_ignored_is_partial(tmp_path: Path) -> None:
