@@ -82,6 +82,7 @@ def test_rollback_takes_the_share_to_zero_so_switching_it_back_on_serves_control
     result = check(unleash_server, fake_api, run_cli, tmp_path)
     (halt,) = result["halts"]
     assert halt["action"] == "revert" and halt["status"] == "done", halt
+    assert halt["parts"] == {"share_zero": "done", "revert": "done"}  # `check --json` says it too
     (ramp,) = result["ramps"]
     assert ramp["action"] == "rollback" and ramp["status"] == "done", ramp
     lines = [json.loads(line) for line in (tmp_path / "a.jsonl").read_text().splitlines()]
