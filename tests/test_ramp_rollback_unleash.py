@@ -55,16 +55,19 @@ def check(server: UnleashServer, api: FakeAPI, run_cli: Any, tmp_path: Path) -> 
 
 
 @pytest.mark.parametrize(
-    ("variants", "everyone"),
+    ("variants", "everyone", "on_halt"),
     [
-        (None, "disabled"),  # a gradual rollout without variants: the treatment is "on", control is off
-        ({"control": 950, "treatment": 50}, "control"),  # strategy variants: control is a variant
+        (None, "disabled", "off"),  # a gradual rollout without variants: the treatment is "on", control is off
+        ({"control": 950, "treatment": 50}, "control", "off"),  # strategy variants: control is a variant
+        (None, "disabled", "control"),  # the flag stays on: rollout 0 %
+        ({"control": 950, "treatment": 50}, "control", "control"),  # the flag stays on: control 1000
     ],
-    ids=["rollout-percent", "variant-weights"],
+    ids=["rollout-percent", "variant-weights", "rollout-percent-on-halt-control", "variant-weights-on-halt-control"],
 )
 def test_rollback_takes_the_share_to_zero_so_switching_it_back_on_serves_control(
     variants: dict[str, int] | None,
     everyone: str,
+    on_halt: str,
     unleash_server: UnleashServer,
     unleash_admin: Admin,
     fake_api: FakeAPI,
@@ -72,8 +75,9 @@ def test_rollback_takes_the_share_to_zero_so_switching_it_back_on_serves_control
     run_cli: Any,
     tmp_path: Path,
 ) -> None:
-    key = f"ul.rollback.{everyone}"
-    unleash_admin.create_flag(key, variants=variants, rollout=100 if variants else 5, tags=TAGS)
+    key = f"ul.rollback.{everyone}.{on_halt}"
+    tags = (*TAGS, f"on_halt={on_halt}")
+    unleash_admin.create_flag(key, variants=variants, rollout=100 if variants else 5, tags=tags)
     harmful(fake_api, key)
     before = Counter(sdk(key).values())
     treated = before["on"] + before["treatment"]
@@ -94,6 +98,10 @@ def test_rollback_takes_the_share_to_zero_so_switching_it_back_on_serves_control
         assert {v["name"]: v["weight"] for v in strategy["variants"]} == {"control": 1000, "treatment": 0}
     else:
         assert strategy["parameters"]["rollout"] == "0"
+    if on_halt == "control":  # the flag stays on, and its strategy gives everyone control
+        assert unleash_admin.enabled(key)
+        assert set(sdk(key).values()) == {everyone}
+        return
     assert not unleash_admin.enabled(key)
     assert set(sdk(key).values()) == {"disabled"}  # switched off: nobody gets the treatment
 

@@ -54,6 +54,24 @@ async def halt_to_control(backend: UnleashBackend, flag: Flag, current: us.Featu
     if strategy is None:
         return HaltOutcome(ok=False, kind=FailureKind.REFUSED, detail=f"on_halt=control: {why}")
     sid = str(strategy.get("id"))
+    if not strategy.get("variants"):
+        # A rollout without strategy variants: its control is "outside the rollout", so everyone gets
+        # control at `rollout: 0` (variants cannot say it: there are none).
+        if us.rollout_percent(strategy) == 0:
+            return HaltOutcome(ok=True, already=True, detail="strategy rollout already 0%: everyone gets control")
+
+        def zero(f: us.Feature) -> Awaitable[Any]:
+            base = same_strategy(backend, f, strategy)
+            parameters = {**(base.get("parameters") or {}), "rollout": "0"}
+            return put_strategy(backend, flag.key, base, lambda s: list(s.get("variants") or []), parameters)
+
+        return await backend._write(
+            flag.key,
+            f"strategy {sid}: rollout 0% (everyone gets control)",
+            current,
+            lambda f: f.enabled and _rollout_of(f, sid, backend.config.environment) == 0,
+            zero,
+        )
     if us.serves_only(strategy, control):
         return HaltOutcome(ok=True, already=True, detail=f"strategy already gives everyone {control}")
     return await backend._write(
@@ -65,6 +83,11 @@ async def halt_to_control(backend: UnleashBackend, flag: Flag, current: us.Featu
             backend, flag.key, same_strategy(backend, f, strategy), lambda s: us.control_variants(s, control)
         ),
     )
+
+
+def _rollout_of(feature: us.Feature, sid: str, environment: str) -> int | None:
+    strategy, _ = us.guarded_strategy(feature, environment)
+    return us.rollout_percent(strategy) if strategy is not None and str(strategy.get("id")) == sid else None
 
 
 async def set_split(backend: UnleashBackend, flag: Flag, shares: Mapping[str, int]) -> HaltOutcome:
