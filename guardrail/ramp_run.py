@@ -153,6 +153,15 @@ async def rollback(backend: FlagBackend, flag: Flag, reason: str) -> HaltOutcome
     resume` still serves control to everyone."""
     zero = rollout.shares_for(flag, 0)
     split = await guarded(backend, backend.set_split, flag, zero, reason)
+    if split.ok and not split.already:
+        # The revert is judged against the flag as it is now, with the split just written: a backend that
+        # refuses to change a flag edited since it was read (git) must not take our own write for another's.
+        try:
+            fresh = await backend.get(flag.key)
+        except Exception:  # a backend must not raise; the revert then works from the flag as loaded
+            fresh = None
+        if fresh is not None:
+            flag = replace(flag, definition=fresh)
     revert = await guarded(backend, backend.halt, flag, reason)
     parts = {"share_zero": "done" if split.ok else "failed", "revert": "done" if revert.ok else "failed"}
     if split.ok and revert.ok:

@@ -241,7 +241,11 @@ class Scripted:
         return await self._answer("set_split", dict(shares))
 
     async def halt(self, flag: Flag, reason: str) -> HaltOutcome:
-        return await self._answer("halt", reason)
+        return await self._answer("halt", (reason, flag.definition.get("seen")))
+
+    async def get(self, key: str) -> Mapping[str, Any] | None:
+        self.calls.append(("get", key))
+        return {"seen": "after the split"}
 
 
 def the_flag() -> Flag:
@@ -273,8 +277,14 @@ def test_rollback_outcome_says_which_write_happened(
     assert outcome.ok is ok and outcome.kind is kind and outcome.detail.startswith(starts), outcome.detail
     assert outcome.parts == {"share_zero": parts[0], "revert": parts[1]}
     assert outcome.already is (split is ALREADY)
-    # Both writes are always tried, the split first (a forced revert may drop the targeting it needs).
-    assert backend.calls == [("set_split", {"treatment": 0, "control": 100}), ("halt", "harm")]
+    # Both writes are always tried, the split first (a forced revert may drop the targeting it needs); a
+    # split just written is re-read, and the revert works from that definition (git refuses a stale one).
+    wrote = split is DONE
+    assert backend.calls == [
+        ("set_split", {"treatment": 0, "control": 100}),
+        *([("get", KEY)] if wrote else []),
+        ("halt", ("harm", "after the split" if wrote else None)),
+    ]
 
 
 def test_a_dry_run_rollback_says_both_writes_and_makes_neither(tmp_path: Path) -> None:
