@@ -459,8 +459,8 @@ class RampState:
     Aggregates are queried since `step_started_at`, so each step is judged on its own data only.
     `shipped_at` ends watching; `last` is the last decision, for `status`. `steps` is the schedule this
     state belongs to (empty in states written before it was kept): another schedule is another ramp.
-    `restarted` marks a shipped ramp the world started again (guardrail/world.py): the next decision
-    adopts the step the split is at below the last, or starts at step 1.
+    `restarted` marks a new rollout the world declared (guardrail/world.py): the next decision adopts the
+    step the split is at below the last, or starts at step 1.
     """
 
     step: int

@@ -272,14 +272,14 @@ async def _decided(
     if d.action is RampAction.SHIP and not run.dry_run:
         alert_status = await _post(run, runtime, ship_payload(d.flag, d, backend.link(d.flag)))
     status = RampResultStatus.WOULD if run.dry_run and d.action is not RampAction.HOLD else RampResultStatus.DECIDED
-    detail = ""
+    detail, written = "", {}
     halt = next((h for h in run.halts if h.flag == d.flag), None)
     if d.action is RampAction.ROLLBACK and halt is not None and not run.dry_run:
         # Carried out by the halt path this run (share 0, then revert): report what its re-reads showed.
         status = RampResultStatus.DONE if halt.status is HaltResultStatus.DONE else RampResultStatus.FAILED
-        detail = halt.detail
+        detail, written = halt.detail, rollout.shares_for(flag, 0)
     audit_status = RampResultStatus.WOULD if run.dry_run else status
-    run.audit_lines.append(_audit(run, d, audit_status, detail, rollout.shares_for(flag, 0) if halt else {}))
+    run.audit_lines.append(_audit(run, d, audit_status, detail, written))
     return state, RampResult(
         d.flag,
         d.action,

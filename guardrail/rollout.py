@@ -81,7 +81,7 @@ def data_start(flag: Flag, prior: FlagState | None, experiment_start: datetime) 
 def awaiting_start(flag: Flag, prior: FlagState | None) -> bool:
     """A ramp guardrail has not started yet (its split is at no step): nothing to measure, only to write."""
     if prior is not None and prior.ramp is not None and prior.ramp.restarted:
-        return ramped(flag)  # a shipped ramp started again: this run only adopts a step or writes step 1
+        return ramped(flag)  # a ramp started again: this run only adopts a step or writes step 1
     if not ramped(flag) or (prior is not None and prior.ramp is not None):
         return False
     assert flag.ramp is not None
@@ -219,15 +219,16 @@ def decide_ramp(
         action = RampAction.ROLLBACK if halt.action is HaltAction.REVERT else RampAction.HOLD
         return made(action, halt.reason)
     if ramp is not None and ramp.restarted:
-        # A shipped ramp started again (guardrail/world.py): a split a person set to a step below the last
-        # is adopted; otherwise (still at the last step, or at none) the new rollout starts at step 1.
+        # A new rollout (guardrail/world.py: a shipped ramp started again, or another schedule): a split a
+        # person set to a step below the last is adopted; otherwise (at the last step, or at none) it starts
+        # at step 1.
         if at is not None and at < last_step:
             fs = enter_step(state, at, now, steps=spec.steps)
-            why = f"a new rollout of a shipped flag: the split is at step {at + 1} ({spec.steps[at]} %) from now"
+            why = f"a new rollout: the split is at step {at + 1} ({spec.steps[at]} %) from now"
             return made(RampAction.ADOPT, why, to=at, fs=fs)
         return made(
             RampAction.START,
-            f"a new rollout of a shipped flag starts at step 1 ({spec.steps[0]} %)",
+            f"a new rollout starts at step 1 ({spec.steps[0]} %)",
             to=0,
             shares=shares_for(flag, spec.steps[0]),
         )

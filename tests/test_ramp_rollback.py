@@ -333,3 +333,18 @@ def test_after_a_rollback_and_resume_the_ramp_starts_again_at_step_1(tmp_path: P
         ["treatment", 1],
         ["control", 99],
     ]
+
+
+def test_on_breach_hold_keeps_the_share(tmp_path: Path) -> None:
+    """`guardrail.ramp.on_breach: hold` is a hold, not a rollback: the weights stay at the step."""
+    path = tmp_path / "flags.yaml"
+    path.write_text(yaml.safe_dump({"flags": {KEY: definition(5, **{"guardrail.ramp.on_breach": "hold"})}}))
+    with FakeAPI(token=None) as api:
+        metrics(api)
+        result = run_check(settings(tmp_path, api), now=NOW)
+    (halt,) = result.halts
+    assert halt.action == "hold" and halt.status is HaltResultStatus.DONE and halt.parts is None
+    flag = yaml.safe_load(path.read_text())["flags"][KEY]
+    assert flag["state"] == "ENABLED" and flag["targeting"]["fractional"][1:] == [["treatment", 5], ["control", 95]]
+    (ramp,) = audit(tmp_path, "ramp")
+    assert ramp["action"] == "hold" and ramp["shares"] == {} and ramp["status"] == "decided"
