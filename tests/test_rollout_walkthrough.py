@@ -47,6 +47,7 @@ def test_walkthrough_ships(tmp_path: Path) -> None:
     assert "waits for: 10 min left on step 1 (1 %)" in out
     assert "RAMP WOULD SHIP (dry run)" in out and "no longer watched" in out
     assert "$ guardrail status --flags flags.yaml --now 2026-12-01T11:07:00Z" in out  # reproducible: --now
+    assert "ramp: step 5 of 5 (100 %; 1%, 5%, 25%, 50%, 100%), 0 min on it, advance no_harm; shipped at" in out
     state = json.loads((tmp_path / "state.json").read_text())["flags"][KEY]["ramp"]
     assert state["step"] == 4 and state["shipped_at"].startswith("2026-12-01T11:04")
     # the comments of the file survive every step
