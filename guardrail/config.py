@@ -20,6 +20,8 @@ from importlib import resources
 from typing import Any
 
 from guardrail.model import (
+    DEFAULT_CONFIRMATIONS,
+    SEQUENTIAL_CONFIRMATIONS,
     Comparison,
     ExperimentType,
     Flag,
@@ -293,7 +295,7 @@ def parse_flag(
         return None, [problem("metadata.started_at", f"not an RFC 3339 time: {exc}")]
 
     merged_defaults = {**(defaults or {}), **flag_defaults}
-    guardrails = []
+    guardrails: list[Guardrail] = []
     for raw in raw_guardrails:
         options = {**merged_defaults, **raw}
         g = Guardrail(
@@ -301,15 +303,27 @@ def parse_flag(
             comparison=Comparison(options["comparison"]),
             threshold=float(options["threshold"]),
         )
+        kind = MetricKind(options["kind"]) if "kind" in options else infer_kind(g.metric)
+        # Sequential by default; a quantile has no variance to test, so it keeps the threshold rule unless
+        # the user asks for sequential, which is an error (docs/statistics.md: test a bucket share instead).
+        default_method = Method.THRESHOLD if kind is MetricKind.QUANTILE else Method.SEQUENTIAL
+        method = Method(options.get("method", default_method.value))
+        if kind is MetricKind.QUANTILE and method is Method.SEQUENTIAL:
+            where = fields.get(f"guardrails/{len(guardrails)}/method", f"metadata.guardrail.{g.metric}.method")
+            return None, [problem(where, "a quantile metric has no variance for the sequential test; guard the "
+                                  "share of events above a bucket boundary instead (kind: proportion), or use "
+                                  "method: threshold")]
+        # An always-valid test already controls its error: one breaching look halts unless asked otherwise.
+        default_confirmations = SEQUENTIAL_CONFIRMATIONS if method is Method.SEQUENTIAL else DEFAULT_CONFIRMATIONS
         g = replace(
             g,
             min_count=int(options.get("min_count", g.min_count)),
-            confirmations=int(options.get("confirmations", g.confirmations)),
+            confirmations=int(options.get("confirmations", default_confirmations)),
             max_gap_minutes=float(options.get("max_gap_minutes", g.max_gap_minutes)),
             window=str(options.get("window", g.window)),
-            method=Method(options.get("method", g.method.value)),
+            method=method,
             alpha=float(options.get("alpha", g.alpha)),
-            kind=MetricKind(options["kind"]) if "kind" in options else infer_kind(g.metric),
+            kind=kind,
             tuning_n=float(options["tuning_n"]) if "tuning_n" in options else None,
         )
         guardrails.append(g)

@@ -19,6 +19,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
+from guardrail import seqtest
 from guardrail.model import (
     SINCE_START,
     Aggregate,
@@ -35,6 +36,7 @@ from guardrail.model import (
     Method,
     MetricKind,
     MetricQuery,
+    SeqState,
     State,
     Streak,
     Verdict,
@@ -163,10 +165,8 @@ def _fmt_delta(g: Guardrail, harm: float) -> str:
     return f"{harm:+.2%}" if g.comparison.relative else f"{harm:+.6g}"
 
 
-def compare(
-    g: Guardrail, control: Aggregate, treatment: Aggregate, *, tuning_n: float | None, minutes: float
-) -> Outcome:
-    """Judge one treatment against control on data already known to be usable and large enough."""
+def compare(g: Guardrail, control: Aggregate, treatment: Aggregate) -> Outcome:
+    """The threshold rule: the point estimate of one window against the threshold."""
     assert control.value is not None and treatment.value is not None
     assert control.count is not None and treatment.count is not None
     harm, relative, note = point_delta(g, control.value, treatment.value)
@@ -177,71 +177,66 @@ def compare(
     if note:
         described = f"{note}; {described}"
 
-    sequential = g.method is Method.SEQUENTIAL
-    if sequential and g.kind is MetricKind.QUANTILE:
-        # No valid variance for a quantile from value and count alone (docs/statistics.md): keep the
-        # threshold rule, and say so.
-        described += " (quantile metric: threshold rule, no sequential test)"
-        sequential = False
+    if g.method is Method.SEQUENTIAL and g.kind is MetricKind.QUANTILE:
+        # config.py refuses this pairing; a Guardrail built in code still gets a clear skip, never a guess.
+        return Outcome(Verdict.SKIP_NO_DATA, "a quantile has no variance for the sequential test: use the share "
+                       "of events above a bucket boundary (a proportion) or method: threshold", delta=harm)
+    verdict = Verdict.BREACH if harm > g.threshold else Verdict.PASS
+    return Outcome(verdict, described, delta=harm, relative_delta=relative)
 
-    proportion = g.kind is MetricKind.PROPORTION
-    if not sequential or (not proportion and control.value == 0 and g.comparison.relative):
-        verdict = Verdict.BREACH if harm > g.threshold else Verdict.PASS
-        return Outcome(verdict, described, delta=harm, relative_delta=relative)
 
-    from guardrail import stats  # only sequential guardrails need it
-
-    if proportion:
-        # The test runs on shrunk proportions ((x + 0.5) / (n + 1)): an arm at exactly 0 % would otherwise
-        # have zero variance (an undefined test) or, as control, make one stray treatment event an
-        # "infinite" relative increase. The shift is 0.5 / n: negligible past min_count.
-        control_mean = (control.value * control.count + 0.5) / (control.count + 1)
-        treatment_mean = (treatment.value * treatment.count + 0.5) / (treatment.count + 1)
-        var_c, var_t = stats.proportion_variance(control_mean), stats.proportion_variance(treatment_mean)
-    elif control.stddev is None or treatment.stddev is None:
-        return Outcome(
-            Verdict.SKIP_NO_DATA,
-            "sequential test on a mean metric needs `stddev` from the metrics source",
-            delta=harm,
-            relative_delta=relative,
-        )
+def arm_sums(g: Guardrail, agg: Aggregate) -> seqtest.Sums | None:
+    """Since-start (n, Σy, Σy²) of one arm; None for a mean metric whose source gives no stddev."""
+    assert agg.value is not None and agg.count is not None
+    n = float(agg.count)
+    total = agg.value * n
+    if g.kind is MetricKind.PROPORTION:
+        total_sq = total  # y ∈ {0, 1}
+    elif agg.stddev is None:
+        return None
     else:
-        control_mean, treatment_mean = control.value, treatment.value
-        var_c, var_t = control.stddev**2, treatment.stddev**2
+        total_sq = max(0.0, n - 1.0) * agg.stddev**2 + n * agg.value**2
+    return seqtest.Sums(n, total, total_sq, agg.units, agg.unit_sum, agg.unit_sum_sq, agg.unit_count_sq,
+                        agg.unit_cross)
 
-    n_total = float(control.count + treatment.count)
-    frozen = tuning_n if tuning_n is not None else stats.default_tuning_n(n_total, minutes)
-    result = stats.harm_test(
-        comparison=g.comparison,
-        threshold=g.threshold,
-        control_mean=control_mean,
-        control_var=var_c,
-        n_control=float(control.count),
-        treatment_mean=treatment_mean,
-        treatment_var=var_t,
-        n_treatment=float(treatment.count),
-        alpha=g.alpha,
-        tuning_n=frozen,
-    )
-    if result is None:
-        return Outcome(
-            Verdict.SKIP_NO_DATA, "sequential test undefined for these aggregates", delta=harm,
-            relative_delta=relative, tuning_n=frozen,
-        )
-    bound = f"lower bound {_fmt_delta(g, result.lower_bound)} (alpha {g.alpha:g}, p={result.p_value:.3g})"
+
+def sequential_look(
+    g: Guardrail, control: Aggregate, treatment: Aggregate, prior: SeqState, *, minutes: float, alpha: float
+) -> tuple[Outcome, SeqState]:
+    """One look of the default test (guardrail/seqtest.py) on since-start sums; alpha is this comparison's
+    share of the experiment's. The state comes back unchanged when the look teaches nothing."""
+    assert control.value is not None and treatment.value is not None
+    harm, relative, _note = point_delta(g, control.value, treatment.value)
+    sums_c, sums_t = arm_sums(g, control), arm_sums(g, treatment)
+    if sums_c is None or sums_t is None:
+        return Outcome(Verdict.SKIP_NO_DATA, "sequential test on a mean metric needs `stddev` from the metrics "
+                       "source", delta=harm, relative_delta=relative), prior
+    settings = seqtest.Settings(g.comparison, g.threshold, alpha, g.tuning_n)
+    state, result = seqtest.step(prior, sums_c, sums_t, minutes=minutes, settings=settings,
+                                 proportion=g.kind is MetricKind.PROPORTION)
+    estimate = result.estimate if result.estimate is not None else harm
+    unit = "relative" if g.comparison.relative else "absolute"
+    direction = "increase" if g.comparison.harm_is_increase else "decrease"
+    limit = f"{g.threshold:.2%}" if g.comparison.relative else f"{g.threshold:g}"
+    described = (f"since-start {unit} {direction} {_fmt_delta(g, estimate)} vs threshold {limit}; always-valid "
+                 f"p={result.p_value:.3g}, late-onset p={result.late_p_value:.3g} (alpha {alpha:.3g} per "
+                 f"comparison), dispersion {result.dispersion:.2f}, {state.windows} window(s)")
+    if result.note:
+        described += f"; {result.note}"
+    if result.skipped is not None:
+        return Outcome(Verdict.SKIP_NO_DATA, f"warning: {result.skipped}", delta=estimate,
+                       relative_delta=relative), state
     verdict = Verdict.BREACH if result.breach else Verdict.PASS
-    return Outcome(
-        verdict,
-        f"{described}; always-valid {bound}",
-        delta=harm,
-        relative_delta=relative,
-        bound=result.lower_bound,
-        p_value=result.p_value,
-        tuning_n=frozen,
-    )
+    return Outcome(verdict, described, delta=estimate, relative_delta=relative,
+                   p_value=min(result.p_value, result.late_p_value)), state
 
 
-def next_streak(prior: Streak, verdict: Verdict, now: datetime, max_gap_minutes: float) -> Streak:
+def next_streak(
+    prior: Streak, verdict: Verdict, now: datetime, max_gap_minutes: float, previous_look: datetime | None = None
+) -> Streak:
+    """Count consecutive breaches. Two breaches are consecutive when no pass came between them and they are at
+    most max(max_gap_minutes, 1.5 × the interval since the previous look) apart, so a 30-minute cron still
+    confirms (the gap rule only drops a streak across a real outage)."""
     if verdict is Verdict.PASS:
         return Streak()
     if verdict is not Verdict.BREACH:
@@ -249,7 +244,10 @@ def next_streak(prior: Streak, verdict: Verdict, now: datetime, max_gap_minutes:
     last = prior.last_breach_at
     if last is not None and now <= last:
         return prior  # the same look seen again (a retried run): never count it twice
-    if last is not None and now - last <= timedelta(minutes=max_gap_minutes) and prior.count > 0:
+    gap = timedelta(minutes=max_gap_minutes)
+    if previous_look is not None and now > previous_look:
+        gap = max(gap, 1.5 * (now - previous_look))
+    if last is not None and now - last <= gap and prior.count > 0:
         return Streak(prior.count + 1, now)
     return Streak(1, now)
 
@@ -291,15 +289,47 @@ def _summary(e: Evaluation, now: datetime) -> dict[str, object]:
     }
 
 
+def comparisons(flag: Flag) -> int:
+    """How many always-valid comparisons share the flag's alpha: sequential guardrails × treatment arms."""
+    sequential = sum(1 for g in flag.guardrails if g.method is Method.SEQUENTIAL and g.kind is not MetricKind.QUANTILE)
+    return max(1, sequential * len(flag.treatment_variants))
+
+
+def comparison_alpha(flag: Flag, g: Guardrail) -> float:
+    """Bonferroni: each comparison gets alpha / k, so a flag's chance of any false halt is at most alpha."""
+    return g.alpha / comparisons(flag)
+
+
+def _judge(
+    flag: Flag, g: Guardrail, control: Aggregate | None, treatment: Aggregate | None, prior: SeqState,
+    minutes: float,
+) -> tuple[Outcome, SeqState]:
+    """Rules 2-4 of the module docstring for one treatment; the sequential state advances only on usable data."""
+    if problem := (_data_problem(g, "control", control) or _data_problem(g, "treatment", treatment)):
+        return Outcome(Verdict.SKIP_NO_DATA, problem), prior
+    assert control is not None and treatment is not None
+    assert control.count is not None and treatment.count is not None
+    if min(control.count, treatment.count) < g.min_count:
+        return Outcome(
+            Verdict.SKIP_MIN_COUNT,
+            f"counts control={control.count}, treatment={treatment.count}; need {g.min_count} in each arm",
+        ), prior
+    if g.method is Method.SEQUENTIAL and g.kind is not MetricKind.QUANTILE:
+        return sequential_look(g, control, treatment, prior, minutes=minutes, alpha=comparison_alpha(flag, g))
+    return compare(g, control, treatment), prior
+
+
 def decide_flag(
     flag: Flag, aggregates: Mapping[AggregateKey, Aggregate], prior: FlagState, now: datetime
 ) -> tuple[list[Evaluation], Halt | None, FlagState]:
     start = experiment_start(flag, prior, now)
     first_seen = prior.first_seen_enabled or now
     warmup_left = warming_up(flag, start, now)
-    minutes = (now - start).total_seconds() / 60
+    # The since-start window asked of the source is at least 1 minute long (since_start_window): the first
+    # window's traffic per minute, which tunes the test, is projected over that real length.
+    minutes = max(1.0, math.ceil((now - start).total_seconds() / 60))
     streaks = dict(prior.streaks)
-    tuning = dict(prior.tuning_n)
+    sequential = dict(prior.sequential)
     evaluations: list[Evaluation] = []
     for g in flag.guardrails:
         window = logical_window(g)
@@ -309,24 +339,11 @@ def decide_flag(
             treatment = aggregates.get((flag.key, variant, g.metric, window))
             if warmup_left > 0:
                 cmp = Outcome(Verdict.SKIP_WARMUP, f"warming up: {warmup_left:.1f} of {flag.warmup_minutes:g} min left")
-            elif problem := (_data_problem(g, "control", control) or _data_problem(g, "treatment", treatment)):
-                cmp = Outcome(Verdict.SKIP_NO_DATA, problem)
             else:
-                assert control is not None and treatment is not None
-                assert control.count is not None and treatment.count is not None
-                low = min(control.count, treatment.count)
-                if low < g.min_count:
-                    cmp = Outcome(
-                        Verdict.SKIP_MIN_COUNT,
-                        f"counts control={control.count}, treatment={treatment.count}; need {g.min_count} in each arm",
-                    )
-                else:
-                    cmp = compare(
-                        g, control, treatment, tuning_n=g.tuning_n or tuning.get(gid), minutes=minutes
-                    )
-                    if cmp.tuning_n is not None and g.tuning_n is None:
-                        tuning.setdefault(gid, cmp.tuning_n)
-            streak = next_streak(streaks.get(gid, Streak()), cmp.verdict, now, g.max_gap_minutes)
+                cmp, seq = _judge(flag, g, control, treatment, sequential.get(gid, SeqState()), minutes)
+                if seq != SeqState():
+                    sequential[gid] = seq
+            streak = next_streak(streaks.get(gid, Streak()), cmp.verdict, now, g.max_gap_minutes, prior.last_look_at)
             streaks[gid] = streak
             evaluations.append(
                 Evaluation(
@@ -375,8 +392,10 @@ def decide_flag(
         first_seen_enabled=first_seen,
         streaks=streaks,
         halt=record,
-        tuning_n=tuning,
+        tuning_n=prior.tuning_n,
         last_evaluations={e.guardrail_id: _summary(e, now) for e in evaluations},
+        sequential=sequential,
+        last_look_at=now,
     )
     return evaluations, halt, next_state
 
@@ -384,8 +403,10 @@ def decide_flag(
 def decide(
     flags: Iterable[Flag], aggregates: Mapping[AggregateKey, Aggregate], state: State, now: datetime
 ) -> Decision:
-    """Decide every watched flag. Flags not watched keep their state (a disabled flag forgets its
-    first-seen time, so re-enabling it starts a new warmup)."""
+    """Decide every watched flag. Flags not watched keep their state, except that a disabled flag forgets
+    its first-seen time and its sequential tests: re-enabling it starts a new warmup and new tests (without
+    `started_at` the since-start counts restart too, and a test must not keep a tuning made for the old
+    traffic)."""
     next_flags = dict(state.flags)
     evaluations: list[Evaluation] = []
     halts: list[Halt] = []
@@ -396,7 +417,9 @@ def decide(
         if why is not None:
             skipped[flag.key] = why
             if not flag.enabled and prior.halt is None and flag.key in next_flags:
-                next_flags[flag.key] = replace(prior, first_seen_enabled=None, streaks={})
+                next_flags[flag.key] = replace(
+                    prior, first_seen_enabled=None, streaks={}, sequential={}, tuning_n={}, last_look_at=None
+                )
             continue
         found, halt, flag_state = decide_flag(flag, aggregates, prior, now)
         evaluations.extend(found)

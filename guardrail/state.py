@@ -25,11 +25,12 @@ from guardrail.model import (
     GuardrailError,
     HaltAction,
     HaltRecord,
+    SeqState,
     State,
     Streak,
 )
 
-STATE_VERSION = 1
+STATE_VERSION = 2
 FILE_MODE = 0o600
 
 
@@ -95,15 +96,63 @@ def to_dict(state: State) -> dict[str, Any]:
                 "halt": None if fs.halt is None else halt_to_dict(fs.halt),
                 "tuning_n": dict(fs.tuning_n),
                 "last_evaluations": dict(fs.last_evaluations),
+                "sequential": {gid: seq_to_dict(q) for gid, q in fs.sequential.items()},
+                "last_look_at": _t(fs.last_look_at),
             }
             for key, fs in sorted(state.flags.items())
         },
     }
 
 
+def seq_to_dict(q: SeqState) -> dict[str, Any]:
+    return {
+        "last_control": None if q.last_control is None else list(q.last_control),
+        "last_treatment": None if q.last_treatment is None else list(q.last_treatment),
+        "s": q.s, "v": q.v, "w": q.w, "windows": q.windows, "r2": q.r2,
+        "v_per_unit": q.v_per_unit, "minutes_per_unit": q.minutes_per_unit,
+        "restarts": [list(r) for r in q.restarts],
+        "last_at_minutes": q.last_at_minutes,
+    }
+
+
+def _triple(value: Any) -> tuple[float, float, float] | None:
+    if value is None:
+        return None
+    a, b, c = (float(x) for x in value)
+    return a, b, c
+
+
+def _optional(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def seq_from_dict(d: Mapping[str, Any]) -> SeqState:
+    return SeqState(
+        last_control=_triple(d.get("last_control")),
+        last_treatment=_triple(d.get("last_treatment")),
+        s=float(d.get("s", 0.0)), v=float(d.get("v", 0.0)), w=float(d.get("w", 0.0)),
+        windows=int(d.get("windows", 0)), r2=float(d.get("r2", 0.0)),
+        v_per_unit=_optional(d.get("v_per_unit")), minutes_per_unit=_optional(d.get("minutes_per_unit")),
+        restarts=tuple((int(j), float(s), float(v)) for j, s, v in (d.get("restarts") or [])),
+        last_at_minutes=_optional(d.get("last_at_minutes")),
+    )
+
+
 def _upgrade(doc: dict[str, Any]) -> dict[str, Any]:
-    """Bring an older document to STATE_VERSION. Version 1 is the first; later versions add steps here."""
+    """Bring an older document to STATE_VERSION, one step per version.
+
+    1 → 2: the sequential test became window-stratified and keeps per-guardrail state (`sequential`) and the
+    previous look's time (`last_look_at`). A version-1 flag has neither: its tests start at the next look,
+    which sees everything since start as one window (a valid stratum), so nothing is lost but the frozen N*
+    of the old test (kept under `tuning_n`, unused)."""
     version = doc.get("version")
+    if version == 1:
+        doc = {**doc, "version": 2}
+        for fs in (doc.get("flags") or {}).values():
+            if isinstance(fs, dict):
+                fs.setdefault("sequential", {})
+                fs.setdefault("last_look_at", None)
+        version = 2
     if version == STATE_VERSION:
         return doc
     if isinstance(version, int) and version > STATE_VERSION:
@@ -126,6 +175,8 @@ def from_dict(doc: Any) -> State:
             halt=None if fs.get("halt") is None else halt_from_dict(fs["halt"]),
             tuning_n={str(k): float(v) for k, v in (fs.get("tuning_n") or {}).items()},
             last_evaluations=dict(fs.get("last_evaluations") or {}),
+            sequential={str(k): seq_from_dict(v) for k, v in (fs.get("sequential") or {}).items()},
+            last_look_at=_dt(fs.get("last_look_at")),
         )
     return State(flags=flags, last_run_at=_dt(doc.get("last_run_at")))
 
