@@ -51,8 +51,6 @@ MAX_RESTARTS = 72
 # Target minutes of traffic at which each mixture is tightest (the N* of docs/statistics.md).
 MAIN_TARGET_MINUTES = 20.0
 LATE_TARGET_MINUTES = 15.0
-# A window adds at most WINDOW_CAP of its own standard deviations to S (see `step`).
-WINDOW_CAP = 3.0
 _LOG_2 = math.log(2.0)
 
 
@@ -269,12 +267,8 @@ def step(
         if j >= 1 and (not restarts or restarts[-1][0] < j):
             # A new restart point at this window's start: its statistics begin with the next window's data.
             restarts = (*restarts, (j, prior.s, prior.v))[-MAX_RESTARTS:]
-        # Winsorise from above at WINDOW_CAP standard deviations (with the dispersion known before this
-        # window, so the cap is predictable): E[min(D, c)] ≤ E[D] ≤ 0 under H0, so S stays a supermartingale,
-        # and one skewed window of clustered events cannot carry the test alone.
-        capped = min(d, WINDOW_CAP * math.sqrt(dispersion(prior) * v))
         state = replace(
-            prior, last_control=now_c, last_treatment=now_t, s=prior.s + capped, v=prior.v + v, w=prior.w + w,
+            prior, last_control=now_c, last_treatment=now_t, s=prior.s + d, v=prior.v + v, w=prior.w + w,
             windows=k + 1, r2=r2,
             v_per_unit=prior.v_per_unit if prior.v_per_unit is not None else v / units,
             minutes_per_unit=(prior.minutes_per_unit if prior.minutes_per_unit is not None

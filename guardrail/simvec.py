@@ -87,10 +87,6 @@ def sequential(comparison: Comparison, threshold: float, alpha: float, min_count
             p_c, p_t = np.minimum(np.maximum(p_c, 1e-9), 1.0 - 1e-9), np.minimum(np.maximum(p_t, 1e-9), 1.0 - 1e-9)
             vi = ww * ww * (p_t * (1.0 - p_t) / dnt + f * f * (p_c * (1.0 - p_c)) / dnc)
             r = (d - ww * s / w) / np.sqrt(vi)
-        disp_prev = np.maximum(1.0, (seqtest.DISPERSION_PRIOR_WINDOWS * seqtest.DISPERSION_PRIOR + r2)
-                               / (seqtest.DISPERSION_PRIOR_WINDOWS + np.maximum(0.0, windows - 1.0)))
-        with np.errstate(invalid="ignore"):
-            d_capped = np.minimum(d, seqtest.WINDOW_CAP * np.sqrt(disp_prev * vi))
         add_r = valid & (windows > 0) & (w > 0.0)
         r2 = np.where(add_r, r2 + r * r, r2)
         span = minute - last_at
@@ -102,7 +98,7 @@ def sequential(comparison: Comparison, threshold: float, alpha: float, min_count
         rj[sel, pos[sel]], rs[sel, pos[sel]], rv[sel, pos[sel]] = j, s[sel], v[sel]
         created = np.where(new_restart, created + 1, created)
         last_j = np.where(new_restart, j, last_j)
-        s = np.where(valid, s + d_capped, s)
+        s = np.where(valid, s + d, s)
         v = np.where(valid, v + vi, v)
         w = np.where(valid, w + ww, w)
         vpu = np.where(valid & np.isnan(vpu), vi / units, vpu)
