@@ -227,11 +227,15 @@ def simulate(
     seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 1,
     alpha: Annotated[float, typer.Option("--alpha", help="Sequential test's alpha.")] = 0.05,
     confirmations: Annotated[int, typer.Option(
-        "--confirmations", min=1, help="Consecutive breaching looks.")] = 2,
+        "--confirmations", min=1, help="Consecutive breaching looks (sequential; threshold uses 2).")] = 1,
     method: Annotated[list[str], typer.Option(
         "--method", help="threshold | sequential (repeatable).")] = ["threshold", "sequential"],  # noqa: B006
     as_json: JsonOpt = False,
     markdown: Annotated[bool, typer.Option("--markdown", help="Print a Markdown table (for the README).")] = False,
+    run_suite: Annotated[bool, typer.Option("--suite", help="The production-like table of docs/statistics.md "
+                                            "(clustered, ramp, rare, late onset, arms x metrics, cron).")] = False,
+    dispersion: Annotated[float, typer.Option("--dispersion", help="Events clustered by user: D times the "
+                                              "binomial variance per 2-minute block.")] = 1.0,
 ) -> None:
     """Synthetic A/A and A/B experiments through the engine: false-halt rate and time to halt per method."""
     from guardrail.simulate import run_simulate_command
@@ -239,7 +243,7 @@ def simulate(
     raise typer.Exit(run_simulate_command(
         traffic=traffic, base_rate=base_rate, effect=effect, threshold=threshold, days=days, cadence=cadence,
         runs=runs, seed=seed, alpha=alpha, confirmations=confirmations, methods=method, as_json=as_json,
-        markdown=markdown,
+        markdown=markdown, run_suite=run_suite, dispersion=dispersion,
     ))
 
 

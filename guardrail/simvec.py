@@ -153,11 +153,11 @@ def threshold_rule(comparison: Comparison, threshold: float, min_count: int, loo
     return verdict
 
 
-def oracle(threshold: float, effect: float, decrease: bool, alpha: float, looks: NDArray[np.int64],
+def oracle(threshold: float, effect: float, decrease: bool, alpha: float, onset: int, looks: NDArray[np.int64],
            n_c: Array, x_c: Array, n_t: Array, x_t: Array) -> NDArray[np.float64]:
     """Minute at which Wald's SPRT (H0 ratio = 1 ± δ vs H1 ratio = the true effect, conditional binomial per
-    window, Lindon & Malek's likelihood) crosses ln(1/α); inf when never. Needs the effect: a limit, not a
-    method."""
+    window, Lindon & Malek's likelihood) crosses ln(1/α) from the onset on; inf when never. It knows the
+    effect and the onset: a limit, not a method."""
     import numpy as np
 
     f = 1.0 - threshold if decrease else 1.0 + threshold
@@ -169,7 +169,7 @@ def oracle(threshold: float, effect: float, decrease: bool, alpha: float, looks:
         q0 = 1.0 / (1.0 + np.exp(-(logit_pi + math.log(f))))
         q1 = 1.0 / (1.0 + np.exp(-(logit_pi + math.log(effect))))
         inc = dx_t * np.log(q1 / q0) + dx_c * np.log((1.0 - q1) / (1.0 - q0))
-    inc = np.where(np.isfinite(inc), inc, 0.0)
+    inc = np.where(np.isfinite(inc) & (looks > onset), inc, 0.0)  # it knows the onset too
     llr = np.cumsum(inc, axis=1)
     crossed = llr >= -math.log(alpha)
     first = np.argmax(crossed, axis=1)
