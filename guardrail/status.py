@@ -20,7 +20,7 @@ from typing import Any
 from guardrail import engine
 from guardrail.config import ParsedFlags, format_time, parse_flags
 from guardrail.flags.base import LoadedFlags
-from guardrail.model import ExitCode, Flag, FlagState, GuardrailError, State, guardrail_id
+from guardrail.model import ExitCode, Flag, FlagState, GuardrailError, Method, State, guardrail_id
 from guardrail.redact import Redactor
 from guardrail.settings import Settings, load_settings
 from guardrail.state import StateStore, halt_to_dict
@@ -118,6 +118,8 @@ def _guardrails(flag: Flag | None, fs: FlagState) -> list[dict[str, Any]]:
                     "id": guardrail_id(g.metric, variant), "metric": g.metric, "treatment_variant": variant,
                     "comparison": g.comparison.value, "threshold": g.threshold, "method": g.method.value,
                     "confirmations": g.confirmations, "min_count": g.min_count, "window": g.window,
+                    "alpha_per_comparison": (engine.comparison_alpha(flag, g) if g.method is Method.SEQUENTIAL
+                                             else None),
                     "in_definition": True,
                 }
     # Guardrails only the state remembers (removed from the definition, or the source is unreachable).
@@ -127,7 +129,7 @@ def _guardrails(flag: Flag | None, fs: FlagState) -> list[dict[str, Any]]:
             rows[gid] = {
                 "id": gid, "metric": metric, "treatment_variant": variant, "comparison": None, "threshold": None,
                 "method": None, "confirmations": None, "min_count": None, "window": None,
-                "in_definition": False,
+                "alpha_per_comparison": None, "in_definition": False,
             }
     for gid, row in rows.items():
         streak = fs.streaks.get(gid)
@@ -225,6 +227,8 @@ def _threshold(row: Mapping[str, Any]) -> str:
 def _guardrail_line(row: Mapping[str, Any]) -> str:
     confirmations = row["confirmations"] if row["confirmations"] is not None else "?"
     line = f"    {row['id']}: {_threshold(row)}; streak {row['streak']}/{confirmations}"
+    if row.get("alpha_per_comparison") is not None:
+        line += f"; alpha {row['alpha_per_comparison']:.4g} per comparison"
     last = row["last"]
     if last:
         line += (
