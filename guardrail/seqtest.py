@@ -108,8 +108,9 @@ def log_mixture_e(s: float, v: float, rho: float) -> float:
 def _log_phi(x: float) -> float:
     """ln Φ(x) in both tails: erfc by the Chebyshev fit of Numerical Recipes §6.2 (`erfcc`, relative error
     < 1.2·10⁻⁷ everywhere, a negligible error on ln E) so that `guardrail simulate` can run the very same
-    arithmetic vectorised; below x = −5 the Mills-ratio series φ(x)/|x|·(1 − 1/x² + 3/x⁴ − 15/x⁶)."""
-    if x > -5.0:
+    arithmetic vectorised; below x = −30 (where erfc underflows) the Mills-ratio series
+    φ(x)/|x|·(1 − 1/x² + 3/x⁴ − 15/x⁶), whose relative error there is below 10⁻⁹."""
+    if x > -30.0:
         return math.log(0.5 * erfcc(-x / math.sqrt(2.0)))
     x2 = x * x
     series = 1.0 - 1.0 / x2 + 3.0 / (x2 * x2) - 15.0 / (x2 * x2 * x2)

@@ -47,7 +47,7 @@ def log_mixture_e(s: Array, v: Array, rho: Array) -> Array:
         x2 = x * x
         series = 1.0 - 1.0 / x2 + 3.0 / (x2 * x2) - 15.0 / (x2 * x2 * x2)
         lower = -0.5 * x2 - np.log(-x) - 0.5 * math.log(2.0 * math.pi) + np.log(series)
-        log_phi = np.where(x > -5.0, upper, lower)
+        log_phi = np.where(x > -30.0, upper, lower)
         return math.log(2.0) + 0.5 * np.log(rho / total) + 0.5 * x * x + log_phi
 
 
