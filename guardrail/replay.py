@@ -138,18 +138,19 @@ def default_flags(
     """Without --flags: every (flag, metric) in the history, relative_increase 0.10, from the flag's first look.
 
     Variant `control` is the control and every other variant a treatment. A metric with since_start rows
-    gets the sequential method (the only one that reads them); a metric with only another window (10m)
-    gets that window.
+    gets the sequential method (the default, which reads them); a metric with only short windows (5m, 10m)
+    gets the threshold rule on that window, since that is all the history can answer.
     """
     seen: dict[str, dict[str, Any]] = {}
     for when, aggregates in looks:
         for flag, variant, metric, window in aggregates:
             entry = seen.setdefault(flag, {"start": when, "variants": {}, "metrics": {}})
             entry["variants"][variant] = None
-            options = entry["metrics"].setdefault(metric, {})
+            options = entry["metrics"].setdefault(metric, {"method": "threshold"})
             if window == SINCE_START:
                 options["method"] = "sequential"
-            elif window != "5m":
+                options.pop("window", None)
+            elif window != "5m" and options["method"] == "threshold":
                 options["window"] = window
     definitions: dict[str, Any] = {}
     for key, entry in seen.items():

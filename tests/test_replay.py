@@ -110,7 +110,7 @@ def test_cli(tmp_path: Path) -> None:
     assert result.returncode == 1, result.stderr
     table = result.stdout.splitlines()
     assert table[2].split() == ["flag", "halted", "at", "metric", "looks"]
-    assert table[3].split()[:3] == ["checkout.payments.express-pay", "2026-11-18T10:12:00Z", "error_rate"]
+    assert table[3].split()[:3] == ["checkout.payments.express-pay", "2026-11-18T10:10:00Z", "error_rate"]
     assert table[4].split() == ["search.ranking.new-model", "no", "halt", "-", "60"]
     assert "search.ranking.new-model: no halt in 60 looks" in result.stdout
     missing = subprocess.run([sys.executable, "-m", "guardrail", "replay", str(tmp_path / "nope.jsonl")],
@@ -138,7 +138,7 @@ def test_a_disabled_flag_is_still_replayed_and_an_absent_one_says_so(tmp_path: P
     code = run_replay_command(history=EXAMPLES / "history.jsonl", flags=flags, config=None, as_json=True)
     results = {r["flag"]: r for r in json.loads(capsys.readouterr().out)["flags"]}
     assert code == 1
-    assert results["checkout.payments.express-pay"]["halted_at"] == "2026-11-18T10:12:00Z"
+    assert results["checkout.payments.express-pay"]["halted_at"] == "2026-11-18T10:10:00Z"
     assert results["search.ranking.new-model"]["looks"] == 60
     absent = results["not.in.history"]
     assert absent["looks"] == 0 and absent["reason"] == "no aggregates for this flag in the history"
