@@ -123,12 +123,22 @@ def sequential(comparison: Comparison, threshold: float, alpha: float, min_count
             live = (rj >= 1.0) & (dv > 0.0)
             jj = np.where(live, rj, 2.0)
             log_pi = -np.log((jj + 1.0) * np.log(jj + 1.0) ** 2) - math.log(seqtest._RESTART_Z)
-            terms = log_pi + log_mixture_e(s[:, None] - rs, scale[:, None] * dv, rho_late[:, None])
-            terms = np.where(live, terms, -np.inf)
-            top = terms.max(axis=1)
-            safe_top = np.where(np.isfinite(top), top, 0.0)
-            log_m = np.where(np.isfinite(top),
-                             safe_top + np.log(np.exp(terms - safe_top[:, None]).sum(axis=1)), -np.inf)
+            # ln E ≤ ln 2 + ½ ln(ρ/(V+ρ)) + max(0, x)²/2 (ln Φ ≤ 0): only runs whose bound on ln M reaches
+            # the level need the exact mixture (the same arithmetic as seqtest; the bound only skips work).
+            rest_s, rest_v = s[:, None] - rs, scale[:, None] * dv
+            total = rest_v + rho_late[:, None]
+            x = np.maximum(rest_s, 0.0) / np.sqrt(total)
+            bound = log_pi + math.log(2.0) + 0.5 * np.log(rho_late[:, None] / total) + 0.5 * x * x
+            bound = np.where(live, bound, -np.inf).max(axis=1) + math.log(K)
+            log_m = np.full(runs, -np.inf)
+            need = np.nonzero(bound >= c_late)[0]
+            if need.size:
+                terms = log_pi[need] + log_mixture_e(rest_s[need], rest_v[need], rho_late[need, None])
+                terms = np.where(live[need], terms, -np.inf)
+                top = terms.max(axis=1)
+                safe_top = np.where(np.isfinite(top), top, 0.0)
+                log_m[need] = np.where(np.isfinite(top),
+                                       safe_top + np.log(np.exp(terms - safe_top[:, None]).sum(axis=1)), -np.inf)
         active = eligible & (windows > 0) & (v > 0.0)
         breach = active & ~decreased & ((log_e >= c_main) | (log_m >= c_late))
         verdict = np.where(breach, BREACH, np.where(eligible & ~decreased, PASS, SKIP))
