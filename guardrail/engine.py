@@ -6,10 +6,15 @@ a test can replay any situation exactly. The rules, in order, per guardrail and 
 1. the flag is warming up                      -> skip:warmup
 2. either arm has no usable aggregate          -> skip:no_data (bad data never halts)
 3. either arm has fewer than min_count events  -> skip:min_count
-4. the comparison (threshold or sequential)    -> breach | pass
-5. a breach counts toward a halt only after `confirmations` consecutive breaching runs; a pass resets
-   the streak, a skip leaves it, and a breach more than `max_gap_minutes` after the previous one
-   starts a new streak (two runs an hour apart are not "consecutive").
+4. the comparison                              -> breach | pass
+   - sequential (the default for proportions and means): guardrail/seqtest.py on the window since the
+     previous look, at alpha / (sequential guardrails × treatment arms); a since-start count that went
+     down is skip:no_data with a warning and a new baseline;
+   - threshold (quantiles, or on request): the point estimate of one window against the threshold;
+5. a breach counts toward a halt only after `confirmations` consecutive breaching runs (1 by default for
+   the sequential test, 2 for the threshold rule); a pass resets the streak, a skip leaves it, and a breach
+   more than max(`max_gap_minutes`, 1.5 × the interval since the previous look) after the previous one
+   starts a new streak (two runs an hour apart are not "consecutive", unless the cron runs hourly).
 """
 
 from __future__ import annotations
