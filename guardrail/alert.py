@@ -1,102 +1,125 @@
-"""Slack-compatible alerts (CONTRACTS.md §4): every number the person paged needs, in one message.
+"""Slack-compatible alerts (docs/contracts.md): every number the person paged needs, in one message.
 
-Building the payload is pure; posting it goes through the shared retrying client. The webhook URL is a
-secret: errors name "alert webhook", never the URL.
+A halt's alert context (the flag, the action, the reason, a link and the evaluation that triggered it,
+as JSON) is captured when the halt is decided and kept in the write-ahead state, so a halt finished by a
+later run still pages with the numbers that triggered it. The message is rendered once, at send time,
+from that context and the halt's outcome: there is one text per outcome, never an edit of another.
+
+Rendering is pure; posting goes through the shared retrying client. The webhook URL is a secret: errors
+name "alert webhook", never the URL. Text from outside (flag keys, variant names, reasons, error details)
+is escaped for Slack's mrkdwn, so it cannot forge links or mentions.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import httpx
 
+from guardrail import codec
 from guardrail.http import HTTPFailure, RetryPolicy, request
-from guardrail.model import Aggregate, Evaluation, HaltAction, Method
+from guardrail.model import Evaluation, HaltAction, TextEnum
 
 
-def _num(value: float | None, digits: int = 4) -> str:
-    if value is None:
+class AlertOutcome(TextEnum):
+    DONE = "done"  # the flag was reverted or held, and a re-read showed it
+    FAILED = "failed"  # the backend did not apply it: a person must act
+    WOULD_HALT = "would_halt"  # dry run
+
+
+def context(*, flag: str, action: HaltAction, evaluation: Evaluation, reason: str, link: str) -> dict[str, Any]:
+    """What the alert needs, as strict JSON (it is kept in the state file until the alert is delivered)."""
+    return {"flag": flag, "action": action.value, "reason": reason, "link": link,
+            "evaluation": codec.evaluation_dict(evaluation)}
+
+
+def escape(text: Any) -> str:
+    """Slack mrkdwn control characters (https://api.slack.com/reference/surfaces/formatting#escaping)."""
+    return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _num(value: Any, digits: int = 4) -> str:
+    x = codec.number(value)
+    if x is None:
         return "n/a"
-    if math.isinf(value):
-        return "+inf" if value > 0 else "-inf"
-    return f"{value:.{digits}g}" if abs(value) >= 1e4 or (value and abs(value) < 1e-3) else f"{value:.{digits}f}"
+    if math.isinf(x):
+        return "+inf" if x > 0 else "-inf"
+    return f"{x:.{digits}g}" if abs(x) >= 1e4 or (x and abs(x) < 1e-3) else f"{x:.{digits}f}"
 
 
-def _pct(value: float | None) -> str:
-    if value is None:
+def _pct(value: Any) -> str:
+    x = codec.number(value)
+    if x is None or math.isnan(x):
         return "n/a"
-    if math.isinf(value):
-        return "+inf (control is 0)" if value > 0 else "-inf"
-    return f"{value:+.2%}"
+    if math.isinf(x):
+        return "+inf (control is 0)" if x > 0 else "-inf"
+    return f"{x:+.2%}"
 
 
-def _agg(a: Aggregate | None) -> tuple[str, str]:
-    if a is None:
-        return "n/a", "n/a"
-    return _num(a.value), "n/a" if a.count is None else f"{a.count:,}"
+def _count(arm: Any) -> str:
+    count = arm.get("count") if isinstance(arm, Mapping) else None
+    return "n/a" if not isinstance(count, int) else f"{count:,}"
 
 
-def threshold_text(e: Evaluation) -> str:
-    unit = f"{e.threshold:.2%}" if e.comparison.relative else f"{e.threshold:g}"
-    return f"{unit} ({e.comparison.value})"
+def _value(arm: Any) -> str:
+    return _num(arm.get("value")) if isinstance(arm, Mapping) else "n/a"
 
 
-def build_payload(
-    *,
-    flag: str,
-    action: HaltAction,
-    outcome: str,  # "halted" | "held" | "FAILED" | "would halt"
-    evaluation: Evaluation,
-    reason: str,
-    link: str,
-    detail: str = "",
-) -> dict[str, Any]:
-    """The alert body. Every field named in CONTRACTS.md §4 is always present."""
-    e = evaluation
-    treatment_value, treatment_count = _agg(e.treatment)
-    control_value, control_count = _agg(e.control)
-    what = "reverted to control" if action is HaltAction.REVERT else "held at its current split"
-    if outcome == "FAILED":
-        text = (
-            f":warning: HALT FAILED: `{flag}` must be halted BY HAND ({what} was due). "
-            f"{e.metric} breached its guardrail; the flag API did not apply the halt: {detail}"
-        )
-        color = "danger"
-    elif outcome == "would halt":
-        text = f":mag: DRY RUN: `{flag}` would be {what}: {e.metric} breached its guardrail"
-        color = "warning"
-    else:
-        text = f":rotating_light: AUTO-HALT: `{flag}` {what}: {e.metric} breached its guardrail"
-        color = "danger"
+def threshold_text(threshold: float, comparison: str) -> str:
+    unit = f"{threshold:.2%}" if comparison.startswith("relative") else f"{threshold:g}"
+    return f"{unit} ({comparison})"
+
+
+_WHAT = {HaltAction.REVERT: "reverted to control", HaltAction.HOLD: "held at its current split"}
+_TODO = {HaltAction.REVERT: "revert it to control", HaltAction.HOLD: "hold it at its current split"}
+
+
+def headline(ctx: Mapping[str, Any], outcome: AlertOutcome, detail: str = "") -> str:
+    flag, action = escape(ctx["flag"]), HaltAction(ctx["action"])
+    metric = escape(ctx["evaluation"]["metric"])
+    if outcome is AlertOutcome.FAILED:
+        return (f":warning: HALT FAILED: `{flag}` was NOT changed: {_TODO[action]} BY HAND. {metric} breached "
+                f"its guardrail, and the flag backend did not apply the change: {escape(detail)}")
+    if outcome is AlertOutcome.WOULD_HALT:
+        return f":mag: DRY RUN: `{flag}` would be {_WHAT[action]}: {metric} breached its guardrail"
+    return f":rotating_light: AUTO-HALT: `{flag}` {_WHAT[action]}: {metric} breached its guardrail"
+
+
+def render(ctx: Mapping[str, Any], outcome: AlertOutcome, detail: str = "") -> dict[str, Any]:
+    """The webhook body for one outcome. Every field the contract names is always present."""
+    e = ctx["evaluation"]
+    action = HaltAction(ctx["action"])
+    text = headline(ctx, outcome, detail)
+    status = {AlertOutcome.DONE: "done", AlertOutcome.FAILED: "FAILED, must be done by hand",
+              AlertOutcome.WOULD_HALT: "dry run, nothing changed"}[outcome]
     fields = [
-        {"title": "Guardrail metric", "value": e.metric, "short": True},
-        {"title": "Treatment variant", "value": e.treatment_variant, "short": True},
-        {"title": "Treatment value", "value": treatment_value, "short": True},
-        {"title": "Control value", "value": control_value, "short": True},
-        {"title": "Relative delta", "value": _pct(e.relative_delta), "short": True},
-        {"title": "Threshold", "value": threshold_text(e), "short": True},
-        {"title": "Treatment count", "value": treatment_count, "short": True},
-        {"title": "Control count", "value": control_count, "short": True},
-        {"title": "Consecutive breaches", "value": f"{e.streak} of {e.confirmations}", "short": True},
-        {"title": "Action", "value": f"{action.value}: {outcome}", "short": True},
+        {"title": "Guardrail metric", "value": escape(e["metric"]), "short": True},
+        {"title": "Treatment variant", "value": escape(e["treatment_variant"]), "short": True},
+        {"title": "Treatment value", "value": _value(e.get("treatment")), "short": True},
+        {"title": "Control value", "value": _value(e.get("control")), "short": True},
+        {"title": "Relative delta", "value": _pct(e.get("relative_delta")), "short": True},
+        {"title": "Threshold", "value": threshold_text(float(e["threshold"]), str(e["comparison"])), "short": True},
+        {"title": "Treatment count", "value": _count(e.get("treatment")), "short": True},
+        {"title": "Control count", "value": _count(e.get("control")), "short": True},
+        {"title": "Consecutive breaches", "value": f"{e['streak']} of {e['confirmations']}", "short": True},
+        {"title": "Action", "value": f"{action.value}: {status}", "short": True},
     ]
-    if e.method is Method.SEQUENTIAL and e.bound is not None:
-        fields.append(
-            {"title": "Always-valid bound", "value": f"{_pct(e.bound) if e.comparison.relative else _num(e.bound)}"
-             f" > threshold (p={_num(e.p_value, 3)})", "short": True}
-        )
+    if e.get("method") == "sequential" and codec.number(e.get("bound")) is not None:
+        bound = _pct(e["bound"]) if str(e["comparison"]).startswith("relative") else _num(e["bound"])
+        fields.append({"title": "Always-valid bound", "value": f"{bound} > threshold (p={_num(e.get('p_value'), 3)})",
+                       "short": True})
     fields += [
-        {"title": "Flag key", "value": flag, "short": False},
-        {"title": "Flag definition", "value": link, "short": False},
-        {"title": "Reason", "value": reason, "short": False},
+        {"title": "Flag key", "value": escape(ctx["flag"]), "short": False},
+        {"title": "Flag definition", "value": escape(ctx["link"]), "short": False},
+        {"title": "Reason", "value": escape(ctx["reason"]), "short": False},
     ]
-    if detail and outcome != "FAILED":
-        fields.append({"title": "Detail", "value": detail, "short": False})
-    return {
-        "text": text,
-        "attachments": [{"color": color, "fallback": text, "fields": fields}],
-    }
+    if detail:
+        fields.append({"title": "Error" if outcome is AlertOutcome.FAILED else "Detail", "value": escape(detail),
+                       "short": False})
+    color = "warning" if outcome is AlertOutcome.WOULD_HALT else "danger"
+    return {"text": text, "attachments": [{"color": color, "fallback": text, "fields": fields}]}
 
 
 async def post(
@@ -108,29 +131,3 @@ async def post(
     except HTTPFailure as exc:
         return str(exc)
     return None
-
-
-def mark_outcome(prepared: dict[str, Any], *, ok: bool, detail: str) -> dict[str, Any]:
-    """Turn the alert prepared at decision time into the one to send once the halt's outcome is known."""
-    if not prepared:
-        return {}
-    payload = {**prepared, "attachments": [dict(a) for a in prepared.get("attachments", [])]}
-    attachment = payload["attachments"][0] if payload["attachments"] else {"fields": []}
-    fields = [dict(f) for f in attachment.get("fields", [])]
-    if ok:
-        if detail:
-            fields.append({"title": "Detail", "value": detail, "short": False})
-    else:
-        payload["text"] = (
-            ":warning: HALT FAILED, act BY HAND: " + str(prepared.get("text", "")).split(": ", 1)[-1]
-            + f". The flag API did not apply the halt: {detail}"
-        )
-        for f in fields:
-            if f.get("title") == "Action":
-                f["value"] = str(f["value"]).split(":")[0] + ": FAILED, must be done by hand"
-        fields.append({"title": "Error", "value": detail, "short": False})
-        attachment["color"] = "danger"
-    attachment["fields"] = fields
-    payload["attachments"] = [attachment]
-    payload.setdefault("text", "")
-    return payload

@@ -1,80 +1,50 @@
 """One `guardrail check` run: the shell around the pure engine.
 
-load flags -> finish halts earlier runs left pending -> fetch aggregates (concurrently, one pinned
-`end`) -> engine.decide -> persist the write-ahead state -> halt/hold through the backend -> alert ->
-persist -> audit. Everything that talks to the outside world is an adapter chosen from the settings.
+load flags -> finish halts earlier runs left unfinished -> fetch the plan's aggregates (one pinned `end`)
+-> engine.decide -> write the pending halts ahead -> halt/hold through the backend -> alert -> persist ->
+audit. The adapters come from the settings (guardrail/adapters.py); the halt's life is guardrail/halts.py;
+this module only wires them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import uuid
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import httpx
 
-from guardrail import alert, engine
-from guardrail.config import format_time, parse_flags
-from guardrail.flags.base import FlagBackend, HaltOutcome
-from guardrail.http import RetryPolicy, check_token_transport, make_client
+from guardrail import alert, audit, engine, halts
+from guardrail.adapters import Runtime
+from guardrail.alert import AlertOutcome
+from guardrail.config import parse_flags
+from guardrail.flags.base import FlagBackend
+from guardrail.http import RetryPolicy, make_client
 from guardrail.model import (
-    Evaluation,
-    ExitCode,
+    FailureKind,
     Flag,
-    FlagProblem,
     FlagState,
     GuardrailError,
     HaltAction,
+    HaltOutcome,
     HaltRecord,
+    HaltResult,
+    HaltResultStatus,
+    RunResult,
     State,
-    Verdict,
 )
 from guardrail.redact import Redactor
 from guardrail.settings import Settings, require
-from guardrail.sources import fetch_all
-from guardrail.sources.base import MetricSource
+from guardrail.sources import fetch_plan
 from guardrail.state import AuditLog, StateStore
 
-
-@dataclass(frozen=True)
-class HaltResult:
-    flag: str
-    action: str
-    status: str  # done | failed | would_halt | already
-    reason: str
-    detail: str = ""
-    alert: str = "not sent"
-    resumed: bool = False  # finished a halt an earlier run had decided
-
-
-@dataclass(frozen=True)
-class RunResult:
-    now: datetime
-    dry_run: bool
-    run_id: str
-    evaluations: tuple[Evaluation, ...] = ()
-    halts: tuple[HaltResult, ...] = ()
-    problems: tuple[FlagProblem, ...] = ()
-    skipped_flags: Mapping[str, str] = field(default_factory=dict)
-    warnings: tuple[str, ...] = ()
-
-    @property
-    def exit_code(self) -> ExitCode:
-        if any(h.status == "failed" for h in self.halts):
-            return ExitCode.HALT_FAILED
-        if any(h.status in ("done", "would_halt") for h in self.halts):
-            return ExitCode.HALTED
-        if any(p.severity == "error" for p in self.problems):
-            return ExitCode.CONFIG
-        if any(e.verdict is Verdict.SKIP_NO_DATA for e in self.evaluations):
-            return ExitCode.UNEVALUATED
-        return ExitCode.OK
+__all__ = ["HaltResult", "Run", "RunResult", "in_shard", "parse_shard", "run_check"]
 
 
 def parse_shard(text: str | None) -> tuple[int, int] | None:
@@ -94,83 +64,14 @@ def in_shard(key: str, shard: tuple[int, int] | None) -> bool:
     """A stable hash (not Python's salted hash()) so every run puts a flag in the same shard."""
     if shard is None:
         return True
-    import hashlib
-
     digest = hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest()
     return int.from_bytes(digest, "big") % shard[1] == shard[0]
 
 
-def make_source(settings: Settings, client: httpx.AsyncClient, policy: RetryPolicy) -> MetricSource:
-    if settings.metrics_source == "prometheus":
-        import os
-
-        from guardrail.sources.prometheus import PrometheusSource, auth_headers_from_env, parse_prometheus_config
-
-        source = settings.config_path or "<config>"
-        config = parse_prometheus_config(settings.metrics_section, source=source)
-        return PrometheusSource(config, client, headers=auth_headers_from_env(os.environ), policy=policy)
-    from guardrail.sources.http_api import HttpMetricSource
-
-    assert settings.metrics_url is not None
-    return HttpMetricSource(settings.metrics_url, client, policy=policy)
-
-
-def make_backend(settings: Settings, client: httpx.AsyncClient, policy: RetryPolicy) -> FlagBackend:
-    if settings.backend_kind() == "file":
-        from guardrail.flags.flagd_file import FlagdFileBackend
-
-        return FlagdFileBackend(Path(str(settings.flags)))
-    from guardrail.flags.http_api import HttpFlagBackend
-
-    url = settings.flag_api_url or str(settings.flags).split("/v1/flags")[0]
-    if settings.flag_api_token:
-        check_token_transport(url, allow_insecure_http=settings.allow_insecure_http)
-    return HttpFlagBackend(url, client, token=settings.flag_api_token, policy=policy)
-
-
-async def load_flags(settings: Settings, backend: FlagBackend, client: httpx.AsyncClient) -> Any:
-    """Flags come from the backend, except a file read for a run that halts through the API."""
-    if settings.backend_kind() == "api" and settings.flags and not settings.flags_are_url:
-        from guardrail.flags.flagd_file import FlagdFileBackend
-
-        return await FlagdFileBackend(Path(settings.flags)).load()
-    return await backend.load()
-
-
-def audit_record(run_id: str, now: datetime, e: Evaluation, action: str, dry_run: bool) -> dict[str, Any]:
-    def arm(a: Any) -> dict[str, Any] | None:
-        return None if a is None else {"value": a.value, "count": a.count, "error": a.error}
-
-    return {
-        "time": format_time(now),
-        "run_id": run_id,
-        "dry_run": dry_run,
-        "type": "decision",
-        "flag": e.flag,
-        "metric": e.metric,
-        "treatment_variant": e.treatment_variant,
-        "control_variant": e.control_variant,
-        "control": arm(e.control),
-        "treatment": arm(e.treatment),
-        "delta": _finite(e.delta),
-        "relative_delta": _finite(e.relative_delta),
-        "threshold": e.threshold,
-        "comparison": e.comparison.value,
-        "method": e.method.value,
-        "verdict": e.verdict.value,
-        "streak": e.streak,
-        "confirmations": e.confirmations,
-        "bound": e.bound,
-        "p_value": e.p_value,
-        "action": action,
-        "reason": e.reason,
-    }
-
-
-def _finite(x: float | None) -> float | str | None:
-    if x is None or (x == x and abs(x) != float("inf")):
-        return x
-    return str(x)
+def runtime_for(settings: Settings, client: httpx.AsyncClient, *, read_only: bool = False) -> Runtime:
+    return Runtime(client=client, policy=RetryPolicy(attempts=settings.retries), timeout=settings.timeout,
+                   concurrency=settings.concurrency, allow_insecure_http=settings.allow_insecure_http,
+                   read_only=read_only)
 
 
 class Run:
@@ -189,13 +90,12 @@ class Run:
         self.redact = Redactor(settings.secrets())
         self.store = StateStore(settings.state_path, lock_timeout=settings.lock_timeout)
         self.audit = AuditLog(settings.audit_path)
-        self.policy = RetryPolicy(attempts=settings.retries)
         self.halts: list[HaltResult] = []
         self.audit_lines: list[dict[str, Any]] = []
         self.warnings: list[str] = []
 
     async def execute(self) -> RunResult:
-        require(self.settings)
+        require(self.settings)  # before the lock: a run that cannot work leaves nothing behind
         with self._lock():
             state = self.store.load()
             if self.store.warning:
@@ -203,7 +103,7 @@ class Run:
             client = make_client(timeout=self.settings.timeout, concurrency=self.settings.concurrency,
                                  ca_bundle=self.settings.ca_bundle, transport=self.transport)
             async with client:
-                return await self._run(state, client)
+                return await self._run(state, runtime_for(self.settings, client))
 
     @contextlib.contextmanager
     def _lock(self) -> Iterator[None]:
@@ -213,48 +113,51 @@ class Run:
         with self.store.locked():
             yield
 
-    async def _run(self, state: State, client: httpx.AsyncClient) -> RunResult:
-        backend = make_backend(self.settings, client, self.policy)
-        loaded = await load_flags(self.settings, backend, client)
+    def _mine(self, key: str | None) -> bool:
+        return (not self.only or key in self.only) and (key is None or in_shard(key, self.shard))
+
+    async def _run(self, state: State, runtime: Runtime) -> RunResult:
+        backend = self.settings.backend.create(runtime)
+        loaded = await backend.load()
         parsed = parse_flags(loaded.definitions, source=loaded.source, lines=loaded.lines,
                              defaults=self.settings.defaults)
-        def mine(key: str | None) -> bool:
-            return (not self.only or key in self.only) and (key is None or in_shard(key, self.shard))
-
-        flags = [f for f in parsed.flags if mine(f.key)]
-        problems = [p for p in parsed.problems if mine(p.flag)]
+        flags = [f for f in parsed.flags if self._mine(f.key)]
+        problems = [p for p in parsed.problems if self._mine(p.flag)]
         if self.only and not flags and not problems:
             raise GuardrailError(f"no flag {sorted(self.only)} in the flag definitions", source=loaded.source)
         by_key = {f.key: f for f in flags}
 
-        state = await self._finish_earlier_halts(state, backend, by_key, client, loaded.source)
+        state = await self._finish_earlier_halts(state, backend, by_key, runtime)
 
-        source = make_source(self.settings, client, self.policy)
-        planned = engine.plan_queries(flags, state, self.now)
-        aggregates = await fetch_all(source, planned, concurrency=self.settings.concurrency)
+        source = self.settings.metrics.create(runtime)
+        try:
+            aggregates = await fetch_plan(source, engine.plan_queries(flags, state, self.now))
+        finally:
+            await source.aclose()
         decision = engine.decide(flags, aggregates, state, self.now)
         halting = {h.flag for h in decision.halts}
         # A dry run writes no audit log, so it builds no records: ~8 MB of dicts at 2,000 flags.
         for e in () if self.dry_run else decision.evaluations:
             action = "halt" if e.flag in halting and e.streak >= e.confirmations else "none"
-            self.audit_lines.append(audit_record(self.run_id, self.now, e, action, self.dry_run))
+            self.audit_lines.append(audit.decision_line(self.run_id, self.now, e, action, self.dry_run))
 
         if self.dry_run:
             for h in decision.halts:
-                self.halts.append(HaltResult(h.flag, h.action.value, "would_halt", h.reason,
-                                             detail="dry run: no PATCH, no alert"))
+                self.halts.append(HaltResult(h.flag, h.action.value, HaltResultStatus.WOULD_HALT, h.reason,
+                                             detail="dry run: nothing changed, no alert sent"))
         else:
             state = decision.state
             for h in decision.halts:
                 pending = state.flags[h.flag].halt
                 assert pending is not None
-                payload = self._payload(backend, loaded.source, by_key[h.flag], pending, h.evaluation)
-                state = _with_halt(state, h.flag, replace(pending, run_id=self.run_id, alert_payload=payload))
+                ctx = alert.context(flag=h.flag, action=h.action, evaluation=h.evaluation, reason=h.reason,
+                                    link=backend.link(h.flag))
+                state = _with_halt(state, h.flag, halts.prepared(pending, run_id=self.run_id, alert_context=ctx))
             self.store.save(self._stamp(state))  # write-ahead: the pending halts are on disk first
             for h in decision.halts:
                 record = state.flags[h.flag].halt
                 assert record is not None
-                state = await self._apply(state, backend, by_key[h.flag], record, client, resumed=False)
+                state = await self._apply(state, backend, by_key[h.flag], record, runtime, resumed=False)
             self.audit.append([json.loads(self.redact(json.dumps(r))) for r in self.audit_lines])
         return RunResult(
             now=self.now, dry_run=self.dry_run, run_id=self.run_id, evaluations=decision.evaluations,
@@ -269,92 +172,74 @@ class Run:
         if not self.dry_run:
             self.store.save(self._stamp(state))
 
-    def _link(self, backend: FlagBackend, source: str, key: str) -> str:
-        link = getattr(backend, "link", None)
-        return str(link(key)) if callable(link) else f"{source}#{key}"
-
-    async def _apply(self, state: State, backend: FlagBackend, flag: Flag, record: HaltRecord,
-                     client: httpx.AsyncClient, *, resumed: bool) -> State:
+    async def _change(self, backend: FlagBackend, flag: Flag, record: HaltRecord) -> HaltOutcome:
         try:
             if record.action is HaltAction.HOLD:
-                outcome = await backend.hold(flag, record.reason)
-            else:
-                outcome = await backend.halt(flag, record.reason)
+                return await backend.hold(flag, record.reason)
+            return await backend.halt(flag, record.reason)
         except Exception as exc:  # a backend must not raise; a bug in one must still fail loudly here
-            outcome = HaltOutcome(ok=False, detail=f"{backend.name} backend error: {type(exc).__name__}")
+            return HaltOutcome(ok=False, detail=f"{backend.name} backend error: {type(exc).__name__}",
+                               kind=FailureKind.INTERNAL)
+
+    async def _apply(self, state: State, backend: FlagBackend, flag: Flag, record: HaltRecord,
+                     runtime: Runtime, *, resumed: bool) -> State:
+        outcome = await self._change(backend, flag, record)
         detail = self.redact(outcome.detail)
-        record = replace(
-            record,
-            status="done" if outcome.ok else "failed",
-            attempts=record.attempts + 1,
-            completed_at=self.now if outcome.ok else None,
-            last_error=None if outcome.ok else detail,
-        )
+        record = halts.attempted(record, outcome, now=self.now, detail=detail)
         state = _with_halt(state, flag.key, record)
         self._save(state)
 
-        # The alert was prepared when the halt was decided (and kept in the write-ahead record), so a
-        # halt finished by a later run still pages with the numbers that triggered it.
-        prepared = dict(record.alert_payload or {})
-        if outcome.ok or record.attempts <= 1:
-            payload = alert.mark_outcome(prepared, ok=outcome.ok, detail=detail)
-            alert_status, delivered = await self._alert(client, payload)
+        to_send = halts.alert_to_send(record)
+        if to_send is None:
+            alert_status, delivered = halts.NOT_RESENT, False
         else:
-            # A halt that keeps failing is reported every run (exit 4) but paged once, not every run.
-            alert_status, delivered = "not re-sent: paged when the halt first failed", False
-        finished = outcome.ok and delivered
-        record = replace(record, alert_delivered=finished, alert_payload=None if finished else prepared)
+            alert_status, delivered = await self._alert(runtime, record, to_send, detail)
+        record = halts.alerted(record, outcome=to_send, delivered=delivered)
         state = _with_halt(state, flag.key, record)
         self._save(state)
-        status = "done" if outcome.ok else "failed"
-        self.halts.append(HaltResult(flag.key, record.action.value, status, record.reason, detail,
-                                     alert_status, resumed))
-        self.audit_lines.append({
-            "time": format_time(self.now), "run_id": self.run_id, "dry_run": False, "type": "halt",
-            "flag": flag.key, "action": record.action.value, "status": status, "reason": record.reason,
-            "detail": detail, "metric": record.metric, "treatment_variant": record.treatment_variant,
-            "attempt": record.attempts, "alert": alert_status, "resumed": resumed,
-        })
+        result = HaltResult(
+            flag.key, record.action.value, HaltResultStatus.DONE if outcome.ok else HaltResultStatus.FAILED,
+            record.reason, detail, alert_status, resumed, kind=outcome.kind,
+        )
+        self.halts.append(result)
+        self.audit_lines.append(audit.halt_line(self.run_id, self.now, result, record))
         return state
 
-    def _payload(self, backend: FlagBackend, source: str, flag: Flag, record: HaltRecord,
-                 evaluation: Evaluation) -> dict[str, Any]:
-        return alert.build_payload(
-            flag=flag.key, action=record.action,
-            outcome="held" if record.action is HaltAction.HOLD else "halted",
-            evaluation=evaluation, reason=record.reason, link=self._link(backend, source, flag.key),
-        )
-
-    async def _alert(self, client: httpx.AsyncClient, payload: Mapping[str, Any]) -> tuple[str, bool]:
-        if not payload:
+    async def _alert(self, runtime: Runtime, record: HaltRecord, outcome: AlertOutcome,
+                     detail: str) -> tuple[str, bool]:
+        ctx = record.alert or {}
+        if not ctx:
             return "nothing to send", True
         if not self.settings.webhook_url:
             return "not configured (ALERT_WEBHOOK_URL)", True
-        error = await alert.post(client, self.settings.webhook_url, dict(payload), policy=self.policy)
+        if "legacy_payload" in ctx:  # kept by an older version, already rendered
+            payload = dict(ctx["legacy_payload"])
+        else:
+            payload = alert.render(ctx, outcome, "" if outcome is AlertOutcome.DONE else detail)
+        payload = json.loads(self.redact(json.dumps(payload)))
+        error = await alert.post(runtime.client, self.settings.webhook_url, payload, policy=runtime.policy)
         if error is None:
             return "sent", True
         return f"FAILED, will retry next run: {self.redact(error)}", False
 
     async def _finish_earlier_halts(self, state: State, backend: FlagBackend, flags: Mapping[str, Flag],
-                                    client: httpx.AsyncClient, source: str) -> State:
-        """A halt decided by an earlier run that died, or that the API refused, is finished first; an
+                                    runtime: Runtime) -> State:
+        """A halt decided by an earlier run that died, or that the backend refused, is finished first; an
         alert that could not be delivered is sent again."""
         if self.dry_run:
             return state
         for key, fs in sorted(state.flags.items()):
             record = fs.halt
-            if record is None or (self.only and key not in self.only) or not in_shard(key, self.shard):
+            if record is None or not self._mine(key):
                 continue
             flag = flags.get(key)
-            if record.status in ("pending", "failed") and flag is not None:
-                state = await self._apply(state, backend, flag, record, client, resumed=True)
-            elif record.status in ("pending", "failed"):
+            if halts.unfinished(record) and flag is not None:
+                state = await self._apply(state, backend, flag, record, runtime, resumed=True)
+            elif halts.unfinished(record):
                 self.warnings.append(f"flag {key!r}: halt pending but the flag is gone from the definitions")
-            elif not record.alert_delivered and record.alert_payload:
-                payload = alert.mark_outcome(dict(record.alert_payload), ok=True, detail="")
-                status, delivered = await self._alert(client, payload)
-                state = _with_halt(state, key, replace(
-                    record, alert_delivered=delivered, alert_payload=None if delivered else record.alert_payload))
+            elif halts.alert_owed(record):
+                status, delivered = await self._alert(runtime, record, AlertOutcome.DONE, "")
+                state = _with_halt(state, key, halts.alerted(record, outcome=AlertOutcome.DONE, delivered=delivered))
                 self._save(state)
                 self.warnings.append(f"flag {key!r}: earlier alert re-sent: {status}")
         return state

@@ -284,9 +284,9 @@ def resume(
 
 
 def _redactor() -> Any:
-    from guardrail.redact import Redactor
+    from guardrail.redact import process_redactor
 
-    return Redactor([os.environ.get("FLAG_API_TOKEN"), os.environ.get("ALERT_WEBHOOK_URL")])
+    return process_redactor()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -14,11 +14,13 @@ import math
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
-from datetime import date, datetime, timezone
+from datetime import date, datetime
 from functools import lru_cache
 from importlib import resources
 from typing import Any
 
+from guardrail.codec import format_time as format_time
+from guardrail.codec import parse_time as parse_time
 from guardrail.model import (
     DEFAULT_CONFIRMATIONS,
     SEQUENTIAL_CONFIRMATIONS,
@@ -29,6 +31,7 @@ from guardrail.model import (
     Guardrail,
     Method,
     MetricKind,
+    Severity,
 )
 
 FLAT_PREFIX = "guardrail."
@@ -83,28 +86,6 @@ def infer_kind(metric: str) -> MetricKind:
     if name.endswith(("_rate", "_ratio", "_fraction", "_share")) or name in ("errors", "error_rate"):
         return MetricKind.PROPORTION
     return MetricKind.MEAN
-
-
-def parse_time(value: Any) -> datetime:
-    """RFC 3339 text (or a YAML timestamp) to an aware UTC datetime; naive times are taken as UTC."""
-    if isinstance(value, datetime):
-        dt = value
-    elif isinstance(value, date):
-        dt = datetime(value.year, value.month, value.day)
-    elif isinstance(value, str):
-        text = value.strip()
-        if text.endswith(("Z", "z")):
-            text = text[:-1] + "+00:00"
-        dt = datetime.fromisoformat(text)
-    else:
-        raise ValueError(f"expected an RFC 3339 time, got {type(value).__name__}")
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
-    return dt.astimezone(timezone.utc)
-
-
-def format_time(dt: datetime) -> str:
-    return dt.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
 
 
 def window_minutes(window: str) -> float:
@@ -238,7 +219,7 @@ def parse_flag(
 ) -> tuple[Flag | None, list[FlagProblem]]:
     """One flag definition to a Flag, or the problems that stop it from being watched."""
 
-    def problem(field: str | None, message: str, severity: str = "error") -> FlagProblem:
+    def problem(field: str | None, message: str, severity: Severity = Severity.ERROR) -> FlagProblem:
         return FlagProblem(key, message, source=source, field=field, line=line, severity=severity)
 
     if not isinstance(definition, Mapping):

@@ -25,6 +25,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from guardrail import seqtest
+from guardrail.codec import finite, format_time
 from guardrail.model import (
     SINCE_START,
     Aggregate,
@@ -38,6 +39,7 @@ from guardrail.model import (
     Halt,
     HaltAction,
     HaltRecord,
+    HaltStatus,
     Method,
     MetricKind,
     MetricQuery,
@@ -90,7 +92,7 @@ def watched(flag: Flag, state: State) -> str | None:
         return "held by guardrail (metadata.guardrail_hold); clear it and run `guardrail resume` to watch again"
     prior = state.flags.get(flag.key)
     if prior is not None and prior.halt is not None:
-        when = prior.halt.decided_at.isoformat()
+        when = format_time(prior.halt.decided_at)
         return f"halted by guardrail at {when} ({prior.halt.status}); `guardrail resume {flag.key}` watches it again"
     return None
 
@@ -273,22 +275,15 @@ def _severity(e: Evaluation) -> float:
     return e.delta / e.threshold if e.threshold else math.inf
 
 
-def _json_number(x: float | None) -> float | str | None:
-    """State is strict JSON: an infinite relative delta (control at 0) is kept as text."""
-    if x is None or math.isfinite(x):
-        return x
-    return "inf" if x > 0 else ("-inf" if x < 0 else "nan")
-
-
 def _summary(e: Evaluation, now: datetime) -> dict[str, object]:
     return {
-        "at": now.isoformat(),
+        "at": format_time(now),
         "verdict": e.verdict.value,
         "control": None if e.control is None else e.control.value,
         "treatment": None if e.treatment is None else e.treatment.value,
         "control_count": None if e.control is None else e.control.count,
         "treatment_count": None if e.treatment is None else e.treatment.count,
-        "delta": _json_number(e.delta),
+        "delta": finite(e.delta),  # state is strict JSON: control at 0 gives inf
         "streak": e.streak,
         "reason": e.reason,
     }
@@ -385,7 +380,7 @@ def decide_flag(
         # Write-ahead: the halt is in the state before any API call, so a run that dies mid-halt is
         # finished by the next run, and a flag is never halted twice.
         record = HaltRecord(
-            status="pending",
+            status=HaltStatus.PENDING,
             action=action,
             reason=reason,
             decided_at=now,

@@ -18,7 +18,7 @@ from urllib.request import getproxies
 
 import httpx
 
-from guardrail.model import ExitCode, GuardrailError
+from guardrail.model import ExitCode, FailureKind, GuardrailError
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 
@@ -47,6 +47,15 @@ class HTTPFailure(Exception):
         if detail:
             text += f": {detail}"
         super().__init__(text)
+
+    @property
+    def failure(self) -> FailureKind:
+        """The failure's kind, for self-metrics and alerts (never parsed from the text)."""
+        if self.status is not None:
+            return FailureKind.of_status(self.status)
+        if self.kind == "timeout":
+            return FailureKind.TIMEOUT
+        return FailureKind.UNREACHABLE
 
     @property
     def permanent(self) -> bool:

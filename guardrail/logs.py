@@ -8,18 +8,15 @@ so a query written against one works on the other. Lines are redacted before the
 
 from __future__ import annotations
 
-import json
-import math
-import os
 from collections import Counter
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from typing import Any, TextIO
 
-from guardrail.check import RunResult
-from guardrail.config import format_time
-from guardrail.model import ExitCode, GuardrailError, Verdict
-from guardrail.redact import Redactor
+from guardrail import codec
+from guardrail.codec import format_time
+from guardrail.model import ExitCode, GuardrailError, RunResult, Verdict
+from guardrail.redact import Redactor, process_redactor
 from guardrail.report import evaluation_json
 
 # A breach or a source failure deserves a look; a skip for warmup or low traffic is the normal course.
@@ -35,8 +32,8 @@ _EXIT_LEVEL = {ExitCode.OK: "info", ExitCode.HALTED: "warning", ExitCode.UNEVALU
 
 
 def env_redactor() -> Redactor:
-    """The contract's secrets by their standard names (the CLI's error boundary masks the same)."""
-    return Redactor([os.environ.get("FLAG_API_TOKEN"), os.environ.get("ALERT_WEBHOOK_URL")])
+    """Every secret the process knows (the CLI's error boundary masks the same)."""
+    return process_redactor()
 
 
 def run_log_records(result: RunResult) -> Iterator[dict[str, Any]]:
@@ -63,19 +60,8 @@ def run_log_records(result: RunResult) -> Iterator[dict[str, Any]]:
            "halts": len(result.halts), "problems": len(result.problems), "warnings": len(result.warnings)}
 
 
-def _clean(value: Any) -> Any:
-    """Strict JSON: a log pipeline rejects the whole line for one bare NaN or Infinity."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    return value
-
-
 def _line(record: dict[str, Any], redact: Redactor) -> str:
-    return redact(json.dumps(_clean(record), allow_nan=False, default=str)) + "\n"
+    return redact(codec.dumps(record)) + "\n"
 
 
 def emit_run_logs(result: RunResult, stream: TextIO, *, redact: Redactor | None = None) -> None:

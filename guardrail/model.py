@@ -39,8 +39,10 @@ class GuardrailError(Exception):
         field: str | None = None,
         line: int | None = None,
         exit_code: ExitCode = ExitCode.CONFIG,
+        kind: FailureKind | None = None,
     ) -> None:
         super().__init__(message)
+        self.kind = kind  # set when an outside system failed (flag source down, ...)
         self.message = message
         self.source = source
         self.flag = flag
@@ -61,6 +63,50 @@ class GuardrailError(Exception):
 
     def __str__(self) -> str:
         return f"{self.place}: {self.message}" if self.place else self.message
+
+
+class TextEnum(str, enum.Enum):
+    """A str enum that prints as its value in f-strings and messages (Python 3.11 would print
+    `Class.MEMBER`), and still compares equal to its value."""
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self.value), spec)
+
+
+class FailureKind(TextEnum):
+    """Why an outside call gave no usable answer. Carried with every failed aggregate and failed change,
+    so self-metrics, logs and alerts classify failures without reading their text."""
+
+    TIMEOUT = "timeout"  # the call's own deadline passed
+    DEADLINE = "deadline"  # the run's total budget ran out before or during the call
+    UNREACHABLE = "unreachable"  # connection refused, reset, DNS, TLS
+    SERVER_ERROR = "server_error"  # 5xx or 429 after the retries
+    AUTH = "auth"  # 401/403: a credential is missing, wrong or lacks a permission
+    REFUSED = "refused"  # another 4xx: asking again will not help
+    NOT_FOUND = "not_found"  # the flag or series does not exist
+    BAD_ANSWER = "bad_answer"  # an answer arrived but is unusable (HTML, NaN, negative count, wrong shape)
+    CONFLICT = "conflict"  # someone else changed the thing meanwhile (edited file, rejected push)
+    INTERNAL = "internal"  # a bug in an adapter, contained to the one call
+
+    @classmethod
+    def of_status(cls, status: int) -> FailureKind:
+        if status in (401, 403):
+            return cls.AUTH
+        if status == 404:
+            return cls.NOT_FOUND
+        if status in (409, 412):
+            return cls.CONFLICT
+        if status == 429 or status >= 500:
+            return cls.SERVER_ERROR
+        return cls.REFUSED
+
+
+class Severity(TextEnum):
+    ERROR = "error"
+    WARNING = "warning"
 
 
 class Comparison(str, enum.Enum):
@@ -113,6 +159,22 @@ class Verdict(str, enum.Enum):
     @property
     def is_skip(self) -> bool:
         return self.value.startswith("skip")
+
+
+class HaltStatus(TextEnum):
+    """A halt record's life in the state file (see guardrail/halts.py for the transitions)."""
+
+    PENDING = "pending"  # decided and written ahead; the flag has not been changed yet
+    DONE = "done"  # a re-read showed the change
+    FAILED = "failed"  # the backend refused or failed; retried next run
+
+
+class HaltResultStatus(TextEnum):
+    """What one run did about one halt, as reported to the user."""
+
+    DONE = "done"
+    FAILED = "failed"
+    WOULD_HALT = "would_halt"  # dry run
 
 
 class HaltAction(str, enum.Enum):
@@ -177,7 +239,7 @@ class FlagProblem:
     source: str = ""
     field: str | None = None
     line: int | None = None
-    severity: str = "error"  # error | warning
+    severity: Severity = Severity.ERROR
 
     def __str__(self) -> str:
         return str(
@@ -208,6 +270,7 @@ class Aggregate:
     count: int | None
     stddev: float | None = None
     error: str | None = None
+    kind: FailureKind | None = None  # set with `error`
     # Optional per-randomisation-unit sums (a warehouse source): the number of units U, Σ_u y_u, Σ_u y_u²
     # and, for a ratio metric (value = Σy/Σn over events), Σ_u n_u² and Σ_u y_u·n_u. With them the
     # sequential test takes its variance from the unit, which is valid when events cluster by user.
@@ -218,8 +281,8 @@ class Aggregate:
     unit_cross: float | None = None
 
     @classmethod
-    def missing(cls, error: str) -> Aggregate:
-        return cls(value=None, count=None, error=error)
+    def missing(cls, error: str, kind: FailureKind = FailureKind.BAD_ANSWER) -> Aggregate:
+        return cls(value=None, count=None, error=error, kind=kind)
 
     @property
     def usable(self) -> bool:
@@ -282,6 +345,21 @@ class Halt:
     control_variant: str = "control"
 
 
+@dataclass(frozen=True)
+class HaltOutcome:
+    """What a flag backend did about one halt or hold. `ok` only when a re-read showed the change."""
+
+    ok: bool
+    detail: str  # what happened, for the output and audit (never a secret)
+    already: bool = False  # the flag was already halted/held at the source
+    kind: FailureKind | None = None  # why it failed (None when ok)
+
+    @property
+    def permanent(self) -> bool:
+        """Asking again will not help: a person must act."""
+        return self.kind in (FailureKind.AUTH, FailureKind.REFUSED, FailureKind.NOT_FOUND)
+
+
 # ---- state (the engine's memory between runs) -------------------------------------------------------
 
 
@@ -297,7 +375,7 @@ class HaltRecord:
     dies mid-halt is finished by the next run; `done` after the API confirmed it; `failed` when the API
     refused (retried next run)."""
 
-    status: str  # pending | done | failed
+    status: HaltStatus
     action: HaltAction
     reason: str
     decided_at: datetime
@@ -308,7 +386,8 @@ class HaltRecord:
     attempts: int = 0
     last_error: str | None = None
     alert_delivered: bool = False
-    alert_payload: Mapping[str, Any] | None = None
+    # What the alert needs (guardrail/alert.py context), kept until the alert is delivered.
+    alert: Mapping[str, Any] | None = None
     run_id: str | None = None
 
 
@@ -355,3 +434,46 @@ class Decision:
     halts: tuple[Halt, ...]
     state: State
     skipped_flags: Mapping[str, str] = field(default_factory=dict)  # flag -> why it was not evaluated
+
+
+# ---- what a run reports ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HaltResult:
+    """One halt a run carried out, tried, or (dry run) would have carried out."""
+
+    flag: str
+    action: str  # HaltAction value
+    status: HaltResultStatus
+    reason: str
+    detail: str = ""
+    alert: str = "not sent"
+    resumed: bool = False  # finished a halt an earlier run had decided
+    kind: FailureKind | None = None  # why it failed
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """Everything one `check` run decided and did; rendered as text, JSON, logs and self-metrics."""
+
+    now: datetime
+    dry_run: bool
+    run_id: str
+    evaluations: tuple[Evaluation, ...] = ()
+    halts: tuple[HaltResult, ...] = ()
+    problems: tuple[FlagProblem, ...] = ()
+    skipped_flags: Mapping[str, str] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def exit_code(self) -> ExitCode:
+        if any(h.status == HaltResultStatus.FAILED for h in self.halts):
+            return ExitCode.HALT_FAILED
+        if any(h.status in (HaltResultStatus.DONE, HaltResultStatus.WOULD_HALT) for h in self.halts):
+            return ExitCode.HALTED
+        if any(p.severity == Severity.ERROR for p in self.problems):
+            return ExitCode.CONFIG
+        if any(e.verdict is Verdict.SKIP_NO_DATA for e in self.evaluations):
+            return ExitCode.UNEVALUATED
+        return ExitCode.OK

@@ -6,6 +6,21 @@ from collections.abc import Iterable
 from urllib.parse import urlsplit
 
 MASK = "***"
+# Every secret the settings of this process hold (guardrail.settings.load_settings adds them), so the
+# CLI's error boundary and the log writer mask them too, whatever adapter they belong to.
+_KNOWN: set[str] = set()
+STANDARD_VARIABLES = ("FLAG_API_TOKEN", "ALERT_WEBHOOK_URL")
+
+
+def remember(secrets: Iterable[str | None]) -> None:
+    _KNOWN.update(s for s in secrets if s)
+
+
+def process_redactor(extra: Iterable[str | None] = ()) -> Redactor:
+    """The secrets this process knows: from the settings, the standard variables, and `extra`."""
+    import os
+
+    return Redactor([*_KNOWN, *(os.environ.get(v) for v in STANDARD_VARIABLES), *extra])
 
 
 class Redactor:

@@ -8,45 +8,15 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from guardrail.check import RunResult
-from guardrail.config import format_time
-from guardrail.model import Aggregate, Evaluation
+from guardrail import codec
+from guardrail.codec import format_time
+from guardrail.model import Aggregate, Evaluation, RunResult
 
 JSON_VERSION = 1
 
 
-def _finite(x: float | None) -> float | str | None:
-    if x is None or math.isfinite(x):
-        return x
-    return "inf" if x > 0 else ("-inf" if x < 0 else "nan")
-
-
-def _arm(a: Aggregate | None) -> dict[str, Any] | None:
-    if a is None:
-        return None
-    return {"value": _finite(a.value), "count": a.count, "stddev": _finite(a.stddev), "error": a.error}
-
-
 def evaluation_json(e: Evaluation) -> dict[str, Any]:
-    return {
-        "flag": e.flag,
-        "metric": e.metric,
-        "treatment_variant": e.treatment_variant,
-        "control_variant": e.control_variant,
-        "verdict": e.verdict.value,
-        "reason": e.reason,
-        "control": _arm(e.control),
-        "treatment": _arm(e.treatment),
-        "delta": _finite(e.delta),
-        "relative_delta": _finite(e.relative_delta),
-        "threshold": e.threshold,
-        "comparison": e.comparison.value,
-        "method": e.method.value,
-        "streak": e.streak,
-        "confirmations": e.confirmations,
-        "bound": _finite(e.bound),
-        "p_value": e.p_value,
-    }
+    return codec.evaluation_dict(e)
 
 
 def to_json(result: RunResult) -> dict[str, Any]:

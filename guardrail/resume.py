@@ -19,6 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from guardrail import codec
 from guardrail.config import format_time, parse_flag
 from guardrail.model import ExitCode, Flag, FlagState, GuardrailError, HaltRecord, Method
 from guardrail.redact import Redactor
@@ -86,7 +87,7 @@ def _notes(flag: Flag | None, halt: HaltRecord) -> list[str]:
 
 def resume_record(key: str, reason: str, by: str, now: datetime, halt: HaltRecord) -> dict[str, Any]:
     previous = halt_to_dict(halt)
-    previous.pop("alert_payload", None)  # the prepared webhook body; the halt line in the audit has the facts
+    previous.pop("alert", None)  # the alert's context; the halt line in the audit has the facts
     return {"type": "resume", "flag": key, "reason": reason, "by": by, "time": format_time(now),
             "previous_halt": previous}
 
@@ -134,7 +135,7 @@ def run_resume_command(*, key: str, reason: str, by: str | None, flags: str | No
         store.save(replace(current, flags={**current.flags, key: FlagState()}))
         record = resume_record(key, reason, who, now, halt)
         redact = Redactor(settings.secrets())
-        AuditLog(settings.audit_path).append([json.loads(redact(json.dumps(record, default=str)))])
+        AuditLog(settings.audit_path).append([json.loads(redact(codec.dumps(record)))])
 
     print(f"resumed {key}: cleared its {halt.action.value} halt of {format_time(halt.decided_at)} "
           f"(run {halt.run_id or '-'}) and its streaks; it is watched again from the next run")

@@ -26,7 +26,6 @@ Prometheus's rate()/increase() read as an ordinary counter reset.
 
 from __future__ import annotations
 
-import re
 import sys
 import time
 from collections.abc import Iterable
@@ -36,31 +35,29 @@ from prometheus_client import CollectorRegistry, write_to_textfile
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from guardrail.check import RunResult
-from guardrail.model import ExitCode, GuardrailError, Verdict
+from guardrail.model import ExitCode, FailureKind, GuardrailError, HaltResultStatus, RunResult, Verdict
 
 API_ERROR_KINDS = ("timeout", "connection", "status", "invalid_answer", "other")
 HALTS_TOTAL = "guardrail_halts_total"
 
-# Matched in this order against the texts sources and backends put in Aggregate.error and halt details
-# (guardrail/http.py HTTPFailure, sources/*.parse_answer, flags/http_api.py). The first match wins, so
-# "force-variant call failed: flag API force: timeout" is a timeout.
-_KIND_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
-    ("timeout", re.compile(r"\btime(out|d out)\b", re.I)),
-    ("connection", re.compile(r"connection (refused|reset)|unreachable|transport error", re.I)),
-    ("status", re.compile(r"error status|\(HTTP \d{3}\)|Prometheus error \(", re.I)),
-    ("invalid_answer", re.compile(
-        r"\banswer(ed)?\b|not valid JSON|HTML|not a number|\bvalue is\b|\bcount is\b|series|empty result|"
-        r"returns a|warned|stddev|malformed|\bsample\b|histogram", re.I)),
-)
+# The `kind` label of guardrail_api_errors: a stable, small set for dashboards, read from the failure kind
+# every failed aggregate and halt carries (never from its text).
+_LABEL = {
+    FailureKind.TIMEOUT: "timeout",
+    FailureKind.DEADLINE: "timeout",
+    FailureKind.UNREACHABLE: "connection",
+    FailureKind.SERVER_ERROR: "status",
+    FailureKind.AUTH: "status",
+    FailureKind.REFUSED: "status",
+    FailureKind.NOT_FOUND: "status",
+    FailureKind.CONFLICT: "status",
+    FailureKind.BAD_ANSWER: "invalid_answer",
+    FailureKind.INTERNAL: "other",
+}
 
 
-def classify_error(text: str) -> str:
-    """The kind of one failure, from its message."""
-    for kind, pattern in _KIND_PATTERNS:
-        if pattern.search(text):
-            return kind
-    return "other"
+def label_of(kind: FailureKind | None) -> str:
+    return _LABEL.get(kind, "other") if kind is not None else "other"
 
 
 def api_errors(result: RunResult) -> dict[str, int]:
@@ -72,13 +69,13 @@ def api_errors(result: RunResult) -> dict[str, int]:
             continue
         for variant, agg in ((e.control_variant, e.control), (e.treatment_variant, e.treatment)):
             if agg is not None and agg.error is not None:
-                failures[(e.flag, variant, e.metric)] = classify_error(agg.error)
+                failures[(e.flag, variant, e.metric)] = label_of(agg.kind)
     counts = dict.fromkeys(API_ERROR_KINDS, 0)
     for kind in failures.values():
         counts[kind] += 1
     for h in result.halts:
-        if h.status == "failed":
-            counts[classify_error(h.detail)] += 1
+        if h.status == HaltResultStatus.FAILED:
+            counts[label_of(h.kind)] += 1
     return counts
 
 
@@ -145,7 +142,7 @@ def _write(path: Path, collector: _RunCollector) -> None:
 
 def write_metrics_file(path: Path, result: RunResult, *, duration: float, now: float | None = None) -> None:
     """Write the metrics of one finished run to PATH, atomically. Never raises for an unwritable PATH."""
-    done = sum(1 for h in result.halts if h.status == "done")  # a dry run's would_halt is not a halt
+    done = sum(1 for h in result.halts if h.status == HaltResultStatus.DONE)  # a dry run's would_halt is not a halt
     verdicts = {v.value: 0 for v in Verdict}
     for e in result.evaluations:
         verdicts[e.verdict.value] += 1
@@ -160,7 +157,7 @@ def write_error_metrics(path: Path, error: GuardrailError, *, duration: float, n
     reports its exit code, so a dashboard shows why rather than silence."""
     errors = dict.fromkeys(API_ERROR_KINDS, 0)
     if error.exit_code is ExitCode.UNEVALUATED:  # the flag source could not be read
-        errors[classify_error(error.message)] += 1
+        errors[label_of(error.kind)] += 1
     _write(path, _RunCollector(
         finished=time.time() if now is None else now, duration=duration, verdicts={v.value: 0 for v in Verdict},
         halts_total=previous_halts_total(path), errors=errors, exit_code=int(error.exit_code),

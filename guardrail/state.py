@@ -15,10 +15,11 @@ import os
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from guardrail.codec import format_time, parse_time
 from guardrail.model import (
     ExitCode,
     FlagState,
@@ -26,6 +27,7 @@ from guardrail.model import (
     HaltAction,
     HaltRecord,
     SeqState,
+    HaltStatus,
     State,
     Streak,
 )
@@ -35,18 +37,18 @@ FILE_MODE = 0o600
 
 
 def _t(value: datetime | None) -> str | None:
-    return None if value is None else value.astimezone(timezone.utc).isoformat()
+    return None if value is None else format_time(value)
 
 
 def _dt(value: Any) -> datetime | None:
     if value is None:
         return None
-    return datetime.fromisoformat(str(value))
+    return parse_time(value)
 
 
 def halt_to_dict(h: HaltRecord) -> dict[str, Any]:
     return {
-        "status": h.status,
+        "status": HaltStatus(h.status).value,
         "action": h.action.value,
         "reason": h.reason,
         "decided_at": _t(h.decided_at),
@@ -57,7 +59,7 @@ def halt_to_dict(h: HaltRecord) -> dict[str, Any]:
         "attempts": h.attempts,
         "last_error": h.last_error,
         "alert_delivered": h.alert_delivered,
-        "alert_payload": h.alert_payload,
+        "alert": h.alert,
         "run_id": h.run_id,
     }
 
@@ -66,7 +68,7 @@ def halt_from_dict(d: Mapping[str, Any]) -> HaltRecord:
     decided = _dt(d["decided_at"])
     assert decided is not None
     return HaltRecord(
-        status=str(d["status"]),
+        status=HaltStatus(d["status"]),
         action=HaltAction(d["action"]),
         reason=str(d["reason"]),
         decided_at=decided,
@@ -77,7 +79,8 @@ def halt_from_dict(d: Mapping[str, Any]) -> HaltRecord:
         attempts=int(d.get("attempts", 0)),
         last_error=d.get("last_error"),
         alert_delivered=bool(d.get("alert_delivered", False)),
-        alert_payload=d.get("alert_payload"),
+        # Files written before the alert was rendered at send time kept the rendered body instead.
+        alert=d.get("alert") or ({"legacy_payload": d["alert_payload"]} if d.get("alert_payload") else None),
         run_id=d.get("run_id"),
     )
 

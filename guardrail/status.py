@@ -10,14 +10,13 @@ state file's view is still shown, with a warning. A monitor whose last run is ol
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from guardrail import engine
+from guardrail import codec, engine
 from guardrail.config import ParsedFlags, format_time, parse_flags
 from guardrail.flags.base import LoadedFlags
 from guardrail.model import ExitCode, Flag, FlagState, GuardrailError, Method, State, guardrail_id
@@ -46,17 +45,14 @@ def read_state(path: Path) -> tuple[State, str | None]:
 
 
 async def _load(settings: Settings) -> tuple[LoadedFlags, ParsedFlags]:
-    from guardrail.check import load_flags, make_backend
-    from guardrail.http import RetryPolicy, make_client
+    from guardrail.check import runtime_for
+    from guardrail.http import make_client
 
-    # Reading needs no token: without it, make_backend cannot refuse a plain-http URL over a token
-    # that status would never send, and the token cannot leak from here.
-    settings = replace(settings, flag_api_token=None)
-    policy = RetryPolicy(attempts=settings.retries)
+    # Reading needs no credential for writing: a read-only runtime holds it back, so it cannot leak from here.
     client = make_client(timeout=settings.timeout, concurrency=settings.concurrency, ca_bundle=settings.ca_bundle)
     async with client:
-        backend = make_backend(settings, client, policy)
-        loaded: LoadedFlags = await load_flags(settings, backend, client)
+        backend = settings.backend.create(runtime_for(settings, client, read_only=True))
+        loaded: LoadedFlags = await backend.load()
     parsed = parse_flags(loaded.definitions, source=loaded.source, lines=loaded.lines, defaults=settings.defaults)
     return loaded, parsed
 
@@ -145,7 +141,7 @@ def _flag_entry(key: str, flag: Flag | None, state: State, now: datetime, parsed
     halt = None
     if fs.halt is not None:
         halt = halt_to_dict(fs.halt)
-        halt.pop("alert_payload", None)  # the prepared webhook body: bulky, and not status
+        halt.pop("alert", None)  # the alert's context: bulky, and not status
     entry: dict[str, Any] = {
         "flag": key,
         "at_source": None if flag is None else ("ENABLED" if flag.enabled else "DISABLED"),
@@ -306,7 +302,7 @@ def run_status_command(*, flags: str | None, config: Path | None, state: Path | 
         warnings.append(f"flag source unreadable, showing only what the state file knows: {exc}")
     report = build_report(current, parsed, now=now, stale_after=stale_after, flag_source=flag_source,
                           warnings=warnings)
-    text = json.dumps(to_json(report), indent=2, default=str) if as_json else to_text(report)
+    text = codec.dumps(to_json(report), indent=2) if as_json else to_text(report)
     # Defence in depth: nothing status prints should hold a secret, but every text leaving goes through this.
     print(Redactor(settings.secrets())(text))
     return int(report.exit_code)

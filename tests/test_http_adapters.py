@@ -17,7 +17,7 @@ from guardrail.config import parse_flags
 from guardrail.flags.http_api import HttpFlagBackend
 from guardrail.http import HTTPFailure, RetryPolicy, check_token_transport, make_client, request
 from guardrail.model import Aggregate, GuardrailError, MetricQuery
-from guardrail.sources import fetch_all
+from guardrail.sources import fetch_plan
 from guardrail.sources.http_api import HttpMetricSource, parse_answer
 from tests.conftest import flag_definition
 
@@ -121,7 +121,7 @@ def test_parse_answer_keeps_a_valid_stddev_and_drops_a_bad_one() -> None:
 
 
 @respx.mock
-def test_fetch_all_is_concurrent_and_bounded() -> None:
+def test_per_series_fetch_is_concurrent_and_bounded() -> None:
     in_flight = peak = 0
 
     async def slow(request: httpx.Request) -> httpx.Response:
@@ -137,7 +137,7 @@ def test_fetch_all_is_concurrent_and_bounded() -> None:
 
     async def go() -> dict[Any, Aggregate]:
         async with make_client() as client:
-            return await fetch_all(HttpMetricSource(BASE, client), planned, concurrency=8)
+            return await fetch_plan(HttpMetricSource(BASE, client, concurrency=8), planned)
 
     results = run(go())
     assert len(results) == 40 and all(a.usable for a in results.values())
@@ -165,7 +165,7 @@ def test_halt_patches_state_default_variant_and_reason_with_the_token() -> None:
         httpx.Response(200, json=flag_definition()), httpx.Response(200, json=halted_definition())])
     patch = respx.patch(f"{FLAGS}/v1/flags/{KEY}").mock(return_value=httpx.Response(200, json=halted_definition()))
     outcome = run(halt())
-    assert outcome.ok and not outcome.forced
+    assert outcome.ok and "forced" not in outcome.detail
     sent = patch.calls.last.request
     assert sent.headers["Authorization"] == "Bearer tok"
     assert json.loads(sent.content) == {"state": "DISABLED", "defaultVariant": "control",
@@ -202,7 +202,7 @@ def test_patch_that_ignored_a_field_takes_the_force_path() -> None:
     respx.patch(f"{FLAGS}/v1/flags/{KEY}").mock(return_value=httpx.Response(200, json=ignored))
     force = respx.put(f"{FLAGS}/v1/flags/{KEY}/force").mock(return_value=httpx.Response(200, json=forced))
     outcome = run(halt())
-    assert outcome.ok and outcome.forced
+    assert outcome.ok and "forced variant control" in outcome.detail
     assert json.loads(force.calls.last.request.content) == {"variant": "control"}
 
 

@@ -17,7 +17,7 @@ import pytest
 from guardrail.fakeapi import FakeAPI
 from guardrail.http import POOL_SIZE, PoolSet, make_client
 from guardrail.model import Aggregate, AggregateKey, MetricQuery
-from guardrail.sources import fetch_all
+from guardrail.sources import fetch_plan
 from guardrail.sources.http_api import HttpMetricSource
 
 END = datetime(2026, 11, 25, 12, 0, tzinfo=timezone.utc)
@@ -46,7 +46,7 @@ def test_many_queries_bounded_connections_all_released() -> None:
 
         async def go() -> tuple[dict[AggregateKey, Aggregate], list[int], int]:
             async with make_client(concurrency=8) as client:
-                found = await fetch_all(HttpMetricSource(api.url, client), planned, concurrency=8)
+                found = await fetch_plan(HttpMetricSource(api.url, client, concurrency=8), planned)
                 transport = pools(client)
                 opened = sum(len(p._pool.connections) for p in transport._pools)
                 return found, list(transport._busy), opened

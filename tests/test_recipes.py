@@ -318,11 +318,14 @@ def test_example_config_loads_and_covers_every_key() -> None:
     assert settings.lock_timeout == doc["lock_timeout"] and settings.retries == doc["http"]["retries"]
     assert dict(settings.defaults) == doc["defaults"]
 
-    # Every section key settings.py reads is documented (set, or shown commented out) in the example.
-    source = (ROOT / "guardrail" / "settings.py").read_text()
-    read = set(re.findall(r'\b(?:flag_api|alert|http|metrics)\.get\("(\w+)"', source))
+    # Every section key settings.py and the configured adapters read is documented (set, or shown commented
+    # out) in the example.
+    source = "".join((ROOT / "guardrail" / name).read_text()
+                     for name in ("settings.py", "flags/http_api.py", "sources/http_api.py"))
+    read = set(re.findall(r'\b(?:flag_api|alert|http|metrics|section)\.get\("(\w+)"', source))
     read |= set(re.findall(r'"(?:flag_api|alert|http|metrics)\.(\w+)"', source))
     read |= set(re.findall(r'\bhttp\["(\w+)"\]', source))
+    read -= {"token", "webhook_url"}  # named only to refuse them: secrets never go in the file
     assert {"url", "token_env", "webhook_url_env", "timeout", "retries", "concurrency", "ca_bundle"} <= read
     documented = set(re.findall(r"^\s*#?\s*(\w+):", path.read_text(), flags=re.M))
     assert read <= documented, read - documented

@@ -27,7 +27,7 @@ def halted_state() -> State:
     halt = HaltRecord(status="done", action=HaltAction.REVERT, reason="error_rate 3.4x control",
                       decided_at=NOW - timedelta(minutes=30), metric="error_rate", treatment_variant="treatment",
                       completed_at=NOW - timedelta(minutes=30), attempts=1, alert_delivered=True, run_id="run-1",
-                      alert_payload={"text": "prepared"})
+                      alert={"flag": "prepared"})
     return State(flags={KEY: FlagState(
         first_seen_enabled=NOW - timedelta(days=2),
         streaks={GID: Streak(2, NOW - timedelta(minutes=30))},
@@ -72,7 +72,7 @@ def test_resume_clears_halt_streaks_and_tuning_and_audits(paths: dict[str, Path]
     assert line["reason"] == "fixed the NPE in express-pay; see INC-42" and line["time"] == "2026-11-25T12:00:00Z"
     previous = line["previous_halt"]
     assert previous["run_id"] == "run-1" and previous["status"] == "done" and previous["reason"].startswith("error")
-    assert "alert_payload" not in previous
+    assert "alert" not in previous
 
 
 def test_after_resume_one_breach_does_not_halt(paths: dict[str, Path]) -> None:

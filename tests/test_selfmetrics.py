@@ -11,14 +11,25 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from guardrail.check import HaltResult, RunResult
 from guardrail.fakeapi import FakeAPI
 from guardrail.http import HTTPFailure
-from guardrail.model import Aggregate, Comparison, Evaluation, ExitCode, GuardrailError, Method, Verdict
+from guardrail.model import (
+    Aggregate,
+    Comparison,
+    Evaluation,
+    ExitCode,
+    FailureKind,
+    GuardrailError,
+    HaltResult,
+    HaltResultStatus,
+    Method,
+    RunResult,
+    Verdict,
+)
 from guardrail.selfmetrics import (
     API_ERROR_KINDS,
     api_errors,
-    classify_error,
+    label_of,
     previous_halts_total,
     write_error_metrics,
     write_metrics_file,
@@ -47,59 +58,57 @@ def value(path: Path, name: str, **labels: str) -> float:
     return samples(path)[(name, tuple(sorted(labels.items())))]
 
 
-def prom_cause(body: Any) -> str:
+def prom_kind(body: Any) -> FailureKind:
     try:
         prometheus.parse_answer(body, flag="f", variant="v")
     except prometheus.NoData as exc:
-        return f"error_rate value query: {exc}"
+        return exc.kind
     raise AssertionError("expected NoData")
 
 
-@pytest.mark.parametrize(("text", "kind"), [
-    (str(HTTPFailure("metrics query", "timeout")), "timeout"),
-    (str(HTTPFailure("metrics query", "connection refused or unreachable")), "connection"),
-    (str(HTTPFailure("metrics query", "connection reset")), "connection"),
-    (str(HTTPFailure("flag API list", "transport error")), "connection"),
-    (str(HTTPFailure("metrics query", "error status", status=503)), "status"),
-    (str(HTTPFailure("flag API PATCH", "error status", status=403)), "status"),
-    ("PATCH did not apply both fields and the force-variant call failed: flag API force: timeout", "timeout"),
-    ("metrics query: answer is HTML, not JSON (a proxy or error page?)", "invalid_answer"),
-    ("metrics query: answer is not valid JSON (Expecting value at char 0)", "invalid_answer"),
-    (str(http_api.parse_answer(None).error), "invalid_answer"),
-    (str(http_api.parse_answer({"value": None, "count": None}).error), "invalid_answer"),
-    (str(http_api.parse_answer({"value": "abc", "count": 3}).error), "invalid_answer"),
-    (str(http_api.parse_answer({"value": 0.1, "count": -5}).error), "invalid_answer"),
-    (str(http_api.parse_answer({"value": float("nan"), "count": 5}).error), "invalid_answer"),
-    (prom_cause({"status": "error", "errorType": "bad_data", "error": "parse error"}), "status"),
-    (prom_cause({"status": "success", "warnings": ["partial"], "data": {}}), "invalid_answer"),
-    (prom_cause({"status": "success", "data": {"resultType": "vector", "result": []}}), "invalid_answer"),
-    (prom_cause({"status": "success", "data": {"resultType": "vector", "result": [{}, {}]}}), "invalid_answer"),
-    (prom_cause({"status": "success", "data": {"resultType": "vector", "result": [{"metric": {}}]}}),
-     "invalid_answer"),
-    ("PATCH answered but metadata.guardrail_hold is not set", "invalid_answer"),
-    ("force-variant call answered but the flag still serves another variant", "invalid_answer"),
-    ("api backend error: KeyError", "other"),
-    ("http source failed: RuntimeError", "other"),
+@pytest.mark.parametrize(("kind", "label"), [
+    (HTTPFailure("metrics query", "timeout").failure, "timeout"),
+    (HTTPFailure("metrics query", "connection refused or unreachable").failure, "connection"),
+    (HTTPFailure("metrics query", "connection reset").failure, "connection"),
+    (HTTPFailure("flag API list", "transport error").failure, "connection"),
+    (HTTPFailure("metrics query", "error status", status=503).failure, "status"),
+    (HTTPFailure("flag API PATCH", "error status", status=403).failure, "status"),
+    (http_api.parse_answer(None).kind, "invalid_answer"),
+    (http_api.parse_answer({"value": None, "count": None}).kind, "invalid_answer"),
+    (http_api.parse_answer({"value": "abc", "count": 3}).kind, "invalid_answer"),
+    (http_api.parse_answer({"value": 0.1, "count": -5}).kind, "invalid_answer"),
+    (http_api.parse_answer({"value": float("nan"), "count": 5}).kind, "invalid_answer"),
+    (prom_kind({"status": "success", "warnings": ["partial"], "data": {}}), "invalid_answer"),
+    (prom_kind({"status": "success", "data": {"resultType": "vector", "result": []}}), "invalid_answer"),
+    (prom_kind({"status": "success", "data": {"resultType": "vector", "result": [{}, {}]}}), "invalid_answer"),
+    (FailureKind.DEADLINE, "timeout"),
+    (FailureKind.INTERNAL, "other"),
+    (None, "other"),
 ])
-def test_classify_real_messages(text: str, kind: str) -> None:
-    assert classify_error(text) == kind
+def test_failure_kinds_map_to_stable_labels(kind: FailureKind | None, label: str) -> None:
+    assert label_of(kind) == label
+
+
+def test_every_failure_kind_has_a_label() -> None:
+    assert {label_of(k) for k in FailureKind} <= set(API_ERROR_KINDS)
 
 
 def test_api_errors_counts_each_failed_aggregate_once() -> None:
-    down = Aggregate.missing("metrics query: timeout")
+    down = Aggregate.missing("metrics query: timeout", FailureKind.TIMEOUT)
     result = RunResult(now=NOW, dry_run=False, run_id="r", evaluations=(
         # control is shared by both treatments of an A/B/n flag: one failed query, not two
         evaluation(Verdict.SKIP_NO_DATA, control=down, variant="b"),
         evaluation(Verdict.SKIP_NO_DATA, control=down, variant="c"),
         evaluation(Verdict.SKIP_NO_DATA, flag="x.y.z", treatment=Aggregate.missing("metrics query: answer is HTML")),
         evaluation(Verdict.PASS, flag="ok.ok.ok"),
-    ), halts=(HaltResult("a.b.c", "revert", "failed", "r", detail="flag API PATCH: error status (HTTP 403)"),
-              HaltResult("d.e.f", "revert", "done", "r")))
+    ), halts=(HaltResult("a.b.c", "revert", HaltResultStatus.FAILED, "r",
+                         detail="flag API PATCH: error status (HTTP 403)", kind=FailureKind.AUTH),
+              HaltResult("d.e.f", "revert", HaltResultStatus.DONE, "r")))
     assert api_errors(result) == {"timeout": 1, "connection": 0, "status": 1, "invalid_answer": 1, "other": 0}
 
 
 def halted_result(n_done: int = 1, *, dry_run: bool = False) -> RunResult:
-    status = "would_halt" if dry_run else "done"
+    status = HaltResultStatus.WOULD_HALT if dry_run else HaltResultStatus.DONE
     return RunResult(now=NOW, dry_run=dry_run, run_id="r",
                      evaluations=(evaluation(Verdict.BREACH), evaluation(Verdict.PASS, flag="d.e.f")),
                      halts=tuple(HaltResult(f"f.{i}.x", "revert", status, "why") for i in range(n_done)))
@@ -146,7 +155,8 @@ def test_unwritable_path_warns_and_does_not_raise(tmp_path: Path, capsys: pytest
 def test_error_run_reports_its_exit_code(tmp_path: Path) -> None:
     path = tmp_path / "m" / "guardrail.prom"  # the directory is created (a fresh volume)
     write_metrics_file(path, halted_result(2), duration=0.1)
-    down = GuardrailError("flag API list: connection refused or unreachable", exit_code=ExitCode.UNEVALUATED)
+    down = GuardrailError("flag API list: connection refused or unreachable", exit_code=ExitCode.UNEVALUATED,
+                          kind=FailureKind.UNREACHABLE)
     write_error_metrics(path, down, duration=0.2)
     assert value(path, "guardrail_exit_code") == 3
     assert value(path, "guardrail_api_errors", kind="connection") == 1

@@ -23,7 +23,7 @@ import yaml
 
 from guardrail.http import RetryPolicy
 from guardrail.model import Aggregate, GuardrailError, MetricQuery
-from guardrail.sources import fetch_all
+from guardrail.sources import fetch_plan
 from guardrail.sources.base import MetricSource
 from guardrail.sources.prometheus import (
     PrometheusSource,
@@ -325,8 +325,8 @@ def test_both_arms_use_the_same_instant(mock: respx.MockRouter) -> None:
 
     async def go() -> dict[Any, Aggregate]:
         async with httpx.AsyncClient() as client:
-            source: MetricSource = PrometheusSource(config, client, policy=FAST)
-            return await fetch_all(source, planned, concurrency=8)
+            source: MetricSource = PrometheusSource(config, client, policy=FAST, concurrency=8)
+            return await fetch_plan(source, planned)
 
     results = asyncio.run(go())
     assert all(agg.usable for agg in results.values())

@@ -19,7 +19,7 @@ from tests.conftest import NOW
 
 def sample_state() -> State:
     record = HaltRecord("pending", HaltAction.REVERT, "why", NOW, "error_rate", "treatment",
-                        alert_payload={"text": "x"}, run_id="abc")
+                        alert={"flag": "x"}, run_id="abc")
     return State(
         flags={"a.b.c": FlagState(first_seen_enabled=NOW - timedelta(hours=1),
                                   streaks={"error_rate@treatment": Streak(2, NOW)}, halt=record,

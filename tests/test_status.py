@@ -41,7 +41,7 @@ def halt_record() -> HaltRecord:
     return HaltRecord(status="done", action=HaltAction.REVERT, reason="error_rate 3.4x control", metric="error_rate",
                       decided_at=NOW - timedelta(minutes=4), treatment_variant="treatment",
                       completed_at=NOW - timedelta(minutes=4), attempts=1, alert_delivered=True, run_id="run-abc",
-                      alert_payload={"text": "big"})
+                      alert={"flag": "big"})
 
 
 def write_flags(path: Path, flags: dict[str, Any]) -> Path:

@@ -17,7 +17,7 @@ import yaml
 from guardrail import report
 from guardrail.check import RunResult, run_check
 from guardrail.fakeapi import FakeAPI
-from guardrail.settings import Settings
+from guardrail.settings import load_settings
 
 DEMO_TOKEN = "demo-token-not-a-secret"
 METRICS = [
@@ -47,15 +47,10 @@ def run_demo(state_dir: Path | None = None, now: datetime | None = None) -> int:
         for flag, variant, metric, value, count in METRICS:
             api.set_metric(flag, variant, metric, value, count)
         base = Path(state_dir) if state_dir else Path(tmp)
-        settings = Settings(
-            flags=f"{api.url}/v1/flags",
-            flag_api_url=api.url,
-            flag_api_token=DEMO_TOKEN,
-            metrics_url=api.url,
-            webhook_url=f"{api.url}/webhook",
-            state_path=base / "state.json",
-            audit_path=base / "audit.jsonl",
-        )
+        env = {"FLAG_API_URL": api.url, "FLAG_API_TOKEN": DEMO_TOKEN, "METRICS_API_URL": api.url,
+               "ALERT_WEBHOOK_URL": f"{api.url}/webhook"}
+        settings = load_settings(env=env, overrides={"state_path": base / "state.json",
+                                                     "audit_path": base / "audit.jsonl"})
         print(f"guardrail demo: fake flag, metrics and webhook API on {api.url}")
         first = run_check(settings, now=start)
         _show("run 1 (cron, t+0 min)", first)

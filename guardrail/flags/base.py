@@ -1,7 +1,8 @@
-"""The narrow interface every flag backend implements: load definitions, halt, hold.
+"""The narrow interface every flag backend implements: load definitions, halt, hold, re-read.
 
-The engine never sees a backend. check.py loads flags through one, and carries out the engine's Halt
-decisions through the same one.
+The engine never sees a backend. A run loads flags through one, and carries out the engine's Halt
+decisions through the same one. A backend never raises from halt/hold: it returns a HaltOutcome, and it
+reports `ok` only when a re-read of the flag shows the change (an answer of 200 proves nothing).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from guardrail.model import Flag
+from guardrail.model import Flag, HaltOutcome
 
 
 @dataclass(frozen=True)
@@ -23,13 +24,7 @@ class LoadedFlags:
     lines: Mapping[str, int] | None = None
 
 
-@dataclass(frozen=True)
-class HaltOutcome:
-    ok: bool
-    detail: str  # what happened, for the output and audit (never a secret)
-    forced: bool = False  # the force-variant fallback was used
-    already: bool = False  # the flag was already halted/held at the source
-    permanent: bool = False  # the backend refused (4xx): retrying will not help
+__all__ = ["FlagBackend", "HaltOutcome", "LoadedFlags"]
 
 
 class FlagBackend(Protocol):
@@ -47,6 +42,10 @@ class FlagBackend(Protocol):
 
     async def get(self, key: str) -> Mapping[str, Any] | None:
         """Re-read one definition (None when it does not exist)."""
+        ...
+
+    def link(self, key: str) -> str:
+        """Where a person finds the flag (for alerts); never holds a secret."""
         ...
 
     async def aclose(self) -> None: ...

@@ -26,6 +26,7 @@ import stat
 import tempfile
 import threading
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -36,8 +37,9 @@ from ruamel.yaml.error import YAMLError as RuamelYAMLError
 from ruamel.yaml.scalarstring import DoubleQuotedScalarString, SingleQuotedScalarString
 
 from guardrail import files
+from guardrail.adapters import ConfigContext, Plugin, Runtime
 from guardrail.flags.base import HaltOutcome, LoadedFlags
-from guardrail.model import Flag, GuardrailError
+from guardrail.model import ExitCode, FailureKind, Flag, GuardrailError
 
 Action = Literal["revert", "hold"]
 MAX_ATTEMPTS = 5  # re-applications after concurrent edits before giving up until the next run
@@ -430,6 +432,9 @@ class FlagdFileBackend:
     async def hold(self, flag: Flag, reason: str) -> HaltOutcome:
         return await asyncio.to_thread(self._apply, flag, "hold", reason)
 
+    def link(self, key: str) -> str:
+        return f"{self.source}#{key}"
+
     async def aclose(self) -> None:
         return None
 
@@ -438,11 +443,13 @@ class FlagdFileBackend:
             try:
                 return self._apply_locked(flag, action, reason)
             except GuardrailError as exc:
-                return HaltOutcome(ok=False, detail=str(exc))
+                return HaltOutcome(ok=False, detail=str(exc), kind=FailureKind.REFUSED)
             except OSError as exc:
-                return HaltOutcome(ok=False, detail=f"{self.source}: cannot write: {exc.strerror or exc}")
+                return HaltOutcome(ok=False, detail=f"{self.source}: cannot write: {exc.strerror or exc}",
+                                   kind=FailureKind.UNREACHABLE)
             except Exception as exc:  # a backend never raises: a bug here must become a failed halt, not a crash
-                return HaltOutcome(ok=False, detail=f"{self.source}: rewrite failed: {type(exc).__name__}: {exc}")
+                return HaltOutcome(ok=False, detail=f"{self.source}: rewrite failed: {type(exc).__name__}: {exc}",
+                                   kind=FailureKind.INTERNAL)
 
     def _apply_locked(self, flag: Flag, action: Action, reason: str) -> HaltOutcome:
         control = flag.control_variant
@@ -452,7 +459,7 @@ class FlagdFileBackend:
             definition = flags.get(flag.key)
             if not isinstance(definition, Mapping):
                 return HaltOutcome(
-                    ok=False, permanent=True, detail=f"{self.source}: flag {flag.key!r} is not in the file"
+                    ok=False, kind=FailureKind.NOT_FOUND, detail=f"{self.source}: flag {flag.key!r} is not in the file"
                 )
             if is_already(definition, action, control):
                 return HaltOutcome(ok=True, already=True, detail=f"{self.source}: already {done}")
@@ -460,7 +467,7 @@ class FlagdFileBackend:
             if action == "revert" and not (isinstance(variants, Mapping) and control in variants):
                 return HaltOutcome(
                     ok=False,
-                    permanent=True,
+                    kind=FailureKind.REFUSED,
                     detail=f"{self.source}: flag {flag.key!r} has no variant {control!r} to revert to",
                 )
             new = apply_halt_to_text(
@@ -479,7 +486,8 @@ class FlagdFileBackend:
                 self.loaded_digest = _digest(new.encode("utf-8"))  # our own write is not someone's edit
                 note = " (the file had been edited since it was read; applied to the new content)"
                 return HaltOutcome(ok=True, detail=f"{self.source}: {done}" + (note if edited else ""))
-        return HaltOutcome(ok=False, detail=f"{self.source}: the file kept changing while being rewritten; will retry")
+        return HaltOutcome(ok=False, kind=FailureKind.CONFLICT,
+                           detail=f"{self.source}: the file kept changing while being rewritten; will retry")
 
     def _replace_if_unchanged(self, expected: bytes, new: bytes) -> bool:
         """Atomically replace the file with `new` unless its content is no longer `expected`."""
@@ -523,3 +531,46 @@ def _fsync_dir(directory: Path) -> None:
             os.fsync(fd)
     finally:
         os.close(fd)
+
+
+# ---- the plugin -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FileBackendConfig:
+    path: Path | None
+
+
+def flags_location(ctx: ConfigContext) -> str | None:
+    """`--flags`, else `flags:` (a string, or `{source: ...}`) in the config file."""
+    given = ctx.option("flags")
+    if given:
+        return str(given)
+    raw = ctx.doc.get("flags")
+    if isinstance(raw, Mapping):
+        raw = raw.get("source")
+    if raw is not None and not isinstance(raw, str):
+        raise GuardrailError("must be a path or URL", source=ctx.source, field="flags")
+    return raw or None
+
+
+def _parse(ctx: ConfigContext) -> FileBackendConfig:
+    where = flags_location(ctx)
+    return FileBackendConfig(Path(where) if where else None)
+
+
+def _ready(config: FileBackendConfig) -> None:
+    if config.path is None:
+        raise GuardrailError("no flag definitions: the file backend needs --flags PATH or `flags:` in --config",
+                             exit_code=ExitCode.CONFIG)
+
+
+def _create(config: FileBackendConfig, _runtime: Runtime) -> FlagdFileBackend:
+    assert config.path is not None
+    return FlagdFileBackend(config.path)
+
+
+PLUGIN = Plugin(
+    name="file", summary="a flagd flag file (YAML or JSON), rewritten in place",
+    parse=_parse, create=_create, ready=_ready,
+)

@@ -1,18 +1,24 @@
-"""The flag management API of CONTRACTS.md §3: list, get, PATCH to halt or hold, PUT .../force."""
+"""The flag management API (docs/contracts.md): list, get, PATCH to halt or hold, PUT .../force.
+
+Configured by FLAG_API_URL (or `flag_api.url`) and the token in FLAG_API_TOKEN (or the variable named by
+`flag_api.token_env`). Flags may still come from a local file (`--flags PATH`) while halts go to the API.
+"""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import httpx
 
+from guardrail.adapters import ConfigContext, Plugin, Runtime
 from guardrail.flags.base import HaltOutcome, LoadedFlags
-from guardrail.http import HTTPFailure, RetryPolicy, json_body, request
-from guardrail.model import ExitCode, Flag, GuardrailError
+from guardrail.http import HTTPFailure, RetryPolicy, check_token_transport, json_body, request
+from guardrail.model import ExitCode, FailureKind, Flag, GuardrailError
 
 
 def _reverted(definition: Any, control: str) -> bool:
@@ -38,10 +44,12 @@ class HttpFlagBackend:
         *,
         token: str | None,
         policy: RetryPolicy = RetryPolicy(),
+        definitions_file: Path | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.client = client
         self.policy = policy
+        self.definitions_file = definitions_file
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
 
     def _url(self, key: str, suffix: str = "") -> str:
@@ -51,16 +59,22 @@ class HttpFlagBackend:
         return self._url(key)
 
     async def load(self) -> LoadedFlags:
+        if self.definitions_file is not None:  # definitions from a file, halts through the API
+            from guardrail.flags.flagd_file import FlagdFileBackend
+
+            return await FlagdFileBackend(self.definitions_file).load()
         source = f"{self.base_url}/v1/flags"
         try:
             response = await request(self.client, "GET", source, label="flag API list", policy=self.policy)
             body = json_body(response)
         except HTTPFailure as exc:
-            raise GuardrailError(str(exc), source=source, exit_code=ExitCode.UNEVALUATED) from None
+            raise GuardrailError(str(exc), source=source, exit_code=ExitCode.UNEVALUATED, kind=exc.failure) from None
         except ValueError as exc:
-            raise GuardrailError(f"flag API list: {exc}", source=source, exit_code=ExitCode.UNEVALUATED) from None
+            raise GuardrailError(f"flag API list: {exc}", source=source, exit_code=ExitCode.UNEVALUATED,
+                                 kind=FailureKind.BAD_ANSWER) from None
         if not isinstance(body, Mapping) or not isinstance(body.get("flags"), Mapping):
-            raise GuardrailError("answer has no `flags` object", source=source, exit_code=ExitCode.UNEVALUATED)
+            raise GuardrailError("answer has no `flags` object", source=source, exit_code=ExitCode.UNEVALUATED,
+                                 kind=FailureKind.BAD_ANSWER)
         return LoadedFlags(source=source, definitions=body["flags"])
 
     async def get(self, key: str) -> Mapping[str, Any] | None:
@@ -139,7 +153,7 @@ class HttpFlagBackend:
         if failure is not None:
             if failure.applied_anyway:
                 return HaltOutcome(ok=True, detail=f"PATCH answer lost ({failure.kind}) but the flag is halted")
-            return HaltOutcome(ok=False, detail=str(failure), permanent=failure.permanent)
+            return HaltOutcome(ok=False, detail=str(failure), kind=failure.failure)
         if _reverted(answer, control) and _reverted(await self.get(flag.key), control):
             return HaltOutcome(ok=True, detail="PATCH applied: state DISABLED, defaultVariant " + control)
         # Not applied atomically (CONTRACTS.md §3): force the control variant instead.
@@ -150,13 +164,14 @@ class HttpFlagBackend:
             )
         except HTTPFailure as exc:
             return HaltOutcome(
-                ok=False, permanent=exc.permanent,
+                ok=False, kind=exc.failure,
                 detail=f"PATCH did not apply both fields and the force-variant call failed: {exc}",
             )
         after = await self.get(flag.key)
         if after is not None and after.get("defaultVariant") == control:
-            return HaltOutcome(ok=True, forced=True, detail=f"PATCH was not atomic; forced variant {control}")
-        return HaltOutcome(ok=False, detail="force-variant call answered but the flag still serves another variant")
+            return HaltOutcome(ok=True, detail=f"PATCH was not atomic; forced variant {control}")
+        return HaltOutcome(ok=False, kind=FailureKind.BAD_ANSWER,
+                           detail="force-variant call answered but the flag still serves another variant")
 
     async def hold(self, flag: Flag, reason: str) -> HaltOutcome:
         if _held(await self.get(flag.key)):
@@ -169,10 +184,70 @@ class HttpFlagBackend:
         if failure is not None:
             if failure.applied_anyway:
                 return HaltOutcome(ok=True, detail=f"PATCH answer lost ({failure.kind}) but the rollout is held")
-            return HaltOutcome(ok=False, detail=str(failure), permanent=failure.permanent)
+            return HaltOutcome(ok=False, detail=str(failure), kind=failure.failure)
         if _held(answer) or _held(await self.get(flag.key)):
             return HaltOutcome(ok=True, detail="rollout held at its current split (metadata.guardrail_hold)")
-        return HaltOutcome(ok=False, detail="PATCH answered but metadata.guardrail_hold is not set")
+        return HaltOutcome(ok=False, kind=FailureKind.BAD_ANSWER,
+                           detail="PATCH answered but metadata.guardrail_hold is not set")
 
     async def aclose(self) -> None:
         """The client belongs to the run."""
+
+
+# ---- the plugin -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ApiBackendConfig:
+    url: str | None
+    token: str | None = field(default=None, repr=False)
+    token_env: str = "FLAG_API_TOKEN"
+    definitions_file: Path | None = None  # flags read from this file, halted through the API
+    allow_insecure_http: bool = False
+
+
+def _parse(ctx: ConfigContext) -> ApiBackendConfig:
+    from guardrail.flags.flagd_file import flags_location
+
+    section = ctx.section("flag_api")
+    if "token" in section:
+        raise GuardrailError(
+            "secrets do not belong in a config file; name an environment variable with `token_env` instead",
+            source=ctx.source, field="flag_api.token",
+        )
+    token_env = str(section.get("token_env", "FLAG_API_TOKEN"))
+    where = flags_location(ctx)
+    is_url = bool(where) and str(where).startswith(("http://", "https://"))
+    url = ctx.env.get("FLAG_API_URL") or section.get("url") or (str(where).split("/v1/flags")[0] if is_url else None)
+    if url is not None and (not isinstance(url, str) or urlsplit(url).scheme not in ("http", "https")):
+        raise GuardrailError(f"not an http(s) URL: {url!r}", source=ctx.source, field="flag_api.url")
+    config = ApiBackendConfig(
+        url=url, token=ctx.env.get(token_env) or None, token_env=token_env,
+        definitions_file=Path(where) if where and not is_url else None,
+        allow_insecure_http=bool(ctx.option("allow_insecure_http")),
+    )
+    return config
+
+
+NO_FLAGS = "no flag definitions: pass --flags PATH|URL, set FLAG_API_URL, or set `flags:` in --config"
+
+
+def _ready(config: ApiBackendConfig) -> None:
+    if not config.url and config.definitions_file is None:
+        raise GuardrailError(NO_FLAGS, exit_code=ExitCode.CONFIG)
+    if not config.url:
+        raise GuardrailError("halting through the flag API needs FLAG_API_URL", exit_code=ExitCode.CONFIG)
+    if config.token:  # a token that could leak is refused before the run starts, not at halt time
+        check_token_transport(config.url, allow_insecure_http=config.allow_insecure_http)
+
+
+def _create(config: ApiBackendConfig, runtime: Runtime) -> HttpFlagBackend:
+    assert config.url is not None
+    return HttpFlagBackend(config.url, runtime.client, token=None if runtime.read_only else config.token,
+                           policy=runtime.policy, definitions_file=config.definitions_file)
+
+
+PLUGIN = Plugin(
+    name="api", summary="the flag management REST API (FLAG_API_URL)",
+    parse=_parse, create=_create, ready=_ready, secrets=lambda c: [c.token] if c.token else [],
+)

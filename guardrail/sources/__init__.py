@@ -1,34 +1,16 @@
-"""Metrics sources (one module per outside system) and the concurrent, bounded fetch of a run's queries."""
+"""Metrics sources, one module per outside system. Adding one: a module exposing `PLUGIN` (see
+guardrail/adapters.py) and one line here."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Sequence
+from typing import Any
 
-from guardrail.model import Aggregate, AggregateKey, MetricQuery
-from guardrail.sources.base import MetricSource
+from guardrail.adapters import Entry, Registry
+from guardrail.sources.base import MetricSource, PerSeriesSource, Plan, fetch_plan
 
+SOURCES: Registry[Any, MetricSource] = Registry("metrics source", {
+    "http": Entry("guardrail.sources.http_api"),
+    "prometheus": Entry("guardrail.sources.prometheus"),
+})
 
-async def fetch_all(
-    source: MetricSource, planned: Sequence[tuple[AggregateKey, MetricQuery]], *, concurrency: int
-) -> dict[AggregateKey, Aggregate]:
-    """Run every query concurrently, at most `concurrency` at a time. Never one after another:
-    at 20 ms a query, 1,200 queries in sequence would take most of a cron interval.
-
-    `concurrency` workers take the queries in turn, rather than one waiting task per query, so memory
-    grows with the answers only (2,000 flags plan 12,000 queries: a task each added ~9 MB of peak RSS)."""
-    results: dict[AggregateKey, Aggregate] = {}
-    queue = iter(planned)  # shared: each query is taken by exactly one worker, and each worker ends with it
-
-    async def worker() -> None:
-        for key, q in queue:
-            try:
-                results[key] = await source.query(q)
-            except Exception as exc:  # a source must not raise; if one does, it is no data, not a crash
-                results[key] = Aggregate.missing(f"{source.name} source failed: {type(exc).__name__}")
-
-    await asyncio.gather(*(worker() for _ in range(min(max(1, concurrency), len(planned)))))
-    return {key: results[key] for key, _q in planned}  # in planned order, as callers print them
-
-
-__all__ = ["MetricSource", "fetch_all"]
+__all__ = ["SOURCES", "MetricSource", "PerSeriesSource", "Plan", "fetch_plan"]

@@ -1,21 +1,29 @@
-"""The metrics query API of CONTRACTS.md §2: `GET {url}/query?flag=&variant=&metric=&window=&end=`."""
+"""The HTTP metrics query API (docs/contracts.md): `GET {url}/query?flag=&variant=&metric=&window=&end=`.
+
+One series per call (the API has no batch form), so it is a PerSeriesSource. Configured by
+METRICS_API_URL, or `metrics: {source: http, url: ...}` in the config file; the variable wins.
+"""
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
+from guardrail.adapters import ConfigContext, Plugin, Runtime
 from guardrail.config import format_time
 from guardrail.http import HTTPFailure, RetryPolicy, json_body, request
-from guardrail.model import Aggregate, MetricQuery
+from guardrail.model import Aggregate, ExitCode, FailureKind, GuardrailError, MetricQuery
+from guardrail.sources.base import PerSeriesSource
 
 
 def parse_answer(body: Any) -> Aggregate:
     """Turn a JSON answer into an Aggregate, or the reason it is unusable. Never raises."""
     if not isinstance(body, dict):
-        return Aggregate.missing(f"answer is {type(body).__name__}, not an object")
+        return Aggregate.missing(f"answer is {type(body).__name__}, not an object", FailureKind.BAD_ANSWER)
     value, count, stddev = body.get("value"), body.get("count"), body.get("stddev")
     if value is None or count is None:
         return Aggregate.missing("answer has a null value or count")
@@ -35,13 +43,16 @@ def parse_answer(body: Any) -> Aggregate:
     return Aggregate(value=float(value), count=int(count), stddev=None if stddev is None else float(stddev))
 
 
-class HttpMetricSource:
+class HttpMetricSource(PerSeriesSource):
     name = "http"
 
-    def __init__(self, base_url: str, client: httpx.AsyncClient, *, policy: RetryPolicy = RetryPolicy()) -> None:
+    def __init__(
+        self, base_url: str, client: httpx.AsyncClient, *, policy: RetryPolicy = RetryPolicy(), concurrency: int = 64
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self.client = client
         self.policy = policy
+        self.concurrency = concurrency
 
     async def query(self, q: MetricQuery) -> Aggregate:
         params = {
@@ -58,9 +69,38 @@ class HttpMetricSource:
             )
             return parse_answer(json_body(response))
         except HTTPFailure as exc:
-            return Aggregate.missing(str(exc))
+            return Aggregate.missing(str(exc), exc.failure)
         except ValueError as exc:
-            return Aggregate.missing(f"metrics query: {exc}")
+            return Aggregate.missing(f"metrics query: {exc}", FailureKind.BAD_ANSWER)
 
-    async def aclose(self) -> None:
-        """The client belongs to the run, which closes it."""
+
+@dataclass(frozen=True)
+class HttpSourceConfig:
+    url: str | None
+
+
+def parse_config(ctx: ConfigContext) -> HttpSourceConfig:
+    section = ctx.section("metrics")
+    url = ctx.env.get("METRICS_API_URL") or section.get("url")
+    if url is None:
+        return HttpSourceConfig(None)
+    if not isinstance(url, str) or urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).netloc:
+        raise GuardrailError(f"not an http(s) URL: {url!r}", source=ctx.source, field="metrics.url")
+    return HttpSourceConfig(url)
+
+
+def _ready(config: HttpSourceConfig) -> None:
+    if not config.url:
+        raise GuardrailError("no metrics source: set METRICS_API_URL, or `metrics:` in --config",
+                             exit_code=ExitCode.CONFIG)
+
+
+def _create(config: HttpSourceConfig, runtime: Runtime) -> HttpMetricSource:
+    assert config.url is not None
+    return HttpMetricSource(config.url, runtime.client, policy=runtime.policy, concurrency=runtime.concurrency)
+
+
+PLUGIN = Plugin(
+    name="http", summary="the HTTP metrics query API (METRICS_API_URL)",
+    parse=parse_config, create=_create, ready=_ready,
+)

@@ -25,8 +25,10 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from guardrail.adapters import ConfigContext, Plugin, Runtime
 from guardrail.http import HTTPFailure, RetryPolicy, is_loopback, json_body, request
-from guardrail.model import Aggregate, GuardrailError, MetricQuery
+from guardrail.model import Aggregate, FailureKind, GuardrailError, MetricQuery
+from guardrail.sources.base import PerSeriesSource
 
 PLACEHOLDERS = ("flag", "variant", "window")
 SECTION_KEYS = ("source", "url", "timeout", "queries", "allow_insecure_http")
@@ -221,6 +223,10 @@ def eval_time(end: datetime) -> str:
 class NoData(Exception):
     """Internal: why one PromQL answer gives no usable number (becomes Aggregate.missing)."""
 
+    def __init__(self, message: str, kind: FailureKind = FailureKind.BAD_ANSWER) -> None:
+        super().__init__(message)
+        self.kind = kind
+
 
 def _number(raw: Any) -> float:
     # Prometheus encodes sample values as strings: "1.5", "NaN", "+Inf", "-Inf".
@@ -300,7 +306,17 @@ def _value_cause(v: float) -> str:
 # ---- the source --------------------------------------------------------------------------------------
 
 
-class PrometheusSource:
+def check_credential_transport(config: PrometheusConfig, headers: Mapping[str, str]) -> None:
+    insecure = urlsplit(config.url).scheme == "http" and not is_loopback(config.url)
+    if headers and insecure and not config.allow_insecure_http:
+        raise GuardrailError(
+            "refusing to send Prometheus credentials over plain http to a non-loopback host; use https, "
+            "or set `allow_insecure_http: true` if the network is trusted",
+            field="metrics.url",
+        )
+
+
+class PrometheusSource(PerSeriesSource):
     """MetricSource over Prometheus's HTTP API. The client belongs to the run; this never closes it."""
 
     name = "prometheus"
@@ -312,19 +328,15 @@ class PrometheusSource:
         *,
         headers: Mapping[str, str] | None = None,
         policy: RetryPolicy = DEFAULT_POLICY,
+        concurrency: int = 64,
     ) -> None:
         self.config = config
         self.client = client
         self.headers = dict(headers or {})
         self.policy = policy
+        self.concurrency = concurrency
         self.endpoint = f"{config.url}/api/v1/query"
-        insecure = urlsplit(config.url).scheme == "http" and not is_loopback(config.url)
-        if self.headers and insecure and not config.allow_insecure_http:
-            raise GuardrailError(
-                "refusing to send Prometheus credentials over plain http to a non-loopback host; use https, "
-                "or set `allow_insecure_http: true` if the network is trusted",
-                field="metrics.url",
-            )
+        check_credential_transport(config, self.headers)
 
     def __repr__(self) -> str:
         return f"PrometheusSource(url={self.config.url!r}, metrics={sorted(self.config.queries)})"
@@ -345,7 +357,7 @@ class PrometheusSource:
             hint = ""
             if exc.status in (401, 403):
                 hint = " (check PROMETHEUS_BEARER_TOKEN or PROMETHEUS_USERNAME/PASSWORD)"
-            raise NoData(f"{exc}{hint}") from None
+            raise NoData(f"{exc}{hint}", exc.failure) from None
         try:
             body = json_body(response)
         except ValueError as exc:
@@ -370,9 +382,9 @@ class PrometheusSource:
             if isinstance(answer, NoData):
                 if role == "stddev":
                     continue  # optional: only the sequential test on a mean metric needs it, and says so
-                return Aggregate.missing(f"{q.metric} {role} query: {answer}")
+                return Aggregate.missing(f"{q.metric} {role} query: {answer}", answer.kind)
             if isinstance(answer, BaseException):
-                raise answer  # a bug, not data: fetch_all reports it without a traceback
+                raise answer  # a bug, not data: PerSeriesSource.fetch reports it without a traceback
             numbers[role] = answer
 
         value, count = numbers["value"], numbers["count"]
@@ -388,5 +400,37 @@ class PrometheusSource:
         # increase() extrapolates to the window's edges, so counts come back as 1234.56: round, not floor.
         return Aggregate(value=value, count=round(count), stddev=stddev)
 
-    async def aclose(self) -> None:
-        """The client belongs to the run, which closes it."""
+
+
+# ---- the plugin -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PrometheusSettings:
+    config: PrometheusConfig
+    headers: Mapping[str, str]
+
+
+def _parse(ctx: ConfigContext) -> PrometheusSettings:
+    config = parse_prometheus_config(ctx.section("metrics"), source=ctx.source)
+    if ctx.option("allow_insecure_http"):
+        config = PrometheusConfig(config.url, config.queries, config.timeout, allow_insecure_http=True)
+    headers = auth_headers_from_env(ctx.env)
+    check_credential_transport(config, headers)  # at start, not at the first query
+    return PrometheusSettings(config, headers)
+
+
+def _secrets(settings: PrometheusSettings) -> list[str]:
+    values = [v.split(" ", 1)[-1] for v in settings.headers.values()]
+    return values + list(settings.headers.values())
+
+
+def _create(settings: PrometheusSettings, runtime: Runtime) -> PrometheusSource:
+    return PrometheusSource(settings.config, runtime.client, headers=settings.headers, policy=runtime.policy,
+                            concurrency=runtime.concurrency)
+
+
+PLUGIN = Plugin(
+    name="prometheus", summary="Prometheus instant queries from PromQL templates",
+    parse=_parse, create=_create, secrets=_secrets,
+)
