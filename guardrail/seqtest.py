@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 from guardrail.model import Comparison, SeqState
 
@@ -89,7 +89,6 @@ class Result:
     dispersion: float
     note: str = ""
     skipped: str | None = None  # a data problem: nothing was added this look
-    extra: dict[str, float] = field(default_factory=dict)
 
 
 def log_mixture_e(s: float, v: float, rho: float) -> float:
@@ -118,8 +117,16 @@ def _log_phi(x: float) -> float:
 
 
 _ERFC_COEFFICIENTS = (
-    -1.26551223, 1.00002368, 0.37409196, 0.09678418, -0.18628806,
-    0.27886807, -1.13520398, 1.48851587, -0.82215223, 0.17087277,
+    -1.26551223,
+    1.00002368,
+    0.37409196,
+    0.09678418,
+    -0.18628806,
+    0.27886807,
+    -1.13520398,
+    1.48851587,
+    -0.82215223,
+    0.17087277,
 )
 
 
@@ -160,10 +167,13 @@ _RESTART_Z = _restart_normaliser()
 
 
 def window_contrast(
-    comparison: Comparison, threshold: float, proportion: bool,
-    control: tuple[float, float, float], treatment: tuple[float, float, float],
-) -> tuple[float, float, float, float] | None:
-    """(D, v, w, v at the fitted effect) for one window of (n, Σy, Σy²) increments, or None if empty."""
+    comparison: Comparison,
+    threshold: float,
+    proportion: bool,
+    control: tuple[float, float, float],
+    treatment: tuple[float, float, float],
+) -> tuple[float, float, float] | None:
+    """(D, v, w) for one window of (n, Σy, Σy²) increments, or None when an arm has fewer than 2 units."""
     n_c, x_c, q_c = control
     n_t, x_t, q_t = treatment
     if n_c < 2.0 or n_t < 2.0:
@@ -195,7 +205,7 @@ def window_contrast(
     v = w * w * (var_t / n_t + f * f * var_c / n_c)
     if not (math.isfinite(d) and math.isfinite(v)) or v <= 0.0:
         return None
-    return d, v, w, v
+    return d, v, w
 
 
 def unit_variance(a: Sums) -> float | None:
@@ -248,14 +258,16 @@ def step(
         # A since-start count went down: the source restarted its count (a capped lookback, a reset).
         # Nothing is learnt from this look; the new counts are the baseline for the next window.
         rebased = replace(prior, last_control=now_c, last_treatment=now_t, last_at_minutes=minutes)
-        why = (f"since-start counts decreased (control {last_c[0]:g}→{now_c[0]:g}, treatment {last_t[0]:g}→"
-               f"{now_t[0]:g}); skipped this look and counted from here")
+        why = (
+            f"since-start counts decreased (control {last_c[0]:g}→{now_c[0]:g}, treatment {last_t[0]:g}→"
+            f"{now_t[0]:g}); skipped this look and counted from here"
+        )
         return rebased, _evaluate(rebased, settings, estimate, skipped=why)
     inc_c = tuple(a - b for a, b in zip(now_c, last_c, strict=True))
     inc_t = tuple(a - b for a, b in zip(now_t, last_t, strict=True))
     window = window_contrast(settings.comparison, settings.threshold, proportion, inc_c, inc_t)  # type: ignore[arg-type]
     if window is not None:
-        d, v, w, _ = window
+        d, v, w = window
         k = prior.windows
         r2 = prior.r2
         if k > 0 and prior.w > 0.0:
@@ -269,12 +281,20 @@ def step(
             # A new restart point at this window's start: its statistics begin with the next window's data.
             restarts = (*restarts, (j, prior.s, prior.v))[-MAX_RESTARTS:]
         state = replace(
-            prior, last_control=now_c, last_treatment=now_t, s=prior.s + d, v=prior.v + v, w=prior.w + w,
-            windows=k + 1, r2=r2,
+            prior,
+            last_control=now_c,
+            last_treatment=now_t,
+            s=prior.s + d,
+            v=prior.v + v,
+            w=prior.w + w,
+            windows=k + 1,
+            r2=r2,
             v_per_unit=prior.v_per_unit if prior.v_per_unit is not None else v / units,
-            minutes_per_unit=(prior.minutes_per_unit if prior.minutes_per_unit is not None
-                              else max(span, 1e-9) / units),
-            restarts=restarts, last_at_minutes=minutes,
+            minutes_per_unit=(
+                prior.minutes_per_unit if prior.minutes_per_unit is not None else max(span, 1e-9) / units
+            ),
+            restarts=restarts,
+            last_at_minutes=minutes,
         )
     else:
         note = "window too small (fewer than 2 new units in an arm): carried into the next look"
@@ -306,12 +326,21 @@ def rhos(state: SeqState, settings: Settings) -> tuple[float, float]:
     main_n = settings.tuning_n or units_per_minute * MAIN_TARGET_MINUTES
     late_n = units_per_minute * LATE_TARGET_MINUTES
     alpha_main, alpha_late = settings.alpha * MAIN_SHARE, settings.alpha * (1.0 - MAIN_SHARE)
-    return (max(state.v_per_unit * main_n / tuning_factor(alpha_main), 1e-300),
-            max(state.v_per_unit * late_n / tuning_factor(alpha_late), 1e-300))
+    return (
+        max(state.v_per_unit * main_n / tuning_factor(alpha_main), 1e-300),
+        max(state.v_per_unit * late_n / tuning_factor(alpha_late), 1e-300),
+    )
 
 
-def _evaluate(state: SeqState, settings: Settings, estimate: float | None, *, note: str = "",
-              skipped: str | None = None, unit_v: float | None = None) -> Result:
+def _evaluate(
+    state: SeqState,
+    settings: Settings,
+    estimate: float | None,
+    *,
+    note: str = "",
+    skipped: str | None = None,
+    unit_v: float | None = None,
+) -> Result:
     disp = dispersion(state)
     if state.windows == 0 or state.v <= 0.0:
         return Result(False, estimate, 1.0, 1.0, disp, note, skipped)
@@ -321,8 +350,11 @@ def _evaluate(state: SeqState, settings: Settings, estimate: float | None, *, no
         v_main, note = unit_v, (note + "; " if note else "") + "variance from per-unit sums"
     log_e = log_mixture_e(state.s, v_main, rho_main)
     scale = v_main / state.v
-    terms = [math.log(restart_weight(j)) + log_mixture_e(state.s - s_j, scale * (state.v - v_j), rho_late)
-             for j, s_j, v_j in state.restarts if state.v - v_j > 0.0]
+    terms = [
+        math.log(restart_weight(j)) + log_mixture_e(state.s - s_j, scale * (state.v - v_j), rho_late)
+        for j, s_j, v_j in state.restarts
+        if state.v - v_j > 0.0
+    ]
     log_m = _log_sum_exp(terms) if terms else -math.inf
     alpha_main, alpha_late = settings.alpha * MAIN_SHARE, settings.alpha * (1.0 - MAIN_SHARE)
     breach = skipped is None and (log_e >= -math.log(alpha_main) or log_m >= -math.log(alpha_late))

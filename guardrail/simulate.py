@@ -42,9 +42,19 @@ class Outcome:
         low, high = wilson(k, n)
         s = self.scenario
         return {
-            "scenario": s.name, "method": self.method, "traffic": s.traffic, "base_rate": s.base_rate,
-            "effect": s.effect, "threshold": s.threshold, "days": s.days, "cadence": s.cadence, "runs": n,
-            "comparisons": s.comparisons, "halted": k, "halt_rate": k / n, "halt_rate_ci95": [low, high],
+            "scenario": s.name,
+            "method": self.method,
+            "traffic": s.traffic,
+            "base_rate": s.base_rate,
+            "effect": s.effect,
+            "threshold": s.threshold,
+            "days": s.days,
+            "cadence": s.cadence,
+            "runs": n,
+            "comparisons": s.comparisons,
+            "halted": k,
+            "halt_rate": k / n,
+            "halt_rate_ci95": [low, high],
             "median_minutes_to_halt": quantile(self.halt_minutes, 0.5),
             "p90_minutes_to_halt": quantile(self.halt_minutes, 0.9),
             "oracle_median_minutes": None if self.oracle_minutes is None else quantile(self.oracle_minutes, 0.5),
@@ -87,18 +97,22 @@ def judge(s: Scenario, t: scenarios.Traffic, methods: list[str]) -> dict[str, ND
     out = {m: np.full(s.runs, np.inf) for m in methods}
     for metric in range(s.metrics):
         for arm in range(1, 1 + s.treatments):
-            seen = (t.units[0], engine_sums(t.units[0], t.events[metric, 0]),
-                    t.units[arm], engine_sums(t.units[arm], t.events[metric, arm]))
+            seen = (
+                t.units[0],
+                engine_sums(t.units[0], t.events[metric, 0]),
+                t.units[arm],
+                engine_sums(t.units[arm], t.events[metric, arm]),
+            )
             for m in methods:
                 if m == "sequential":
                     # Bonferroni over the flag's comparisons, as engine.comparison_alpha does.
-                    verdicts = simvec.sequential(comparison, s.threshold, s.alpha / s.comparisons, s.min_count,
-                                                 looks, *seen)
+                    verdicts = simvec.sequential(
+                        comparison, s.threshold, s.alpha / s.comparisons, s.min_count, looks, *seen
+                    )
                 else:
                     raw = (t.raw_units[0], t.raw_events[metric, 0], t.raw_units[arm], t.raw_events[metric, arm])
                     verdicts = simvec.threshold_rule(comparison, s.threshold, s.min_count, looks, *raw)
-                halted = simvec.halts(verdicts, looks, s.confirmations if m == "sequential" else 2,
-                                      s.max_gap_minutes)
+                halted = simvec.halts(verdicts, looks, s.confirmations if m == "sequential" else 2, s.max_gap_minutes)
                 out[m] = np.minimum(out[m], halted)
     return out
 
@@ -118,8 +132,10 @@ def simulate(s: Scenario, methods: list[str], rng: np.random.Generator) -> list[
             found[m].append(halted - s.onset_minutes)
         if limit:
             raw = (traffic.raw_units[0], traffic.raw_events[0, 0], traffic.raw_units[1], traffic.raw_events[0, 1])
-            oracle.append(simvec.oracle(s.threshold, s.effect, s.decrease, s.alpha, s.onset_minutes,
-                                        scenarios.looks(part), *raw) - s.onset_minutes)
+            oracle.append(
+                simvec.oracle(s.threshold, s.effect, s.decrease, s.alpha, s.onset_minutes, scenarios.looks(part), *raw)
+                - s.onset_minutes
+            )
     limit_minutes = np.concatenate(oracle) if oracle else None
     return [Outcome(m, s, np.concatenate(found[m]), limit_minutes) for m in methods]
 
@@ -137,8 +153,10 @@ def suite(runs: int, days: float, alpha: float) -> list[Scenario]:
         rows += [replace(base, name=f"clustered D={d:g}", dispersion=d, effect=e) for e in (1.0, 1.1)]
     rows += [replace(base, name="ramp 5→50 % + drift", ramp_days=2.0, effect=e) for e in (1.0, 1.1)]
     for traffic in (5000.0, 500.0):  # 50 and 5 conversions/min at 1 %
-        rows += [replace(base, name=f"rare decrease {traffic * 0.01:g}/min", traffic=traffic, decrease=True,
-                         effect=e) for e in (1.0, 0.9)]
+        rows += [
+            replace(base, name=f"rare decrease {traffic * 0.01:g}/min", traffic=traffic, decrease=True, effect=e)
+            for e in (1.0, 0.9)
+        ]
     rows += [replace(base, name="daily reset", reset_hours=24.0, effect=1.1)]
     rows += [replace(base, name="3 arms × 2 metrics", treatments=3, metrics=2, effect=e) for e in (1.0, 1.1)]
     rows += [replace(base, name=f"cron {c} min", cadence=c, effect=3.0, days=1.0) for c in (20, 30, 60)]
@@ -153,22 +171,44 @@ def _minutes(value: float | None) -> str:
 
 
 def render(rows: list[dict[str, Any]], markdown: bool) -> str:
-    header = ["scenario", "method", "events/min/arm", "effect", "runs", "halted (95% CI)", "median to halt", "p90",
-              "oracle median"]
+    header = [
+        "scenario",
+        "method",
+        "events/min/arm",
+        "effect",
+        "runs",
+        "halted (95% CI)",
+        "median to halt",
+        "p90",
+        "oracle median",
+    ]
     table = []
     for r in rows:
         low, high = r["halt_rate_ci95"]
         effect = "A/A" if r["effect"] == 1 else f"{r['effect']:g}x"
-        oracle = "—" if r["oracle_median_minutes"] is None and r["effect"] == 1 else _minutes(r["oracle_median_minutes"])
-        table.append([r["scenario"], r["method"], f"{r['traffic']:g}", effect, str(r["runs"]),
-                      f"{r['halt_rate']:.1%} ({low:.1%}–{high:.1%})", _minutes(r["median_minutes_to_halt"]),
-                      _minutes(r["p90_minutes_to_halt"]), oracle])
+        oracle = (
+            "—" if r["oracle_median_minutes"] is None and r["effect"] == 1 else _minutes(r["oracle_median_minutes"])
+        )
+        table.append(
+            [
+                r["scenario"],
+                r["method"],
+                f"{r['traffic']:g}",
+                effect,
+                str(r["runs"]),
+                f"{r['halt_rate']:.1%} ({low:.1%}–{high:.1%})",
+                _minutes(r["median_minutes_to_halt"]),
+                _minutes(r["p90_minutes_to_halt"]),
+                oracle,
+            ]
+        )
     if markdown:
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in table])
     widths = [max(len(x) for x in col) for col in zip(header, *table, strict=True)]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
-                     for row in [header, *table])
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in [header, *table]
+    )
 
 
 def _seeded(seed: int, s: Scenario) -> np.random.Generator:
@@ -181,10 +221,24 @@ def _seeded(seed: int, s: Scenario) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(repr(replace(s, runs=0)).encode())])
 
 
-def run_simulate_command(*, traffic: list[float], base_rate: float, effect: list[float], threshold: float,
-                         days: float, cadence: float, runs: int, seed: int, alpha: float, confirmations: int,
-                         methods: list[str], as_json: bool, markdown: bool, run_suite: bool = False,
-                         dispersion: float = 1.0) -> int:
+def run_simulate_command(
+    *,
+    traffic: list[float],
+    base_rate: float,
+    effect: list[float],
+    threshold: float,
+    days: float,
+    cadence: float,
+    runs: int,
+    seed: int,
+    alpha: float,
+    confirmations: int,
+    methods: list[str],
+    as_json: bool,
+    markdown: bool,
+    run_suite: bool = False,
+    dispersion: float = 1.0,
+) -> int:
     unknown = sorted(set(methods) - set(METHODS))
     if unknown:
         raise GuardrailError(f"unknown method(s) {unknown}; use threshold or sequential", field="--method")
@@ -210,16 +264,30 @@ def run_simulate_command(*, traffic: list[float], base_rate: float, effect: list
     if run_suite:
         grid = suite(runs, days, alpha)
     else:
-        grid = [Scenario(traffic=t, base_rate=base_rate, effect=e, threshold=threshold, days=days,
-                         cadence=int(cadence), runs=runs, alpha=alpha, confirmations=confirmations,
-                         dispersion=dispersion) for t in traffic for e in effect]
+        grid = [
+            Scenario(
+                traffic=t,
+                base_rate=base_rate,
+                effect=e,
+                threshold=threshold,
+                days=days,
+                cadence=int(cadence),
+                runs=runs,
+                alpha=alpha,
+                confirmations=confirmations,
+                dispersion=dispersion,
+            )
+            for t in traffic
+            for e in effect
+        ]
     rows: list[dict[str, Any]] = []
     for s in grid:
         try:
             rows.extend(o.summary() for o in simulate(s, methods, _seeded(seed, s)))
         except MemoryError:
-            raise GuardrailError(f"not enough memory for {s.days:g} days of per-minute traffic; use fewer "
-                                 "--days") from None
+            raise GuardrailError(
+                f"not enough memory for {s.days:g} days of per-minute traffic; use fewer --days"
+            ) from None
     if as_json:
         print(json.dumps({"seed": seed, "alpha": alpha, "confirmations": confirmations, "results": rows}, indent=2))
     else:

@@ -51,8 +51,17 @@ def log_mixture_e(s: Array, v: Array, rho: Array) -> Array:
         return math.log(2.0) + 0.5 * np.log(rho / total) + 0.5 * x * x + log_phi
 
 
-def sequential(comparison: Comparison, threshold: float, alpha: float, min_count: int, looks: NDArray[np.int64],
-               n_c: Array, x_c: Array, n_t: Array, x_t: Array) -> NDArray[np.int8]:
+def sequential(
+    comparison: Comparison,
+    threshold: float,
+    alpha: float,
+    min_count: int,
+    looks: NDArray[np.int64],
+    n_c: Array,
+    x_c: Array,
+    n_t: Array,
+    x_t: Array,
+) -> NDArray[np.int8]:
     """Verdicts (runs, looks) of engine + seqtest.step on since-start cumulative proportions."""
     import numpy as np
 
@@ -74,8 +83,12 @@ def sequential(comparison: Comparison, threshold: float, alpha: float, min_count
     for i, minute in enumerate(looks):
         nc, xc, nt, xt = n_c[:, minute], x_c[:, minute], n_t[:, minute], x_t[:, minute]
         eligible = np.minimum(nc, nt) >= min_count
-        decreased = eligible & ((nc < last_nc) | (nt < last_nt) | (xc < last_xc - 1e-6 * (1.0 + last_xc))
-                                | (xt < last_xt - 1e-6 * (1.0 + last_xt)))
+        decreased = eligible & (
+            (nc < last_nc)
+            | (nt < last_nt)
+            | (xc < last_xc - 1e-6 * (1.0 + last_xc))
+            | (xt < last_xt - 1e-6 * (1.0 + last_xt))
+        )
         dnc, dxc, dnt, dxt = nc - last_nc, xc - last_xc, nt - last_nt, xt - last_xt
         valid = eligible & ~decreased & (dnc >= 2.0) & (dnt >= 2.0)
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -110,8 +123,11 @@ def sequential(comparison: Comparison, threshold: float, alpha: float, min_count
         last_at = np.where(moved, float(minute), last_at)
         # _evaluate
         counted = np.maximum(0.0, windows - 1.0)
-        disp = np.maximum(1.0, (seqtest.DISPERSION_PRIOR_WINDOWS * seqtest.DISPERSION_PRIOR + r2)
-                          / (seqtest.DISPERSION_PRIOR_WINDOWS + counted))
+        disp = np.maximum(
+            1.0,
+            (seqtest.DISPERSION_PRIOR_WINDOWS * seqtest.DISPERSION_PRIOR + r2)
+            / (seqtest.DISPERSION_PRIOR_WINDOWS + counted),
+        )
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             upm = 1.0 / mpu
             rho_main = np.maximum(vpu * (upm * seqtest.MAIN_TARGET_MINUTES) / tf_main, 1e-300)
@@ -137,8 +153,9 @@ def sequential(comparison: Comparison, threshold: float, alpha: float, min_count
                 terms = np.where(live[need], terms, -np.inf)
                 top = terms.max(axis=1)
                 safe_top = np.where(np.isfinite(top), top, 0.0)
-                log_m[need] = np.where(np.isfinite(top),
-                                       safe_top + np.log(np.exp(terms - safe_top[:, None]).sum(axis=1)), -np.inf)
+                log_m[need] = np.where(
+                    np.isfinite(top), safe_top + np.log(np.exp(terms - safe_top[:, None]).sum(axis=1)), -np.inf
+                )
         active = eligible & (windows > 0) & (v > 0.0)
         breach = active & ~decreased & ((log_e >= c_main) | (log_m >= c_late))
         verdict = np.where(breach, BREACH, np.where(eligible & ~decreased, PASS, SKIP))
@@ -146,8 +163,16 @@ def sequential(comparison: Comparison, threshold: float, alpha: float, min_count
     return out
 
 
-def threshold_rule(comparison: Comparison, threshold: float, min_count: int, looks: NDArray[np.int64],
-                   n_c: Array, x_c: Array, n_t: Array, x_t: Array) -> NDArray[np.int8]:
+def threshold_rule(
+    comparison: Comparison,
+    threshold: float,
+    min_count: int,
+    looks: NDArray[np.int64],
+    n_c: Array,
+    x_c: Array,
+    n_t: Array,
+    x_t: Array,
+) -> NDArray[np.int8]:
     """The engine's threshold rule on the last 5 minutes (raw cumulative sums): skip below min_count."""
     import numpy as np
 
@@ -163,8 +188,18 @@ def threshold_rule(comparison: Comparison, threshold: float, min_count: int, loo
     return verdict
 
 
-def oracle(threshold: float, effect: float, decrease: bool, alpha: float, onset: int, looks: NDArray[np.int64],
-           n_c: Array, x_c: Array, n_t: Array, x_t: Array) -> NDArray[np.float64]:
+def oracle(
+    threshold: float,
+    effect: float,
+    decrease: bool,
+    alpha: float,
+    onset: int,
+    looks: NDArray[np.int64],
+    n_c: Array,
+    x_c: Array,
+    n_t: Array,
+    x_t: Array,
+) -> NDArray[np.float64]:
     """Minute at which Wald's SPRT (H0 ratio = 1 ± δ vs H1 ratio = the true effect, conditional binomial per
     window, Lindon & Malek's likelihood) crosses ln(1/α) from the onset on; inf when never. It knows the
     effect and the onset: a limit, not a method."""
@@ -186,8 +221,9 @@ def oracle(threshold: float, effect: float, decrease: bool, alpha: float, onset:
     return np.where(crossed.any(axis=1), looks[first].astype(float), np.inf)
 
 
-def halts(verdicts: NDArray[np.int8], looks: NDArray[np.int64], confirmations: int,
-          max_gap_minutes: float) -> NDArray[np.float64]:
+def halts(
+    verdicts: NDArray[np.int8], looks: NDArray[np.int64], confirmations: int, max_gap_minutes: float
+) -> NDArray[np.float64]:
     """engine.next_streak look by look: a pass resets, a skip keeps, a breach more than the gap after the last
     one restarts at 1; the gap is max(max_gap_minutes, 1.5 × the interval since the previous look)."""
     import numpy as np

@@ -26,8 +26,8 @@ from guardrail.model import (
     GuardrailError,
     HaltAction,
     HaltRecord,
-    SeqState,
     HaltStatus,
+    SeqState,
     State,
     Streak,
 )

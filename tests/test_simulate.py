@@ -25,10 +25,16 @@ def engine_halts(s: Scenario, t: scenarios.Traffic) -> list[float]:
     """Feed the same synthetic since-start sums through engine.decide, one look and one run at a time."""
     treatments = tuple(f"t{a}" for a in range(1, 1 + s.treatments))
     comparison = "relative_decrease" if s.decrease else "relative_increase"
-    definition = flag_definition(threshold=s.threshold, method=None, treatments=treatments,
-                                 extra_metadata={"started_at": NOW.isoformat(),
-                                                 "guardrail.error_rate.comparison": comparison,
-                                                 "guardrail.error_rate.alpha": s.alpha})
+    definition = flag_definition(
+        threshold=s.threshold,
+        method=None,
+        treatments=treatments,
+        extra_metadata={
+            "started_at": NOW.isoformat(),
+            "guardrail.error_rate.comparison": comparison,
+            "guardrail.error_rate.alpha": s.alpha,
+        },
+    )
     flag = parse_flags({KEY: definition}).flags[0]
     out = []
     for run in range(s.runs):
@@ -72,8 +78,9 @@ def test_streak_rule_is_engine_next_streak(confirmations: int) -> None:
     max(15 min, 1.5 × the last interval) restarts a streak; skips neither confirm nor clear it."""
     rng = np.random.default_rng(confirmations)
     looks = np.cumsum(rng.choice([1, 2, 5, 9, 16, 30], size=120)).astype(np.int64)
-    verdicts = rng.choice([simvec.PASS, simvec.BREACH, simvec.SKIP], p=[0.3, 0.3, 0.4],
-                          size=(300, len(looks))).astype(np.int8)
+    verdicts = rng.choice([simvec.PASS, simvec.BREACH, simvec.SKIP], p=[0.3, 0.3, 0.4], size=(300, len(looks))).astype(
+        np.int8
+    )
     code = {simvec.PASS: Verdict.PASS, simvec.BREACH: Verdict.BREACH, simvec.SKIP: Verdict.SKIP_MIN_COUNT}
     expected = []
     for run in range(300):
@@ -146,27 +153,69 @@ def test_wilson_interval() -> None:
 
 def test_cli_json() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "guardrail", "simulate", "--runs", "20", "--days", "0.3", "--effect", "1", "--effect",
-         "3", "--json"],
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "guardrail",
+            "simulate",
+            "--runs",
+            "20",
+            "--days",
+            "0.3",
+            "--effect",
+            "1",
+            "--effect",
+            "3",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
     doc = json.loads(result.stdout)
     assert len(doc["results"]) == 4
-    assert set(doc["results"][0]) >= {"scenario", "method", "traffic", "effect", "runs", "halt_rate",
-                                      "halt_rate_ci95", "median_minutes_to_halt", "oracle_median_minutes"}
+    assert set(doc["results"][0]) >= {
+        "scenario",
+        "method",
+        "traffic",
+        "effect",
+        "runs",
+        "halt_rate",
+        "halt_rate_ci95",
+        "median_minutes_to_halt",
+        "oracle_median_minutes",
+    }
 
 
 def test_cli_rejects_bad_options() -> None:
-    result = subprocess.run([sys.executable, "-m", "guardrail", "simulate", "--method", "magic"],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "guardrail", "simulate", "--method", "magic"], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 2 and "magic" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_a_scenario_gives_the_same_numbers_whatever_else_the_command_runs() -> None:
     def run(*extra: str) -> dict[tuple[str, float, float], dict[str, object]]:
-        result = subprocess.run([sys.executable, "-m", "guardrail", "simulate", "--runs", "20", "--days", "0.2",
-                                 "--effect", "1.5", *extra, "--json"], capture_output=True, text=True, timeout=120)
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "guardrail",
+                "simulate",
+                "--runs",
+                "20",
+                "--days",
+                "0.2",
+                "--effect",
+                "1.5",
+                *extra,
+                "--json",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert result.returncode == 0, result.stderr
         return {(r["method"], r["traffic"], r["effect"]): r for r in json.loads(result.stdout)["results"]}
 
