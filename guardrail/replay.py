@@ -126,6 +126,12 @@ def read_history(path: Path) -> list[Look]:
             value=math.nan if value is None else value,  # null: the engine's skip:no_data, as in check
             count=line.count(),
             stddev=line.number("stddev", optional=True),
+            # Optional per-unit sums (docs/statistics.md): the sequential test's unit-level variance.
+            units=line.number("units", optional=True),
+            unit_sum=line.number("unit_sum", optional=True),
+            unit_sum_sq=line.number("unit_sum_sq", optional=True),
+            unit_count_sq=line.number("unit_count_sq", optional=True),
+            unit_cross=line.number("unit_cross", optional=True),
         )
     if not looks:
         raise GuardrailError("the history has no aggregates", source=source)

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from guardrail.model import GuardrailError
+from guardrail.model import SINCE_START, GuardrailError
 from guardrail.replay import read_history, replay, run_replay_command
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "replay"
@@ -167,3 +167,15 @@ def test_json_keys_are_pinned(tmp_path: Path, capsys: Any) -> None:
     doc = json.loads(capsys.readouterr().out)
     assert list(doc) == ["flags"]
     assert list(doc["flags"][0]) == ["flag", "halted_at", "metric", "reason", "looks"]
+
+
+def test_history_lines_may_carry_per_unit_sums(tmp_path: Path) -> None:
+    rows = [{"time": "2026-11-18T10:00:00Z", "flag": "f", "variant": v, "metric": "error_rate",
+             "window": "since_start", "value": 0.01, "count": 10_000, "units": 500, "unit_sum": 100,
+             "unit_sum_sq": 900, "unit_count_sq": 250_000, "unit_cross": 2_400} for v in ("control", "treatment")]
+    path = tmp_path / "history.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    (_when, aggregates), = read_history(path)
+    agg = aggregates[("f", "control", "error_rate", SINCE_START)]
+    assert (agg.units, agg.unit_sum, agg.unit_sum_sq, agg.unit_count_sq, agg.unit_cross) == (
+        500.0, 100.0, 900.0, 250_000.0, 2_400.0)
