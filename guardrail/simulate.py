@@ -151,6 +151,7 @@ def suite(runs: int, days: float, alpha: float) -> list[Scenario]:
     ]
     for d in (2.0, 4.0, 8.0):
         rows += [replace(base, name=f"clustered D={d:g}", dispersion=d, effect=e) for e in (1.0, 1.1)]
+    rows += [replace(base, name="10,000 persistent users/arm", persistent_users=10_000, effect=e) for e in (1.0, 1.1)]
     rows += [replace(base, name="ramp 5→50 % + drift", ramp_days=2.0, effect=e) for e in (1.0, 1.1)]
     for traffic in (5000.0, 500.0):  # 50 and 5 conversions/min at 1 %
         rows += [
