@@ -22,7 +22,7 @@ def nested(guardrails: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def test_flat_and_nested_spellings_read_the_same() -> None:
-    flat = flag_definition(extra_metadata={
+    flat = flag_definition(method=None, extra_metadata={
         "guardrail.p95_latency_ms.comparison": "relative_increase",
         "guardrail.p95_latency_ms.threshold": 0.10,
         "guardrail.p95_latency_ms.min_count": 200,
