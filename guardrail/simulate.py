@@ -191,9 +191,9 @@ def render(rows: list[dict[str, Any]], markdown: bool) -> str:
     for r in rows:
         low, high = r["halt_rate_ci95"]
         effect = "A/A" if r["effect"] == 1 else f"{r['effect']:g}x"
-        oracle = (
-            "—" if r["oracle_median_minutes"] is None and r["effect"] == 1 else _minutes(r["oracle_median_minutes"])
-        )
+        # No limit for A/A or exactly at the threshold: the oracle's alternative would be the null itself.
+        limit = r["oracle_median_minutes"]
+        oracle = "—" if limit is None and r["halted"] < r["runs"] else _minutes(limit)
         table.append(
             [
                 r["scenario"],
