@@ -190,3 +190,19 @@ def test_per_unit_variance_keeps_persistent_users_from_halting() -> None:
     _s, binomial = seqtest.step(SeqState(), plain[0], plain[1], minutes=60.0, settings=settings(), proportion=True)
     _s, unit = seqtest.step(SeqState(), arm(0.01), arm(0.014), minutes=60.0, settings=settings(), proportion=True)
     assert binomial.breach and not unit.breach and "per-unit" in unit.note
+
+
+@pytest.mark.parametrize(
+    ("control", "treatment"),
+    [
+        (Sums(1e300, 1e298, 1e298), Sums(1e300, 5e298, 5e298)),
+        (Sums(5.0, 0.0, 0.0), Sums(5.0, 5.0, 5.0)),
+        (Sums(1e6, 0.0, 0.0), Sums(1e6, 0.0, 0.0)),
+        (Sums(1e4, 1e4, 1e4), Sums(1e4, 1e4, 1e4)),  # every unit an event: p = 1 in both arms
+        (Sums(1e4, 5.0, 5.0, units=float("nan"), unit_sum=1.0, unit_sum_sq=-3.0), Sums(1e4, 9.0, 9.0)),
+    ],
+)
+def test_extreme_inputs_never_raise(control: Sums, treatment: Sums) -> None:
+    state, result = seqtest.step(SeqState(), control, treatment, minutes=2.0, settings=settings(), proportion=True)
+    state, result = seqtest.step(state, control, treatment, minutes=4.0, settings=settings(), proportion=True)
+    assert 0.0 <= result.p_value <= 1.0 and 0.0 <= result.late_p_value <= 1.0
