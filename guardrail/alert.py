@@ -36,8 +36,9 @@ def context(*, flag: str, action: HaltAction, evaluation: Evaluation, reason: st
 
 
 def escape(text: Any) -> str:
-    """Slack mrkdwn control characters (https://api.slack.com/reference/surfaces/formatting#escaping)."""
-    return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    """Slack mrkdwn control characters (https://api.slack.com/reference/surfaces/formatting#escaping). A
+    backtick in outside text would end the code span a flag key is shown in: it becomes a look-alike."""
+    return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("`", "\u02cb")
 
 
 def _num(value: Any, digits: int = 4) -> str:

@@ -20,15 +20,16 @@ from typing import Any
 
 import httpx
 
-from guardrail import alert, audit, engine, halts
+from guardrail import alert, audit, engine, halts, ramp_run, world
 from guardrail.adapters import Runtime
 from guardrail.alert import AlertOutcome
 from guardrail.config import parse_flags
 from guardrail.flags.base import FlagBackend
-from guardrail.http import RetryPolicy, make_client
+from guardrail.http import RetryPolicy, make_client, run_budget
 from guardrail.model import (
     FailureKind,
     Flag,
+    FlagProblem,
     FlagState,
     GuardrailError,
     HaltAction,
@@ -39,6 +40,7 @@ from guardrail.model import (
     RunResult,
     State,
 )
+from guardrail.preflight import preflight
 from guardrail.redact import Redactor
 from guardrail.settings import Settings, require
 from guardrail.sources import fetch_plan
@@ -93,10 +95,13 @@ class Run:
         self.halts: list[HaltResult] = []
         self.audit_lines: list[dict[str, Any]] = []
         self.warnings: list[str] = []
+        self.after_effects: list[FlagProblem] = []  # what failed after a side effect (state/audit writes)
 
     async def execute(self) -> RunResult:
         require(self.settings)  # before the lock: a run that cannot work leaves nothing behind
-        with self._lock():
+        self.warnings.extend(preflight(self.settings, dry_run=self.dry_run))
+        # The budget bounds the whole run's reads (guardrail/http.py); the lock is released however it ends.
+        with run_budget(self.settings.budget), self._lock():
             state = self.store.load()
             if self.store.warning:
                 self.warnings.append(self.store.warning)
@@ -122,7 +127,12 @@ class Run:
         parsed = parse_flags(loaded.definitions, source=loaded.source, lines=loaded.lines,
                              defaults=self.settings.defaults)
         flags = [f for f in parsed.flags if self._mine(f.key)]
-        problems = [p for p in parsed.problems if self._mine(p.flag)]
+        problems = [p for p in (*loaded.problems, *parsed.problems) if self._mine(p.flag)]
+        # A halted key that came back (a new experiment, or turned on by a person): see world.py.
+        seen = world.reconcile(flags, state, now=self.now, run_id=self.run_id)
+        state = seen.state
+        problems += seen.problems
+        self.audit_lines += [] if self.dry_run else list(seen.audit)
         if self.only and not flags and not problems:
             raise GuardrailError(f"no flag {sorted(self.only)} in the flag definitions", source=loaded.source)
         by_key = {f.key: f for f in flags}
@@ -158,19 +168,41 @@ class Run:
                 record = state.flags[h.flag].halt
                 assert record is not None
                 state = await self._apply(state, backend, by_key[h.flag], record, runtime, resumed=False)
-            self.audit.append([json.loads(self.redact(json.dumps(r))) for r in self.audit_lines])
+        # Ramps: write the steps' splits (after the halts: a rollback never waits on an advance elsewhere).
+        state, ramps = await ramp_run.apply(self, state, decision, backend, by_key, runtime, loaded.source)
+        if (srm_note := ramp_run.srm_warning(decision.srm, {f.srm.metric for f in flags})) is not None:
+            self.warnings.append(srm_note)
+        if not self.dry_run:
+            self._write_audit()
         return RunResult(
             now=self.now, dry_run=self.dry_run, run_id=self.run_id, evaluations=decision.evaluations,
-            halts=tuple(self.halts), problems=tuple(problems), skipped_flags=decision.skipped_flags,
-            warnings=tuple(self.warnings),
+            halts=tuple(self.halts), problems=tuple(problems) + tuple(self.after_effects),
+            skipped_flags=decision.skipped_flags, warnings=tuple(self.warnings), ramps=tuple(ramps), srm=decision.srm,
         )
+
+    def _write_audit(self) -> None:
+        """After side effects nothing may crash the report: an audit log that cannot be written is named
+        with its path (an error: exit 2, or 1/4 when a halt happened, which outranks it)."""
+        try:
+            self.audit.append([json.loads(self.redact(json.dumps(r))) for r in self.audit_lines])
+        except GuardrailError as exc:
+            self._after_effect(exc, f"{len(self.audit_lines)} audit line(s) NOT written")
+
+    def _after_effect(self, exc: GuardrailError, what: str) -> None:
+        self.warnings.append(f"{what}: {self.redact(str(exc))}")
+        self.after_effects.append(FlagProblem(None, f"{what}: {self.redact(exc.message)}", source=exc.source or ""))
 
     def _stamp(self, state: State) -> State:
         return replace(state, last_run_at=self.now)
 
     def _save(self, state: State) -> None:
+        """Saves after a side effect: a failure is reported with the path, never a crash that would hide
+        the halt that already happened."""
         if not self.dry_run:
-            self.store.save(self._stamp(state))
+            try:
+                self.store.save(self._stamp(state))
+            except GuardrailError as exc:
+                self._after_effect(exc, "state NOT saved after a halt (the next run re-reads the flag)")
 
     async def _change(self, backend: FlagBackend, flag: Flag, record: HaltRecord) -> HaltOutcome:
         try:
@@ -217,7 +249,10 @@ class Run:
         else:
             payload = alert.render(ctx, outcome, "" if outcome is AlertOutcome.DONE else detail)
         payload = json.loads(self.redact(json.dumps(payload)))
-        error = await alert.post(runtime.client, self.settings.webhook_url, payload, policy=runtime.policy)
+        try:
+            error = await alert.post(runtime.client, self.settings.webhook_url, payload, policy=runtime.policy)
+        except Exception as exc:  # the halt already happened; the report must survive
+            error = f"alert webhook: {type(exc).__name__}"
         if error is None:
             return "sent", True
         return f"FAILED, will retry next run: {self.redact(error)}", False

@@ -94,6 +94,10 @@ def check(
         "--timeout", min=0.1, help="Seconds per HTTP call (each is retried). Default 5.")] = None,
     lock_timeout: Annotated[float | None, typer.Option(
         "--lock-timeout", min=0, help="Seconds to wait for another run's state lock before exit 5.")] = None,
+    budget: Annotated[float | None, typer.Option(
+        "--budget", min=0, help="Seconds the whole run may spend reading (GUARDRAIL_BUDGET). Past it no new "
+        "read starts, unread guardrails are skip:no_data (exit 3); decided halts are still sent. Default 90.")
+    ] = None,
     ca_bundle: Annotated[str | None, typer.Option("--ca-bundle", help="CA bundle for TLS verification.")] = None,
     allow_insecure_http: Annotated[bool, typer.Option(
         "--allow-insecure-http", help="Allow sending the flag API token over plain http to a non-loopback host.")
@@ -117,7 +121,7 @@ def check(
 
     settings = load_settings(config=config, overrides={
         "flags": flags, "state_path": state, "audit_path": audit, "concurrency": concurrency,
-        "timeout": timeout, "lock_timeout": lock_timeout, "ca_bundle": ca_bundle,
+        "timeout": timeout, "lock_timeout": lock_timeout, "ca_bundle": ca_bundle, "budget": budget,
         "allow_insecure_http": allow_insecure_http or None,
     })
     import time
@@ -236,9 +240,27 @@ def simulate(
                                             "(clustered, ramp, rare, late onset, arms x metrics, cron).")] = False,
     dispersion: Annotated[float, typer.Option("--dispersion", help="Events clustered by user: D times the "
                                               "binomial variance per 2-minute block.")] = 1.0,
+    scenario: Annotated[str, typer.Option(
+        "--scenario", help="experiments (default) | ramps: ramped rollouts 1,5,25,50,100 % (docs/rollouts.md).")
+    ] = "experiments",
+    ramp_effect: Annotated[float, typer.Option(
+        "--ramp-effect", help="ramps: the harmful treatment's error rate / control's.")] = 3.0,
+    step_minutes: Annotated[float, typer.Option("--step-minutes", help="ramps: minimum minutes per step.")] = 30.0,
 ) -> None:
-    """Synthetic A/A and A/B experiments through the engine: false-halt rate and time to halt per method."""
+    """Synthetic A/A and A/B experiments through the engine: false-halt rate and time to halt per method.
+    With --scenario ramps: time to ship, rollbacks, exposure to harm and SRM holds of ramped rollouts."""
     from guardrail.simulate import run_simulate_command
+
+    if scenario == "ramps":
+        from guardrail.simulate_ramps import run_ramps_command
+
+        raise typer.Exit(run_ramps_command(
+            runs=runs, seed=seed, traffic=traffic[0], base_rate=base_rate, effect=ramp_effect, threshold=threshold,
+            alpha=alpha, confirmations=confirmations, step_minutes=step_minutes, cadence=int(cadence),
+            as_json=as_json, markdown=markdown,
+        ))
+    if scenario != "experiments":
+        raise GuardrailError("must be experiments or ramps", field="--scenario")
 
     raise typer.Exit(run_simulate_command(
         traffic=traffic, base_rate=base_rate, effect=effect, threshold=threshold, days=days, cadence=cadence,

@@ -19,6 +19,7 @@ from functools import lru_cache
 from importlib import resources
 from typing import Any
 
+from guardrail import ramp_config
 from guardrail.codec import format_time as format_time
 from guardrail.codec import parse_time as parse_time
 from guardrail.model import (
@@ -33,6 +34,7 @@ from guardrail.model import (
     MetricKind,
     Severity,
 )
+from guardrail.split import read_split
 
 FLAT_PREFIX = "guardrail."
 GUARDRAIL_OPTIONS = (
@@ -143,8 +145,8 @@ def gather_guardrail_options(
     order: list[str] = []
 
     for key, value in metadata.items():
-        if not isinstance(key, str) or not key.startswith(FLAT_PREFIX):
-            continue
+        if not isinstance(key, str) or not key.startswith(FLAT_PREFIX) or ramp_config.is_ramp_or_srm_key(key):
+            continue  # guardrail.ramp.* and guardrail.srm.* are read by rollout.parse_ramp
         rest = key[len(FLAT_PREFIX) :]
         if "." not in rest:
             # guardrail.<option>: a flag-wide default for every guardrail of this flag
@@ -189,8 +191,26 @@ def gather_guardrail_options(
     return out, defaults, fields, errors
 
 
+def _non_finite(value: Any, path: str = "") -> Iterator[tuple[str, float]]:
+    """Every NaN or infinity in a document, with its schema path. JSON Schema cannot refuse them: every
+    comparison with NaN is false, so `threshold: .nan` passes `exclusiveMinimum: 0` and `maximum`."""
+    if isinstance(value, float) and not math.isfinite(value):
+        yield path, value
+    elif isinstance(value, Mapping):
+        for k, v in value.items():
+            yield from _non_finite(v, f"{path}/{k}" if path else str(k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from _non_finite(v, f"{path}/{i}" if path else str(i))
+
+
 def _schema_errors(document: Mapping[str, Any], fields: Mapping[str, str]) -> list[tuple[str, str]]:
     problems = []
+    for where, number in _non_finite(document):
+        spot = fields.get(where) or ("metadata." + where.replace("/", ".") if where else "metadata")
+        problems.append((spot, f"must be a finite number, got {number}"))
+    if problems:
+        return problems
     for err in sorted(_validator().iter_errors(document), key=lambda e: list(e.absolute_path)):
         path = "/".join(str(p) for p in err.absolute_path)
         place = fields.get(path)
@@ -203,6 +223,10 @@ def _schema_errors(document: Mapping[str, Any], fields: Mapping[str, str]) -> li
             message = err.message
         problems.append((place, message))
     return problems
+
+
+def _has_control(text: str) -> bool:
+    return any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F or c in "\u2028\u2029" for c in text)
 
 
 def _number_ok(value: Any) -> bool:
@@ -231,6 +255,8 @@ def parse_flag(
     if not isinstance(variants, Mapping) or not variants:
         return None, [problem("variants", "must be a non-empty mapping of variant name to value")]
     variant_names = tuple(str(v) for v in variants)
+    if any(_has_control(v) for v in variant_names):
+        return None, [problem("variants", "a variant name contains control characters (a newline?)")]
     default_variant = definition.get("defaultVariant")
     if not isinstance(default_variant, str) or default_variant not in variants:
         return None, [problem("defaultVariant", f"{default_variant!r} is not one of the variants")]
@@ -267,6 +293,9 @@ def parse_flag(
         # Name the field the variants came from: the user's list, or else the fractional split.
         field = "metadata.treatment_variants" if "treatment_variants" in metadata else "targeting"
         return None, [problem(field, f"unknown variants {unknown}")]
+    listed = "treatment_variants" in metadata
+    if raw_guardrails and (why := treatments_problem(treatments, control, definition, listed)):
+        return None, [problem(why[0], why[1])]
 
     exp_type = metadata.get("experiment_type", "ab")
     experiment_type = ExperimentType.ROLLOUT if exp_type == "rollout" else ExperimentType.AB
@@ -309,6 +338,13 @@ def parse_flag(
         )
         guardrails.append(g)
 
+    split = read_split(definition)
+    ramp, srm_spec, ramp_errors = ramp_config.parse_ramp(
+        metadata, experiment_type=experiment_type, split=split, control=control, treatments=treatments
+    )
+    if ramp_errors:
+        return None, [problem(f, m) for f, m in ramp_errors]
+
     hold = metadata.get("guardrail_hold", False)
     flag = Flag(
         key=key,
@@ -324,6 +360,9 @@ def parse_flag(
         held=hold is True or (isinstance(hold, str) and hold.lower() == "true"),
         source=source,
         definition=definition,
+        ramp=ramp,
+        srm=srm_spec,
+        split=split,
     )
     return flag, []
 
@@ -344,6 +383,11 @@ def parse_flags(
         if not isinstance(key, str) or not key:
             problems.append(FlagProblem(str(key), "flag key must be a non-empty string", source))
             continue
+        if _has_control(key):
+            # A newline in a key could forge a line of the report or the cron mail.
+            problems.append(FlagProblem(key.encode("unicode_escape").decode("ascii"),
+                                        "flag key contains control characters (a newline?)", source))
+            continue
         flag, found = parse_flag(
             key, definition, source=source, line=(lines or {}).get(key), defaults=defaults
         )
@@ -351,6 +395,52 @@ def parse_flags(
         if flag is not None:
             flags.append(flag)
     return ParsedFlags(tuple(flags), tuple(problems))
+
+
+def fractional_weights(definition: Mapping[str, Any]) -> dict[str, float]:
+    """The largest weight each variant gets in any fractional split of the targeting (flagd: a bucket
+    without a weight weighs 1)."""
+    weights: dict[str, float] = {}
+
+    def walk(node: Any, depth: int) -> None:
+        if depth > 50:
+            return
+        if isinstance(node, Mapping):
+            for op, args in node.items():
+                if op in FRACTIONAL_OPS and isinstance(args, list):
+                    for item in args:
+                        if isinstance(item, list) and item and isinstance(item[0], str):
+                            w = item[1] if len(item) > 1 and _number_ok(item[1]) else 1
+                            weights[item[0]] = max(weights.get(item[0], 0.0), float(w))
+                walk(args, depth + 1)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item, depth + 1)
+
+    walk(definition.get("targeting"), 0)
+    return weights
+
+
+def treatments_problem(
+    treatments: tuple[str, ...], control: str, definition: Mapping[str, Any], listed: bool
+) -> tuple[str, str] | None:
+    """(field, message) when the treatments cannot make an experiment: none at all, the control among
+    them, one listed twice, or one the split never serves (weight 0). Each would be judged silently
+    forever (no comparison, or one of control against itself, or one that never reaches min_count)."""
+    field = "metadata.treatment_variants" if listed else "targeting"
+    if not treatments:
+        return field, ("is empty: name the variant(s) to compare with control" if listed
+                       else "no treatment variant besides control: nothing to compare (set treatment_variants)")
+    if control in treatments:
+        return field, f"names the control variant {control!r}: a variant cannot be compared with itself"
+    if len(set(treatments)) != len(treatments):
+        return field, f"lists a variant twice: {list(treatments)}"
+    weights = fractional_weights(definition)
+    zero = [t for t in treatments if weights and weights.get(t, 0.0) <= 0]
+    if zero and listed:
+        return field, (f"names variant(s) {zero} that get weight 0 in the fractional split: they never get "
+                       "traffic, so they can never be judged")
+    return None
 
 
 def check_number(value: Any) -> bool:

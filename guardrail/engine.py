@@ -24,7 +24,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
-from guardrail import seqtest
+from guardrail import rollout, seqtest
 from guardrail.codec import finite, format_time
 from guardrail.model import (
     SINCE_START,
@@ -43,7 +43,9 @@ from guardrail.model import (
     Method,
     MetricKind,
     MetricQuery,
+    RampDecision,
     SeqState,
+    SrmResult,
     State,
     Streak,
     Verdict,
@@ -62,6 +64,7 @@ class Outcome:
     bound: float | None = None
     p_value: float | None = None
     tuning_n: float | None = None
+    upper_bound: float | None = None
 
 
 def logical_window(g: Guardrail) -> str:
@@ -72,9 +75,14 @@ def logical_window(g: Guardrail) -> str:
 def experiment_start(flag: Flag, prior: FlagState | None, now: datetime) -> datetime:
     if flag.started_at is not None:
         return flag.started_at
-    if prior is not None and prior.first_seen_enabled is not None:
-        return prior.first_seen_enabled
-    return now
+    return _first_seen(prior, now)
+
+
+def _first_seen(prior: FlagState | None, now: datetime) -> datetime:
+    """When the flag was first seen enabled. A time after `now` was written by a run whose clock was ahead:
+    kept, it would hold the flag in warmup until that date, so it is taken as now."""
+    seen = None if prior is None else prior.first_seen_enabled
+    return now if seen is None or seen > now else seen
 
 
 def since_start_window(start: datetime, now: datetime) -> str:
@@ -91,6 +99,8 @@ def watched(flag: Flag, state: State) -> str | None:
     if flag.held:
         return "held by guardrail (metadata.guardrail_hold); clear it and run `guardrail resume` to watch again"
     prior = state.flags.get(flag.key)
+    if (done := rollout.shipped(prior)) is not None:  # ramps hook
+        return done
     if prior is not None and prior.halt is not None:
         when = format_time(prior.halt.decided_at)
         return f"halted by guardrail at {when} ({prior.halt.status}); `guardrail resume {flag.key}` watches it again"
@@ -111,14 +121,17 @@ def plan_queries(flags: Iterable[Flag], state: State, now: datetime) -> list[tup
             continue
         prior = state.flags.get(flag.key)
         start = experiment_start(flag, prior, now)
-        if warming_up(flag, start, now) > 0:
+        if warming_up(flag, start, now) > 0 or rollout.awaiting_start(flag, prior):  # ramps hook
             continue
+        since = since_start_window(rollout.data_start(flag, prior, start), now)  # ramps hook: the step's own data
         for g in flag.guardrails:
             window = logical_window(g)
-            physical = since_start_window(start, now) if window == SINCE_START else window
+            physical = since if window == SINCE_START else window
             for variant in (flag.control_variant, *flag.treatment_variants):
                 key = (flag.key, variant, g.metric, window)
                 planned.setdefault(key, MetricQuery(flag.key, variant, g.metric, physical, now))
+        for key, query in rollout.srm_queries(flag, since, now):  # ramps hook: SRM unit counts
+            planned.setdefault(key, query)
     return list(planned.items())
 
 
@@ -138,6 +151,37 @@ def _data_problem(g: Guardrail, arm: str, agg: Aggregate | None) -> str | None:
     if agg.stddev is not None and (not math.isfinite(agg.stddev) or agg.stddev < 0):
         return f"{arm}: stddev is not a non-negative number ({agg.stddev})"
     return None
+
+
+# Past this magnitude a value's square (a variance) overflows a float: no real metric is this large, so
+# such a number is a broken source, not a measurement.
+_MAX_MAGNITUDE = 1e150
+
+
+def _range_problem(g: Guardrail, arm: str, agg: Aggregate | None) -> str | None:
+    """Numbers that are finite but cannot be real for this guardrail (checked after _data_problem)."""
+    if agg is None or agg.value is None:
+        return None
+    if g.kind is MetricKind.QUANTILE and agg.value < 0:
+        return f"{arm}: negative quantile ({agg.value:g}); a latency or size quantile cannot be below 0"
+    for name, number in (("value", agg.value), ("stddev", agg.stddev), ("count", agg.count)):
+        if number is not None and abs(number) > _MAX_MAGNITUDE:
+            return f"{arm}: {name} {number:g} is out of range"
+    return None
+
+
+def _safe_compare(
+    g: Guardrail, control: Aggregate, treatment: Aggregate, *, tuning_n: float | None, minutes: float
+) -> Outcome:
+    """compare(), with any arithmetic failure on odd numbers made no data for this guardrail only."""
+    try:
+        outcome = compare(g, control, treatment, tuning_n=tuning_n, minutes=minutes)
+    except (ArithmeticError, ValueError) as exc:
+        return Outcome(Verdict.SKIP_NO_DATA, f"numbers out of range for the comparison ({type(exc).__name__})")
+    for number in (outcome.bound, outcome.p_value):
+        if number is not None and math.isnan(number):
+            return Outcome(Verdict.SKIP_NO_DATA, "numbers out of range for the comparison (NaN)")
+    return outcome
 
 
 def point_delta(g: Guardrail, control: float, treatment: float) -> tuple[float, float | None, str]:
@@ -172,8 +216,10 @@ def _fmt_delta(g: Guardrail, harm: float) -> str:
     return f"{harm:+.2%}" if g.comparison.relative else f"{harm:+.6g}"
 
 
-def compare(g: Guardrail, control: Aggregate, treatment: Aggregate) -> Outcome:
-    """The threshold rule: the point estimate of one window against the threshold."""
+def compare(
+    g: Guardrail, control: Aggregate, treatment: Aggregate, *, tuning_n: float | None, minutes: float
+) -> Outcome:
+    """Judge one treatment against control on data already known to be usable and large enough."""
     assert control.value is not None and treatment.value is not None
     assert control.count is not None and treatment.count is not None
     harm, relative, note = point_delta(g, control.value, treatment.value)
@@ -184,12 +230,70 @@ def compare(g: Guardrail, control: Aggregate, treatment: Aggregate) -> Outcome:
     if note:
         described = f"{note}; {described}"
 
-    if g.method is Method.SEQUENTIAL and g.kind is MetricKind.QUANTILE:
-        # config.py refuses this pairing; a Guardrail built in code still gets a clear skip, never a guess.
-        return Outcome(Verdict.SKIP_NO_DATA, "a quantile has no variance for the sequential test: use the share "
-                       "of events above a bucket boundary (a proportion) or method: threshold", delta=harm)
-    verdict = Verdict.BREACH if harm > g.threshold else Verdict.PASS
-    return Outcome(verdict, described, delta=harm, relative_delta=relative)
+    sequential = g.method is Method.SEQUENTIAL
+    if sequential and g.kind is MetricKind.QUANTILE:
+        # No valid variance for a quantile from value and count alone (docs/statistics.md): keep the
+        # threshold rule, and say so.
+        described += " (quantile metric: threshold rule, no sequential test)"
+        sequential = False
+
+    proportion = g.kind is MetricKind.PROPORTION
+    if not sequential or (not proportion and control.value == 0 and g.comparison.relative):
+        verdict = Verdict.BREACH if harm > g.threshold else Verdict.PASS
+        return Outcome(verdict, described, delta=harm, relative_delta=relative)
+
+    from guardrail import stats  # only sequential guardrails need it
+
+    if proportion:
+        # The test runs on shrunk proportions ((x + 0.5) / (n + 1)): an arm at exactly 0 % would otherwise
+        # have zero variance (an undefined test) or, as control, make one stray treatment event an
+        # "infinite" relative increase. The shift is 0.5 / n: negligible past min_count.
+        control_mean = (control.value * control.count + 0.5) / (control.count + 1)
+        treatment_mean = (treatment.value * treatment.count + 0.5) / (treatment.count + 1)
+        var_c, var_t = stats.proportion_variance(control_mean), stats.proportion_variance(treatment_mean)
+    elif control.stddev is None or treatment.stddev is None:
+        return Outcome(
+            Verdict.SKIP_NO_DATA,
+            "sequential test on a mean metric needs `stddev` from the metrics source",
+            delta=harm,
+            relative_delta=relative,
+        )
+    else:
+        control_mean, treatment_mean = control.value, treatment.value
+        var_c, var_t = control.stddev**2, treatment.stddev**2
+
+    n_total = float(control.count + treatment.count)
+    frozen = tuning_n if tuning_n is not None else stats.default_tuning_n(n_total, minutes)
+    result = stats.harm_test(
+        comparison=g.comparison,
+        threshold=g.threshold,
+        control_mean=control_mean,
+        control_var=var_c,
+        n_control=float(control.count),
+        treatment_mean=treatment_mean,
+        treatment_var=var_t,
+        n_treatment=float(treatment.count),
+        alpha=g.alpha,
+        tuning_n=frozen,
+    )
+    if result is None:
+        return Outcome(
+            Verdict.SKIP_NO_DATA, "sequential test undefined for these aggregates", delta=harm,
+            relative_delta=relative, tuning_n=frozen,
+        )
+    bound = f"lower bound {_fmt_delta(g, result.lower_bound)} (alpha {g.alpha:g}, p={result.p_value:.3g})"
+    verdict = Verdict.BREACH if result.breach else Verdict.PASS
+    return Outcome(
+        verdict,
+        f"{described}; always-valid {bound}",
+        delta=harm,
+        relative_delta=relative,
+        bound=result.lower_bound,
+        p_value=result.p_value,
+        tuning_n=frozen,
+        # The other side of the same confidence sequence (Δ̂ + SE·B⁺_n at the same alpha): proves safety.
+        upper_bound=2.0 * result.estimate - result.lower_bound,
+    )
 
 
 def arm_sums(g: Guardrail, agg: Aggregate) -> seqtest.Sums | None:
@@ -249,8 +353,12 @@ def next_streak(
     if verdict is not Verdict.BREACH:
         return prior  # a skip neither confirms nor clears
     last = prior.last_breach_at
-    if last is not None and now <= last:
+    if last is not None and now == last:
         return prior  # the same look seen again (a retried run): never count it twice
+    if last is not None and now < last:
+        # A breach "from the future" was recorded by a run whose clock was ahead. Keeping it would freeze
+        # the streak until that date; it cannot be consecutive with this look, so a new streak starts.
+        return Streak(1, now)
     gap = timedelta(minutes=max_gap_minutes)
     if previous_look is not None and now > previous_look:
         gap = max(gap, 1.5 * (now - previous_look))
@@ -302,10 +410,14 @@ def comparison_alpha(flag: Flag, g: Guardrail) -> float:
 
 def _judge(
     flag: Flag, g: Guardrail, control: Aggregate | None, treatment: Aggregate | None, prior: SeqState,
-    minutes: float,
+    minutes: float, tuning_n: float | None,
 ) -> tuple[Outcome, SeqState]:
-    """Rules 2-4 of the module docstring for one treatment; the sequential state advances only on usable data."""
-    if problem := (_data_problem(g, "control", control) or _data_problem(g, "treatment", treatment)):
+    """Rules 2-4 of the module docstring for one treatment; the sequential state advances only on usable data.
+
+    A ramp's step (guardrail/rollout.py) keeps the since-start confidence sequence of `compare`: each step is
+    judged on its own data at one fixed split, and the ramp needs that test's upper bound to prove safety."""
+    if problem := (_data_problem(g, "control", control) or _data_problem(g, "treatment", treatment)
+                   or _range_problem(g, "control", control) or _range_problem(g, "treatment", treatment)):
         return Outcome(Verdict.SKIP_NO_DATA, problem), prior
     assert control is not None and treatment is not None
     assert control.count is not None and treatment.count is not None
@@ -314,20 +426,25 @@ def _judge(
             Verdict.SKIP_MIN_COUNT,
             f"counts control={control.count}, treatment={treatment.count}; need {g.min_count} in each arm",
         ), prior
-    if g.method is Method.SEQUENTIAL and g.kind is not MetricKind.QUANTILE:
-        return sequential_look(g, control, treatment, prior, minutes=minutes, alpha=comparison_alpha(flag, g))
-    return compare(g, control, treatment), prior
+    if g.method is Method.SEQUENTIAL and g.kind is not MetricKind.QUANTILE and not rollout.ramped(flag):
+        try:
+            return sequential_look(g, control, treatment, prior, minutes=minutes, alpha=comparison_alpha(flag, g))
+        except (ArithmeticError, ValueError) as exc:
+            return Outcome(Verdict.SKIP_NO_DATA, f"numbers out of range for the test ({type(exc).__name__})"), prior
+    return _safe_compare(g, control, treatment, tuning_n=tuning_n, minutes=minutes), prior
 
 
 def decide_flag(
     flag: Flag, aggregates: Mapping[AggregateKey, Aggregate], prior: FlagState, now: datetime
 ) -> tuple[list[Evaluation], Halt | None, FlagState]:
     start = experiment_start(flag, prior, now)
-    first_seen = prior.first_seen_enabled or now
+    first_seen = _first_seen(prior, now)
     warmup_left = warming_up(flag, start, now)
     # The since-start window asked of the source is at least 1 minute long (since_start_window): the first
     # window's traffic per minute, which tunes the test, is projected over that real length.
-    minutes = max(1.0, math.ceil((now - start).total_seconds() / 60))
+    elapsed = (now - rollout.data_start(flag, prior, start)).total_seconds() / 60  # ramps hook
+    minutes = max(1.0, math.ceil(elapsed))
+    tuning = dict(prior.tuning_n)  # a ramp step's since-start test (see _judge)
     streaks = dict(prior.streaks)
     sequential = dict(prior.sequential)
     evaluations: list[Evaluation] = []
@@ -340,7 +457,10 @@ def decide_flag(
             if warmup_left > 0:
                 cmp = Outcome(Verdict.SKIP_WARMUP, f"warming up: {warmup_left:.1f} of {flag.warmup_minutes:g} min left")
             else:
-                cmp, seq = _judge(flag, g, control, treatment, sequential.get(gid, SeqState()), minutes)
+                cmp, seq = _judge(flag, g, control, treatment, sequential.get(gid, SeqState()), minutes,
+                                  g.tuning_n or tuning.get(gid))
+                if cmp.tuning_n is not None and g.tuning_n is None:
+                    tuning.setdefault(gid, cmp.tuning_n)
                 if seq != SeqState():
                     sequential[gid] = seq
             streak = next_streak(streaks.get(gid, Streak()), cmp.verdict, now, g.max_gap_minutes, prior.last_look_at)
@@ -364,6 +484,7 @@ def decide_flag(
                     confirmations=g.confirmations,
                     bound=cmp.bound,
                     p_value=cmp.p_value,
+                    upper_bound=cmp.upper_bound,
                 )
             )
 
@@ -388,16 +509,28 @@ def decide_flag(
             treatment_variant=worst.treatment_variant,
             control_variant=flag.control_variant,
         )
-    next_state = FlagState(
+    next_state = replace(
+        prior,
         first_seen_enabled=first_seen,
         streaks=streaks,
         halt=record,
-        tuning_n=prior.tuning_n,
+        tuning_n=tuning,
         last_evaluations={e.guardrail_id: _summary(e, now) for e in evaluations},
         sequential=sequential,
         last_look_at=now,
     )
     return evaluations, halt, next_state
+
+
+def _undecided(flag: Flag, reason: str) -> list[Evaluation]:
+    return [
+        Evaluation(flag=flag.key, metric=g.metric, treatment_variant=variant, control_variant=flag.control_variant,
+                   comparison=g.comparison, threshold=g.threshold, method=g.method, verdict=Verdict.SKIP_NO_DATA,
+                   reason=reason, control=None, treatment=None, delta=None, relative_delta=None, streak=0,
+                   confirmations=g.confirmations, bound=None, p_value=None)
+        for g in flag.guardrails
+        for variant in flag.treatment_variants
+    ]
 
 
 def decide(
@@ -411,17 +544,39 @@ def decide(
     evaluations: list[Evaluation] = []
     halts: list[Halt] = []
     skipped: dict[str, str] = {}
+    ramps: list[RampDecision] = []
+    srm_results: list[SrmResult] = []
     for flag in flags:
         prior = state.flags.get(flag.key, FlagState())
         why = watched(flag, state)
         if why is not None:
             skipped[flag.key] = why
             if not flag.enabled and prior.halt is None and flag.key in next_flags:
+                # a new exposure window: neither the SRM p-value nor the sequential tests of the old one carry over
                 next_flags[flag.key] = replace(
-                    prior, first_seen_enabled=None, streaks={}, sequential={}, tuning_n={}, last_look_at=None
+                    prior, first_seen_enabled=None, streaks={}, srm_min_p=1.0, srm_warned=False, sequential={},
+                    tuning_n={}, last_look_at=None,
                 )
             continue
-        found, halt, flag_state = decide_flag(flag, aggregates, prior, now)
+        found: list[Evaluation]
+        halt: Halt | None
+        try:
+            if rollout.awaiting_start(flag, prior):  # nothing measured yet: only the first step to write
+                found, halt, flag_state = [], None, replace(prior, first_seen_enabled=prior.first_seen_enabled or now)
+            else:
+                found, halt, flag_state = decide_flag(rollout.for_step(flag), aggregates, prior, now)
+            # ---- ramps hook: SRM gate and the ramp's advance/hold/rollback/ship (guardrail/rollout.py) ----
+            found, halt, flag_state, ramp, srm_result = rollout.after_decide(
+                flag, aggregates, prior, now, found, halt, flag_state
+            )
+        except (ArithmeticError, ValueError, TypeError) as exc:
+            # One flag's numbers must never stop the others from being decided (a harmful flag elsewhere
+            # would stay on): this flag is reported as not evaluated and keeps its state.
+            evaluations.extend(_undecided(flag, f"not decided: {type(exc).__name__} on these numbers"))
+            continue
+        ramps.extend([ramp] if ramp is not None else [])
+        srm_results.extend([srm_result] if srm_result is not None else [])
+        # ---- end of ramps hook ----
         evaluations.extend(found)
         next_flags[flag.key] = flag_state
         if halt is not None:
@@ -431,4 +586,6 @@ def decide(
         halts=tuple(halts),
         state=State(flags=next_flags, last_run_at=now),
         skipped_flags=skipped,
+        ramps=tuple(ramps),
+        srm=tuple(srm_results),
     )

@@ -35,7 +35,9 @@ _CANNED: dict[str, tuple[str, bytes]] = {
     "negative_count": ("application/json", b'{"value": 0.01, "count": -5}'),
     "string_value": ("application/json", b'{"value": "abc", "count": 10}'),
 }
-MODES = frozenset({"status", "delay", "apply_then_delay", "reset", "ignore_field", *_CANNED})
+# pretend: a write answers 200 with the definition it would produce, and stores nothing (a liar).
+# trickle: headers, then one body byte every `delay` seconds, never finishing (a slow-loris peer).
+MODES = frozenset({"status", "delay", "apply_then_delay", "reset", "ignore_field", "pretend", "trickle", *_CANNED})
 
 Json = dict[str, Any]
 # (status, content type, body, extra headers)
@@ -75,7 +77,7 @@ class _Fault:
             raise ValueError("fault times and every must be positive integers")
         if self.mode == "status" and type(self.status) is not int:
             raise ValueError("mode 'status' needs an integer 'status'")
-        if self.mode in ("delay", "apply_then_delay") and not isinstance(self.delay, int | float):
+        if self.mode in ("delay", "apply_then_delay", "trickle") and not isinstance(self.delay, int | float):
             raise ValueError(f"mode {self.mode!r} needs a number 'delay'")
         if self.mode == "ignore_field" and not isinstance(self.field, str):
             raise ValueError("mode 'ignore_field' needs a string 'field'")
@@ -105,6 +107,8 @@ class FakeAPI:
         self._alerts: list[Any] = []
         self._requests: list[Json] = []
         self._conns: set[socket.socket] = set()
+        self._in_flight = 0  # requests received and not yet answered (events for tests, not timing)
+        self.max_in_flight = 0
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self.set_flags(flags or {})
@@ -197,6 +201,12 @@ class FakeAPI:
         with self._lock:
             return copy.deepcopy(self._requests)
 
+    @property
+    def in_flight(self) -> int:
+        """Requests received and not answered yet (a delayed or trickled one stays in flight)."""
+        with self._lock:
+            return self._in_flight
+
     def count(self, method: str, path_prefix: str) -> int:
         method = method.upper()
         with self._lock:
@@ -232,7 +242,7 @@ class FakeAPI:
         expected = f"Bearer {self.token}".encode()
         return self.token is None or hmac.compare_digest((header or "").encode(), expected)
 
-    def _patch(self, key: str, body: Any, ignore: str | None) -> Answer:
+    def _patch(self, key: str, body: Any, ignore: str | None, *, store: bool = True) -> Answer:
         if not isinstance(body, dict):
             return _error(400, "body must be a JSON object")
         if not isinstance(body.get("metadata", {}), dict):
@@ -254,10 +264,11 @@ class FakeAPI:
                 return _error(400, "state must be ENABLED or DISABLED")
             if "defaultVariant" in applied and new.get("defaultVariant") not in (new.get("variants") or {}):
                 return _error(400, "defaultVariant must name one of the variants")
-            self._flags[key] = new
+            if store:
+                self._flags[key] = new
             return _json(200, new)
 
-    def _force(self, key: str, body: Any) -> Answer:
+    def _force(self, key: str, body: Any, *, store: bool = True) -> Answer:
         if not isinstance(body, dict) or not isinstance(body.get("variant"), str):
             return _error(400, 'body must be {"variant": NAME}')
         variant = body["variant"]
@@ -267,6 +278,8 @@ class FakeAPI:
                 return _error(404, "no such flag")
             if variant not in (current.get("variants") or {}):
                 return _error(400, f"no variant {variant!r}")
+            if not store:
+                current = copy.deepcopy(current)
             current["defaultVariant"] = variant
             current.pop("targeting", None)  # without targeting every user gets the default variant
             current.setdefault("metadata", {})["guardrail_forced_variant"] = variant
@@ -340,6 +353,17 @@ class _Handler(BaseHTTPRequestHandler):
         pass  # thousands of requests per benchmark: stderr is for real problems
 
     def _handle(self) -> None:
+        api = self.api
+        with api._lock:
+            api._in_flight += 1
+            api.max_in_flight = max(api.max_in_flight, api._in_flight)
+        try:
+            self._handle_counted()
+        finally:
+            with api._lock:
+                api._in_flight -= 1
+
+    def _handle_counted(self) -> None:
         received, method = time.time(), self.command
         split = urlsplit(self.path)
         self.parts = [unquote(p) for p in split.path.split("/") if p]
@@ -365,6 +389,10 @@ class _Handler(BaseHTTPRequestHandler):
             self._reset()
             return
         time.sleep(delay if mode == "delay" else 0.0)
+        if mode == "trickle":
+            self._log(entry)
+            self._trickle(delay)
+            return
         if fault is not None and mode == "status":
             headers = {"Retry-After": str(fault.retry_after)} if fault.retry_after is not None else {}
             answer = _json(cast(int, fault.status), {"error": f"injected status {fault.status}"}, headers)
@@ -372,7 +400,7 @@ class _Handler(BaseHTTPRequestHandler):
             answer = (fault.status or 200, *_CANNED[mode], {})
         else:
             ignore = fault.field if fault is not None and mode == "ignore_field" else None
-            answer = self._answer(route, ignore)
+            answer = self._answer(route, ignore, store=mode != "pretend")
         time.sleep(delay if mode == "apply_then_delay" else 0.0)
         entry["status"] = answer[0]
         self._log(entry)
@@ -400,7 +428,7 @@ class _Handler(BaseHTTPRequestHandler):
             return ("webhook", {})
         return routes.get((method, shape), ("", {}))
 
-    def _answer(self, route: str, ignore: str | None) -> Answer:
+    def _answer(self, route: str, ignore: str | None, *, store: bool = True) -> Answer:
         api, body, key = self.api, self.body, self.parts[2] if len(self.parts) > 2 else None
         if route == "query":
             return api._query(self.params)
@@ -412,7 +440,9 @@ class _Handler(BaseHTTPRequestHandler):
         if route in ("patch", "force") and key is not None:
             if not api._authorized(self.headers.get("Authorization")):
                 return _error(401, "unauthorized")
-            return api._patch(key, body, ignore) if route == "patch" else api._force(key, body)
+            if route == "patch":
+                return api._patch(key, body, ignore, store=store)
+            return api._force(key, body, store=store)
         if route == "webhook":
             if body is None:
                 return _error(400, "invalid_payload")
@@ -443,6 +473,22 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header(name, value)
         self.end_headers()
         self.wfile.write(payload)
+
+    def _trickle(self, every: float) -> None:
+        """A 200 whose body never ends: one byte per `every` seconds until the client hangs up or the
+        server stops. Each byte arrives well within a per-read timeout; only a total deadline ends it."""
+        self.close_connection = True
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", "1000000")
+        self.end_headers()
+        with contextlib.suppress(OSError, ValueError):
+            self.wfile.write(b"{")
+            self.wfile.flush()
+            while self.api._server is not None:
+                time.sleep(every)
+                self.wfile.write(b" ")
+                self.wfile.flush()
 
     def _reset(self) -> None:
         # Linger 0 makes close() send RST instead of FIN: the client sees a reset, not a clean close.

@@ -7,6 +7,7 @@ Flag files come from pull requests and ConfigMaps; a 50 MB file, an alias bomb (
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,10 @@ import yaml
 
 from guardrail.model import GuardrailError
 
-MAX_BYTES = 5 * 1024 * 1024
+# 10,000 flags with two guardrails each are ~6 MB of YAML: the default leaves room for ~50,000, and
+# GUARDRAIL_MAX_FILE_MB raises (or lowers) it for one deployment. A 100 MB file is still refused.
+MAX_BYTES = int(float(os.environ.get("GUARDRAIL_MAX_FILE_MB") or 32) * 1024 * 1024) if (
+    (os.environ.get("GUARDRAIL_MAX_FILE_MB") or "32").replace(".", "", 1).isdigit()) else 32 * 1024 * 1024
 MAX_ALIASES = 200
 MAX_DEPTH = 64
 # Values a document may expand to once aliases are followed: a "billion laughs" has few aliases but an
@@ -58,8 +62,29 @@ def _expanded_size(node: yaml.Node, memo: dict[int, int]) -> int:
     return size
 
 
+def _check_events(text: str) -> None:
+    """Aliases and nesting counted from libyaml's parser events (C speed), before anything is composed."""
+    aliases = depth = 0
+    for event in yaml.parse(text, Loader=yaml.CSafeLoader):
+        if isinstance(event, yaml.AliasEvent):
+            aliases += 1
+            if aliases > MAX_ALIASES:
+                raise yaml.YAMLError(f"more than {MAX_ALIASES} aliases (an alias bomb?)")
+        elif isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+            depth += 1
+            if depth >= MAX_DEPTH:  # the values inside are one level deeper
+                raise yaml.YAMLError(f"nesting deeper than {MAX_DEPTH} levels")
+        elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+            depth -= 1
+
+
 def _load_yaml(text: str) -> Any:
-    loader = _BoundedLoader(text)
+    # With libyaml, events are checked and the document composed in C: a 10,000-flag file (~6 MB) loads
+    # several times faster than through the pure-Python composer. Same limits, same SafeConstructor.
+    fast = hasattr(yaml, "CSafeLoader")
+    if fast:
+        _check_events(text)
+    loader: Any = yaml.CSafeLoader(text) if fast else _BoundedLoader(text)
     try:
         node = loader.get_single_node()
         if node is None:
@@ -110,7 +135,8 @@ def read_text(path: Path, *, max_bytes: int = MAX_BYTES) -> str:
         size = path.stat().st_size
         if size > max_bytes:
             raise GuardrailError(
-                f"file is {size / 1e6:.1f} MB; the limit is {max_bytes / 1e6:.1f} MB", source=source
+                f"file is {size / 1e6:.1f} MB; the limit is {max_bytes / 1e6:.1f} MB "
+                "(GUARDRAIL_MAX_FILE_MB raises it)", source=source
             )
         with path.open("rb") as fh:
             data = fh.read(max_bytes + 1)

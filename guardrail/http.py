@@ -7,9 +7,12 @@ token must never reach output, so callers pass a human label ("metrics query", "
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import ipaddress
 import random
-from collections.abc import AsyncIterator, Callable, Iterable
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -55,6 +58,8 @@ class HTTPFailure(Exception):
             return FailureKind.of_status(self.status)
         if self.kind == "timeout":
             return FailureKind.TIMEOUT
+        if self.kind == "deadline":
+            return FailureKind.DEADLINE
         return FailureKind.UNREACHABLE
 
     @property
@@ -153,6 +158,59 @@ def make_client(
     )
 
 
+# ---- deadlines -------------------------------------------------------------------------------------------
+# httpx's timeouts bound each socket operation (connect, each read, each write), not a call: a peer that
+# sends one byte every few seconds never trips a 5 s read timeout and keeps a run, and its state lock,
+# alive for as long as it likes. So every call here also runs under a total deadline (the per-call
+# timeout), and a whole run under a budget (`run_budget`): past it, no new read starts.
+
+# Monotonic time at which the run's budget ends; None = no budget (library use, tests).
+_RUN_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar("guardrail_run_deadline", default=None)
+# Inside `side_effect()`: the write a run decided, and the reads that verify it, are not stopped by the
+# budget (each try still has its total deadline): a halt is the point of the run.
+_SIDE_EFFECT: contextvars.ContextVar[bool] = contextvars.ContextVar("guardrail_side_effect", default=False)
+
+
+@contextlib.contextmanager
+def run_budget(seconds: float | None) -> Iterator[None]:
+    """Give every request made inside (on this task and the tasks it starts) a shared end time."""
+    token = _RUN_DEADLINE.set(None if seconds is None else time.monotonic() + max(0.0, seconds))
+    try:
+        yield
+    finally:
+        _RUN_DEADLINE.reset(token)
+
+
+@contextlib.contextmanager
+def side_effect() -> Iterator[None]:
+    token = _SIDE_EFFECT.set(True)
+    try:
+        yield
+    finally:
+        _SIDE_EFFECT.reset(token)
+
+
+def budget_left() -> float | None:
+    """Seconds left in the run's budget (None when there is none)."""
+    deadline = _RUN_DEADLINE.get()
+    return None if deadline is None else deadline - time.monotonic()
+
+
+def _call_deadline(client: httpx.AsyncClient, kwargs: dict[str, Any]) -> float:
+    """The total time one try may take: the per-call timeout, cut to what the run budget has left."""
+    given = kwargs.get("timeout")
+    if isinstance(given, (int, float)):
+        total = float(given)
+    else:
+        timeout = given if isinstance(given, httpx.Timeout) else client.timeout
+        parts = [t for t in (timeout.read, timeout.connect, timeout.write, timeout.pool) if t is not None]
+        total = max(parts) if parts else 30.0
+    left = budget_left()
+    if left is not None and not _SIDE_EFFECT.get():
+        total = min(total, left)
+    return total
+
+
 def _retry_after(response: httpx.Response, policy: RetryPolicy) -> float | None:
     raw = response.headers.get("Retry-After")
     if not raw:
@@ -170,9 +228,14 @@ def _retry_after(response: httpx.Response, policy: RetryPolicy) -> float | None:
     return max(0.0, min(seconds, policy.max_retry_after))
 
 
-def _classify(exc: httpx.HTTPError) -> str:
-    if isinstance(exc, httpx.TimeoutException):
+def _classify(exc: BaseException) -> str:
+    inner = getattr(exc, "exceptions", None)  # an ExceptionGroup (3.11+): anyio's task groups wrap errors
+    if isinstance(inner, tuple) and inner and isinstance(inner[0], BaseException):
+        return _classify(inner[0])
+    if isinstance(exc, (httpx.TimeoutException, TimeoutError, asyncio.TimeoutError)):
         return "timeout"
+    if isinstance(exc, (httpx.InvalidURL, httpx.UnsupportedProtocol, OverflowError, UnicodeError)):
+        return "invalid URL"
     if isinstance(exc, httpx.ConnectError):
         return "connection refused or unreachable"
     if isinstance(exc, (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)):
@@ -200,10 +263,18 @@ async def request(
     last: HTTPFailure | None = None
     for attempt in range(1, policy.attempts + 1):
         pause = min(policy.max_backoff, policy.backoff * (2 ** (attempt - 1))) * (0.5 + random.random() / 2)
+        total = _call_deadline(client, kwargs)
+        if total <= 0:
+            raise last or HTTPFailure(label, "deadline", detail="the run's time budget is spent; not sent")
         try:
-            response = await client.request(method, url, **kwargs)
-        except httpx.HTTPError as exc:
+            # A total deadline for the whole try: connect, send, and the body however slowly it comes.
+            response = await asyncio.wait_for(client.request(method, url, **kwargs), timeout=total)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
             last = HTTPFailure(label, _classify(exc))
+            if last.kind == "invalid URL":
+                raise last from None  # asking again cannot fix the URL
         else:
             ok = (
                 response.status_code in ok_statuses
@@ -219,6 +290,9 @@ async def request(
             if hinted is not None:
                 pause = hinted
         if attempt < policy.attempts:
+            left = budget_left()
+            if left is not None and not _SIDE_EFFECT.get() and left <= pause:
+                break  # no time for another try: fail now with the real cause
             await asyncio.sleep(pause)
     assert last is not None
     raise last
@@ -234,14 +308,63 @@ def is_loopback(url: str) -> bool:
         return False
 
 
-def check_token_transport(url: str, *, allow_insecure_http: bool, what: str = "FLAG_API_URL") -> None:
-    """A bearer token over plain http can be read by anyone on the path; only loopback is exempt."""
-    scheme = urlsplit(url).scheme.lower()
-    if scheme == "https" or allow_insecure_http or is_loopback(url):
+def url_problem(url: str) -> str | None:
+    """Why `url` cannot be requested (checked at start, so a typo is not found only at halt time), or None.
+    The text never repeats the URL: some URLs are secrets."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # raises ValueError when out of 0-65535 or not a number
+    except ValueError as exc:
+        return f"bad port ({exc})"
+    if parts.scheme.lower() not in ("http", "https"):
+        return f"scheme must be http or https, got {parts.scheme or 'none'!r}"
+    if not parts.hostname:
+        return "no host"
+    if port == 0:
+        return "port 0"
+    try:
+        httpx.URL(url)
+    except (httpx.InvalidURL, ValueError) as exc:
+        return f"not accepted by the HTTP client ({type(exc).__name__})"
+    return None
+
+
+def proxy_for(url: str) -> str | None:
+    """The proxy httpx would send a request for `url` through (HTTP(S)_PROXY, ALL_PROXY, NO_PROXY), or None.
+    Uses httpx's own matching so the answer is where the bytes really go."""
+    from httpx._utils import URLPattern, get_environment_proxies  # the same code httpx's client runs
+
+    target = httpx.URL(url)
+    mounts = sorted(((URLPattern(k), v) for k, v in get_environment_proxies().items()), key=lambda kv: kv[0])
+    for pattern, proxy in mounts:
+        if pattern.matches(target):
+            return proxy
+    return None
+
+
+def cleartext_hop(url: str) -> str | None:
+    """The host that would read a request to `url` in clear (a non-loopback server, or an http proxy that
+    is not on loopback), or None when the bytes stay encrypted or on this machine. A plain-http URL on
+    loopback is only safe when no proxy sits between: with HTTP_PROXY set, the request goes to the proxy."""
+    if urlsplit(url).scheme.lower() == "https":
+        return None  # through a proxy, https is tunnelled (CONNECT): the proxy sees ciphertext
+    proxy = proxy_for(url)
+    if proxy is not None:
+        return None if is_loopback(proxy) else f"the proxy {urlsplit(proxy).hostname} (HTTP_PROXY/ALL_PROXY)"
+    return None if is_loopback(url) else f"the non-loopback host {urlsplit(url).hostname}"
+
+
+def check_token_transport(url: str, *, allow_insecure_http: bool, what: str = "FLAG_API_URL",
+                          secret: str = "the API token") -> None:
+    """A bearer token (or URL credentials) over plain http can be read by anyone on the path; only loopback
+    is exempt, and only when no proxy stands between."""
+    hop = cleartext_hop(url)
+    if hop is None or allow_insecure_http:
         return
+    scheme = urlsplit(url).scheme.lower()
     raise GuardrailError(
-        f"refusing to send the API token over plain {scheme or 'unknown scheme'} to a non-loopback host; "
-        "use https, or pass --allow-insecure-http if you really mean it",
+        f"refusing to send {secret} over plain {scheme or 'unknown scheme'} to {hop}; use https, set NO_PROXY "
+        "for a local API behind HTTP_PROXY, or pass --allow-insecure-http if you really mean it",
         field=what,
         exit_code=ExitCode.CONFIG,
     )

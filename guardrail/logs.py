@@ -15,7 +15,7 @@ from typing import Any, TextIO
 
 from guardrail import codec
 from guardrail.codec import format_time
-from guardrail.model import ExitCode, GuardrailError, RunResult, Verdict
+from guardrail.model import ExitCode, GuardrailError, HaltResultStatus, RunResult, Verdict
 from guardrail.redact import Redactor, process_redactor
 from guardrail.report import evaluation_json
 
@@ -27,7 +27,8 @@ _VERDICT_LEVEL = {
     Verdict.SKIP_MIN_COUNT: "info",
     Verdict.SKIP_WARMUP: "info",
 }
-_HALT_LEVEL = {"done": "warning", "would_halt": "warning", "failed": "error"}
+_HALT_LEVEL = {HaltResultStatus.DONE: "warning", HaltResultStatus.WOULD_HALT: "warning",
+               HaltResultStatus.FAILED: "error"}
 _EXIT_LEVEL = {ExitCode.OK: "info", ExitCode.HALTED: "warning", ExitCode.UNEVALUATED: "warning"}
 
 

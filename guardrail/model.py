@@ -107,6 +107,7 @@ class FailureKind(TextEnum):
 class Severity(TextEnum):
     ERROR = "error"
     WARNING = "warning"
+    NOTE = "note"  # information only (validate: the per-comparison alpha); never fails CI
 
 
 class Comparison(str, enum.Enum):
@@ -211,6 +212,54 @@ class Guardrail:
     tuning_n: float | None = None
 
 
+class AdvanceMode(str, enum.Enum):
+    """When a ramp step may advance (docs/rollouts.md)."""
+
+    NO_HARM = "no_harm"  # minimum time and counts on the step, and no guardrail shows harm
+    PROVEN_SAFE = "proven_safe"  # ... and every guardrail's always-valid upper bound is below its threshold
+
+
+class OnBreach(str, enum.Enum):
+    ROLLBACK = "rollback"  # the flag reverts to control, as a halt does
+    HOLD = "hold"  # the ramp stays on its step (metadata guardrail_hold)
+
+
+class SrmAction(str, enum.Enum):
+    HOLD = "hold"
+    ROLLBACK = "rollback"
+    WARN = "warn"
+
+
+DEFAULT_SRM_METRIC = "exposures"
+DEFAULT_SRM_ALPHA = 0.001
+
+
+@dataclass(frozen=True)
+class RampSpec:
+    """`guardrail.ramp.*` metadata: treatment shares (whole percents, increasing) and how to advance."""
+
+    steps: tuple[int, ...]
+    step_minutes: tuple[float, ...]  # one per step
+    min_count: int = 0  # units per arm on the current step before it may advance
+    advance: AdvanceMode = AdvanceMode.NO_HARM
+    on_breach: OnBreach = OnBreach.ROLLBACK
+
+    @property
+    def tested_steps(self) -> int:
+        """Steps that are watched: every step but the last (reaching the last step ships)."""
+        return max(1, len(self.steps) - 1)
+
+
+@dataclass(frozen=True)
+class SrmSpec:
+    """`guardrail.srm.*` metadata: the sample-ratio-mismatch gate (guardrail/srm.py)."""
+
+    metric: str = DEFAULT_SRM_METRIC
+    action: SrmAction = SrmAction.HOLD
+    alpha: float = DEFAULT_SRM_ALPHA
+    enabled: bool = True
+
+
 @dataclass(frozen=True)
 class Flag:
     """A flag definition as guardrail sees it. `definition` is the raw flagd definition."""
@@ -228,6 +277,10 @@ class Flag:
     held: bool = False  # metadata.guardrail_hold already set (a rollout we held earlier)
     source: str = ""  # where the definition came from (file path or URL), for messages and links
     definition: Mapping[str, Any] = field(default_factory=dict)
+    ramp: RampSpec | None = None  # a ramped rollout (guardrail/rollout.py)
+    srm: SrmSpec = SrmSpec()
+    # Configured split: variant -> whole percent, read from the fractional targeting (empty when none).
+    split: Mapping[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -323,6 +376,8 @@ class Evaluation:
     # Sequential method only: the one-sided bound on the harm and the always-valid p-value.
     bound: float | None = None
     p_value: float | None = None
+    # The other side of the same confidence sequence: the harm is below this (for proven-safe ramps).
+    upper_bound: float | None = None
 
     @property
     def guardrail_id(self) -> str:
@@ -409,6 +464,20 @@ class SeqState:
 
 
 @dataclass(frozen=True)
+class RampState:
+    """Where a ramp is: its step (index into RampSpec.steps) and when that step's split took effect.
+
+    Aggregates are queried since `step_started_at`, so each step is judged on its own data only.
+    `shipped_at` ends watching; `last` is the last decision, for `status`.
+    """
+
+    step: int
+    step_started_at: datetime
+    shipped_at: datetime | None = None
+    last: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class FlagState:
     first_seen_enabled: datetime | None = None
     streaks: Mapping[str, Streak] = field(default_factory=dict)
@@ -418,6 +487,11 @@ class FlagState:
     last_evaluations: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     sequential: Mapping[str, SeqState] = field(default_factory=dict)  # per guardrail id
     last_look_at: datetime | None = None  # the previous evaluated look: scales the streak's gap rule
+    ramp: RampState | None = None
+    # SRM gate: running minimum of the anytime-valid p-value over the current window (experiment or ramp
+    # step), and whether a `warn` alert went out for it already.
+    srm_min_p: float = 1.0
+    srm_warned: bool = False
 
 
 @dataclass(frozen=True)
@@ -434,6 +508,61 @@ class Decision:
     halts: tuple[Halt, ...]
     state: State
     skipped_flags: Mapping[str, str] = field(default_factory=dict)  # flag -> why it was not evaluated
+    ramps: tuple[RampDecision, ...] = ()
+    srm: tuple[SrmResult, ...] = ()
+
+
+class SrmVerdict(TextEnum):
+    OK = "ok"
+    MISMATCH = "mismatch"
+    NO_DATA = "no_data"  # no usable unit counts: no verdict, nothing halted
+
+
+class RampResultStatus(TextEnum):
+    """What one run did about one ramped flag."""
+
+    DONE = "done"  # the step's split was written and a re-read showed it
+    FAILED = "failed"  # the write failed: the ramp stays on its step (exit 4)
+    WOULD = "would"  # dry run
+    DECIDED = "decided"  # nothing to write (hold, adopt, a rollback carried out as a halt)
+
+
+class RampAction(TextEnum):
+    START = "start"  # write the first step's split
+    ADVANCE = "advance"  # write the next step's split
+    SHIP = "ship"  # write the last step's split, then stop watching
+    HOLD = "hold"  # stay on the step (nothing written): waits for something, or on_breach: hold
+    ROLLBACK = "rollback"  # revert to control (carried out as a halt)
+    ADOPT = "adopt"  # the split was moved to another step outside guardrail: that step starts now
+
+
+@dataclass(frozen=True)
+class RampDecision:
+    """One run's decision on a ramped rollout (guardrail/rollout.py)."""
+
+    flag: str
+    action: RampAction
+    step: int  # index of the current step
+    to_step: int | None  # the step to write (start/advance/ship/adopt)
+    shares: Mapping[str, int]  # the split to write (variant -> whole percent); empty when nothing is written
+    reason: str
+    waits_for: tuple[str, ...] = ()
+    minutes_on_step: float = 0.0
+    steps: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class SrmResult:
+    """The SRM gate's verdict for one flag and run (guardrail/srm.py)."""
+
+    flag: str
+    verdict: SrmVerdict
+    reason: str
+    p_value: float | None = None
+    counts: Mapping[str, int] = field(default_factory=dict)
+    expected: Mapping[str, float] = field(default_factory=dict)  # variant -> probability
+    action: SrmAction = SrmAction.HOLD
+    alert: bool = False  # a `warn` mismatch to page about (once)
 
 
 # ---- what a run reports ----------------------------------------------------------------------------
@@ -454,6 +583,22 @@ class HaltResult:
 
 
 @dataclass(frozen=True)
+class RampResult:
+    """What a run did about one ramped flag (guardrail/ramp_run.py)."""
+
+    flag: str
+    action: RampAction
+    status: RampResultStatus
+    step: int  # 1-based step the flag is on after this run
+    share: int  # the treatment's percent on that step
+    reason: str
+    waits_for: tuple[str, ...] = ()
+    detail: str = ""
+    alert: str = "not sent"
+    minutes_on_step: float = 0.0
+
+
+@dataclass(frozen=True)
 class RunResult:
     """Everything one `check` run decided and did; rendered as text, JSON, logs and self-metrics."""
 
@@ -465,10 +610,14 @@ class RunResult:
     problems: tuple[FlagProblem, ...] = ()
     skipped_flags: Mapping[str, str] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
+    ramps: tuple[RampResult, ...] = ()
+    srm: tuple[SrmResult, ...] = ()
 
     @property
     def exit_code(self) -> ExitCode:
-        if any(h.status == HaltResultStatus.FAILED for h in self.halts):
+        if any(h.status == HaltResultStatus.FAILED for h in self.halts) or any(
+            r.status is RampResultStatus.FAILED for r in self.ramps
+        ):
             return ExitCode.HALT_FAILED
         if any(h.status in (HaltResultStatus.DONE, HaltResultStatus.WOULD_HALT) for h in self.halts):
             return ExitCode.HALTED

@@ -2,10 +2,23 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 MASK = "***"
+# `scheme://user:password@host`: httpx sends the userinfo as basic auth, so it is a credential wherever it
+# appears, whatever the URL (flag API, metrics, a webhook, a link in an alert).
+_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://)[^/\s@?#]*@")
+
+
+def display_url(url: str) -> str:
+    """`url` without its userinfo, for messages, links and state."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
 # Every secret the settings of this process hold (guardrail.settings.load_settings adds them), so the
 # CLI's error boundary and the log writer mask them too, whatever adapter they belong to.
 _KNOWN: set[str] = set()
@@ -30,6 +43,9 @@ class Redactor:
             if not secret or len(secret) < 4:
                 continue
             found.add(secret)
+            userinfo = urlsplit(secret).netloc.rpartition("@")[0]
+            if len(userinfo) >= 4:
+                found.add(userinfo)
             # A webhook URL's path is the secret part; it may also show up without the scheme and host.
             parts = urlsplit(secret)
             if parts.scheme and parts.path and len(parts.path) > 8:
@@ -41,6 +57,8 @@ class Redactor:
         for secret in self._secrets:
             if secret in text:
                 text = text.replace(secret, MASK)
+        if "@" in text:
+            text = _USERINFO.sub(lambda m: m.group(1) + MASK + "@", text)
         return text
 
     def __bool__(self) -> bool:

@@ -6,11 +6,12 @@ The JSON document is a contract (pinned by tests/test_report.py); add keys, neve
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 from guardrail import codec
 from guardrail.codec import format_time
-from guardrail.model import Aggregate, Evaluation, RunResult
+from guardrail.model import Aggregate, Evaluation, HaltResultStatus, RampResultStatus, RunResult
 
 JSON_VERSION = 1
 
@@ -46,6 +47,17 @@ def to_json(result: RunResult) -> dict[str, Any]:
         ],
         "skipped_flags": dict(result.skipped_flags),
         "warnings": list(result.warnings),
+        "ramps": [
+            {"flag": r.flag, "action": r.action.value, "status": r.status.value, "step": r.step, "share": r.share,
+             "minutes_on_step": round(r.minutes_on_step, 2), "reason": r.reason, "waits_for": list(r.waits_for),
+             "detail": r.detail, "alert": r.alert}
+            for r in result.ramps
+        ],
+        "srm": [
+            {"flag": r.flag, "verdict": r.verdict.value, "p_value": r.p_value, "counts": dict(r.counts),
+             "expected": dict(r.expected), "action": r.action.value, "reason": r.reason}
+            for r in result.srm
+        ],
     }
 
 
@@ -95,13 +107,24 @@ def _footer(result: RunResult) -> list[str]:
         if why not in ("disabled", "no guardrails"):
             lines.append(f"  {key}: not evaluated: {why}")
     for h in result.halts:
-        verb = {"done": "HALTED" if h.action == "revert" else "HELD", "failed": "HALT FAILED",
-                "would_halt": "WOULD HALT (dry run)"}.get(h.status, h.status)
+        verb = {HaltResultStatus.DONE: "HALTED" if h.action == "revert" else "HELD",
+                HaltResultStatus.FAILED: "HALT FAILED",
+                HaltResultStatus.WOULD_HALT: "WOULD HALT (dry run)"}.get(HaltResultStatus(h.status), str(h.status))
         lines.append(f"{verb}: {h.flag} ({h.action}){' [finishing an earlier run]' if h.resumed else ''}")
         lines.append(f"  reason: {h.reason}")
         if h.detail:
             lines.append(f"  detail: {h.detail}")
         lines.append(f"  alert: {h.alert}")
+    for r in result.ramps:
+        name = r.action.value.upper()
+        verb = {RampResultStatus.FAILED: f"{name} FAILED", RampResultStatus.WOULD: f"WOULD {name} (dry run)"}.get(
+            r.status, name)
+        lines.append(f"RAMP {verb}: {r.flag} on step {r.step} ({r.share} %), {r.minutes_on_step:.0f} min on it")
+        lines.append(f"  {'waits for' if r.waits_for else 'reason'}: {'; '.join(r.waits_for) or r.reason}")
+        if r.detail:
+            lines.append(f"  detail: {r.detail}")
+        if r.alert != "not sent":
+            lines.append(f"  alert: {r.alert}")
     for p in result.problems:
         lines.append(f"{p.severity}: {p}")
     for w in result.warnings:
@@ -110,15 +133,24 @@ def _footer(result: RunResult) -> list[str]:
     return lines
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def one_line(text: str) -> str:
+    """Outside text (flag keys, variant names, reasons, server messages) as one visible line: a newline or
+    an escape sequence in it must not forge a report line ("HALTED: ...") or repaint the terminal."""
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+
+
 def to_text(result: RunResult) -> str:
     """Plain text for pipes, logs and cron mail: one aligned table, then what happened and why."""
-    table = [COLUMNS, *rows(result)]
+    table = [COLUMNS, *[tuple(one_line(c) for c in r) for r in rows(result)]]
     widths = [max(len(r[i]) for r in table) for i in range(len(COLUMNS))]
     out = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in table]
     if not result.evaluations:
         out = ["no guardrails evaluated"]
     header = f"guardrail check at {format_time(result.now)}{' (dry run)' if result.dry_run else ''}"
-    return "\n".join([header, *out, *_footer(result)])
+    return "\n".join([header, *out, *map(one_line, _footer(result))])
 
 
 def print_rich(result: RunResult, console: Any) -> None:
@@ -128,8 +160,11 @@ def print_rich(result: RunResult, console: Any) -> None:
     for column in COLUMNS:
         table.add_column(column, justify="right" if column in ("control", "treatment", "delta") else "left")
     style = {"breach": "bold red", "pass": "green"}
+    from rich.markup import escape
+
     for row in rows(result):
-        table.add_row(*row[:-2], f"[{style.get(row[-2], 'yellow')}]{row[-2]}[/]", row[-1])
+        cells = [escape(one_line(c)) for c in row]  # a flag key "[red]..." is text, not markup
+        table.add_row(*cells[:-2], f"[{style.get(row[-2], 'yellow')}]{cells[-2]}[/]", cells[-1])
     console.print(table)
     for line in _footer(result):
-        console.print(line, markup=False, highlight=False)
+        console.print(one_line(line), markup=False, highlight=False)

@@ -21,7 +21,7 @@ from typing import Any
 
 from guardrail import codec
 from guardrail.config import format_time, parse_flag
-from guardrail.model import ExitCode, Flag, FlagState, GuardrailError, HaltRecord, Method
+from guardrail.model import ExitCode, Flag, FlagState, GuardrailError, HaltRecord, HaltStatus, Method
 from guardrail.redact import Redactor
 from guardrail.settings import load_settings
 from guardrail.state import AuditLog, StateStore, halt_to_dict
@@ -67,9 +67,9 @@ def refusal(key: str, definition: Any, source: str) -> str | None:
 
 def _notes(flag: Flag | None, halt: HaltRecord) -> list[str]:
     notes = []
-    if halt.status != "done":
+    if halt.status != HaltStatus.DONE:
         notes.append(f"the halt had not been carried out (status {halt.status}): resuming cancels it")
-    if halt.status == "done" and not halt.alert_delivered:
+    if halt.status == HaltStatus.DONE and not halt.alert_delivered:
         notes.append("the halt's alert was never delivered and will not be sent now")
     if flag is None:
         return notes

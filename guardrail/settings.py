@@ -22,7 +22,8 @@ from guardrail.flags import BACKENDS, FlagBackend
 from guardrail.model import GuardrailError
 from guardrail.sources import SOURCES, MetricSource
 
-GENERAL_KEYS = {"flags", "flag_backend", "metrics", "alert", "state", "audit", "defaults", "http", "lock_timeout"}
+GENERAL_KEYS = {"flags", "flag_backend", "metrics", "alert", "state", "audit", "defaults", "http", "lock_timeout",
+                "budget"}
 CONFIG_KEYS = GENERAL_KEYS | BACKENDS.sections() | SOURCES.sections()
 DEFAULT_STATE = Path(".guardrail/state.json")
 DEFAULT_AUDIT = Path(".guardrail/audit.jsonl")
@@ -40,6 +41,9 @@ class Settings:
     retries: int = 3
     concurrency: int = 64
     lock_timeout: float = 10.0
+    # Seconds one run may spend on reads; past it no new read starts and the run reports what it could
+    # not do (exit 3). Under the 2-minute cron interval, so one run ends before the next starts.
+    budget: float = 90.0
     defaults: Mapping[str, Any] = field(default_factory=dict)
     ca_bundle: str | None = None
     allow_insecure_http: bool = False
@@ -77,6 +81,18 @@ def _number(section: Mapping[str, Any], key: str, source: str, field_name: str, 
     if isinstance(value, bool) or not ok or not value > 0 or value == float("inf"):
         kind = "a positive whole number" if integer else "a positive number"
         raise GuardrailError(f"must be {kind}, got {value!r}", source=source, field=field_name)
+    return value
+
+
+def _env_number(env: Mapping[str, str], name: str) -> float:
+    import math
+
+    try:
+        value = float(env[name])
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        raise GuardrailError(f"must be a number of seconds >= 0, got {env[name]!r}", field=name)
     return value
 
 
@@ -168,10 +184,14 @@ def load_settings(
             values[key] = number
     if doc.get("lock_timeout") is not None:
         values["lock_timeout"] = _number(doc, "lock_timeout", source, "lock_timeout")
+    if doc.get("budget") is not None:
+        values["budget"] = _number(doc, "budget", source, "budget")
+    if env.get("GUARDRAIL_BUDGET"):
+        values["budget"] = _env_number(env, "GUARDRAIL_BUDGET")
     if http.get("ca_bundle"):
         values["ca_bundle"] = str(http["ca_bundle"])
     for key in ("state_path", "audit_path", "timeout", "concurrency", "lock_timeout", "ca_bundle",
-                "allow_insecure_http", "retries"):
+                "allow_insecure_http", "retries", "budget"):
         if key in options:
             values[key] = options[key]
     settings = Settings(**values)

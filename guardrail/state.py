@@ -9,9 +9,12 @@ code 5. A corrupt state file is renamed aside and reported, never silently repla
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
+import math
 import os
+import stat
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -27,6 +30,7 @@ from guardrail.model import (
     HaltAction,
     HaltRecord,
     HaltStatus,
+    RampState,
     SeqState,
     State,
     Streak,
@@ -41,9 +45,27 @@ def _t(value: datetime | None) -> str | None:
 
 
 def _dt(value: Any) -> datetime | None:
+    """An RFC 3339 time from the state file; a naive one (hand-edited) is taken as UTC, as in flag files.
+    Anything but a string is a wrong type: the file is set aside like a corrupt one."""
     if value is None:
         return None
+    if not isinstance(value, str):
+        raise TypeError(f"expected a time string, got {type(value).__name__}")
     return parse_time(value)
+
+
+def _count(value: Any, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise TypeError(f"{what} must be a whole number >= 0, got {value!r}")
+    return value
+
+
+def _mapping(value: Any, what: str) -> Mapping[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise TypeError(f"{what} must be an object, got {type(value).__name__}")
+    return value
 
 
 def halt_to_dict(h: HaltRecord) -> dict[str, Any]:
@@ -64,9 +86,19 @@ def halt_to_dict(h: HaltRecord) -> dict[str, Any]:
     }
 
 
-def halt_from_dict(d: Mapping[str, Any]) -> HaltRecord:
+def halt_from_dict(d: Any) -> HaltRecord:
+    d = _mapping(d, "halt")
     decided = _dt(d["decided_at"])
-    assert decided is not None
+    if decided is None:
+        raise TypeError("halt.decided_at is missing")
+    for name in ("alert", "alert_payload"):
+        if d.get(name) is not None and not isinstance(d[name], dict):
+            raise TypeError(f"halt.{name} must be an object")
+    if not isinstance(d.get("alert_delivered", False), bool):
+        raise TypeError("halt.alert_delivered must be true or false")
+    for name in ("reason", "metric", "treatment_variant", "control_variant", "last_error", "run_id"):
+        if d.get(name) is not None and not isinstance(d[name], str):
+            raise TypeError(f"halt.{name} must be a string")
     return HaltRecord(
         status=HaltStatus(d["status"]),
         action=HaltAction(d["action"]),
@@ -76,7 +108,7 @@ def halt_from_dict(d: Mapping[str, Any]) -> HaltRecord:
         treatment_variant=str(d.get("treatment_variant", "")),
         control_variant=str(d.get("control_variant", "control")),
         completed_at=_dt(d.get("completed_at")),
-        attempts=int(d.get("attempts", 0)),
+        attempts=_count(d.get("attempts", 0), "halt.attempts"),
         last_error=d.get("last_error"),
         alert_delivered=bool(d.get("alert_delivered", False)),
         # Files written before the alert was rendered at send time kept the rendered body instead.
@@ -101,6 +133,7 @@ def to_dict(state: State) -> dict[str, Any]:
                 "last_evaluations": dict(fs.last_evaluations),
                 "sequential": {gid: seq_to_dict(q) for gid, q in fs.sequential.items()},
                 "last_look_at": _t(fs.last_look_at),
+                **_ramp_to_dict(fs),
             }
             for key, fs in sorted(state.flags.items())
         },
@@ -139,6 +172,25 @@ def seq_from_dict(d: Mapping[str, Any]) -> SeqState:
         restarts=tuple((int(j), float(s), float(v)) for j, s, v in (d.get("restarts") or [])),
         last_at_minutes=_optional(d.get("last_at_minutes")),
     )
+def _ramp_to_dict(fs: FlagState) -> dict[str, Any]:
+    """Ramp and SRM fields, written only when set (older documents simply lack them)."""
+    out: dict[str, Any] = {}
+    if fs.ramp is not None:
+        out["ramp"] = {"step": fs.ramp.step, "step_started_at": _t(fs.ramp.step_started_at),
+                       "shipped_at": _t(fs.ramp.shipped_at), "last": dict(fs.ramp.last)}
+    if fs.srm_min_p < 1.0 or fs.srm_warned:
+        out["srm_min_p"] = fs.srm_min_p
+        out["srm_warned"] = fs.srm_warned
+    return out
+
+
+def _ramp_from_dict(d: Any) -> RampState | None:
+    if not isinstance(d, Mapping):
+        return None
+    started = _dt(d["step_started_at"])
+    assert started is not None
+    return RampState(step=int(d["step"]), step_started_at=started, shipped_at=_dt(d.get("shipped_at")),
+                     last=dict(d.get("last") or {}))
 
 
 def _upgrade(doc: dict[str, Any]) -> dict[str, Any]:
@@ -163,29 +215,76 @@ def _upgrade(doc: dict[str, Any]) -> dict[str, Any]:
     raise ValueError(f"unknown state version {version!r}")
 
 
+def _tuning(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise TypeError(f"tuning_n must be a positive number, got {value!r}")
+    return float(value)
+
+
 def from_dict(doc: Any) -> State:
+    """Strict: a hand-edited file with a wrong type anywhere raises (TypeError/ValueError/KeyError), and
+    `load` sets it aside like a corrupt one, rather than every later run crashing on it."""
     if not isinstance(doc, dict):
         raise ValueError("state document is not an object")
     doc = _upgrade(doc)
     flags: dict[str, FlagState] = {}
-    for key, fs in (doc.get("flags") or {}).items():
+    for key, fs in _mapping(doc.get("flags"), "flags").items():
+        fs = _mapping(fs, f"flags.{key}")
+        streaks = {}
+        for gid, s in _mapping(fs.get("streaks"), f"flags.{key}.streaks").items():
+            s = _mapping(s, f"flags.{key}.streaks.{gid}")
+            streaks[str(gid)] = Streak(_count(s.get("count", 0), "streak count"), _dt(s.get("last_breach_at")))
+        evaluations = _mapping(fs.get("last_evaluations"), f"flags.{key}.last_evaluations")
+        if not all(isinstance(v, Mapping) for v in evaluations.values()):
+            raise TypeError(f"flags.{key}.last_evaluations values must be objects")
         flags[str(key)] = FlagState(
             first_seen_enabled=_dt(fs.get("first_seen_enabled")),
-            streaks={
-                str(gid): Streak(int(s.get("count", 0)), _dt(s.get("last_breach_at")))
-                for gid, s in (fs.get("streaks") or {}).items()
-            },
+            streaks=streaks,
             halt=None if fs.get("halt") is None else halt_from_dict(fs["halt"]),
-            tuning_n={str(k): float(v) for k, v in (fs.get("tuning_n") or {}).items()},
-            last_evaluations=dict(fs.get("last_evaluations") or {}),
+            tuning_n={str(k): _tuning(v) for k, v in _mapping(fs.get("tuning_n"), "tuning_n").items()},
+            last_evaluations=dict(evaluations),
+            ramp=_ramp_from_dict(fs.get("ramp")),
+            srm_min_p=float(fs.get("srm_min_p", 1.0)),
+            srm_warned=bool(fs.get("srm_warned", False)),
             sequential={str(k): seq_from_dict(v) for k, v in (fs.get("sequential") or {}).items()},
             last_look_at=_dt(fs.get("last_look_at")),
         )
     return State(flags=flags, last_run_at=_dt(doc.get("last_run_at")))
 
 
+def _fix_for(code: int | None, what: str, option: str) -> str:
+    """The fix a person can apply, for the errno a write failed with."""
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        return "the disk (or quota) is full: free space there, or point " + option + " at another disk"
+    if code == errno.EROFS:
+        return f"the file system is read-only: point {option} at a writable directory"
+    if code in (errno.EACCES, errno.EPERM):
+        return (f"permission denied: give this user write access to the {what} and its directory, "
+                f"or point {option} elsewhere")
+    if code == errno.EISDIR:
+        return f"the path is a directory: point {option} at a file"
+    if code == errno.ENOTDIR:
+        return f"a parent of the path is a file, not a directory: point {option} elsewhere"
+    return f"check the {what} path, or point {option} elsewhere"
+
+
+def write_error(exc: OSError, path: Path, what: str, option: str) -> GuardrailError:
+    """An OSError while writing `path`, as a message naming the path and the fix (never 'internal error')."""
+    return GuardrailError(
+        f"cannot write the {what}: {exc.strerror or exc}; {_fix_for(exc.errno, what, option)}",
+        source=str(path), exit_code=ExitCode.CONFIG,
+    )
+
+
 def atomic_write(path: Path, data: bytes, *, mode: int = FILE_MODE) -> None:
-    """Write-then-rename so a reader (or a run killed mid-write) sees the old file or the new, never half."""
+    """Write-then-rename so a reader (or a run killed mid-write) sees the old file or the new, never half.
+
+    The file is the user's wherever they put it: a symlink is followed (the target is replaced, the link
+    stays), and an existing file keeps its permission bits (a new one is created `mode`)."""
+    if path.is_symlink():
+        path = Path(os.path.realpath(path))
+    with contextlib.suppress(OSError):
+        mode = stat.S_IMODE(path.stat().st_mode)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
@@ -223,8 +322,11 @@ class StateStore:
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[StateStore]:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, FILE_MODE)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, FILE_MODE)
+        except OSError as exc:
+            raise write_error(exc, self.lock_path, "state lock file", "--state (or GUARDRAIL_STATE)") from None
         deadline = time.monotonic() + self.lock_timeout
         try:
             while True:
@@ -275,7 +377,11 @@ class StateStore:
         if state is not None:
             return state
         aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
-        os.replace(self.path, aside)
+        try:
+            os.replace(self.path, aside)
+        except OSError as exc:
+            raise write_error(exc, self.path, "state file (unreadable, to be set aside)",
+                              "--state (or GUARDRAIL_STATE)") from None
         self.warning = (
             f"state file {self.path} was unreadable ({problem}); kept it as {aside} and started fresh "
             "(streaks and first-seen times restart)"
@@ -284,7 +390,10 @@ class StateStore:
 
     def save(self, state: State) -> None:
         text = json.dumps(to_dict(state), indent=2, sort_keys=False, allow_nan=False, default=str)
-        atomic_write(self.path, (text + "\n").encode("utf-8"))
+        try:
+            atomic_write(self.path, (text + "\n").encode("utf-8"))
+        except OSError as exc:
+            raise write_error(exc, self.path, "state file", "--state (or GUARDRAIL_STATE)") from None
 
 
 class AuditLog:
@@ -296,15 +405,25 @@ class AuditLog:
     def append(self, records: list[Mapping[str, Any]]) -> None:
         if not records:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         data = "".join(json.dumps(r, sort_keys=False, default=str, allow_nan=True) + "\n" for r in records)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE)
         try:
-            # One write call per run: O_APPEND keeps concurrent writers' lines whole.
-            os.write(fd, data.encode("utf-8"))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, FILE_MODE)
+            try:
+                # One write call per run: O_APPEND keeps concurrent writers' lines whole.
+                payload = data.encode("utf-8")
+                written = os.write(fd, payload)
+                if written != len(payload):  # a short write: the disk filled mid-line
+                    raise OSError(errno.ENOSPC, "short write (disk full?)")
+                try:
+                    os.fsync(fd)
+                except OSError as exc:  # a character device or pipe (/dev/stdout) cannot fsync: fine
+                    if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EROFS):
+                        raise
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise write_error(exc, self.path, "audit log", "--audit (or GUARDRAIL_AUDIT)") from None
 
     def read(self) -> list[dict[str, Any]]:
         try:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,7 @@ from typing import Any
 from guardrail import codec, engine
 from guardrail.config import ParsedFlags, format_time, parse_flags
 from guardrail.flags.base import LoadedFlags
-from guardrail.model import ExitCode, Flag, FlagState, GuardrailError, Method, State, guardrail_id
+from guardrail.model import ExitCode, Flag, FlagState, GuardrailError, HaltStatus, Method, State, guardrail_id
 from guardrail.redact import Redactor
 from guardrail.settings import Settings, load_settings
 from guardrail.state import StateStore, halt_to_dict
@@ -54,7 +54,7 @@ async def _load(settings: Settings) -> tuple[LoadedFlags, ParsedFlags]:
         backend = settings.backend.create(runtime_for(settings, client, read_only=True))
         loaded: LoadedFlags = await backend.load()
     parsed = parse_flags(loaded.definitions, source=loaded.source, lines=loaded.lines, defaults=settings.defaults)
-    return loaded, parsed
+    return loaded, replace(parsed, problems=(*loaded.problems, *parsed.problems))
 
 
 def load_source(settings: Settings) -> tuple[LoadedFlags, ParsedFlags]:
@@ -83,7 +83,9 @@ class StatusReport:
     @property
     def stale(self) -> bool:
         age = self.age_seconds
-        return age is None or age > self.stale_after * 60
+        # A last run far in the future (a run whose clock was ahead) proves nothing about now: counting it
+        # fresh would hide a dead cron until that date. One minute of skew is tolerated.
+        return age is None or age > self.stale_after * 60 or age < -60
 
     @property
     def exit_code(self) -> ExitCode:
@@ -95,6 +97,12 @@ class StatusReport:
         if self.last_run_at is None:
             return "STALE MONITOR: guardrail check has never completed a run with this state file; nothing is watched"
         age = (self.age_seconds or 0) / 60
+        if age < 0:
+            return (
+                f"STALE MONITOR: the last run is recorded {-age:.1f} min in the future "
+                f"({format_time(self.last_run_at)}): a clock was ahead; it proves nothing about runs now "
+                "(is the clock right? is cron running?)"
+            )
         return (
             f"STALE MONITOR: the last run was {age:.1f} min ago ({format_time(self.last_run_at)}), more than "
             f"--stale-after {self.stale_after:g} min: flags are NOT being watched (is cron/the CronJob running?)"
@@ -136,6 +144,41 @@ def _guardrails(flag: Flag | None, fs: FlagState) -> list[dict[str, Any]]:
     return list(rows.values())
 
 
+def _ramp(flag: Flag | None, fs: FlagState, now: datetime) -> dict[str, Any] | None:
+    """Step, time on it, each guardrail's bounds against its threshold, and what the ramp waits for."""
+    if fs.ramp is None or flag is None or flag.ramp is None:
+        return None
+    r = fs.ramp
+    last = dict(r.last)
+    share = flag.ramp.steps[min(r.step, len(flag.ramp.steps) - 1)]
+    # A shipped or halted ramp's clock stopped when guardrail stopped watching it.
+    until = r.shipped_at or (fs.halt.decided_at if fs.halt is not None else now)
+    return {
+        "step": r.step + 1, "steps": list(flag.ramp.steps), "share": share, "step_started_at": _t(r.step_started_at),
+        "minutes_on_step": round((until - r.step_started_at).total_seconds() / 60, 1),
+        "advance": flag.ramp.advance.value, "shipped_at": _t(r.shipped_at), "last_action": last.get("action"),
+        "waits_for": list(last.get("waits_for") or []), "guardrails": list(last.get("guardrails") or []),
+    }
+
+
+def _ramp_lines(ramp: dict[str, Any]) -> list[str]:
+    def bound(g: dict[str, Any], name: str) -> str:
+        x = g.get(name)
+        return "n/a" if x is None else (f"{x:+.1%}" if g.get("relative") else f"{x:+.4g}")
+
+    steps = ", ".join(f"{s}%" for s in ramp["steps"])
+    state = f"shipped at {ramp['shipped_at']}" if ramp["shipped_at"] else f"last decision: {ramp['last_action']}"
+    lines = [f"    ramp: step {ramp['step']} of {len(ramp['steps'])} ({ramp['share']} %; {steps}), "
+             f"{ramp['minutes_on_step']:.0f} min on it, advance {ramp['advance']}; {state}"]
+    for g in ramp["guardrails"]:
+        limit = f"{g['threshold']:.0%}" if g.get("relative") else f"{g['threshold']:g}"
+        lines.append(f"      {g['metric']}@{g['variant']}: {g['verdict']}, harm between {bound(g, 'lower_bound')} and "
+                     f"{bound(g, 'upper_bound')} vs threshold {limit}")
+    if ramp["waits_for"]:
+        lines.append(f"      waits for: {'; '.join(ramp['waits_for'])}")
+    return lines
+
+
 def _flag_entry(key: str, flag: Flag | None, state: State, now: datetime, parsed: ParsedFlags | None) -> dict[str, Any]:
     fs = state.flags.get(key, FlagState())
     halt = None
@@ -154,6 +197,7 @@ def _flag_entry(key: str, flag: Flag | None, state: State, now: datetime, parsed
         "first_seen_enabled": _t(fs.first_seen_enabled),
         "guardrails": _guardrails(flag, fs),
         "halt": halt,
+        "ramp": _ramp(flag, fs, now),
     }
     if flag is not None:
         why = engine.watched(flag, state)
@@ -240,8 +284,9 @@ def _guardrail_line(row: Mapping[str, Any]) -> str:
 
 
 def _halt_lines(halt: Mapping[str, Any]) -> list[str]:
-    verb = {"done": "HALTED" if halt["action"] == "revert" else "HELD", "pending": "HALT PENDING",
-            "failed": "HALT FAILED (do it by hand; retried every run)"}.get(str(halt["status"]), str(halt["status"]))
+    verb = {HaltStatus.DONE: "HALTED" if halt["action"] == "revert" else "HELD", HaltStatus.PENDING: "HALT PENDING",
+            HaltStatus.FAILED: "HALT FAILED (do it by hand; retried every run)"}.get(
+        HaltStatus(halt["status"]), str(halt["status"]))
     lines = [
         f"    {verb} ({halt['action']}) decided {halt['decided_at']} by run {halt['run_id'] or '-'}"
         + (f", completed {halt['completed_at']}" if halt["completed_at"] else ""),
@@ -249,7 +294,7 @@ def _halt_lines(halt: Mapping[str, Any]) -> list[str]:
         f"      attempts {halt['attempts']}; alert {'delivered' if halt['alert_delivered'] else 'NOT delivered'}"
         + (f"; last error: {halt['last_error']}" if halt["last_error"] else ""),
     ]
-    if halt["status"] == "done":
+    if halt["status"] == HaltStatus.DONE:
         key = halt.get("flag", "KEY")
         lines.append(f"      once reviewed and the flag restored: guardrail resume {key} --reason ...")
     return lines
@@ -275,6 +320,8 @@ def to_text(report: StatusReport) -> str:
         if f["warmup_remaining_minutes"]:
             out.append(f"    warmup: {f['warmup_remaining_minutes']:.1f} min left")
         out += [_guardrail_line(row) for row in f["guardrails"]]
+        if f.get("ramp") is not None:
+            out += _ramp_lines(f["ramp"])
         if f["halt"] is not None:
             out += _halt_lines({**f["halt"], "flag": f["flag"]})
     if stale:

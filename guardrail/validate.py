@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from guardrail import config, files
-from guardrail.model import Flag, GuardrailError, Method, MetricKind
+from guardrail.model import Flag, GuardrailError, Method, MetricKind, Severity
 
 # Below this relative change, day-to-day variation between two arms of one population already fires a
 # fixed-threshold rule (the how-to's A/A simulation: 100 % of runs halted at 10 % with short windows).
@@ -37,7 +37,7 @@ class Finding:
     flag: str | None
     field: str | None
     line: int | None
-    severity: str  # "error" | "warning" | "note" (information, e.g. the per-comparison alpha)
+    severity: Severity  # error | warning | note (information, e.g. the per-comparison alpha)
     message: str
 
     @property
@@ -226,7 +226,7 @@ THRESHOLD_AA_HALTS = "100 %"
 SIMULATE_COMMAND = "guardrail simulate --method threshold --method sequential"
 
 
-def _guardrail_warnings(metadata: Mapping[str, Any], flag: Flag) -> Iterator[tuple[str, str, str]]:
+def _guardrail_warnings(metadata: Mapping[str, Any], flag: Flag) -> Iterator[tuple[str, Severity, str]]:
     """(field, severity, message): threshold-rule risks, and each sequential comparison's share of alpha."""
     from guardrail import engine
 
@@ -236,7 +236,7 @@ def _guardrail_warnings(metadata: Mapping[str, Any], flag: Flag) -> Iterator[tup
         if g.comparison.relative and g.threshold < NOISE_FLOOR and g.method is not Method.SEQUENTIAL:
             yield (
                 fields.get(f"guardrails/{index}/threshold", f"{base}.threshold"),
-                "warning",
+                Severity.WARNING,
                 (
                     f"relative threshold {g.threshold:g} is below typical day-to-day noise; it will fire on "
                     "noise unless the sequential method is used"
@@ -248,7 +248,7 @@ def _guardrail_warnings(metadata: Mapping[str, Any], flag: Flag) -> Iterator[tup
                    "remove `method: threshold` to use the default always-valid sequential test")
             yield (
                 fields.get(f"guardrails/{index}/method", f"{base}.method"),
-                "warning",
+                Severity.WARNING,
                 (
                     f"method threshold compares a {g.window} window's point estimate with the threshold and has "
                     f"no error control: it halted {THRESHOLD_AA_HALTS} of healthy A/A experiments within 14 "
@@ -258,11 +258,20 @@ def _guardrail_warnings(metadata: Mapping[str, Any], flag: Flag) -> Iterator[tup
         elif g.kind is not MetricKind.QUANTILE and (k := engine.comparisons(flag)) > 1:
             yield (
                 base,
-                "note",
+                Severity.NOTE,
                 (
                     f"sequential test at alpha {engine.comparison_alpha(flag, g):.4g} per comparison ({g.alpha:g} "
                     f"for the flag split over {k} comparison(s): sequential guardrails × treatment arms)"
                 ),
+            )
+        if flag.ramp is not None and (g.kind is MetricKind.QUANTILE or g.method is not Method.SEQUENTIAL):
+            why = "a quantile metric has no sequential test" if g.kind is MetricKind.QUANTILE else (
+                "it uses the threshold rule")
+            yield (
+                base,
+                Severity.WARNING,
+                f"ramp: {why}, so this guardrail can block an advance only through its threshold rule; it can "
+                "neither prove harm nor prove safety (advance: proven_safe ignores it)",
             )
 
 
@@ -274,7 +283,7 @@ def _validate_flag(
 ) -> list[Finding]:
     out: list[Finding] = []
 
-    def add(field: str | None, message: str, severity: str = "error") -> None:
+    def add(field: str | None, message: str, severity: Severity = Severity.ERROR) -> None:
         where = _field_line(tree, field) if field and tree is not None else None
         out.append(Finding(source, key, field, where or line, severity, message))
 
@@ -288,7 +297,7 @@ def _validate_flag(
         for field, message in _metadata_findings(metadata, "metadata"):
             add(field, message)
         if "expiry" in metadata and (expired := _expiry_finding(metadata["expiry"], today)):
-            add("metadata.expiry", expired, "warning")
+            add("metadata.expiry", expired, Severity.WARNING)
     flag, problems = config.parse_flag(key, definition, source=source, line=line)
     for problem in problems:
         add(problem.field, problem.message, problem.severity)
@@ -307,21 +316,22 @@ def validate_text(text: str, *, source: str, today: date, json_format: bool = Fa
     for path, key, line in _duplicate_keys(text):
         flag = path[1] if len(path) > 1 and path[0] == "flags" else (key if path == ["flags"] else None)
         field = ".".join([*path[2:], key]) if flag and path != ["flags"] else None
-        findings.append(Finding(source, flag, field, line, "error", f"key {key!r} is written twice"))
+        findings.append(Finding(source, flag, field, line, Severity.ERROR, f"key {key!r} is written twice"))
     flags = doc.get("flags") if isinstance(doc, Mapping) else None
     if not isinstance(flags, Mapping):
-        return [*findings, Finding(source, None, "flags", None, "error", "no top-level `flags` mapping")]
+        return [*findings, Finding(source, None, "flags", None, Severity.ERROR, "no top-level `flags` mapping")]
     top_metadata = doc.get("metadata")
     if top_metadata is not None and not isinstance(top_metadata, Mapping):
-        findings.append(Finding(source, None, "metadata", None, "error", "must be a mapping"))
+        findings.append(Finding(source, None, "metadata", None, Severity.ERROR, "must be a mapping"))
     elif isinstance(top_metadata, Mapping):
         for field, message in _metadata_findings(top_metadata, "metadata"):
             where = _field_line(tree, field) if tree is not None else None
-            findings.append(Finding(source, None, field, where, "error", message))
+            findings.append(Finding(source, None, field, where, Severity.ERROR, message))
     flags_tree = tree.get("flags") if isinstance(tree, Mapping) else None
     for key, definition in flags.items():
         if not isinstance(key, str) or not key:
-            findings.append(Finding(source, str(key), None, None, "error", "flag key must be a non-empty string"))
+            findings.append(
+                Finding(source, str(key), None, None, Severity.ERROR, "flag key must be a non-empty string"))
             continue
         sub = flags_tree.get(key) if isinstance(flags_tree, Mapping) else None
         findings += _validate_flag(key, definition, source=source, line=key_lines.get(key), tree=sub, today=today)
@@ -337,10 +347,10 @@ def validate_paths(paths: Sequence[Path], *, today: date) -> tuple[list[Finding]
             findings += validate_text(text, source=str(path), today=today, json_format=path.suffix.lower() == ".json")
         except GuardrailError as exc:
             unreadable = True
-            findings.append(Finding(str(path), exc.flag, exc.field, exc.line, "error", exc.message))
+            findings.append(Finding(str(path), exc.flag, exc.field, exc.line, Severity.ERROR, exc.message))
     if unreadable:
         return findings, EXIT_UNREADABLE
-    return findings, EXIT_FINDINGS if any(f.severity == "error" for f in findings) else EXIT_CLEAN
+    return findings, EXIT_FINDINGS if any(f.severity == Severity.ERROR for f in findings) else EXIT_CLEAN
 
 
 # ---- output -------------------------------------------------------------------------------------------
@@ -349,8 +359,8 @@ def validate_paths(paths: Sequence[Path], *, today: date) -> tuple[list[Finding]
 def render_text(findings: Sequence[Finding]) -> str:
     ordered = sorted(findings, key=lambda f: (f.path, f.line or 0))
     lines = [f"{f.path}{f':{f.line}' if f.line else ''}: {f.severity}: {f.text}" for f in ordered]
-    errors = sum(f.severity == "error" for f in findings)
-    warnings = sum(f.severity == "warning" for f in findings)
+    errors = sum(f.severity == Severity.ERROR for f in findings)
+    warnings = sum(f.severity == Severity.WARNING for f in findings)
     lines.append(f"{errors} error(s), {warnings} warning(s)" if errors or warnings else "no problems found")
     return "\n".join(lines)
 
@@ -372,6 +382,6 @@ def render_github(findings: Sequence[Finding]) -> str:
         if f.line:
             props.append(f"line={f.line}")
         props.append("title=guardrail")
-        command = {"error": "error", "note": "notice"}.get(f.severity, "warning")
+        command = {Severity.ERROR: "error", Severity.NOTE: "notice"}.get(f.severity, "warning")
         out.append(f"::{command} {','.join(props)}::{_escape_data(f.text)}")
     return "\n".join(out)

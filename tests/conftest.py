@@ -17,7 +17,7 @@ from guardrail.fakeapi import FakeAPI
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=timezone.utc)
 TOKEN = "tok-SECRET-4f9a8b7c6d5e"
 ENV_KEYS = ("FLAG_API_URL", "FLAG_API_TOKEN", "METRICS_API_URL", "ALERT_WEBHOOK_URL", "GUARDRAIL_STATE",
-            "GUARDRAIL_AUDIT")
+            "GUARDRAIL_AUDIT", "UNLEASH_API_TOKEN")
 
 
 def flag_definition(
@@ -89,3 +89,29 @@ def run_cli(tmp_path: Path) -> Any:
         )
 
     return run
+
+
+@pytest.fixture(scope="session")
+def unleash_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """One real unleash-server (pinned, tests/unleash/) on PostgreSQL for the whole test run."""
+    from tests.servers import unleash
+
+    server = unleash.start(tmp_path_factory.mktemp("unleash"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def unleash_admin(unleash_server: Any) -> Iterator[Any]:
+    """The tests' own admin client; the flags a test creates are archived after it, so the next test's
+    project listing holds only its own flags."""
+    from tests.servers.unleash import Admin
+
+    admin = Admin(unleash_server)
+    try:
+        yield admin
+    finally:
+        admin.archive_created()
+        admin.close()

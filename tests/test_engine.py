@@ -252,8 +252,10 @@ def test_plan_queries_pins_one_end_and_covers_both_arms() -> None:
     assert {(q.variant, q.metric) for _k, q in planned} == {
         ("control", "error_rate"), ("treatment", "error_rate"),
         ("control", "p95_latency_ms"), ("treatment", "p95_latency_ms"),
+        # the SRM gate's unit counts, since the start (an A/B experiment with a 50/50 split)
+        ("control", "exposures"), ("treatment", "exposures"),
     }
-    assert {q.window for _k, q in planned} == {"5m"}
+    assert {q.window for _k, q in planned if q.metric != "exposures"} == {"5m"}
 
 
 def test_sequential_guardrail_asks_for_a_since_start_window() -> None:
@@ -287,7 +289,7 @@ def test_sequential_tuning_is_frozen_in_state() -> None:
     assert after.windows == 2 and after.last_control == (500_000.0, 5_000.0, 5_000.0)
 
 
-def test_quantile_under_sequential_is_a_config_error_and_a_clear_skip_in_code() -> None:
+def test_quantile_under_sequential_is_a_config_error_and_the_threshold_rule_in_code() -> None:
     parsed = parse_flags({KEY: flag_definition(metric="p95_latency_ms", method="sequential")})
     assert not parsed.flags and "bucket boundary" in parsed.problems[0].message
     assert make_flag(metric="p95_latency_ms", method=None).guardrails[0].method is Method.THRESHOLD
@@ -295,7 +297,7 @@ def test_quantile_under_sequential_is_a_config_error_and_a_clear_skip_in_code() 
     flag = replace(flag, guardrails=(replace(flag.guardrails[0], method=Method.SEQUENTIAL),))
     e = engine.decide([flag], aggs(Aggregate(200.0, 5000), Aggregate(260.0, 5000), metric="p95_latency_ms"),
                       State(), NOW).evaluations[0]
-    assert e.verdict is Verdict.SKIP_NO_DATA and "bucket boundary" in e.reason
+    assert e.verdict is Verdict.BREACH and "quantile metric: threshold rule" in e.reason
 
 
 def test_decreasing_since_start_counts_are_a_skip_with_a_warning_and_a_new_baseline() -> None:

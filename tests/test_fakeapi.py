@@ -265,12 +265,12 @@ def test_reset_closes_without_answer(api: FakeAPI, client: httpx.Client) -> None
 
 
 def test_delay_makes_client_time_out_without_blocking_others(api: FakeAPI, client: httpx.Client) -> None:
-    api.add_fault(route="query", mode="delay", delay=1.0, match={"variant": "treatment"}, times=1)
+    api.add_fault(route="query", mode="delay", delay=30.0, match={"variant": "treatment"}, times=1)
     with pytest.raises(httpx.ReadTimeout):
         client.get("/query", params=_q(), timeout=0.2)
-    started = time.monotonic()
+    # The delayed request is still being served (in flight) while another is answered: no lock held.
     assert client.get("/query", params=_q("control")).status_code == 200
-    assert time.monotonic() - started < 0.5  # the sleeping thread holds no lock
+    assert api.in_flight == 1
 
 
 def test_apply_then_delay_applies_although_client_times_out(api: FakeAPI, client: httpx.Client) -> None:
@@ -345,16 +345,14 @@ def test_concurrent_requests_are_served_in_parallel() -> None:
                 errors.append(exc)
 
         threads = [threading.Thread(target=worker) for _ in range(threads_n)]
-        started = time.monotonic()
         for t in threads:
             t.start()
         for t in threads:
             t.join()
-        elapsed = time.monotonic() - started
         assert not errors
         assert api.count("GET", "/v1/flags") == threads_n * per_thread
-    serial = threads_n * per_thread * latency
-    assert elapsed < 0.5 * serial, f"{elapsed:.2f}s for {serial:.1f}s of serial latency"
+        # Requests were answered side by side: counted by the server, not inferred from a stopwatch.
+        assert api.max_in_flight >= 2
 
 
 # ---- command line --------------------------------------------------------------------------------------

@@ -197,8 +197,10 @@ def test_patch_that_ignored_a_field_takes_the_force_path() -> None:
     ignored = {**flag_definition(), "state": "DISABLED"}  # defaultVariant left at... treatment
     ignored["defaultVariant"] = "treatment"
     forced = {**ignored, "defaultVariant": "control"}
+    # Only re-reads count: before, after the PATCH (a field ignored), after the force.
     respx.get(f"{FLAGS}/v1/flags/{KEY}").mock(side_effect=[
-        httpx.Response(200, json=flag_definition()), httpx.Response(200, json=forced)])
+        httpx.Response(200, json=flag_definition()), httpx.Response(200, json=ignored),
+        httpx.Response(200, json=forced)])
     respx.patch(f"{FLAGS}/v1/flags/{KEY}").mock(return_value=httpx.Response(200, json=ignored))
     force = respx.put(f"{FLAGS}/v1/flags/{KEY}/force").mock(return_value=httpx.Response(200, json=forced))
     outcome = run(halt())
@@ -237,7 +239,8 @@ def test_already_halted_flag_is_not_patched() -> None:
 def test_hold_sets_metadata_only() -> None:
     held = flag_definition(experiment_type="rollout")
     held["metadata"]["guardrail_hold"] = True
-    respx.get(f"{FLAGS}/v1/flags/{KEY}").mock(return_value=httpx.Response(200, json=flag_definition()))
+    respx.get(f"{FLAGS}/v1/flags/{KEY}").mock(side_effect=[
+        httpx.Response(200, json=flag_definition()), httpx.Response(200, json=held)])
     patch = respx.patch(f"{FLAGS}/v1/flags/{KEY}").mock(return_value=httpx.Response(200, json=held))
 
     async def go() -> Any:
@@ -247,6 +250,22 @@ def test_hold_sets_metadata_only() -> None:
     assert run(go()).ok
     assert json.loads(patch.calls.last.request.content) == {
         "metadata": {"guardrail_hold": True, "guardrail_reason": "why"}}
+
+
+@respx.mock
+def test_hold_answered_by_the_patch_alone_is_not_done() -> None:
+    """The PATCH answer says held; the re-read does not: a failed hold, never a claimed one."""
+    held = flag_definition(experiment_type="rollout")
+    held["metadata"]["guardrail_hold"] = True
+    respx.get(f"{FLAGS}/v1/flags/{KEY}").mock(return_value=httpx.Response(200, json=flag_definition()))
+    respx.patch(f"{FLAGS}/v1/flags/{KEY}").mock(return_value=httpx.Response(200, json=held))
+
+    async def go() -> Any:
+        async with make_client() as client:
+            return await HttpFlagBackend(FLAGS, client, token="t", policy=FAST).hold(the_flag(), "why")
+
+    outcome = run(go())
+    assert not outcome.ok and "re-read" in outcome.detail
 
 
 @respx.mock

@@ -111,6 +111,8 @@ def test_check_log_format_json_end_to_end(fake_api: FakeAPI, run_cli: Any, tmp_p
     fake_api.set_flags({key: flag_definition(extra_metadata={"guardrail.error_rate.confirmations": 1})})
     fake_api.set_metric(key, "control", "error_rate", 0.010, 5000)
     fake_api.set_metric(key, "treatment", "error_rate", 0.034, 5000)
+    for arm in ("control", "treatment"):  # unit counts for the SRM gate (without them: one warning line)
+        fake_api.set_metric(key, arm, "exposures", 5000, 5000)
     env = {"FLAG_API_URL": fake_api.url, "FLAG_API_TOKEN": TOKEN, "METRICS_API_URL": fake_api.url,
            "ALERT_WEBHOOK_URL": f"{fake_api.url}/webhook"}
     now = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(minutes=1)

@@ -24,7 +24,7 @@ def result() -> RunResult:
 def test_json_keys_are_pinned() -> None:
     doc = report.to_json(result())
     assert list(doc) == ["version", "exit_code", "dry_run", "run_id", "now", "evaluations", "halts", "problems",
-                         "skipped_flags", "warnings"]
+                         "skipped_flags", "warnings", "ramps", "srm"]
     assert list(doc["evaluations"][0]) == [
         "flag", "metric", "treatment_variant", "control_variant", "verdict", "reason", "control", "treatment",
         "delta", "relative_delta", "threshold", "comparison", "method", "streak", "confirmations", "bound",

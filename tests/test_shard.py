@@ -127,4 +127,5 @@ def test_two_shards_split_the_fleet(fake_api: FakeAPI, run_cli: Any, tmp_path: P
     assert evaluated[0] | evaluated[1] == set(keys)
     assert evaluated[0] and evaluated[1]
     # Each flag's two arms were queried once in all: no job fetched another job's flags.
-    assert fake_api.count("GET", "/query") == 2 * len(keys)
+    # (each arm's error_rate and its `exposures` unit count for the SRM gate)
+    assert fake_api.count("GET", "/query") == 4 * len(keys)

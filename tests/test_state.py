@@ -76,16 +76,19 @@ def test_second_run_waits_for_the_first(tmp_path: Path) -> None:
     order: list[str] = []
     first = StateStore(tmp_path / "s.json")
 
+    held = threading.Event()
+
     def hold() -> None:
         with first.locked():
             order.append("first in")
-            time.sleep(0.3)
+            held.set()
+            time.sleep(0.3)  # the order below holds however long this takes: the lock decides it
             order.append("first out")
 
     thread = threading.Thread(target=hold)
     thread.start()
-    time.sleep(0.05)
-    with StateStore(tmp_path / "s.json", lock_timeout=5).locked():
+    assert held.wait(60)
+    with StateStore(tmp_path / "s.json", lock_timeout=60).locked():
         order.append("second in")
     thread.join()
     assert order == ["first in", "first out", "second in"]

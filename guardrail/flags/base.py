@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from guardrail.model import Flag, HaltOutcome
+from guardrail.model import Flag, FlagProblem, HaltOutcome
 
 
 @dataclass(frozen=True)
@@ -22,6 +22,9 @@ class LoadedFlags:
     definitions: Mapping[str, Mapping[str, Any]]
     # Line numbers of each flag key in a YAML file, when known (for error messages).
     lines: Mapping[str, int] | None = None
+    # Flags the backend could not turn into definitions (e.g. an Unleash strategy without variants); the
+    # other flags still run, and these are reported like any flag problem.
+    problems: tuple[FlagProblem, ...] = ()
 
 
 __all__ = ["FlagBackend", "HaltOutcome", "LoadedFlags"]
@@ -38,6 +41,11 @@ class FlagBackend(Protocol):
 
     async def hold(self, flag: Flag, reason: str) -> HaltOutcome:
         """Hold a rollout at its current split: metadata guardrail_hold true + reason."""
+        ...
+
+    async def set_split(self, flag: Flag, shares: Mapping[str, int], reason: str) -> HaltOutcome:
+        """Set the flag's fractional split to `shares` (variant -> whole percent, summing to 100): a ramp
+        step. Done (ok) only when a re-read shows the new weights."""
         ...
 
     async def get(self, key: str) -> Mapping[str, Any] | None:

@@ -359,7 +359,10 @@ def apply_halt_to_text(
         raise KeyError(key)
     if not isinstance(flags[key], Mapping):
         raise GuardrailError("flag definition is not a mapping", source=source, flag=key)
-    expected = copy.deepcopy(doc)
+    # Unshared, not deepcopy: deepcopy keeps YAML aliases shared, so with `b: *a` (or `<<: *a`, or a
+    # shared `metadata: *m`) the expected result would change flag b too, and so match a rewrite that
+    # halts two flags. Built without sharing, it can only match a rewrite that changes this flag alone.
+    expected = _unshared(doc)
     _edit_plain(expected["flags"][key], action, control_variant, reason)
 
     if json_format:
@@ -377,10 +380,35 @@ def apply_halt_to_text(
     except GuardrailError:
         reread = None
     if reread != expected:
+        others = _changed_others(doc, reread, key)
+        if others:
+            raise GuardrailError(
+                f"this flag shares YAML anchors/aliases with {others}: the rewrite would change them too; left "
+                "unchanged (halt it by hand, and expand the anchors so each flag stands alone)",
+                source=source, flag=key,
+            )
         raise GuardrailError(
             "the rewritten file would not read back as intended; left unchanged", source=source, flag=key
         )
     return new
+
+
+def _unshared(value: Any) -> Any:
+    """A copy in which no two places share an object (YAML aliases expanded into separate copies)."""
+    if isinstance(value, Mapping):
+        return {k: _unshared(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_unshared(v) for v in value]
+    return value
+
+
+def _changed_others(before: Any, after: Any, key: str) -> list[str]:
+    """Keys of the other flags whose definitions differ between two parses (at most five, for a message)."""
+    old = before.get("flags") if isinstance(before, Mapping) else None
+    new = after.get("flags") if isinstance(after, Mapping) else None
+    if not isinstance(old, Mapping) or not isinstance(new, Mapping):
+        return []
+    return sorted(k for k in set(old) | set(new) if k != key and old.get(k) != new.get(k))[:5]
 
 
 # ---- the backend ---------------------------------------------------------------------------------------
@@ -431,6 +459,12 @@ class FlagdFileBackend:
 
     async def hold(self, flag: Flag, reason: str) -> HaltOutcome:
         return await asyncio.to_thread(self._apply, flag, "hold", reason)
+
+    async def set_split(self, flag: Flag, shares: Mapping[str, int], reason: str) -> HaltOutcome:
+        """Set the fractional weights (a ramp step); guardrail/flags/flagd_split.py. The reason is audited."""
+        from guardrail.flags.flagd_split import set_split
+
+        return await asyncio.to_thread(set_split, self, flag, shares)
 
     def link(self, key: str) -> str:
         return f"{self.source}#{key}"

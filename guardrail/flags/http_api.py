@@ -17,8 +17,10 @@ import httpx
 
 from guardrail.adapters import ConfigContext, Plugin, Runtime
 from guardrail.flags.base import HaltOutcome, LoadedFlags
-from guardrail.http import HTTPFailure, RetryPolicy, check_token_transport, json_body, request
+from guardrail.http import HTTPFailure, RetryPolicy, check_token_transport, json_body, request, side_effect
 from guardrail.model import ExitCode, FailureKind, Flag, GuardrailError
+from guardrail.redact import display_url
+from guardrail.split import set_weights, split_matches
 
 
 def _reverted(definition: Any, control: str) -> bool:
@@ -26,6 +28,20 @@ def _reverted(definition: Any, control: str) -> bool:
         isinstance(definition, Mapping)
         and definition.get("state") == "DISABLED"
         and definition.get("defaultVariant") == control
+    )
+
+
+def _serves_only(definition: Any, control: str) -> bool:
+    """What the force-variant call must achieve: every user gets `control`. Either the flag is reverted, or
+    its default is control and no targeting rule is left to route anyone elsewhere. A default that was
+    already `control` before the call proves nothing on its own: the split decides who gets what."""
+    if _reverted(definition, control):
+        return True
+    return (
+        isinstance(definition, Mapping)
+        and definition.get("defaultVariant") == control
+        and definition.get("state") in ("ENABLED", "DISABLED")
+        and not definition.get("targeting")
     )
 
 
@@ -56,16 +72,17 @@ class HttpFlagBackend:
         return f"{self.base_url}/v1/flags/{quote(key, safe='')}{suffix}"
 
     def link(self, key: str) -> str:
-        return self._url(key)
+        return display_url(self._url(key))  # never the user:password of the URL, if it has one
 
     async def load(self) -> LoadedFlags:
         if self.definitions_file is not None:  # definitions from a file, halts through the API
             from guardrail.flags.flagd_file import FlagdFileBackend
 
             return await FlagdFileBackend(self.definitions_file).load()
-        source = f"{self.base_url}/v1/flags"
+        source = display_url(f"{self.base_url}/v1/flags")
         try:
-            response = await request(self.client, "GET", source, label="flag API list", policy=self.policy)
+            response = await request(self.client, "GET", f"{self.base_url}/v1/flags", label="flag API list",
+                                     policy=self.policy)
             body = json_body(response)
         except HTTPFailure as exc:
             raise GuardrailError(str(exc), source=source, exit_code=ExitCode.UNEVALUATED, kind=exc.failure) from None
@@ -141,22 +158,35 @@ class HttpFlagBackend:
         return None, failure
 
     async def halt(self, flag: Flag, reason: str) -> HaltOutcome:
+        # A decided halt is sent, and verified, even past the run's read budget (each try is still bounded).
+        with side_effect():
+            return await self._halt(flag, reason)
+
+    async def hold(self, flag: Flag, reason: str) -> HaltOutcome:
+        with side_effect():
+            return await self._hold(flag, reason)
+
+    async def _halt(self, flag: Flag, reason: str) -> HaltOutcome:
+        """Done only when a re-read shows it: never on a PATCH or force answer alone (a proxy, a cache or a
+        buggy server can answer 200 and change nothing)."""
         control = flag.control_variant
-        current = await self.get(flag.key)
-        if _reverted(current, control):
-            return HaltOutcome(ok=True, already=True, detail="flag was already DISABLED with the control default")
-        answer, failure = await self._until_applied(
+        if _reverted(await self.get(flag.key), control):
+            return HaltOutcome(ok=True, already=True,
+                               detail="flag was already DISABLED with the control default (re-read)")
+        _answer, failure = await self._until_applied(
             flag.key,
             lambda: self._patch_with_reason(flag.key, {"state": "DISABLED", "defaultVariant": control}, reason),
             lambda definition: _reverted(definition, control),
         )
         if failure is not None:
             if failure.applied_anyway:
-                return HaltOutcome(ok=True, detail=f"PATCH answer lost ({failure.kind}) but the flag is halted")
+                return HaltOutcome(ok=True, detail=f"PATCH answer lost ({failure.kind}) but a re-read shows the "
+                                   "flag halted")
             return HaltOutcome(ok=False, detail=str(failure), kind=failure.failure)
-        if _reverted(answer, control) and _reverted(await self.get(flag.key), control):
-            return HaltOutcome(ok=True, detail="PATCH applied: state DISABLED, defaultVariant " + control)
-        # Not applied atomically (CONTRACTS.md §3): force the control variant instead.
+        if _reverted(await self.get(flag.key), control):
+            return HaltOutcome(ok=True, detail=f"PATCH applied (re-read: state DISABLED, defaultVariant {control})")
+        # The re-read does not show both fields (a non-atomic server, or one that ignored the PATCH):
+        # force the control variant instead (docs/contracts.md).
         try:
             await request(
                 self.client, "PUT", self._url(flag.key, "/force"), label="flag API force", policy=self.policy,
@@ -168,27 +198,59 @@ class HttpFlagBackend:
                 detail=f"PATCH did not apply both fields and the force-variant call failed: {exc}",
             )
         after = await self.get(flag.key)
-        if after is not None and after.get("defaultVariant") == control:
-            return HaltOutcome(ok=True, detail=f"PATCH was not atomic; forced variant {control}")
+        if _serves_only(after, control):
+            return HaltOutcome(ok=True, detail=f"PATCH was not applied as sent; forced variant {control} (re-read)")
+        seen = "could not be re-read" if after is None else (
+            f"re-read shows state {after.get('state')!r}, defaultVariant {after.get('defaultVariant')!r}"
+            + (", targeting still set" if after.get("targeting") else ""))
         return HaltOutcome(ok=False, kind=FailureKind.BAD_ANSWER,
-                           detail="force-variant call answered but the flag still serves another variant")
+                           detail=f"PATCH and force-variant calls answered, but the flag is not halted: {seen}")
 
-    async def hold(self, flag: Flag, reason: str) -> HaltOutcome:
+    async def _hold(self, flag: Flag, reason: str) -> HaltOutcome:
         if _held(await self.get(flag.key)):
-            return HaltOutcome(ok=True, already=True, detail="rollout was already held")
-        answer, failure = await self._until_applied(
+            return HaltOutcome(ok=True, already=True, detail="rollout was already held (re-read)")
+        _answer, failure = await self._until_applied(
             flag.key,
             lambda: self._patch(flag.key, {"metadata": {"guardrail_hold": True, "guardrail_reason": reason}}),
             _held,
         )
         if failure is not None:
             if failure.applied_anyway:
-                return HaltOutcome(ok=True, detail=f"PATCH answer lost ({failure.kind}) but the rollout is held")
+                return HaltOutcome(ok=True, detail=f"PATCH answer lost ({failure.kind}) but a re-read shows the "
+                                   "rollout held")
             return HaltOutcome(ok=False, detail=str(failure), kind=failure.failure)
-        if _held(answer) or _held(await self.get(flag.key)):
-            return HaltOutcome(ok=True, detail="rollout held at its current split (metadata.guardrail_hold)")
+        if _held(await self.get(flag.key)):
+            return HaltOutcome(ok=True, detail="rollout held at its current split (re-read: metadata.guardrail_hold)")
         return HaltOutcome(ok=False, kind=FailureKind.BAD_ANSWER,
-                           detail="PATCH answered but metadata.guardrail_hold is not set")
+                           detail="PATCH answered, but a re-read shows metadata.guardrail_hold not set")
+
+    async def set_split(self, flag: Flag, shares: Mapping[str, int], reason: str) -> HaltOutcome:
+        """A ramp step: PATCH `{"targeting": ...}` with the fractional weights set to `shares` (the rest of
+        the targeting rule unchanged), then re-read until the flag shows them (docs/rollouts.md)."""
+        described = ", ".join(f"{v} {s}%" for v, s in shares.items())
+        current = await self.get(flag.key)
+        if current is None:
+            return HaltOutcome(ok=False, kind=FailureKind.UNREACHABLE,
+                               detail=f"flag {flag.key!r}: cannot read it from the flag API")
+        if split_matches(current, shares):
+            return HaltOutcome(ok=True, already=True, detail=f"split already {described}")
+        try:
+            targeting = set_weights(current.get("targeting"), shares)
+        except KeyError as exc:
+            return HaltOutcome(ok=False, kind=FailureKind.REFUSED, detail=f"flag {flag.key!r}: {exc.args[0]}")
+        _answer, failure = await self._until_applied(
+            flag.key,
+            lambda: self._patch(flag.key, {"targeting": targeting}),
+            lambda definition: split_matches(definition, shares),
+        )
+        if failure is not None:
+            if failure.applied_anyway:
+                return HaltOutcome(ok=True, detail=f"PATCH answer lost ({failure.kind}) but the split is {described}")
+            return HaltOutcome(ok=False, detail=str(failure), kind=failure.failure)
+        if split_matches(await self.get(flag.key), shares):
+            return HaltOutcome(ok=True, detail=f"PATCH applied: split {described}")
+        return HaltOutcome(ok=False, kind=FailureKind.BAD_ANSWER,
+                           detail="PATCH answered but a re-read does not show the new split")
 
     async def aclose(self) -> None:
         """The client belongs to the run."""
@@ -218,7 +280,12 @@ def _parse(ctx: ConfigContext) -> ApiBackendConfig:
     token_env = str(section.get("token_env", "FLAG_API_TOKEN"))
     where = flags_location(ctx)
     is_url = bool(where) and str(where).startswith(("http://", "https://"))
-    url = ctx.env.get("FLAG_API_URL") or section.get("url") or (str(where).split("/v1/flags")[0] if is_url else None)
+    # Option, then environment, then file: `--flags URL` beats FLAG_API_URL, which beats the file's URLs.
+    from_option = ctx.option("flags")
+    option_url = str(from_option) if from_option and str(from_option).startswith(("http://", "https://")) else None
+    file_url = str(where).split("/v1/flags")[0] if is_url else None
+    url = (option_url.split("/v1/flags")[0] if option_url else None) or ctx.env.get("FLAG_API_URL") or (
+        section.get("url") or file_url)
     if url is not None and (not isinstance(url, str) or urlsplit(url).scheme not in ("http", "https")):
         raise GuardrailError(f"not an http(s) URL: {url!r}", source=ctx.source, field="flag_api.url")
     config = ApiBackendConfig(
@@ -232,13 +299,33 @@ def _parse(ctx: ConfigContext) -> ApiBackendConfig:
 NO_FLAGS = "no flag definitions: pass --flags PATH|URL, set FLAG_API_URL, or set `flags:` in --config"
 
 
+def _token_problem(token: str) -> str | None:
+    """An HTTP header value must be visible ASCII: a token with a newline (a mounted secret file) or a
+    non-ASCII character would only fail at halt time, inside the PATCH."""
+    if any(not (0x21 <= ord(c) <= 0x7E) for c in token):
+        return "contains whitespace, a newline or a non-ASCII character (a stray newline from a secret file?)"
+    return None
+
+
 def _ready(config: ApiBackendConfig) -> None:
+    """Credentials that could leak, or could never work, are refused before the run starts, not at halt time."""
     if not config.url and config.definitions_file is None:
         raise GuardrailError(NO_FLAGS, exit_code=ExitCode.CONFIG)
     if not config.url:
         raise GuardrailError("halting through the flag API needs FLAG_API_URL", exit_code=ExitCode.CONFIG)
-    if config.token:  # a token that could leak is refused before the run starts, not at halt time
-        check_token_transport(config.url, allow_insecure_http=config.allow_insecure_http)
+    if config.token and (why := _token_problem(config.token)):
+        raise GuardrailError(f"the token {why}", field=config.token_env, exit_code=ExitCode.CONFIG)
+    userinfo = "@" in urlsplit(config.url).netloc
+    if config.token and userinfo:
+        # httpx turns URL userinfo into a Basic Authorization header that replaces the bearer token.
+        raise GuardrailError(
+            f"has user:password in it and {config.token_env} is set: only one can be sent (the URL's would "
+            "replace the token, and every halt would be refused); remove one", field="FLAG_API_URL",
+            exit_code=ExitCode.CONFIG,
+        )
+    if config.token or userinfo:
+        what = "the API token" if config.token else "the user:password in the URL"
+        check_token_transport(config.url, allow_insecure_http=config.allow_insecure_http, secret=what)
 
 
 def _create(config: ApiBackendConfig, runtime: Runtime) -> HttpFlagBackend:

@@ -44,7 +44,9 @@ def test_timeout_after_the_server_applied_it_never_halts_twice(api: FakeAPI, run
     assert first.returncode == 1, first.stdout  # the re-read saw the halt applied
     runner.check("--timeout", "0.5", env=api_env(api), now="2026-11-25T12:02:00Z")
     runner.check("--timeout", "0.5", env=api_env(api), now="2026-11-25T12:04:00Z")
-    time.sleep(2.5)  # the fake logs a request when it answers: let the delayed PATCH finish
+    # The fake logs a request when it answers: wait for that event (every delayed PATCH answered).
+    while api.in_flight:
+        time.sleep(0.01)
     assert api.count("PATCH", "/v1/flags") == 1 and len(api.alerts) == 1
 
 

@@ -85,4 +85,5 @@ def test_one_of_600_queries_failing(api: FakeAPI, runner: Runner) -> None:
     skipped = [e for e in evaluations if e["verdict"] != "pass"]
     assert [(e["flag"], e["metric"], e["verdict"]) for e in skipped] == [("svc.team.flag-042", "cpu", "skip:no_data")]
     assert result.returncode == 3
-    assert api.count("GET", "/query") == 600 + 2  # one query retried twice more
+    # 600 guardrail queries + 200 `exposures` unit counts for the SRM gate; one query retried twice more
+    assert api.count("GET", "/query") == 600 + 200 + 2
