@@ -1,4 +1,4 @@
-# One command each: `make demo` (set up and run the halt loop on the built-in fake API), `make test`.
+# One command each: `make demo` (set up and run the halt loop: SQL metrics from a generated DuckDB warehouse, the built-in fake flag API), `make test`.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin

@@ -89,6 +89,7 @@ class Measured:
     returncode: int
     stdout: Path
     stderr: Path
+    cpu: float = 0.0  # the child's user + system CPU seconds (os.wait4)
 
 
 def guardrail_command() -> list[str]:
@@ -117,7 +118,7 @@ def run_measured(cmd: Sequence[str], *, env: dict[str, str], cwd: Path, tag: str
             killer.cancel()
         wall = time.perf_counter() - start
     proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here: Popen must not wait for it again
-    return Measured(wall, int(usage.ru_maxrss), proc.returncode, out, err)
+    return Measured(wall, int(usage.ru_maxrss), proc.returncode, out, err, usage.ru_utime + usage.ru_stime)
 
 
 @contextmanager

@@ -29,10 +29,12 @@ class AlertOutcome(TextEnum):
     WOULD_HALT = "would_halt"  # dry run
 
 
-def context(*, flag: str, action: HaltAction, evaluation: Evaluation, reason: str, link: str) -> dict[str, Any]:
-    """What the alert needs, as strict JSON (it is kept in the state file until the alert is delivered)."""
+def context(*, flag: str, action: HaltAction, evaluation: Evaluation, reason: str, link: str,
+            report: str | None = None) -> dict[str, Any]:
+    """What the alert needs, as strict JSON (it is kept in the state file until the alert is delivered).
+    `report`: the flag's page in the report site (`report.base_url`, docs/report.md)."""
     return {"flag": flag, "action": action.value, "reason": reason, "link": link,
-            "evaluation": codec.evaluation_dict(evaluation)}
+            "evaluation": codec.evaluation_dict(evaluation), **({"report": report} if report else {})}
 
 
 def escape(text: Any) -> str:
@@ -114,6 +116,7 @@ def render(ctx: Mapping[str, Any], outcome: AlertOutcome, detail: str = "") -> d
     fields += [
         {"title": "Flag key", "value": escape(ctx["flag"]), "short": False},
         {"title": "Flag definition", "value": escape(ctx["link"]), "short": False},
+        *([{"title": "Guardrail report", "value": escape(ctx["report"]), "short": False}] if ctx.get("report") else []),
         {"title": "Reason", "value": escape(ctx["reason"]), "short": False},
     ]
     if detail:

@@ -124,8 +124,9 @@ class Run:
     async def _run(self, state: State, runtime: Runtime) -> RunResult:
         backend = self.settings.backend.create(runtime)
         loaded = await backend.load()
+        self.warnings.extend(getattr(backend, "warnings", ()))  # e.g. flags in git read as of the last fetch
         parsed = parse_flags(loaded.definitions, source=loaded.source, lines=loaded.lines,
-                             defaults=self.settings.defaults)
+                             defaults=self.settings.defaults, rules=self.settings.guardrail_rules)
         flags = [f for f in parsed.flags if self._mine(f.key)]
         problems = [p for p in (*loaded.problems, *parsed.problems) if self._mine(p.flag)]
         # A halted key that came back (a new experiment, or turned on by a person): see world.py.
@@ -161,7 +162,7 @@ class Run:
                 pending = state.flags[h.flag].halt
                 assert pending is not None
                 ctx = alert.context(flag=h.flag, action=h.action, evaluation=h.evaluation, reason=h.reason,
-                                    link=backend.link(h.flag))
+                                    link=backend.link(h.flag), report=self._report_link(h.flag))
                 state = _with_halt(state, h.flag, halts.prepared(pending, run_id=self.run_id, alert_context=ctx))
             self.store.save(self._stamp(state))  # write-ahead: the pending halts are on disk first
             for h in decision.halts:
@@ -178,13 +179,23 @@ class Run:
             now=self.now, dry_run=self.dry_run, run_id=self.run_id, evaluations=decision.evaluations,
             halts=tuple(self.halts), problems=tuple(problems) + tuple(self.after_effects),
             skipped_flags=decision.skipped_flags, warnings=tuple(self.warnings), ramps=tuple(ramps), srm=decision.srm,
+            records=tuple(self.audit_lines),
         )
+
+    def _report_link(self, key: str) -> str | None:
+        if not self.settings.report_base_url:
+            return None
+        from guardrail.site.build import page_link
+
+        return page_link(self.settings.report_base_url, key)
 
     def _write_audit(self) -> None:
         """After side effects nothing may crash the report: an audit log that cannot be written is named
         with its path (an error: exit 2, or 1/4 when a halt happened, which outranks it)."""
+        # Kept redacted on the result too: `check --report` folds exactly these lines into the site.
+        self.audit_lines = [json.loads(self.redact(json.dumps(r))) for r in self.audit_lines]
         try:
-            self.audit.append([json.loads(self.redact(json.dumps(r))) for r in self.audit_lines])
+            self.audit.append(list(self.audit_lines))
         except GuardrailError as exc:
             self._after_effect(exc, f"{len(self.audit_lines)} audit line(s) NOT written")
 

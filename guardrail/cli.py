@@ -111,6 +111,12 @@ def check(
         "--metrics-file", help="Write run metrics in Prometheus textfile-collector format to PATH.")] = None,
     log_format: Annotated[str, typer.Option(
         "--log-format", help="text | json: structured log lines on stderr.")] = "text",
+    git: Annotated[bool, typer.Option(
+        "--git", help="The flag file is in a git clone: read it from the upstream branch, and commit and push "
+        "every halt or hold there (as `flags.git: true`; see docs/git-flags.md).")] = False,
+    report_dir: Annotated[Path | None, typer.Option(
+        "--report", help="Refresh the report site in this directory after the run (only the flags this run "
+        "touched, and the index); default: `report.dir` in --config. See docs/report.md.")] = None,
 ) -> None:
     """Evaluate every guardrail of every ENABLED flag once, and halt flags whose treatment harms one.
 
@@ -122,7 +128,7 @@ def check(
     settings = load_settings(config=config, overrides={
         "flags": flags, "state_path": state, "audit_path": audit, "concurrency": concurrency,
         "timeout": timeout, "lock_timeout": lock_timeout, "ca_bundle": ca_bundle, "budget": budget,
-        "allow_insecure_http": allow_insecure_http or None,
+        "allow_insecure_http": allow_insecure_http or None, "git": git or None,
     })
     import time
 
@@ -153,6 +159,21 @@ def check(
         from guardrail.selfmetrics import write_metrics_file
 
         write_metrics_file(metrics_file, result, duration=time.monotonic() - started)
+    report_dir = report_dir or settings.report_dir
+    if report_dir is not None and not dry_run:  # a dry run writes nothing, the report included
+        from guardrail.site.build import refresh_site
+
+        try:
+            refresh_site(report_dir, state_path=settings.state_path, audit_path=settings.audit_path,
+                         records=result.records, now=result.now)
+        except (GuardrailError, OSError) as exc:
+            # The run has acted and audited; its exit code matters more than the view of it.
+            print(f"guardrail: warning: report not refreshed: {exc}", file=sys.stderr)
+    if os.environ.get("GITHUB_STEP_SUMMARY"):
+        from guardrail.redact import Redactor
+        from guardrail.summary import append_step_summary
+
+        append_step_summary(result, redact=Redactor(settings.secrets()), report_url=settings.report_base_url)
     _render(result, as_json)
     raise typer.Exit(int(result.exit_code))
 
@@ -172,19 +193,35 @@ def _render(result: Any, as_json: bool) -> None:
 
 @app.command()
 def validate(
-    paths: Annotated[list[Path], typer.Argument(help="Flag files to check (YAML or JSON).")],
+    paths: Annotated[list[Path] | None, typer.Argument(
+        help="Flag files to check (YAML or JSON). Default: the config file's flag file.")] = None,
     output: Annotated[str, typer.Option("--format", help="text | github (GitHub Actions annotations).")] = "text",
+    config: Annotated[Path | None, typer.Option(
+        "--config", help="Config file: check its `guardrails:` section, merge it (and `defaults:`) under each "
+        "flag's metadata, and print the merged guardrails with where each value came from.")] = None,
 ) -> None:
     """Check flag files for anything flagd would refuse and any guardrail mistake.
 
-    Exit 0 clean (warnings allowed), 1 findings, 2 a file is unreadable.
+    Exit 0 clean (warnings allowed), 1 findings, 2 a file (or the config file) is unreadable or invalid.
     """
-    from guardrail.validate import render_github, render_text, validate_paths
+    from guardrail.validate import Layers, explain_paths, render_github, render_text, validate_paths
 
     if output not in ("text", "github"):
         raise GuardrailError("must be text or github", field="--format")
-    findings, code = validate_paths(paths, today=datetime.now(timezone.utc).date())
+    layers = Layers()
+    if config is not None:
+        from guardrail.settings import load_settings
+
+        settings = load_settings(config=config, env={})  # env={}: nothing secret is read for a check of files
+        layers = Layers(defaults=settings.defaults, rules=settings.guardrail_rules)
+        if not paths and settings.flags and not settings.flags.startswith(("http://", "https://")):
+            paths = [Path(settings.flags)]
+    if not paths:
+        raise GuardrailError("name flag files to check, or a --config whose `flags:` is a file", field="PATHS")
+    findings, code = validate_paths(paths, today=datetime.now(timezone.utc).date(), layers=layers)
     text = render_github(findings) if output == "github" else render_text(findings)
+    if config is not None and output == "text":
+        text = "\n".join(t for t in (text, explain_paths(paths, layers)) if t)
     if text:
         print(text)
     raise typer.Exit(code)
@@ -194,8 +231,9 @@ def validate(
 def demo(
     state: StateOpt = None,
 ) -> None:
-    """Run the whole halt loop against the built-in fake API (no server needed): a treatment breaches
-    its error-rate guardrail twice and is halted."""
+    """Run the whole halt loop with nothing to set up: metrics from SQL over a DuckDB warehouse the demo
+    generates, flags and alerts on the built-in fake API. A treatment breaches its error-rate guardrail
+    twice and is halted."""
     from guardrail.demo import run_demo
 
     raise typer.Exit(run_demo(state_dir=state))
@@ -210,11 +248,46 @@ def replay(
         "(default: every metric in the history, relative_increase 0.10).")] = None,
     config: ConfigOpt = None,
     as_json: JsonOpt = False,
+    report_dir: Annotated[Path | None, typer.Option(
+        "--report", help="Also write the report site of the backtest (charts of every look) to this directory.")
+    ] = None,
 ) -> None:
     """Backtest recorded aggregates through the real engine: would these guardrails have halted?"""
     from guardrail.replay import run_replay_command
 
-    raise typer.Exit(run_replay_command(history=history, flags=flags, config=config, as_json=as_json))
+    raise typer.Exit(run_replay_command(history=history, flags=flags, config=config, as_json=as_json,
+                                        report_dir=report_dir))
+
+
+@app.command("report")
+def report_command(
+    out: Annotated[Path | None, typer.Option(
+        "--out", help="Directory to write the site to. Default: `report.dir` in --config, else ./guardrail-report.")
+    ] = None,
+    config: ConfigOpt = None,
+    state: StateOpt = None,
+    audit: AuditOpt = None,
+    stale_after: Annotated[float, typer.Option("--stale-after", help="Minutes after which the monitor's last "
+                                               "run is flagged as stale on the pages.")] = 10.0,
+    now: Annotated[str | None, typer.Option("--now", help="Build as of this RFC 3339 time (tests).")] = None,
+) -> None:
+    """Write a static HTML site from the state file and the audit log: every watched flag (halts first,
+    searchable) and one page per flag with each guardrail's harm over time against its threshold.
+
+    Self-contained: opens from a file or any static web server, fetches nothing. See docs/report.md.
+    """
+    from guardrail.settings import load_settings
+    from guardrail.site.build import build_site
+
+    if not stale_after > 0:
+        raise GuardrailError(f"must be a positive number of minutes, got {stale_after:g}", field="--stale-after")
+    settings = load_settings(config=config, overrides={"state_path": state, "audit_path": audit})
+    target = out or settings.report_dir or Path("guardrail-report")
+    site = build_site(target, state_path=settings.state_path, audit_path=settings.audit_path,
+                      now=_parse_now(now), stale_after=stale_after)
+    for warning in site.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    print(f"wrote {len(site.summaries)} flag page(s) and {target / 'index.html'}")
 
 
 @app.command()

@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from datetime import date, datetime
 from functools import lru_cache
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from guardrail import ramp_config
 from guardrail.codec import format_time as format_time
@@ -35,6 +35,9 @@ from guardrail.model import (
     Severity,
 )
 from guardrail.split import read_split
+
+if TYPE_CHECKING:
+    from guardrail.rules import GuardrailRules, Merged
 
 FLAT_PREFIX = "guardrail."
 GUARDRAIL_OPTIONS = (
@@ -240,6 +243,7 @@ def parse_flag(
     source: str = "",
     line: int | None = None,
     defaults: Mapping[str, Any] | None = None,
+    rules: GuardrailRules | None = None,
 ) -> tuple[Flag | None, list[FlagProblem]]:
     """One flag definition to a Flag, or the problems that stop it from being watched."""
 
@@ -264,62 +268,70 @@ def parse_flag(
     if not isinstance(metadata, Mapping):
         return None, [problem("metadata", "must be a mapping")]
 
-    raw_guardrails, flag_defaults, fields, errors = gather_guardrail_options(metadata)
-    document: dict[str, Any] = {
-        k: _json_safe(metadata[k])
-        for k in ("experiment_type", "started_at", "warmup_minutes", "control_variant", "treatment_variants")
-        if k in metadata
-    }
+    merged = merge_guardrails(key, metadata, rules=rules, defaults=defaults)
+    warnings: list[FlagProblem] = []
+    if merged.from_config_only and _no_control(merged, variants):
+        # A glob (say "*") also matches plain feature flags with no control arm: not an experiment to
+        # watch, and not an error of the flag either. A flag that splits traffic probably is one, under
+        # other variant names: say so. An exact key in the config is meant, so there it stays an error.
+        if len(split_variants(definition)) > 1:
+            warnings.append(problem(
+                None, f"config guardrails {list(merged.patterns)} match and it splits traffic, but it has no "
+                f"control variant {str(merged.flag_options.get('control_variant', 'control'))!r}: not watched "
+                "(add an exact-key entry with control_variant to watch it)", Severity.WARNING))
+        merged = merge_guardrails(key, metadata, rules=None, defaults=defaults)
+    options = merged.flag_options
+    raw_guardrails = merged.guardrails
+    document: dict[str, Any] = dict(options)
     document["guardrails"] = raw_guardrails
+    _raw, flag_defaults, _fields, errors = gather_guardrail_options(metadata)
     if flag_defaults:
         document["defaults"] = flag_defaults
-    errors = list(dict.fromkeys(errors + _schema_errors(document, fields)))
+    errors = list(dict.fromkeys(errors + _schema_errors(document, merged.fields)))
     if errors:
         return None, [problem(f, m) for f, m in errors]
 
-    control = str(metadata.get("control_variant", "control"))
-    if control not in variants and not raw_guardrails and "control_variant" not in metadata:
+    control = str(options.get("control_variant", "control"))
+    if control not in variants and not raw_guardrails and "control_variant" not in options:
         control = default_variant  # a plain feature flag, no guardrails: no control arm is needed
     if control not in variants:
         return None, [
             problem("metadata.control_variant", f"control variant {control!r} is not one of {list(variants)}")
         ]
-    if "treatment_variants" in metadata:
-        treatments = tuple(t.strip() for t in str(metadata["treatment_variants"]).split(",") if t.strip())
+    if "treatment_variants" in options:
+        treatments = tuple(t.strip() for t in str(options["treatment_variants"]).split(",") if t.strip())
     else:
         treatments = tuple(v for v in (split_variants(definition) or variant_names) if v != control)
     unknown = [t for t in treatments if t not in variants]
     if unknown:
         # Name the field the variants came from: the user's list, or else the fractional split.
-        field = "metadata.treatment_variants" if "treatment_variants" in metadata else "targeting"
+        field = "metadata.treatment_variants" if "treatment_variants" in options else "targeting"
         return None, [problem(field, f"unknown variants {unknown}")]
-    listed = "treatment_variants" in metadata
+    listed = "treatment_variants" in options
     if raw_guardrails and (why := treatments_problem(treatments, control, definition, listed)):
         return None, [problem(why[0], why[1])]
 
-    exp_type = metadata.get("experiment_type", "ab")
+    exp_type = options.get("experiment_type", "ab")
     experiment_type = ExperimentType.ROLLOUT if exp_type == "rollout" else ExperimentType.AB
     try:
-        started_at = parse_time(metadata["started_at"]) if "started_at" in metadata else None
+        started_at = parse_time(options["started_at"]) if "started_at" in options else None
     except (ValueError, OverflowError) as exc:
         return None, [problem("metadata.started_at", f"not an RFC 3339 time: {exc}")]
 
-    merged_defaults = {**(defaults or {}), **flag_defaults}
     guardrails: list[Guardrail] = []
-    for raw in raw_guardrails:
-        options = {**merged_defaults, **raw}
+    for options_of in raw_guardrails:
         g = Guardrail(
-            metric=options["metric"],
-            comparison=Comparison(options["comparison"]),
-            threshold=float(options["threshold"]),
+            metric=options_of["metric"],
+            comparison=Comparison(options_of["comparison"]),
+            threshold=float(options_of["threshold"]),
         )
-        kind = MetricKind(options["kind"]) if "kind" in options else infer_kind(g.metric)
+        kind = MetricKind(options_of["kind"]) if "kind" in options_of else infer_kind(g.metric)
         # Sequential by default; a quantile has no variance to test, so it keeps the threshold rule unless
         # the user asks for sequential, which is an error (docs/statistics.md: test a bucket share instead).
         default_method = Method.THRESHOLD if kind is MetricKind.QUANTILE else Method.SEQUENTIAL
-        method = Method(options.get("method", default_method.value))
+        method = Method(options_of.get("method", default_method.value))
         if kind is MetricKind.QUANTILE and method is Method.SEQUENTIAL:
-            where = fields.get(f"guardrails/{len(guardrails)}/method", f"metadata.guardrail.{g.metric}.method")
+            where = merged.fields.get(f"guardrails/{len(guardrails)}/method", f"metadata.guardrail.{g.metric}.method")
             return None, [problem(where, "a quantile metric has no variance for the sequential test; guard the "
                                   "share of events above a bucket boundary instead (kind: proportion), or use "
                                   "method: threshold")]
@@ -327,20 +339,24 @@ def parse_flag(
         default_confirmations = SEQUENTIAL_CONFIRMATIONS if method is Method.SEQUENTIAL else DEFAULT_CONFIRMATIONS
         g = replace(
             g,
-            min_count=int(options.get("min_count", g.min_count)),
-            confirmations=int(options.get("confirmations", default_confirmations)),
-            max_gap_minutes=float(options.get("max_gap_minutes", g.max_gap_minutes)),
-            window=str(options.get("window", g.window)),
+            min_count=int(options_of.get("min_count", g.min_count)),
+            confirmations=int(options_of.get("confirmations", default_confirmations)),
+            max_gap_minutes=float(options_of.get("max_gap_minutes", g.max_gap_minutes)),
+            window=str(options_of.get("window", g.window)),
             method=method,
-            alpha=float(options.get("alpha", g.alpha)),
+            alpha=float(options_of.get("alpha", g.alpha)),
             kind=kind,
-            tuning_n=float(options["tuning_n"]) if "tuning_n" in options else None,
+            tuning_n=float(options_of["tuning_n"]) if "tuning_n" in options_of else None,
         )
         guardrails.append(g)
 
     split = read_split(definition)
     ramp, srm_spec, ramp_errors = ramp_config.parse_ramp(
-        metadata, experiment_type=experiment_type, split=split, control=control, treatments=treatments
+        {**merged.schedule, **metadata},  # a ramp schedule may come from the config's `guardrails:` too
+        experiment_type=experiment_type,
+        split=split,
+        control=control,
+        treatments=treatments,
     )
     if ramp_errors:
         return None, [problem(f, m) for f, m in ramp_errors]
@@ -356,7 +372,7 @@ def parse_flag(
         experiment_type=experiment_type,
         guardrails=tuple(guardrails),
         started_at=started_at,
-        warmup_minutes=float(metadata.get("warmup_minutes", 0) or 0),
+        warmup_minutes=float(options.get("warmup_minutes", 0) or 0),
         held=hold is True or (isinstance(hold, str) and hold.lower() == "true"),
         source=source,
         definition=definition,
@@ -364,7 +380,7 @@ def parse_flag(
         srm=srm_spec,
         split=split,
     )
-    return flag, []
+    return flag, warnings
 
 
 def parse_flags(
@@ -373,6 +389,7 @@ def parse_flags(
     source: str = "",
     lines: Mapping[str, int] | None = None,
     defaults: Mapping[str, Any] | None = None,
+    rules: GuardrailRules | None = None,
 ) -> ParsedFlags:
     """A `{KEY: DEFINITION}` mapping to Flags; every problem names the source, flag and field."""
     if not isinstance(definitions, Mapping):
@@ -389,12 +406,27 @@ def parse_flags(
                                         "flag key contains control characters (a newline?)", source))
             continue
         flag, found = parse_flag(
-            key, definition, source=source, line=(lines or {}).get(key), defaults=defaults
+            key, definition, source=source, line=(lines or {}).get(key), defaults=defaults, rules=rules
         )
         problems.extend(found)
         if flag is not None:
             flags.append(flag)
     return ParsedFlags(tuple(flags), tuple(problems))
+
+
+def merge_guardrails(
+    key: str, metadata: Mapping[str, Any], *, rules: GuardrailRules | None, defaults: Mapping[str, Any] | None
+) -> Merged:
+    """A flag's guardrail options with the config's `guardrails:` patterns and `defaults:` layered under
+    its own metadata, and where each value came from (guardrail/rules.py)."""
+    from guardrail.rules import merge
+
+    gathered, flag_defaults, fields, _errors = gather_guardrail_options(metadata)
+    return merge(metadata, gathered, flag_defaults, fields, key=key, rules=rules, defaults=defaults)
+
+
+def _no_control(merged: Merged, variants: Mapping[str, Any]) -> bool:
+    return str(merged.flag_options.get("control_variant", "control")) not in variants
 
 
 def fractional_weights(definition: Mapping[str, Any]) -> dict[str, float]:

@@ -307,8 +307,11 @@ def arm_sums(g: Guardrail, agg: Aggregate) -> seqtest.Sums | None:
         return None
     else:
         total_sq = max(0.0, n - 1.0) * agg.stddev**2 + n * agg.value**2
-    return seqtest.Sums(n, total, total_sq, agg.units, agg.unit_sum, agg.unit_sum_sq, agg.unit_count_sq,
-                        agg.unit_cross)
+    units = None if agg.units is None else float(agg.units)
+    if agg.num_sum is not None and agg.num_sum_sq is not None and agg.den_sum_sq is not None:
+        # A ratio metric (errors / requests): numerator and denominator per unit, delta method.
+        return seqtest.Sums(n, total, total_sq, units, agg.num_sum, agg.num_sum_sq, agg.den_sum_sq, agg.num_den_sum)
+    return seqtest.Sums(n, total, total_sq, units, agg.unit_sum, agg.unit_sum_sq)
 
 
 def sequential_look(

@@ -196,8 +196,10 @@ def budget_left() -> float | None:
     return None if deadline is None else deadline - time.monotonic()
 
 
-def _call_deadline(client: httpx.AsyncClient, kwargs: dict[str, Any]) -> float:
-    """The total time one try may take: the per-call timeout, cut to what the run budget has left."""
+def _call_deadline(client: httpx.AsyncClient, method: str, kwargs: dict[str, Any]) -> float:
+    """The total time one try may take: the per-call timeout, cut to what the run budget has left. Writes
+    (a halt, an alert about it) and the reads inside `side_effect()` are not cut: they are what the run
+    decided to do, and each is still bounded by the per-call timeout and the retry count."""
     given = kwargs.get("timeout")
     if isinstance(given, (int, float)):
         total = float(given)
@@ -206,9 +208,13 @@ def _call_deadline(client: httpx.AsyncClient, kwargs: dict[str, Any]) -> float:
         parts = [t for t in (timeout.read, timeout.connect, timeout.write, timeout.pool) if t is not None]
         total = max(parts) if parts else 30.0
     left = budget_left()
-    if left is not None and not _SIDE_EFFECT.get():
+    if left is not None and not _exempt(method):
         total = min(total, left)
     return total
+
+
+def _exempt(method: str) -> bool:
+    return method.upper() != "GET" or _SIDE_EFFECT.get()
 
 
 def _retry_after(response: httpx.Response, policy: RetryPolicy) -> float | None:
@@ -263,7 +269,7 @@ async def request(
     last: HTTPFailure | None = None
     for attempt in range(1, policy.attempts + 1):
         pause = min(policy.max_backoff, policy.backoff * (2 ** (attempt - 1))) * (0.5 + random.random() / 2)
-        total = _call_deadline(client, kwargs)
+        total = _call_deadline(client, method, kwargs)
         if total <= 0:
             raise last or HTTPFailure(label, "deadline", detail="the run's time budget is spent; not sent")
         try:
@@ -291,7 +297,7 @@ async def request(
                 pause = hinted
         if attempt < policy.attempts:
             left = budget_left()
-            if left is not None and not _SIDE_EFFECT.get() and left <= pause:
+            if left is not None and not _exempt(method) and left <= pause:
                 break  # no time for another try: fail now with the real cause
             await asyncio.sleep(pause)
     assert last is not None

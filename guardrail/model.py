@@ -324,14 +324,23 @@ class Aggregate:
     stddev: float | None = None
     error: str | None = None
     kind: FailureKind | None = None  # set with `error`
-    # Optional per-randomisation-unit sums (a warehouse source): the number of units U, Σ_u y_u, Σ_u y_u²
-    # and, for a ratio metric (value = Σy/Σn over events), Σ_u n_u² and Σ_u y_u·n_u. With them the
-    # sequential test takes its variance from the unit, which is valid when events cluster by user.
-    units: float | None = None
-    unit_sum: float | None = None
-    unit_sum_sq: float | None = None
-    unit_count_sq: float | None = None
-    unit_cross: float | None = None
+    # Per-unit columns, optional. A source that sees the randomisation unit (the user, session or device the
+    # flag splits on) fills them, so the statistics can take the variance across units: that variance stays
+    # valid when events cluster by unit, the per-event one does not (Deng, Knoblich & Lu 2018, "Applying the
+    # Delta Method in Metric Analytics", KDD, https://arxiv.org/abs/1803.06336). A unit u contributes
+    #   - a unit-level metric (per-user conversion, revenue per user): y_u, the unit's own value;
+    #       value = unit_sum / units
+    #   - a ratio metric (errors / requests, latency per request): numerator x_u and denominator d_u;
+    #       value = num_sum / den_sum, count = den_sum
+    # Each sum runs over the arm's units in the window. None means the source does not know it.
+    units: int | None = None  # randomisation units in the arm over the window
+    unit_sum: float | None = None  # sum_u y_u
+    unit_sum_sq: float | None = None  # sum_u y_u^2
+    num_sum: float | None = None  # sum_u x_u
+    num_sum_sq: float | None = None  # sum_u x_u^2
+    den_sum: float | None = None  # sum_u d_u
+    den_sum_sq: float | None = None  # sum_u d_u^2
+    num_den_sum: float | None = None  # sum_u x_u * d_u
 
     @classmethod
     def missing(cls, error: str, kind: FailureKind = FailureKind.BAD_ANSWER) -> Aggregate:
@@ -612,6 +621,7 @@ class RunResult:
     warnings: tuple[str, ...] = ()
     ramps: tuple[RampResult, ...] = ()
     srm: tuple[SrmResult, ...] = ()
+    records: tuple[Mapping[str, Any], ...] = ()  # the audit lines this run wrote (redacted), for the report
 
     @property
     def exit_code(self) -> ExitCode:

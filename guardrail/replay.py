@@ -25,6 +25,7 @@ from typing import Any
 from guardrail import engine, files
 from guardrail.config import format_time, parse_flags, parse_time
 from guardrail.model import SINCE_START, Aggregate, AggregateKey, Evaluation, Flag, GuardrailError, State, Verdict
+from guardrail.rules import GuardrailRules
 
 Look = tuple[datetime, dict[AggregateKey, Aggregate]]
 CONTROL = "control"  # the control variant's name when there is no --flags file to say otherwise
@@ -127,11 +128,14 @@ def read_history(path: Path) -> list[Look]:
             count=line.count(),
             stddev=line.number("stddev", optional=True),
             # Optional per-unit sums (docs/statistics.md): the sequential test's unit-level variance.
-            units=line.number("units", optional=True),
+            units=None if (units := line.number("units", optional=True)) is None else int(units),
             unit_sum=line.number("unit_sum", optional=True),
             unit_sum_sq=line.number("unit_sum_sq", optional=True),
-            unit_count_sq=line.number("unit_count_sq", optional=True),
-            unit_cross=line.number("unit_cross", optional=True),
+            num_sum=line.number("num_sum", optional=True),
+            num_sum_sq=line.number("num_sum_sq", optional=True),
+            den_sum=line.number("den_sum", optional=True),
+            den_sum_sq=line.number("den_sum_sq", optional=True),
+            num_den_sum=line.number("num_den_sum", optional=True),
         )
     if not looks:
         raise GuardrailError("the history has no aggregates", source=source)
@@ -183,13 +187,16 @@ def default_flags(
     return list(parsed.flags)
 
 
-def load_flags(path: Path, defaults: Mapping[str, Any] | None = None) -> list[Flag]:
+def load_flags(
+    path: Path, defaults: Mapping[str, Any] | None = None, rules: GuardrailRules | None = None
+) -> list[Flag]:
     text = files.read_text(path)
     document = files.parse_text(text, source=str(path))
     definitions = document.get("flags") if isinstance(document, dict) else None
     if not isinstance(definitions, dict):
         raise GuardrailError("not a flagd flag file: no top-level `flags` mapping", source=str(path))
-    parsed = parse_flags(definitions, source=str(path), lines=files.flag_key_lines(text), defaults=defaults)
+    parsed = parse_flags(definitions, source=str(path), lines=files.flag_key_lines(text), defaults=defaults,
+                         rules=rules)
     if parsed.errors:
         raise GuardrailError("; ".join(str(p) for p in parsed.errors))
     return list(parsed.flags)
@@ -203,8 +210,11 @@ def _no_halt_reason(looks: int, breaching: int, last: Sequence[Evaluation]) -> s
     return f"no halt in {looks} look{plural} ({breaching} with a breach, none confirmed); last look: {verdicts}"
 
 
-def replay(flags: Sequence[Flag], looks: Sequence[Look]) -> list[FlagReplay]:
-    """Drive the real engine look by look; a flag stops being evaluated once it would have halted."""
+def replay(flags: Sequence[Flag], looks: Sequence[Look],
+           records: list[dict[str, Any]] | None = None) -> list[FlagReplay]:
+    """Drive the real engine look by look; a flag stops being evaluated once it would have halted.
+
+    With `records`, append the audit records `check` would have written at each look (for the report)."""
     # A backtest judges the guardrails, not today's switch: see the module docstring.
     flags = [replace(f, enabled=True, held=False) for f in flags]
     state = State()
@@ -226,6 +236,8 @@ def replay(flags: Sequence[Flag], looks: Sequence[Look]) -> list[FlagReplay]:
             counted[key] += 1
             breaching[key] += any(e.verdict is Verdict.BREACH for e in evaluations)
             last[key] = evaluations
+        if records is not None:
+            records += _records(when, decision)
         for halt in decision.halts:
             halted.setdefault(halt.flag, (when, halt.evaluation.metric, halt.reason))
     out = []
@@ -240,6 +252,39 @@ def replay(flags: Sequence[Flag], looks: Sequence[Look]) -> list[FlagReplay]:
     return out
 
 
+def _records(when: datetime, decision: Any) -> list[dict[str, Any]]:
+    from guardrail.audit import decision_line
+
+    run_id = f"replay-{format_time(when)}"
+    halting = {h.flag for h in decision.halts}
+    out = [decision_line(run_id, when, e, "halt" if e.flag in halting and e.streak >= e.confirmations else "none",
+                        False) for e in decision.evaluations]
+    out += [{"time": format_time(when), "run_id": run_id, "type": "halt", "flag": h.flag, "action": h.action.value,
+             "status": "done", "reason": h.reason, "metric": h.evaluation.metric,
+             "treatment_variant": h.evaluation.treatment_variant, "replay": True} for h in decision.halts]
+    return out
+
+
+def write_report(out: Path, looks: Sequence[Look], results: Sequence[FlagReplay],
+                 records: list[dict[str, Any]]) -> None:
+    """The backtest as a report site: the state it would have ended with, no stale-monitor warnings."""
+    from guardrail.site.build import build_from_records
+
+    end = format_time(looks[-1][0])
+    flags: dict[str, Any] = {}
+    for r in results:
+        if r.halted_at is not None:
+            halt = next(x for x in records if x["type"] == "halt" and x["flag"] == r.flag)
+            flags[r.flag] = {"halt": {"status": "done", "action": halt["action"], "reason": halt["reason"],
+                                      "decided_at": halt["time"], "metric": halt["metric"],
+                                      "treatment_variant": halt["treatment_variant"]}}
+        else:
+            flags[r.flag] = {}
+    doc = {"last_run_at": end, "flags": flags}
+    build_from_records(out, doc, records, now=looks[-1][0], stale_after=None,
+                       warnings=[f"a backtest (guardrail replay) of {len(looks)} looks up to {end}, not a live run"])
+
+
 def render_text(results: Sequence[FlagReplay], looks: Sequence[Look], source: str) -> str:
     """A small table (one row per flag), then each flag's reason in full."""
     rows = [["flag", "halted at", "metric", "looks"]]
@@ -252,17 +297,23 @@ def render_text(results: Sequence[FlagReplay], looks: Sequence[Look], source: st
                       *(f"{r.flag}: {r.reason}" for r in results)])
 
 
-def run_replay_command(*, history: Path, flags: Path | None, config: Path | None, as_json: bool) -> int:
+def run_replay_command(*, history: Path, flags: Path | None, config: Path | None, as_json: bool,
+                       report_dir: Path | None = None) -> int:
     """Exit 1 when any flag would have halted, else 0 (2 for bad input, raised as GuardrailError)."""
     looks = read_history(history)
     defaults: Mapping[str, Any] = {}
+    rules: GuardrailRules | None = None
     if config is not None:
         from guardrail.settings import load_settings
 
-        # Only the config's `defaults:` matter to a replay; env={} keeps secrets and URLs out of it.
-        defaults = load_settings(config=config, env={}).defaults
-    watched = load_flags(flags, defaults) if flags is not None else default_flags(looks, defaults, str(history))
-    results = replay(watched, looks)
+        # Only the config's `defaults:` and `guardrails:` matter to a replay; env={} keeps secrets and URLs out.
+        settings = load_settings(config=config, env={})
+        defaults, rules = settings.defaults, settings.guardrail_rules
+    watched = load_flags(flags, defaults, rules) if flags is not None else default_flags(looks, defaults, str(history))
+    records: list[dict[str, Any]] | None = [] if report_dir is not None else None
+    results = replay(watched, looks, records)
+    if report_dir is not None and records is not None:
+        write_report(report_dir, looks, results, records)
     if as_json:
         print(json.dumps({"flags": [r.to_json() for r in results]}, indent=2))
     else:

@@ -114,7 +114,8 @@ def run_resume_command(*, key: str, reason: str, by: str | None, flags: str | No
     why_not = refusal(key, definition, loaded.source)
     if why_not is not None:
         raise GuardrailError(f"refusing to resume: {why_not}", flag=key, exit_code=ExitCode.CONFIG)
-    flag, problems = parse_flag(key, definition, source=loaded.source, defaults=settings.defaults)
+    flag, problems = parse_flag(key, definition, source=loaded.source, defaults=settings.defaults,
+                                rules=settings.guardrail_rules)
 
     now = now or datetime.now(timezone.utc)
     who = _who(by)

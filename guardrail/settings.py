@@ -10,6 +10,7 @@ by this module, each adapter's own section by its plugin (guardrail/adapters.py)
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -20,10 +21,14 @@ from guardrail import files, redact
 from guardrail.adapters import ConfigContext, Configured
 from guardrail.flags import BACKENDS, FlagBackend
 from guardrail.model import GuardrailError
+from guardrail.rules import GuardrailRules, parse_rules
 from guardrail.sources import SOURCES, MetricSource
 
-GENERAL_KEYS = {"flags", "flag_backend", "metrics", "alert", "state", "audit", "defaults", "http", "lock_timeout",
-                "budget"}
+GENERAL_KEYS = {
+    "flags", "flag_backend", "metrics", "alert", "state", "audit", "defaults", "http", "lock_timeout", "budget",
+    "guardrails", "report",
+}
+FLAGS_KEYS = {"source", "git"}  # `flags:` as a mapping
 CONFIG_KEYS = GENERAL_KEYS | BACKENDS.sections() | SOURCES.sections()
 DEFAULT_STATE = Path(".guardrail/state.json")
 DEFAULT_AUDIT = Path(".guardrail/audit.jsonl")
@@ -48,6 +53,9 @@ class Settings:
     ca_bundle: str | None = None
     allow_insecure_http: bool = False
     config_path: str | None = None
+    guardrail_rules: GuardrailRules | None = None  # the `guardrails:` section: options beside the flags
+    report_dir: Path | None = None  # `report.dir`: refresh this site after each check run
+    report_base_url: str | None = None  # `report.base_url`: alerts link to the flag's page under it
 
     def secrets(self) -> list[str]:
         return [*self.backend.secrets(), *self.metrics.secrets(), *([self.webhook_url] if self.webhook_url else [])]
@@ -85,8 +93,6 @@ def _number(section: Mapping[str, Any], key: str, source: str, field_name: str, 
 
 
 def _env_number(env: Mapping[str, str], name: str) -> float:
-    import math
-
     try:
         value = float(env[name])
     except ValueError:
@@ -136,6 +142,25 @@ def _read_config(config: Path | None) -> tuple[Mapping[str, Any], str]:
     return loaded, source
 
 
+def _report_section(section: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """`report: {dir: PATH, base_url: https://...}` (docs/report.md)."""
+    unknown = sorted(set(map(str, section)) - {"dir", "base_url"})
+    if unknown:
+        raise GuardrailError(f"unknown key(s) {unknown}; known: ['base_url', 'dir']", source=source,
+                             field=f"report.{unknown[0]}")
+    out: dict[str, Any] = {}
+    if section.get("dir") is not None:
+        if not isinstance(section["dir"], str) or not section["dir"]:
+            raise GuardrailError("must be a directory path", source=source, field="report.dir")
+        out["report_dir"] = Path(section["dir"])
+    base = section.get("base_url")
+    if base is not None:
+        if not isinstance(base, str) or not base.startswith(("http://", "https://", "file://")):
+            raise GuardrailError(f"must be an http(s) URL, got {base!r:.60}", source=source, field="report.base_url")
+        out["report_base_url"] = base
+    return out
+
+
 def load_settings(
     *,
     config: Path | None = None,
@@ -161,7 +186,9 @@ def load_settings(
     if not isinstance(metrics_name, str) or metrics_name not in SOURCES.names():
         raise GuardrailError(f"unknown metrics source {metrics_name!r}; use {' or '.join(SOURCES.names())}",
                              source=source, field="metrics.source")
-    backend = BACKENDS.configure(_backend_name(ctx), ctx, field="flag_backend")
+    backend_name = _backend_name(ctx)
+    _check_flags_section(ctx, backend_name)
+    backend = BACKENDS.configure(backend_name, ctx, field="flag_backend")
     metrics = SOURCES.configure(metrics_name, ctx, field="metrics.source")
 
     values: dict[str, Any] = {
@@ -173,6 +200,8 @@ def load_settings(
         "audit_path": Path(env.get("GUARDRAIL_AUDIT") or doc.get("audit") or DEFAULT_AUDIT),
         "defaults": defaults,
         "config_path": str(config) if config else None,
+        "guardrail_rules": parse_rules(doc["guardrails"], source=source) if doc.get("guardrails") else None,
+        **_report_section(ctx.section("report"), source),
     }
     for key, field_name, integer in (
         ("timeout", "http.timeout", False),
@@ -194,9 +223,28 @@ def load_settings(
                 "allow_insecure_http", "retries", "budget"):
         if key in options:
             values[key] = options[key]
+            if isinstance(options[key], float) and not math.isfinite(options[key]):
+                # An infinite --timeout or --budget would undo the deadline every call and run must have.
+                raise GuardrailError(f"must be a finite number, got {options[key]}",
+                                     field="--" + key.replace("_", "-"))
     settings = Settings(**values)
     redact.remember(settings.secrets())  # masked in every message from here on, whatever prints it
     return settings
+
+
+def _check_flags_section(ctx: ConfigContext, backend_name: str) -> None:
+    """`flags:` as a mapping knows `source` and `git`; flags in git are a way of the file backend only."""
+    raw = ctx.doc.get("flags")
+    git = bool(ctx.option("git"))
+    if isinstance(raw, Mapping):
+        unknown = sorted(set(map(str, raw)) - FLAGS_KEYS)
+        if unknown:
+            raise GuardrailError(f"unknown key(s) {unknown}; known: {sorted(FLAGS_KEYS)}", source=ctx.source,
+                                 field=f"flags.{unknown[0]}")
+        git = git or raw.get("git") not in (None, False)
+    if git and backend_name != "file":
+        raise GuardrailError(f"flags in git need a flag file and the file backend, not {backend_name!r}",
+                             source=ctx.source, field="flags.git")
 
 
 def _flags_text(ctx: ConfigContext, backend: Configured[Any, FlagBackend]) -> str | None:

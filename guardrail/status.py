@@ -21,10 +21,12 @@ from guardrail.config import ParsedFlags, format_time, parse_flags
 from guardrail.flags.base import LoadedFlags
 from guardrail.model import ExitCode, Flag, FlagState, GuardrailError, HaltStatus, Method, State, guardrail_id
 from guardrail.redact import Redactor
+from guardrail.rules import FROM_FLAG, Merged
 from guardrail.settings import Settings, load_settings
 from guardrail.state import StateStore, halt_to_dict
 
 JSON_VERSION = 1
+BUILT_IN = "built-in default"
 
 
 # ---- reading --------------------------------------------------------------------------------------------
@@ -53,7 +55,8 @@ async def _load(settings: Settings) -> tuple[LoadedFlags, ParsedFlags]:
     async with client:
         backend = settings.backend.create(runtime_for(settings, client, read_only=True))
         loaded: LoadedFlags = await backend.load()
-    parsed = parse_flags(loaded.definitions, source=loaded.source, lines=loaded.lines, defaults=settings.defaults)
+    parsed = parse_flags(loaded.definitions, source=loaded.source, lines=loaded.lines, defaults=settings.defaults,
+                         rules=settings.guardrail_rules)
     return loaded, replace(parsed, problems=(*loaded.problems, *parsed.problems))
 
 
@@ -113,7 +116,10 @@ def _t(value: datetime | None) -> str | None:
     return None if value is None else format_time(value)
 
 
-def _guardrails(flag: Flag | None, fs: FlagState) -> list[dict[str, Any]]:
+SHOWN_OPTIONS = ("comparison", "threshold", "method", "confirmations", "min_count", "window")
+
+
+def _guardrails(flag: Flag | None, fs: FlagState, origins: Mapping[str, str]) -> list[dict[str, Any]]:
     rows: dict[str, dict[str, Any]] = {}
     if flag is not None:
         for g in flag.guardrails:
@@ -125,6 +131,9 @@ def _guardrails(flag: Flag | None, fs: FlagState) -> list[dict[str, Any]]:
                     "alpha_per_comparison": (engine.comparison_alpha(flag, g) if g.method is Method.SEQUENTIAL
                                              else None),
                     "in_definition": True,
+                    # Where each value came from: flag metadata, a config `guardrails:` pattern, config
+                    # `defaults:`, or the built-in default.
+                    "from": {o: origins.get(f"{g.metric}.{o}", BUILT_IN) for o in SHOWN_OPTIONS},
                 }
     # Guardrails only the state remembers (removed from the definition, or the source is unreachable).
     for gid in sorted(set(fs.streaks) | set(fs.last_evaluations)):
@@ -133,7 +142,7 @@ def _guardrails(flag: Flag | None, fs: FlagState) -> list[dict[str, Any]]:
             rows[gid] = {
                 "id": gid, "metric": metric, "treatment_variant": variant, "comparison": None, "threshold": None,
                 "method": None, "confirmations": None, "min_count": None, "window": None,
-                "alpha_per_comparison": None, "in_definition": False,
+                "alpha_per_comparison": None, "in_definition": False, "from": {},
             }
     for gid, row in rows.items():
         streak = fs.streaks.get(gid)
@@ -179,8 +188,11 @@ def _ramp_lines(ramp: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _flag_entry(key: str, flag: Flag | None, state: State, now: datetime, parsed: ParsedFlags | None) -> dict[str, Any]:
+def _flag_entry(key: str, flag: Flag | None, state: State, now: datetime, parsed: ParsedFlags | None,
+                merged: Merged | None) -> dict[str, Any]:
     fs = state.flags.get(key, FlagState())
+    if merged is None and flag is not None:
+        merged = _merged(flag, None)
     halt = None
     if fs.halt is not None:
         halt = halt_to_dict(fs.halt)
@@ -195,7 +207,8 @@ def _flag_entry(key: str, flag: Flag | None, state: State, now: datetime, parsed
         "warmup_remaining_minutes": None,
         "started_at": None if flag is None else _t(flag.started_at),
         "first_seen_enabled": _t(fs.first_seen_enabled),
-        "guardrails": _guardrails(flag, fs),
+        "guardrails": _guardrails(flag, fs, merged.origins if merged else {}),
+        "config_patterns": list(merged.patterns) if merged else [],  # `guardrails:` patterns that apply
         "halt": halt,
         "ramp": _ramp(flag, fs, now),
     }
@@ -219,11 +232,12 @@ def _flag_entry(key: str, flag: Flag | None, state: State, now: datetime, parsed
 
 
 def build_report(state: State, parsed: ParsedFlags | None, *, now: datetime, stale_after: float,
-                 flag_source: str | None, warnings: list[str]) -> StatusReport:
+                 flag_source: str | None, warnings: list[str],
+                 merged: Mapping[str, Merged] | None = None) -> StatusReport:
     """Flags with guardrails that are ENABLED at the source, plus every flag the state file knows."""
     by_key: dict[str, Flag] = {} if parsed is None else {f.key: f for f in parsed.flags}
     keys = {k for k, f in by_key.items() if f.guardrails and f.enabled} | set(state.flags)
-    flags = [_flag_entry(k, by_key.get(k), state, now, parsed) for k in sorted(keys)]
+    flags = [_flag_entry(k, by_key.get(k), state, now, parsed, (merged or {}).get(k)) for k in sorted(keys)]
     if parsed is not None:
         warnings = warnings + [f"{p.severity}: {p}" for p in parsed.problems]
     return StatusReport(now=now, stale_after=stale_after, last_run_at=state.last_run_at, flag_source=flag_source,
@@ -319,7 +333,12 @@ def to_text(report: StatusReport) -> str:
         out.append(f"{f['flag']}{kind}: {at_source}{held}; {watched}")
         if f["warmup_remaining_minutes"]:
             out.append(f"    warmup: {f['warmup_remaining_minutes']:.1f} min left")
-        out += [_guardrail_line(row) for row in f["guardrails"]]
+        for row in f["guardrails"]:
+            out.append(_guardrail_line(row))
+            config_set = {o: w for o, w in row["from"].items() if w not in (FROM_FLAG, BUILT_IN)}
+            if config_set:  # a value not from the flag's own metadata: say where it came from
+                out.append("      from: " + "; ".join(f"{o} {w}" for o, w in config_set.items())
+                           + "; the rest: flag metadata or built-in defaults")
         if f.get("ramp") is not None:
             out += _ramp_lines(f["ramp"])
         if f["halt"] is not None:
@@ -327,6 +346,16 @@ def to_text(report: StatusReport) -> str:
     if stale:
         out.append(f"exit code 3: {stale}")
     return "\n".join(out)
+
+
+def _merged(flag: Flag, settings: Settings | None) -> Merged:
+    """The flag's guardrail options with the config's layers, and where each value came from."""
+    from guardrail.config import merge_guardrails
+
+    metadata = flag.definition.get("metadata")
+    return merge_guardrails(flag.key, metadata if isinstance(metadata, Mapping) else {},
+                            rules=settings.guardrail_rules if settings else None,
+                            defaults=settings.defaults if settings else None)
 
 
 # ---- the command ----------------------------------------------------------------------------------------
@@ -347,8 +376,9 @@ def run_status_command(*, flags: str | None, config: Path | None, state: Path | 
         flag_source = loaded.source
     except GuardrailError as exc:
         warnings.append(f"flag source unreadable, showing only what the state file knows: {exc}")
+    merged = {f.key: _merged(f, settings) for f in parsed.flags} if parsed is not None else {}
     report = build_report(current, parsed, now=now, stale_after=stale_after, flag_source=flag_source,
-                          warnings=warnings)
+                          warnings=warnings, merged=merged)
     text = codec.dumps(to_json(report), indent=2) if as_json else to_text(report)
     # Defence in depth: nothing status prints should hold a secret, but every text leaving goes through this.
     print(Redactor(settings.secrets())(text))

@@ -21,6 +21,7 @@ import yaml
 
 from guardrail import config, files
 from guardrail.model import Flag, GuardrailError, Method, MetricKind, Severity
+from guardrail.rules import GuardrailRules
 
 # Below this relative change, day-to-day variation between two arms of one population already fires a
 # fixed-threshold rule (the how-to's A/A simulation: 100 % of runs halted at 10 % with short windows).
@@ -29,6 +30,14 @@ NOISE_FLOOR = 0.005
 # the whole file on any other key (`source` and `selector` are dropped before that).
 FLAG_PROPERTIES = ("state", "variants", "defaultVariant", "targeting", "metadata", "source", "selector")
 EXIT_CLEAN, EXIT_FINDINGS, EXIT_UNREADABLE = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class Layers:
+    """What the config file adds under each flag's metadata: `defaults:` and the `guardrails:` patterns."""
+
+    defaults: Mapping[str, Any] | None = None
+    rules: GuardrailRules | None = None
 
 
 @dataclass(frozen=True)
@@ -226,11 +235,13 @@ THRESHOLD_AA_HALTS = "100 %"
 SIMULATE_COMMAND = "guardrail simulate --method threshold --method sequential"
 
 
-def _guardrail_warnings(metadata: Mapping[str, Any], flag: Flag) -> Iterator[tuple[str, Severity, str]]:
+def _guardrail_warnings(
+    metadata: Mapping[str, Any], flag: Flag, layers: Layers
+) -> Iterator[tuple[str, Severity, str]]:
     """(field, severity, message): threshold-rule risks, and each sequential comparison's share of alpha."""
     from guardrail import engine
 
-    _raw, _defaults, fields, _errors = config.gather_guardrail_options(metadata)
+    fields = config.merge_guardrails(flag.key, metadata, rules=layers.rules, defaults=layers.defaults).fields
     for index, g in enumerate(flag.guardrails):
         base = fields.get(f"guardrails/{index}", f"metadata.guardrail.{g.metric}")
         if g.comparison.relative and g.threshold < NOISE_FLOOR and g.method is not Method.SEQUENTIAL:
@@ -279,7 +290,7 @@ def _guardrail_warnings(metadata: Mapping[str, Any], flag: Flag) -> Iterator[tup
 
 
 def _validate_flag(
-    key: str, definition: Any, *, source: str, line: int | None, tree: Any, today: date
+    key: str, definition: Any, *, source: str, line: int | None, tree: Any, today: date, layers: Layers
 ) -> list[Finding]:
     out: list[Finding] = []
 
@@ -298,17 +309,21 @@ def _validate_flag(
             add(field, message)
         if "expiry" in metadata and (expired := _expiry_finding(metadata["expiry"], today)):
             add("metadata.expiry", expired, Severity.WARNING)
-    flag, problems = config.parse_flag(key, definition, source=source, line=line)
+    flag, problems = config.parse_flag(key, definition, source=source, line=line, defaults=layers.defaults,
+                                       rules=layers.rules)
     for problem in problems:
         add(problem.field, problem.message, problem.severity)
     if flag is not None and isinstance(metadata, Mapping):
-        for field, severity, message in _guardrail_warnings(metadata, flag):
+        for field, severity, message in _guardrail_warnings(metadata, flag, layers):
             add(field, message, severity)
     return out
 
 
-def validate_text(text: str, *, source: str, today: date, json_format: bool = False) -> list[Finding]:
+def validate_text(
+    text: str, *, source: str, today: date, json_format: bool = False, layers: Layers | None = None
+) -> list[Finding]:
     """Findings of one flag file's text; GuardrailError when it cannot be parsed at all."""
+    layers = layers or Layers()
     doc = files.parse_text(text, source=source, json_only=json_format)
     tree = _round_trip_tree(text)
     key_lines = files.flag_key_lines(text)
@@ -334,23 +349,54 @@ def validate_text(text: str, *, source: str, today: date, json_format: bool = Fa
                 Finding(source, str(key), None, None, Severity.ERROR, "flag key must be a non-empty string"))
             continue
         sub = flags_tree.get(key) if isinstance(flags_tree, Mapping) else None
-        findings += _validate_flag(key, definition, source=source, line=key_lines.get(key), tree=sub, today=today)
+        findings += _validate_flag(
+            key, definition, source=source, line=key_lines.get(key), tree=sub, today=today, layers=layers
+        )
     return list(dict.fromkeys(findings))  # one message per place, even when two checks agree
 
 
-def validate_paths(paths: Sequence[Path], *, today: date) -> tuple[list[Finding], int]:
+def validate_paths(
+    paths: Sequence[Path], *, today: date, layers: Layers | None = None
+) -> tuple[list[Finding], int]:
     findings: list[Finding] = []
     unreadable = False
     for path in paths:
         try:
             text = files.read_text(path)
-            findings += validate_text(text, source=str(path), today=today, json_format=path.suffix.lower() == ".json")
+            findings += validate_text(
+                text, source=str(path), today=today, json_format=path.suffix.lower() == ".json", layers=layers
+            )
         except GuardrailError as exc:
             unreadable = True
             findings.append(Finding(str(path), exc.flag, exc.field, exc.line, Severity.ERROR, exc.message))
     if unreadable:
         return findings, EXIT_UNREADABLE
     return findings, EXIT_FINDINGS if any(f.severity == Severity.ERROR for f in findings) else EXIT_CLEAN
+
+
+def explain_paths(paths: Sequence[Path], layers: Layers) -> str:
+    """Every flag's guardrails after the config's `guardrails:` and `defaults:` are merged in, with where
+    each value came from; unreadable files are left to the findings."""
+    from guardrail.rules import describe
+
+    out = []
+    for path in paths:
+        try:
+            doc = files.parse_text(files.read_text(path), source=str(path), json_only=path.suffix.lower() == ".json")
+        except GuardrailError:
+            continue
+        flags = doc.get("flags") if isinstance(doc, Mapping) else None
+        for key, definition in (flags or {}).items() if isinstance(flags, Mapping) else ():
+            metadata = definition.get("metadata") if isinstance(definition, Mapping) else None
+            merged = config.merge_guardrails(
+                str(key), metadata if isinstance(metadata, Mapping) else {}, rules=layers.rules,
+                defaults=layers.defaults,
+            )
+            if not merged.guardrails:
+                continue
+            patterns = f" (config patterns: {', '.join(merged.patterns)})" if merged.patterns else ""
+            out += [f"{path}: flag {key}{patterns}", *describe(merged)]
+    return "\n".join(["merged guardrails (value (where it came from)):", *out]) if out else ""
 
 
 # ---- output -------------------------------------------------------------------------------------------

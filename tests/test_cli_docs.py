@@ -116,7 +116,7 @@ def test_wheel_builds_with_package_data(tmp_path: Path) -> None:
     (wheel,) = out.glob("guardrail-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     assert "guardrail/schemas/guardrail.schema.json" in names
-    assert "guardrail/demo/flags.yaml" in names
+    assert "guardrail/demo/flags.yaml" in names and "guardrail/demo/sql/error_rate.sql" in names
     assert "guardrail/py.typed" in names and "guardrail/__main__.py" in names
     entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
     assert "guardrail = guardrail.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()

@@ -320,3 +320,50 @@ def test_latency_guardrails_report_exactly_what_promql_says(stack: Stack, tmp_pa
     assert seen == set(guardrails)
     p95 = next(e for e in doc["evaluations"] if e["metric"] == "p95_latency_ms")
     assert p95["treatment"]["value"] > p95["control"]["value"]  # 150 ms vs 120 ms medians
+
+
+# ---- grouped templates: the same numbers in a handful of queries -----------------------------------------
+
+
+def test_grouped_templates_give_the_per_series_numbers_in_one_query_per_metric_and_role(stack: Stack) -> None:
+    from guardrail.model import AggregateKey
+    from guardrail.sources import fetch_plan
+
+    grouped_doc = yaml.safe_load((REPO / "configs" / "prometheus-grouped.yaml").read_text())
+    end = instant()
+    metrics = ("error_rate", "latency_mean_ms", "p95_latency_ms")
+    plan: list[tuple[AggregateKey, MetricQuery]] = [
+        ((f, v, m, WINDOW), MetricQuery(f, v, m, WINDOW, end))
+        for m in metrics for f in (AA, BAD, LAT) for v in ("control", "treatment")
+    ]
+
+    def run(section: dict[str, Any]) -> tuple[dict[AggregateKey, Aggregate], int]:
+        config = parse_prometheus_config({**section, "url": stack.prom.url}, source="configs/prometheus-grouped.yaml")
+
+        async def go() -> tuple[dict[AggregateKey, Aggregate], int]:
+            async with make_client(timeout=5.0) as client:
+                source = PrometheusSource(config, client)
+                return await fetch_plan(source, plan), source.requests
+
+        return asyncio.run(go())
+
+    grouped, grouped_requests = run(grouped_doc["metrics"])
+    per_series, per_series_requests = run(example_section(stack.prom))
+    assert grouped_requests == 2 * len(metrics)  # value + count per metric, for 3 flags x 2 arms
+    assert per_series_requests == 2 * len(plan)
+    # One `series` template per metric: value and count in a single query, told apart by a `stat` label.
+    queries = grouped_doc["metrics"]["queries"]
+    combined = {
+        m: {"series": f'label_replace({q["value"]}, "stat", "value", "", "") or '
+                      f'label_replace({q["count"]}, "stat", "count", "", "")'}
+        for m, q in queries.items()
+    }
+    single, single_requests = run({**grouped_doc["metrics"], "queries": combined})
+    assert single_requests == len(metrics)
+    assert single == grouped
+    for key, agg in grouped.items():
+        other = per_series[key]
+        assert agg.usable and other.usable, (key, agg.error, other.error)
+        assert agg.count == other.count, key
+        assert agg.value is not None and other.value is not None
+        assert math.isclose(agg.value, other.value, rel_tol=1e-9), (key, agg.value, other.value)

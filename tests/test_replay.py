@@ -171,11 +171,11 @@ def test_json_keys_are_pinned(tmp_path: Path, capsys: Any) -> None:
 
 def test_history_lines_may_carry_per_unit_sums(tmp_path: Path) -> None:
     rows = [{"time": "2026-11-18T10:00:00Z", "flag": "f", "variant": v, "metric": "error_rate",
-             "window": "since_start", "value": 0.01, "count": 10_000, "units": 500, "unit_sum": 100,
-             "unit_sum_sq": 900, "unit_count_sq": 250_000, "unit_cross": 2_400} for v in ("control", "treatment")]
+             "window": "since_start", "value": 0.01, "count": 10_000, "units": 500, "num_sum": 100,
+             "num_sum_sq": 900, "den_sum_sq": 250_000, "num_den_sum": 2_400} for v in ("control", "treatment")]
     path = tmp_path / "history.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     (_when, aggregates), = read_history(path)
     agg = aggregates[("f", "control", "error_rate", SINCE_START)]
-    assert (agg.units, agg.unit_sum, agg.unit_sum_sq, agg.unit_count_sq, agg.unit_cross) == (
-        500.0, 100.0, 900.0, 250_000.0, 2_400.0)
+    assert (agg.units, agg.num_sum, agg.num_sum_sq, agg.den_sum_sq, agg.num_den_sum) == (
+        500, 100.0, 900.0, 250_000.0, 2_400.0)

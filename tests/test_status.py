@@ -24,9 +24,10 @@ OTHER = "search.ranking.new-model"
 TOP_KEYS = {"version", "exit_code", "now", "last_run_at", "last_run_age_seconds", "stale", "stale_after_minutes",
             "stale_message", "flag_source", "flags", "warnings"}
 FLAG_KEYS = {"flag", "at_source", "held", "experiment_type", "watched", "not_watched", "warmup_remaining_minutes",
-             "started_at", "first_seen_enabled", "guardrails", "halt", "ramp"}
+             "started_at", "first_seen_enabled", "guardrails", "halt", "ramp", "config_patterns"}
 GUARDRAIL_KEYS = {"id", "metric", "treatment_variant", "comparison", "threshold", "method", "confirmations",
-                  "min_count", "window", "alpha_per_comparison", "in_definition", "streak", "last_breach_at", "last"}
+                  "min_count", "window", "alpha_per_comparison", "in_definition", "streak", "last_breach_at", "last",
+                  "from"}
 HALT_KEYS = {"status", "action", "reason", "decided_at", "metric", "treatment_variant", "control_variant",
              "completed_at", "attempts", "last_error", "alert_delivered", "run_id"}
 

@@ -368,3 +368,15 @@ def test_a_ramp_step_plans_weights_or_a_rollout_percent() -> None:
     assert ramp.shown_by(strategy(rollout="40")) and not ramp.shown_by(plain)
     refused, why = us.plan_split(AB, {"control": 50, "blue": 50})
     assert refused is None and "unknown variants ['blue']" in why
+
+
+def test_ramp_tags_give_a_ramped_rollout_whose_steps_set_the_rollout_percent() -> None:
+    tags = (*TAGS, "experiment_type=rollout", "ramp.steps=5,25,50,100", "ramp.step_minutes=30")
+    found, problems = definition(feature([strategy(rollout="5")], tags=tags))
+    assert problems == [] and found is not None
+    (flag,) = parse_flags({KEY: found}).flags
+    assert flag.ramp is not None and list(flag.ramp.steps) == [5, 25, 50, 100]
+    split, _ = us.plan_split(strategy(rollout="5"), {"treatment": 25, "control": 75})
+    assert split is not None and split.rollout == 25
+    _, bad = definition(feature([strategy(rollout="5")], tags=(*tags[:-2], "ramp.steps=50,25")))
+    assert any(p.field == "tag guardrail:ramp.steps=50,25" for p in bad), [str(p) for p in bad]

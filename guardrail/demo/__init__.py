@@ -1,7 +1,10 @@
-"""`guardrail demo`: the whole halt loop on the built-in fake API, with nothing to install or run.
+"""`guardrail demo`: the whole halt loop with nothing to install or run.
 
-Two runs two minutes apart: express-pay's treatment has 3.4x control's error rate, so run 1 sees a
-breach (1 of 2 confirmations) and run 2 halts it; the healthy search experiment passes both times.
+Metrics come from SQL over a DuckDB file of exposures and events the demo generates (the warehouse path:
+guardrail/sources/sql.py, the queries in guardrail/demo/sql/, the same as examples/sql/); flags, the halt and
+the alert go through the built-in fake flag API and webhook. Two runs two minutes apart: express-pay's
+treatment has 3.4x control's error rate, so run 1 sees a breach (1 of 2 confirmations) and run 2 halts it;
+the healthy search experiment passes both times.
 """
 
 from __future__ import annotations
@@ -16,21 +19,31 @@ import yaml
 
 from guardrail import report
 from guardrail.check import RunResult, run_check
+from guardrail.demo.warehouse import Arm, generate, write_duckdb
 from guardrail.fakeapi import FakeAPI
 from guardrail.settings import load_settings
 
 DEMO_TOKEN = "demo-token-not-a-secret"
-METRICS = [
-    # flag, variant, metric, value, count
-    ("checkout.payments.express-pay", "control", "error_rate", 0.0100, 48_210),
-    ("checkout.payments.express-pay", "treatment", "error_rate", 0.0340, 47_955),
-    ("checkout.payments.express-pay", "control", "p95_latency_ms", 212.0, 48_210),
-    ("checkout.payments.express-pay", "treatment", "p95_latency_ms", 219.0, 47_955),
-    ("search.ranking.new-model", "control", "error_rate", 0.0051, 120_400),
-    ("search.ranking.new-model", "treatment", "error_rate", 0.0052, 119_870),
-    ("search.ranking.new-model", "control", "cart_abandonment_rate", 0.212, 8_100),
-    ("search.ranking.new-model", "treatment", "cart_abandonment_rate", 0.209, 8_050),
-]
+EXPRESS, SEARCH = "checkout.payments.express-pay", "search.ranking.new-model"
+# Per arm, over the 70 minutes of generated traffic. Seeded, so every demo decides on the same numbers.
+ARMS = (
+    Arm(EXPRESS, "control", 8000, error_rate=0.010, latency_ms=212.0),
+    Arm(EXPRESS, "treatment", 8000, error_rate=0.034, latency_ms=219.0),
+    Arm(SEARCH, "control", 8000, error_rate=0.005, purchase_rate=0.21),
+    Arm(SEARCH, "treatment", 8000, error_rate=0.005, purchase_rate=0.21),
+)
+QUERIES = {
+    "error_rate": "error_rate.sql",
+    "p95_latency_ms": "p95_latency_ms.duckdb.sql",
+    "conversion_rate": "conversion_rate.sql",
+}
+
+
+def make_warehouse(path: Path, now: datetime) -> int:
+    """Exposures and events from 65 minutes before `now` to 5 minutes after (run 2 looks 2 minutes later)."""
+    tables = generate(ARMS, start=now - timedelta(minutes=65), end=now + timedelta(minutes=5), seed=2026)
+    write_duckdb(path, tables)
+    return tables.event_count
 
 
 def _show(title: str, result: RunResult) -> None:
@@ -41,17 +54,27 @@ def _show(title: str, result: RunResult) -> None:
 def run_demo(state_dir: Path | None = None, now: datetime | None = None) -> int:
     flags = yaml.safe_load(resources.files("guardrail.demo").joinpath("flags.yaml").read_text("utf-8"))["flags"]
     start = now or datetime.now(timezone.utc)
-    with tempfile.TemporaryDirectory(prefix="guardrail-demo-") as tmp, FakeAPI(
-        flags=flags, token=DEMO_TOKEN
-    ) as api:
-        for flag, variant, metric, value, count in METRICS:
-            api.set_metric(flag, variant, metric, value, count)
+    with tempfile.TemporaryDirectory(prefix="guardrail-demo-") as tmp, FakeAPI(flags=flags, token=DEMO_TOKEN) as api:
         base = Path(state_dir) if state_dir else Path(tmp)
-        env = {"FLAG_API_URL": api.url, "FLAG_API_TOKEN": DEMO_TOKEN, "METRICS_API_URL": api.url,
-               "ALERT_WEBHOOK_URL": f"{api.url}/webhook"}
-        settings = load_settings(env=env, overrides={"state_path": base / "state.json",
-                                                     "audit_path": base / "audit.jsonl"})
-        print(f"guardrail demo: fake flag, metrics and webhook API on {api.url}")
+        base.mkdir(parents=True, exist_ok=True)
+        warehouse = Path(tmp) / "events.duckdb"
+        events = make_warehouse(warehouse, start)
+        sql = resources.files("guardrail.demo").joinpath("sql")
+        # A config file like a user's: metrics from SQL (guardrail/sources/sql.py), flags from the flag API.
+        config = Path(tmp) / "guardrail.yaml"
+        config.write_text(yaml.safe_dump({"metrics": {
+            "source": "sql",
+            "url": f"duckdb:///{warehouse}",
+            "timeout": 30,
+            "queries": {metric: sql.joinpath(name).read_text("utf-8") for metric, name in QUERIES.items()},
+        }}), "utf-8")
+        env = {"FLAG_API_URL": api.url, "FLAG_API_TOKEN": DEMO_TOKEN, "ALERT_WEBHOOK_URL": f"{api.url}/webhook"}
+        settings = load_settings(config=config, env=env, overrides={"state_path": base / "state.json",
+                                                                    "audit_path": base / "audit.jsonl"})
+        print(
+            f"guardrail demo: metrics from SQL over a DuckDB warehouse ({events:,} events in {warehouse.name}); "
+            f"fake flag API and webhook on {api.url}"
+        )
         first = run_check(settings, now=start)
         _show("run 1 (cron, t+0 min)", first)
         second = run_check(settings, now=start + timedelta(minutes=2))
@@ -59,8 +82,9 @@ def run_demo(state_dir: Path | None = None, now: datetime | None = None) -> int:
 
         halted = api.flag("checkout.payments.express-pay") or {}
         print("\n=== what the flag API holds now ===")
-        print(f"checkout.payments.express-pay: state={halted.get('state')} "
-              f"defaultVariant={halted.get('defaultVariant')}")
+        print(
+            f"checkout.payments.express-pay: state={halted.get('state')} defaultVariant={halted.get('defaultVariant')}"
+        )
         print("\n=== the alert the on-call person got ===")
         for body in api.alerts:
             print(body.get("text"))

@@ -38,7 +38,8 @@ from ruamel.yaml.scalarstring import DoubleQuotedScalarString, SingleQuotedScala
 
 from guardrail import files
 from guardrail.adapters import ConfigContext, Plugin, Runtime
-from guardrail.flags.base import HaltOutcome, LoadedFlags
+from guardrail.flags.base import FlagBackend, HaltOutcome, LoadedFlags
+from guardrail.flags.gitrepo import GitConfig, discover, parse_git_config
 from guardrail.model import ExitCode, FailureKind, Flag, GuardrailError
 
 Action = Literal["revert", "hold"]
@@ -411,6 +412,41 @@ def _changed_others(before: Any, after: Any, key: str) -> list[str]:
     return sorted(k for k in set(old) | set(new) if k != key and old.get(k) != new.get(k))[:5]
 
 
+def done_detail(action: Action, control_variant: str) -> str:
+    return f"state DISABLED, defaultVariant {control_variant}" if action == "revert" else "metadata.guardrail_hold true"
+
+
+def plan_edit(
+    text: str, flag: Flag, action: Action, reason: str, *, json_format: bool, source: str
+) -> str | HaltOutcome:
+    """The new text of a flag file with the halt (or hold) of `flag` applied, or the outcome to report
+    without writing anything: already halted, or a permanent refusal (the flag is gone, no control).
+
+    Pure text to text, so the same edit can be applied to the file on disk or to the file at another
+    commit (guardrail/flags/git.py re-applies it on a new upstream head). Raises GuardrailError when the
+    text is not a flag file or cannot be rewritten safely.
+    """
+    control = flag.control_variant
+    flags = _flags_of(files.parse_text(text, source=source, json_only=json_format), source)
+    definition = flags.get(flag.key)
+    if not isinstance(definition, Mapping):
+        return HaltOutcome(
+            ok=False, kind=FailureKind.NOT_FOUND, detail=f"{source}: flag {flag.key!r} is not in the file"
+        )
+    if is_already(definition, action, control):
+        return HaltOutcome(ok=True, already=True, detail=f"{source}: already {done_detail(action, control)}")
+    variants = definition.get("variants")
+    if action == "revert" and not (isinstance(variants, Mapping) and control in variants):
+        return HaltOutcome(
+            ok=False,
+            kind=FailureKind.REFUSED,
+            detail=f"{source}: flag {flag.key!r} has no variant {control!r} to revert to",
+        )
+    return apply_halt_to_text(
+        text, flag.key, action=action, control_variant=control, reason=reason, json_format=json_format, source=source
+    )
+
+
 # ---- the backend ---------------------------------------------------------------------------------------
 
 
@@ -486,33 +522,12 @@ class FlagdFileBackend:
                                    kind=FailureKind.INTERNAL)
 
     def _apply_locked(self, flag: Flag, action: Action, reason: str) -> HaltOutcome:
-        control = flag.control_variant
-        done = f"state DISABLED, defaultVariant {control}" if action == "revert" else "metadata.guardrail_hold true"
+        done = done_detail(action, flag.control_variant)
         for attempt in range(MAX_ATTEMPTS):
-            text, flags = self._read()
-            definition = flags.get(flag.key)
-            if not isinstance(definition, Mapping):
-                return HaltOutcome(
-                    ok=False, kind=FailureKind.NOT_FOUND, detail=f"{self.source}: flag {flag.key!r} is not in the file"
-                )
-            if is_already(definition, action, control):
-                return HaltOutcome(ok=True, already=True, detail=f"{self.source}: already {done}")
-            variants = definition.get("variants")
-            if action == "revert" and not (isinstance(variants, Mapping) and control in variants):
-                return HaltOutcome(
-                    ok=False,
-                    kind=FailureKind.REFUSED,
-                    detail=f"{self.source}: flag {flag.key!r} has no variant {control!r} to revert to",
-                )
-            new = apply_halt_to_text(
-                text,
-                flag.key,
-                action=action,
-                control_variant=control,
-                reason=reason,
-                json_format=self.json_format,
-                source=self.source,
-            )
+            text = files.read_text(self.path, max_bytes=self.max_bytes)
+            new = plan_edit(text, flag, action, reason, json_format=self.json_format, source=self.source)
+            if isinstance(new, HaltOutcome):
+                return new
             if self._replace_if_unchanged(text.encode("utf-8"), new.encode("utf-8")):
                 edited = attempt > 0 or (
                     self.loaded_digest is not None and self.loaded_digest != _digest(text.encode("utf-8"))
@@ -573,6 +588,7 @@ def _fsync_dir(directory: Path) -> None:
 @dataclass(frozen=True)
 class FileBackendConfig:
     path: Path | None
+    git: GitConfig | None = None  # flags.git / --git: each change is a commit pushed upstream (flags/git.py)
 
 
 def flags_location(ctx: ConfigContext) -> str | None:
@@ -590,18 +606,30 @@ def flags_location(ctx: ConfigContext) -> str | None:
 
 def _parse(ctx: ConfigContext) -> FileBackendConfig:
     where = flags_location(ctx)
-    return FileBackendConfig(Path(where) if where else None)
+    raw = ctx.doc.get("flags")
+    git = parse_git_config(raw.get("git") if isinstance(raw, Mapping) else None, source=ctx.source)
+    if git is None and ctx.option("git"):
+        git = GitConfig()  # --git without `flags.git` in the config file: the defaults
+    return FileBackendConfig(Path(where) if where else None, git)
 
 
 def _ready(config: FileBackendConfig) -> None:
     if config.path is None:
         raise GuardrailError("no flag definitions: the file backend needs --flags PATH or `flags:` in --config",
                              exit_code=ExitCode.CONFIG)
+    if config.git is not None:
+        # Local git only (no network): a clone without an upstream is refused before the lock, exit 2.
+        discover(config.path, timeout=config.git.timeout)
 
 
-def _create(config: FileBackendConfig, _runtime: Runtime) -> FlagdFileBackend:
+def _create(config: FileBackendConfig, _runtime: Runtime) -> FlagBackend:
     assert config.path is not None
-    return FlagdFileBackend(config.path)
+    backend = FlagdFileBackend(config.path)
+    if config.git is None:
+        return backend
+    from guardrail.flags.git import GitFlagBackend  # it builds on this module
+
+    return GitFlagBackend(backend, config.git)
 
 
 PLUGIN = Plugin(

@@ -17,7 +17,7 @@ import httpx
 
 from guardrail.adapters import ConfigContext, Plugin, Runtime
 from guardrail.flags.base import HaltOutcome, LoadedFlags
-from guardrail.http import HTTPFailure, RetryPolicy, check_token_transport, json_body, request, side_effect
+from guardrail.http import HTTPFailure, RetryPolicy, check_token_transport, json_body, request, side_effect, url_problem
 from guardrail.model import ExitCode, FailureKind, Flag, GuardrailError
 from guardrail.redact import display_url
 from guardrail.split import set_weights, split_matches
@@ -286,8 +286,11 @@ def _parse(ctx: ConfigContext) -> ApiBackendConfig:
     file_url = str(where).split("/v1/flags")[0] if is_url else None
     url = (option_url.split("/v1/flags")[0] if option_url else None) or ctx.env.get("FLAG_API_URL") or (
         section.get("url") or file_url)
-    if url is not None and (not isinstance(url, str) or urlsplit(url).scheme not in ("http", "https")):
-        raise GuardrailError(f"not an http(s) URL: {url!r}", source=ctx.source, field="flag_api.url")
+    problem = (url_problem(url) if isinstance(url, str) else "must be a URL") if url is not None else None
+    if problem:  # the text never repeats the URL: it may hold a credential
+        from_env = bool(ctx.env.get("FLAG_API_URL"))
+        raise GuardrailError(f"not a usable http(s) URL: {problem}", source=None if from_env else ctx.source,
+                             field="FLAG_API_URL" if from_env else "flag_api.url")
     config = ApiBackendConfig(
         url=url, token=ctx.env.get(token_env) or None, token_env=token_env,
         definitions_file=Path(where) if where and not is_url else None,

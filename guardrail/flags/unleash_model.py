@@ -216,6 +216,9 @@ def _definition(
     }
     # Validate here, so a bad option is reported as the tag the user wrote, not as a metadata key.
     _flag, found = parse_flag(feature.name, definition, source=source)
+    # A guardrail missing `comparison` or `threshold` here may be completed by the config file's `guardrails:`
+    # section (docs/guardrails-in-config.md); the run's own parse, which has the config, reports it otherwise.
+    found = [p for p in found if "is a required property" not in p.message]
     if found:
         return None, [problem(rename(p.field, p.message, options), p.message) for p in found]
     return definition, []

@@ -11,6 +11,7 @@ from guardrail.sources.base import MetricSource, PerSeriesSource, Plan, fetch_pl
 SOURCES: Registry[Any, MetricSource] = Registry("metrics source", {
     "http": Entry("guardrail.sources.http_api"),
     "prometheus": Entry("guardrail.sources.prometheus"),
+    "sql": Entry("guardrail.sources.sql"),
 })
 
 __all__ = ["SOURCES", "MetricSource", "PerSeriesSource", "Plan", "fetch_plan"]

@@ -9,13 +9,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 
 from guardrail.adapters import ConfigContext, Plugin, Runtime
 from guardrail.config import format_time
-from guardrail.http import HTTPFailure, RetryPolicy, json_body, request
+from guardrail.http import HTTPFailure, RetryPolicy, json_body, request, url_problem
 from guardrail.model import Aggregate, ExitCode, FailureKind, GuardrailError, MetricQuery
 from guardrail.sources.base import PerSeriesSource
 
@@ -81,11 +80,14 @@ class HttpSourceConfig:
 
 def parse_config(ctx: ConfigContext) -> HttpSourceConfig:
     section = ctx.section("metrics")
+    from_env = bool(ctx.env.get("METRICS_API_URL"))
     url = ctx.env.get("METRICS_API_URL") or section.get("url")
     if url is None:
         return HttpSourceConfig(None)
-    if not isinstance(url, str) or urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).netloc:
-        raise GuardrailError(f"not an http(s) URL: {url!r}", source=ctx.source, field="metrics.url")
+    problem = url_problem(url) if isinstance(url, str) else "must be a URL"
+    if problem:  # the text never repeats the URL: it may hold a credential
+        raise GuardrailError(f"not a usable http(s) URL: {problem}", source=None if from_env else ctx.source,
+                             field="METRICS_API_URL" if from_env else "metrics.url")
     return HttpSourceConfig(url)
 
 

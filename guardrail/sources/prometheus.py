@@ -14,11 +14,9 @@ answers with `warnings`). Each becomes `Aggregate.missing(<cause>)`, which the e
 from __future__ import annotations
 
 import asyncio
-import base64
-import math
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any
 from urllib.parse import urlsplit
@@ -27,166 +25,34 @@ import httpx
 
 from guardrail.adapters import ConfigContext, Plugin, Runtime
 from guardrail.http import HTTPFailure, RetryPolicy, is_loopback, json_body, request
-from guardrail.model import Aggregate, FailureKind, GuardrailError, MetricQuery
+from guardrail.model import Aggregate, AggregateKey, GuardrailError, MetricQuery
 from guardrail.sources.base import PerSeriesSource
+from guardrail.sources.prometheus_answers import (
+    NoData,
+    aggregate,
+    answer_data,
+    parse_answer,
+    sample_value,
+)
+from guardrail.sources.prometheus_config import (
+    _DURATION,
+    _TOKEN,
+    DEFAULT_LABELS,
+    STAT_LABEL,
+    PrometheusConfig,
+    PromQueries,
+    auth_headers_from_env,
+    parse_prometheus_config,
+)
 
-PLACEHOLDERS = ("flag", "variant", "window")
-SECTION_KEYS = ("source", "url", "timeout", "queries", "allow_insecure_http")
-QUERY_KEYS = ("value", "count", "stddev")
-
-# `$name` or `${name}`; `$$` is a literal dollar (a regex end anchor inside a label matcher, say).
-_TOKEN = re.compile(r"\$(?:\$|\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*))")
-# PromQL durations: one or more number+unit pairs, e.g. 5m, 4320m, 1h30m.
-# https://prometheus.io/docs/prometheus/latest/querying/basics/#time-durations
-_DURATION = re.compile(r"^(?:[0-9]+(?:ms|s|m|h|d|w|y))+$")
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _MS = timedelta(milliseconds=1)
 DEFAULT_POLICY = RetryPolicy()
-
-
-@dataclass(frozen=True)
-class PromQueries:
-    """The PromQL templates of one guardrail metric."""
-
-    value: str
-    count: str
-    stddev: str | None = None
-
-
-@dataclass(frozen=True)
-class PrometheusConfig:
-    url: str
-    queries: Mapping[str, PromQueries]
-    timeout: float = 5.0
-    # Credentials over plain http to a non-loopback host are refused unless this is set.
-    allow_insecure_http: bool = False
-
-
-# ---- configuration ---------------------------------------------------------------------------------
-
-
-def _template(raw: Any, *, source: str, field: str, required: bool) -> str | None:
-    if raw is None:
-        if required:
-            raise GuardrailError("missing PromQL template", source=source, field=field)
-        return None
-    if not isinstance(raw, str) or not raw.strip():
-        raise GuardrailError(
-            f"must be a non-empty PromQL string, got {type(raw).__name__}", source=source, field=field
-        )
-    names = set()
-    for m in _TOKEN.finditer(raw):
-        name = m.group(1) or m.group(2)
-        if name is None:
-            continue  # `$$`
-        if name not in PLACEHOLDERS:
-            raise GuardrailError(
-                f"unknown placeholder ${name}; use $flag, $variant or $window (or ${{flag}} when a letter "
-                "follows), and $$ for a literal $",
-                source=source, field=field,
-            )
-        names.add(name)
-    if "$" in _TOKEN.sub("", raw):
-        raise GuardrailError(
-            "stray `$`: the placeholders are $flag, $variant and $window; write $$ for a literal $",
-            source=source, field=field,
-        )
-    # Without $variant both arms get the same query and the same number: the guardrail could never fire.
-    if "variant" not in names:
-        raise GuardrailError(
-            "must use $variant (e.g. variant=\"$variant\"), or control and treatment get the same number",
-            source=source, field=field,
-        )
-    return raw
-
-
-def parse_prometheus_config(section: Mapping[str, Any], *, source: str) -> PrometheusConfig:
-    """The `metrics:` mapping of a config file -> PrometheusConfig. Raises GuardrailError naming the field."""
-    if not isinstance(section, Mapping):
-        raise GuardrailError("must be a mapping", source=source, field="metrics")
-    unknown = sorted(str(k) for k in section if k not in SECTION_KEYS)
-    if unknown:
-        raise GuardrailError(
-            f"unknown key(s) {unknown}; known: {list(SECTION_KEYS)}",
-            source=source, field=f"metrics.{unknown[0]}",
-        )
-    kind = section.get("source", "prometheus")
-    if kind != "prometheus":
-        raise GuardrailError(f"expected `prometheus`, got {kind!r}", source=source, field="metrics.source")
-
-    url = section.get("url")
-    if not isinstance(url, str) or not url.strip():
-        raise GuardrailError(
-            "missing Prometheus base URL, e.g. http://127.0.0.1:9090", source=source, field="metrics.url"
-        )
-    parts = urlsplit(url.strip())
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise GuardrailError(f"not an http(s) URL: {url!r}", source=source, field="metrics.url")
-    if parts.username or parts.password:
-        # The config file is meant to be committed; credentials come from the environment.
-        raise GuardrailError(
-            "credentials do not belong in the URL; set PROMETHEUS_USERNAME and PROMETHEUS_PASSWORD "
-            "(or PROMETHEUS_BEARER_TOKEN) in the environment",
-            source=source, field="metrics.url",
-        )
-    if parts.query or parts.fragment:
-        raise GuardrailError(
-            "must be a base URL without ?query or #fragment", source=source, field="metrics.url"
-        )
-
-    timeout = section.get("timeout", 5.0)
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < math.inf:
-        raise GuardrailError(f"must be a positive number of seconds, got {timeout!r}", source=source,
-                             field="metrics.timeout")
-    insecure = section.get("allow_insecure_http", False)
-    if not isinstance(insecure, bool):
-        raise GuardrailError("must be true or false", source=source, field="metrics.allow_insecure_http")
-
-    raw_queries = section.get("queries")
-    if raw_queries is None:
-        raise GuardrailError(
-            "missing: map each guardrail metric to PromQL `value` and `count` templates",
-            source=source, field="metrics.queries",
-        )
-    if not isinstance(raw_queries, Mapping) or not raw_queries:
-        raise GuardrailError("must be a non-empty mapping of metric name -> {value, count}", source=source,
-                             field="metrics.queries")
-    queries: dict[str, PromQueries] = {}
-    for metric, spec in raw_queries.items():
-        where = f"metrics.queries.{metric}"
-        if not isinstance(metric, str):
-            raise GuardrailError("metric names must be strings", source=source, field=where)
-        if not isinstance(spec, Mapping):
-            raise GuardrailError("must be a mapping with `value` and `count`", source=source, field=where)
-        extra = sorted(str(k) for k in spec if k not in QUERY_KEYS)
-        if extra:
-            raise GuardrailError(f"unknown key(s) {extra}; known: {list(QUERY_KEYS)}", source=source,
-                                 field=f"{where}.{extra[0]}")
-        value = _template(spec.get("value"), source=source, field=f"{where}.value", required=True)
-        count = _template(spec.get("count"), source=source, field=f"{where}.count", required=True)
-        stddev = _template(spec.get("stddev"), source=source, field=f"{where}.stddev", required=False)
-        assert value is not None and count is not None
-        queries[metric] = PromQueries(value=value, count=count, stddev=stddev)
-    return PrometheusConfig(
-        url=url.strip().rstrip("/"), queries=queries, timeout=float(timeout), allow_insecure_http=insecure
-    )
-
-
-def auth_headers_from_env(env: Mapping[str, str]) -> dict[str, str]:
-    """PROMETHEUS_BEARER_TOKEN, else PROMETHEUS_USERNAME + PROMETHEUS_PASSWORD (basic auth). Never logged."""
-    token = env.get("PROMETHEUS_BEARER_TOKEN", "").strip()
-    if token:
-        return {"Authorization": f"Bearer {token}"}
-    user, password = env.get("PROMETHEUS_USERNAME", ""), env.get("PROMETHEUS_PASSWORD", "")
-    if user and password:
-        encoded = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
-        return {"Authorization": f"Basic {encoded}"}
-    if user or password:
-        missing = "PROMETHEUS_PASSWORD" if user else "PROMETHEUS_USERNAME"
-        raise GuardrailError(f"basic auth for Prometheus needs both variables; {missing} is not set",
-                             field=missing)
-    return {}
-
+__all__ = [
+    "DEFAULT_LABELS", "STAT_LABEL", "NoData", "PromQueries", "PrometheusConfig", "PrometheusSource", "aggregate",
+    "answer_data", "auth_headers_from_env", "eval_time", "parse_answer", "parse_prometheus_config", "promql_string",
+    "render", "sample_value",
+]
 
 # ---- rendering ---------------------------------------------------------------------------------------
 
@@ -220,89 +86,6 @@ def eval_time(end: datetime) -> str:
 # ---- answers -----------------------------------------------------------------------------------------
 
 
-class NoData(Exception):
-    """Internal: why one PromQL answer gives no usable number (becomes Aggregate.missing)."""
-
-    def __init__(self, message: str, kind: FailureKind = FailureKind.BAD_ANSWER) -> None:
-        super().__init__(message)
-        self.kind = kind
-
-
-def _number(raw: Any) -> float:
-    # Prometheus encodes sample values as strings: "1.5", "NaN", "+Inf", "-Inf".
-    try:
-        return float(raw)
-    except (TypeError, ValueError):
-        raise NoData(f"sample value is not a number ({raw!r:.40})") from None
-
-
-def _labels(metric: Any) -> str:
-    if not isinstance(metric, Mapping) or not metric:
-        return "{}"
-    return "{" + ",".join(f"{k}={v!r}" for k, v in sorted(metric.items())) + "}"
-
-
-def parse_answer(body: Any, *, flag: str, variant: str) -> float:
-    """One /api/v1/query answer -> its single number, or NoData with the cause. May return NaN/Inf:
-    what that means depends on whether it is the value or the count."""
-    if not isinstance(body, Mapping):
-        raise NoData(f"answer is {type(body).__name__}, not a Prometheus API object")
-    if body.get("status") == "error":
-        kind = body.get("errorType") or "error"
-        raise NoData(f"Prometheus error ({kind}): {str(body.get('error') or 'no detail')[:300]}")
-    if body.get("status") != "success":
-        raise NoData(f"answer has no success status (status={body.get('status')!r:.30})")
-    # Warnings mean the answer may be partial (a remote-read or federated store did not answer, a
-    # malformed histogram): one arm could be missing data. Halting on a partial answer is the one mistake
-    # this tool must not make, so it is no data, with Prometheus's own words. `infos` (Prometheus >= 2.50,
-    # e.g. "metric might not be a counter") do not question the number and are ignored.
-    warnings = body.get("warnings")
-    if warnings:
-        text = "; ".join(str(w) for w in warnings) if isinstance(warnings, list) else str(warnings)
-        raise NoData(f"Prometheus warned, the answer may be partial: {text[:300]}")
-    data = body.get("data")
-    if not isinstance(data, Mapping):
-        raise NoData("answer has no `data` object")
-    rtype, result = data.get("resultType"), data.get("result")
-    if rtype == "scalar":
-        if not isinstance(result, list) or len(result) != 2:
-            raise NoData("malformed scalar result")
-        return _number(result[1])
-    if rtype == "matrix":
-        raise NoData("query returns a range vector (matrix); wrap the [range] selector in rate()/increase() "
-                     "and aggregate with sum()")
-    if rtype != "vector":
-        raise NoData(f"query returns a {rtype!r} result; it must return one number (a vector or a scalar)")
-    if not isinstance(result, list):
-        raise NoData("malformed vector result")
-    if not result:
-        raise NoData(f"no series for flag={flag} variant={variant}: empty result "
-                     "(no traffic yet, or the query's labels do not match)")
-    if len(result) > 1:
-        shown = ", ".join(_labels(s.get("metric") if isinstance(s, Mapping) else None) for s in result[:2])
-        raise NoData(f"query returned {len(result)} series ({shown}{', ...' if len(result) > 2 else ''}); "
-                     "aggregate with sum() so it returns one")
-    sample = result[0]
-    if not isinstance(sample, Mapping):
-        raise NoData("malformed sample")
-    if "value" not in sample:
-        if "histogram" in sample:
-            raise NoData("query returned a native histogram, not a number; use histogram_quantile(), "
-                         "histogram_count() or histogram_sum()")
-        raise NoData("sample has no value")
-    pair = sample["value"]
-    if not isinstance(pair, list) or len(pair) != 2:
-        raise NoData("malformed sample value")
-    return _number(pair[1])
-
-
-def _value_cause(v: float) -> str:
-    if math.isnan(v):
-        return "value is NaN (no traffic in the window?)"
-    sign = "+" if v > 0 else "-"
-    return f"value is {sign}Inf (a division by zero: no traffic in the window's denominator?)"
-
-
 # ---- the source --------------------------------------------------------------------------------------
 
 
@@ -331,10 +114,11 @@ class PrometheusSource(PerSeriesSource):
         concurrency: int = 64,
     ) -> None:
         self.config = config
+        self.concurrency = config.concurrency or concurrency
+        self.requests = 0  # instant queries sent, for benchmarks
         self.client = client
         self.headers = dict(headers or {})
         self.policy = policy
-        self.concurrency = concurrency
         self.endpoint = f"{config.url}/api/v1/query"
         check_credential_transport(config, self.headers)
 
@@ -343,6 +127,11 @@ class PrometheusSource(PerSeriesSource):
 
     async def _one(self, template: str, q: MetricQuery, at: str) -> float:
         promql = render(template, flag=q.flag, variant=q.variant, window=q.window)
+        return parse_answer(await self.get(promql, at), flag=q.flag, variant=q.variant)
+
+    async def get(self, promql: str, at: str) -> Any:
+        """One instant query's JSON body, or NoData with the cause."""
+        self.requests += 1
         try:
             response = await request(
                 self.client, "GET", self.endpoint, label="prometheus query", policy=self.policy,
@@ -359,10 +148,9 @@ class PrometheusSource(PerSeriesSource):
                 hint = " (check PROMETHEUS_BEARER_TOKEN or PROMETHEUS_USERNAME/PASSWORD)"
             raise NoData(f"{exc}{hint}", exc.failure) from None
         try:
-            body = json_body(response)
+            return json_body(response)
         except ValueError as exc:
             raise NoData(f"prometheus query: {exc}") from None
-        return parse_answer(body, flag=q.flag, variant=q.variant)
 
     async def query(self, q: MetricQuery) -> Aggregate:
         queries = self.config.queries.get(q.metric)
@@ -377,29 +165,19 @@ class PrometheusSource(PerSeriesSource):
         answers = await asyncio.gather(
             *(self._one(template, q, at) for _role, template in roles), return_exceptions=True
         )
-        numbers: dict[str, float] = {}
+        numbers: dict[str, float | NoData] = {}
         for (role, _template), answer in zip(roles, answers, strict=True):
-            if isinstance(answer, NoData):
-                if role == "stddev":
-                    continue  # optional: only the sequential test on a mean metric needs it, and says so
-                return Aggregate.missing(f"{q.metric} {role} query: {answer}", answer.kind)
-            if isinstance(answer, BaseException):
+            if isinstance(answer, BaseException) and not isinstance(answer, NoData):
                 raise answer  # a bug, not data: PerSeriesSource.fetch reports it without a traceback
             numbers[role] = answer
+        return aggregate(q.metric, numbers)
 
-        value, count = numbers["value"], numbers["count"]
-        if not math.isfinite(value):
-            return Aggregate.missing(f"{q.metric} value query: {_value_cause(value)}")
-        if not math.isfinite(count):
-            return Aggregate.missing(f"{q.metric} count query: count is {count}")
-        if count < 0:
-            return Aggregate.missing(f"{q.metric} count query: count is negative ({count:g})")
-        stddev = numbers.get("stddev")
-        if stddev is not None and (not math.isfinite(stddev) or stddev < 0):
-            stddev = None
-        # increase() extrapolates to the window's edges, so counts come back as 1234.56: round, not floor.
-        return Aggregate(value=value, count=round(count), stddev=stddev)
+    async def fetch(self, plan: Sequence[tuple[AggregateKey, MetricQuery]]) -> dict[AggregateKey, Aggregate]:
+        """The whole plan: grouped metrics in one instant query per (metric, window, end) and role, the
+        others one query per series, at most `concurrency` in flight."""
+        from guardrail.sources.prometheus_batch import fetch_plan
 
+        return await fetch_plan(self, plan)
 
 
 # ---- the plugin -------------------------------------------------------------------------------------
@@ -414,7 +192,7 @@ class PrometheusSettings:
 def _parse(ctx: ConfigContext) -> PrometheusSettings:
     config = parse_prometheus_config(ctx.section("metrics"), source=ctx.source)
     if ctx.option("allow_insecure_http"):
-        config = PrometheusConfig(config.url, config.queries, config.timeout, allow_insecure_http=True)
+        config = replace(config, allow_insecure_http=True)
     headers = auth_headers_from_env(ctx.env)
     check_credential_transport(config, headers)  # at start, not at the first query
     return PrometheusSettings(config, headers)

@@ -92,3 +92,28 @@ def test_unit_total_deadline_with_a_mock_transport_that_stalls() -> None:
         return "no failure"
 
     assert asyncio.run(go()) == "timeout"
+
+
+def test_writes_and_their_verification_are_not_cut_by_the_budget() -> None:
+    """A halt the run decided, the re-read that verifies it and the alert about it are sent even when the
+    budget is spent (each still bounded by the per-call timeout); a plain read is not."""
+    from guardrail.http import side_effect
+
+    seen: list[str] = []
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.method)
+        return httpx.Response(200, json={})
+
+    async def go() -> list[str]:
+        async with make_client(timeout=5.0, transport=httpx.MockTransport(handler)) as client:
+            with run_budget(0.0):
+                await request(client, "PATCH", "http://127.0.0.1:1/v1/flags/k", label="flag API PATCH")
+                await request(client, "POST", "http://127.0.0.1:1/webhook", label="alert webhook")
+                with side_effect():
+                    await request(client, "GET", "http://127.0.0.1:1/v1/flags/k", label="flag API get")
+                with pytest.raises(HTTPFailure):
+                    await request(client, "GET", "http://127.0.0.1:1/query", label="metrics query")
+        return seen
+
+    assert asyncio.run(go()) == ["PATCH", "POST", "GET"]

@@ -183,3 +183,10 @@ def test_a_fleet_larger_than_the_limit_can_raise_it(tmp_path: Path, runner: Runn
     assert refused.returncode == 2 and "GUARDRAIL_MAX_FILE_MB" in refused.stderr
     env["GUARDRAIL_MAX_FILE_MB"] = "3"
     assert runner.check("--flags", str(path), "--dry-run", env=env).returncode != 2
+
+
+@pytest.mark.parametrize("name", ["timeout", "budget", "lock_timeout"])
+def test_an_infinite_deadline_option_is_refused(name: str) -> None:
+    """`--timeout inf` would undo the total deadline every call must have."""
+    with pytest.raises(GuardrailError, match="finite"):
+        load_settings(env={}, overrides={name: float("inf")})

@@ -8,7 +8,9 @@ PostgreSQL refuses to run as root ("root" execution of the PostgreSQL server is 
 runs as root: then the server runs as the `postgres` user that Debian's package creates, in a data
 directory under the system temp dir (the caller's workdir, e.g. pytest's 0700 tmp dir, is not
 reachable by another user). As any other user it runs as that user, in `workdir`. Authentication is
-`trust` on loopback: the cluster lives for one test session and holds nothing.
+`trust` on loopback: the cluster lives for one test session and holds nothing. `start(..., password=...)`
+makes TCP connections need that password (scram-sha-256) instead, for tests that prove a password is
+checked and never shown; `settings` adds server settings (`-c name=value`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,6 +56,7 @@ class PostgresServer:
     user: str | None  # the OS user the server runs as, when not ours
     owns_datadir: bool  # the data dir was made here (outside workdir) and is removed at stop()
     _bin: Path = field(default_factory=bindir)
+    password: str | None = field(default=None, repr=False)  # set: TCP connections need it
 
     @property
     def pid(self) -> int:
@@ -64,7 +68,8 @@ class PostgresServer:
         return "127.0.0.1"
 
     def dsn(self, database: str = "postgres") -> str:
-        return f"postgresql://{SUPERUSER}@127.0.0.1:{self.port}/{database}"
+        secret = f":{self.password}" if self.password else ""
+        return f"postgresql://{SUPERUSER}{secret}@127.0.0.1:{self.port}/{database}"
 
     def psql(self, sql: str, database: str = "postgres") -> str:
         """Run SQL through Debian's psql over TCP (the client needs no special user)."""
@@ -92,6 +97,7 @@ class PostgresServer:
             text=True,
             timeout=60,
             stdin=subprocess.DEVNULL,
+            env={**os.environ, "PGPASSWORD": self.password} if self.password else None,
         )
         if done.returncode != 0:
             raise RuntimeError(f"psql failed: {done.stderr.strip()}")
@@ -145,7 +151,13 @@ def _wait_ready(server: PostgresServer, timeout: float) -> bool:
     return False
 
 
-def start(workdir: Path, *, ready_timeout: float = 60.0) -> PostgresServer:
+def start(
+    workdir: Path,
+    *,
+    ready_timeout: float = 60.0,
+    password: str | None = None,
+    settings: Mapping[str, str] | None = None,
+) -> PostgresServer:
     """initdb + postgres on 127.0.0.1:<free port>; raises with the server's log when it does not come up."""
     binaries = bindir()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -158,6 +170,14 @@ def start(workdir: Path, *, ready_timeout: float = 60.0) -> PostgresServer:
         datadir = Path(tempfile.mkdtemp(prefix="pg-", dir=workdir))
     pgdata = datadir / "data"
     log_path = workdir / "postgres.log"
+    auth = ["--auth=trust"]
+    if password:
+        pwfile = datadir / "pwfile"
+        pwfile.write_text(password + "\n")
+        if user:
+            shutil.chown(pwfile, user=user, group=user)
+        auth = ["--auth-local=trust", "--auth-host=scram-sha-256", f"--pwfile={pwfile}"]
+    extra = [arg for name, value in (settings or {}).items() for arg in ("-c", f"{name}={value}")]
     init = subprocess.run(
         [
             str(binaries / "initdb"),
@@ -165,7 +185,7 @@ def start(workdir: Path, *, ready_timeout: float = 60.0) -> PostgresServer:
             str(pgdata),
             "-U",
             SUPERUSER,
-            "--auth=trust",
+            *auth,
             "--no-sync",
             "-E",
             "UTF8",
@@ -184,7 +204,7 @@ def start(workdir: Path, *, ready_timeout: float = 60.0) -> PostgresServer:
             shutil.rmtree(datadir, ignore_errors=True)
         raise RuntimeError(f"initdb failed: {init.stderr.strip() or init.stdout.strip()}")
 
-    server = PostgresServer(datadir, 0, None, log_path, user, owns_datadir=as_root, _bin=binaries)
+    server = PostgresServer(datadir, 0, None, log_path, user, owns_datadir=as_root, _bin=binaries, password=password)
     for _attempt in range(3):  # another process may take the free port between probe and bind
         server.port = free_port()
         with log_path.open("ab") as log:
@@ -209,6 +229,7 @@ def start(workdir: Path, *, ready_timeout: float = 60.0) -> PostgresServer:
                     "max_connections=50",
                     "-c",
                     "shared_buffers=32MB",
+                    *extra,
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
