@@ -59,7 +59,8 @@ class Sums:
     """Since-start cumulative sums of one arm: units (count), Σy and Σy² (Σy² = Σy for 0/1 data).
 
     `units`/`unit_sum`/`unit_sum_sq`/`unit_count_sq`/`unit_cross` are the optional per-randomisation-unit
-    sums (U, Σ_u y_u, Σ_u y_u², Σ_u n_u², Σ_u y_u·n_u) a warehouse source can give.
+    sums (U, Σ_u y_u, Σ_u y_u², Σ_u n_u², Σ_u y_u·n_u) a warehouse source can give (engine.arm_sums maps
+    model.Aggregate's `num_sum`, `num_sum_sq`, `den_sum_sq`, `num_den_sum` of a ratio metric onto them).
     """
 
     n: float
