@@ -368,3 +368,22 @@ def test_sequential_zero_control_is_tested_not_an_automatic_breach() -> None:
     # The relative (delta-method) test needs some events in control to conclude; with a few dozen it does.
     bug = aggs(Aggregate(25 / 50_000, 50_000), Aggregate(0.05, 50_000), window=SINCE_START)
     assert engine.decide([flag], bug, State(), NOW).evaluations[0].verdict is Verdict.BREACH
+
+
+def test_per_unit_sums_from_the_source_give_the_unit_variance() -> None:
+    """A ratio metric with its per-unit sums (a warehouse source): 20 heavy users per arm, half of them with
+    every error. The binomial variance calls a 40 % gap a breach; the users' variance does not."""
+    flag = make_flag(method=None)
+
+    def arm(rate: float, per_unit: bool) -> Aggregate:
+        x = [10_000.0 * rate] * 10 + [0.0] * 10  # errors per user; 5,000 requests each
+        sums = dict(units=20, num_sum=sum(x), num_sum_sq=sum(v * v for v in x), den_sum=100_000.0,
+                    den_sum_sq=20 * 5_000.0**2, num_den_sum=sum(v * 5_000.0 for v in x))
+        return Aggregate(sum(x) / 100_000, 100_000, **(sums if per_unit else {}))  # type: ignore[arg-type]
+
+    def verdict(per_unit: bool) -> Verdict:
+        data = aggs(arm(0.01, per_unit), arm(0.014, per_unit), window=SINCE_START)
+        return engine.decide([flag], data, State(), NOW + timedelta(hours=1)).evaluations[0].verdict
+
+    assert verdict(per_unit=False) is Verdict.BREACH
+    assert verdict(per_unit=True) is Verdict.PASS
