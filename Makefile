@@ -2,6 +2,11 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+# Coverage of the package (the installed command's subprocesses included), printed after the tests and kept
+# at 92 % or above (measured 92.05 %; the gate sits one point lower so that a run whose subprocess coverage varies
+# slightly is not failed for it). Expanded when the recipe runs, after setup: without pytest-cov the tests still run.
+COVERAGE = $(shell $(BIN)/python -c "import pytest_cov" 2>/dev/null && \
+	echo --cov=guardrail --cov-report=term:skip-covered --cov-fail-under=91)
 
 .PHONY: demo test lint setup
 
@@ -16,8 +21,9 @@ demo: $(BIN)/python
 	$(BIN)/guardrail demo
 
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q $(COVERAGE)
 
 lint: setup
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/mypy

@@ -130,7 +130,8 @@ class Registry(Generic[C, A]):
         module = self.modules.get(name)
         if module is None:
             raise GuardrailError(
-                f"unknown {self.what} {name!r}; known: {', '.join(self.modules)}", source=source or None,
+                f"unknown {self.what} {name!r}; known: {', '.join(self.modules)}",
+                source=source or None,
                 field=field or None,
             )
         plugin = importlib.import_module(module).PLUGIN

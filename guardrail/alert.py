@@ -29,12 +29,19 @@ class AlertOutcome(TextEnum):
     WOULD_HALT = "would_halt"  # dry run
 
 
-def context(*, flag: str, action: HaltAction, evaluation: Evaluation, reason: str, link: str,
-            report: str | None = None) -> dict[str, Any]:
+def context(
+    *, flag: str, action: HaltAction, evaluation: Evaluation, reason: str, link: str, report: str | None = None
+) -> dict[str, Any]:
     """What the alert needs, as strict JSON (it is kept in the state file until the alert is delivered).
     `report`: the flag's page in the report site (`report.base_url`, docs/report.md)."""
-    return {"flag": flag, "action": action.value, "reason": reason, "link": link,
-            "evaluation": codec.evaluation_dict(evaluation), **({"report": report} if report else {})}
+    return {
+        "flag": flag,
+        "action": action.value,
+        "reason": reason,
+        "link": link,
+        "evaluation": codec.evaluation_dict(evaluation),
+        **({"report": report} if report else {}),
+    }
 
 
 def escape(text: Any) -> str:
@@ -83,8 +90,10 @@ def headline(ctx: Mapping[str, Any], outcome: AlertOutcome, detail: str = "") ->
     flag, action = escape(ctx["flag"]), HaltAction(ctx["action"])
     metric = escape(ctx["evaluation"]["metric"])
     if outcome is AlertOutcome.FAILED:
-        return (f":warning: HALT FAILED: `{flag}` was NOT changed: {_TODO[action]} BY HAND. {metric} breached "
-                f"its guardrail, and the flag backend did not apply the change: {escape(detail)}")
+        return (
+            f":warning: HALT FAILED: `{flag}` was NOT changed: {_TODO[action]} BY HAND. {metric} breached "
+            f"its guardrail, and the flag backend did not apply the change: {escape(detail)}"
+        )
     if outcome is AlertOutcome.WOULD_HALT:
         return f":mag: DRY RUN: `{flag}` would be {_WHAT[action]}: {metric} breached its guardrail"
     return f":rotating_light: AUTO-HALT: `{flag}` {_WHAT[action]}: {metric} breached its guardrail"
@@ -95,8 +104,11 @@ def render(ctx: Mapping[str, Any], outcome: AlertOutcome, detail: str = "") -> d
     e = ctx["evaluation"]
     action = HaltAction(ctx["action"])
     text = headline(ctx, outcome, detail)
-    status = {AlertOutcome.DONE: "done", AlertOutcome.FAILED: "FAILED, must be done by hand",
-              AlertOutcome.WOULD_HALT: "dry run, nothing changed"}[outcome]
+    status = {
+        AlertOutcome.DONE: "done",
+        AlertOutcome.FAILED: "FAILED, must be done by hand",
+        AlertOutcome.WOULD_HALT: "dry run, nothing changed",
+    }[outcome]
     fields = [
         {"title": "Guardrail metric", "value": escape(e["metric"]), "short": True},
         {"title": "Treatment variant", "value": escape(e["treatment_variant"]), "short": True},
@@ -111,8 +123,13 @@ def render(ctx: Mapping[str, Any], outcome: AlertOutcome, detail: str = "") -> d
     ]
     if e.get("method") == "sequential" and codec.number(e.get("bound")) is not None:
         bound = _pct(e["bound"]) if str(e["comparison"]).startswith("relative") else _num(e["bound"])
-        fields.append({"title": "Always-valid bound", "value": f"{bound} > threshold (p={_num(e.get('p_value'), 3)})",
-                       "short": True})
+        fields.append(
+            {
+                "title": "Always-valid bound",
+                "value": f"{bound} > threshold (p={_num(e.get('p_value'), 3)})",
+                "short": True,
+            }
+        )
     fields += [
         {"title": "Flag key", "value": escape(ctx["flag"]), "short": False},
         {"title": "Flag definition", "value": escape(ctx["link"]), "short": False},
@@ -120,8 +137,9 @@ def render(ctx: Mapping[str, Any], outcome: AlertOutcome, detail: str = "") -> d
         {"title": "Reason", "value": escape(ctx["reason"]), "short": False},
     ]
     if detail:
-        fields.append({"title": "Error" if outcome is AlertOutcome.FAILED else "Detail", "value": escape(detail),
-                       "short": False})
+        fields.append(
+            {"title": "Error" if outcome is AlertOutcome.FAILED else "Detail", "value": escape(detail), "short": False}
+        )
     color = "warning" if outcome is AlertOutcome.WOULD_HALT else "danger"
     return {"text": text, "attachments": [{"color": color, "fallback": text, "fields": fields}]}
 

@@ -71,17 +71,29 @@ def in_shard(key: str, shard: tuple[int, int] | None) -> bool:
 
 
 def runtime_for(settings: Settings, client: httpx.AsyncClient, *, read_only: bool = False) -> Runtime:
-    return Runtime(client=client, policy=RetryPolicy(attempts=settings.retries), timeout=settings.timeout,
-                   concurrency=settings.concurrency, allow_insecure_http=settings.allow_insecure_http,
-                   read_only=read_only)
+    return Runtime(
+        client=client,
+        policy=RetryPolicy(attempts=settings.retries),
+        timeout=settings.timeout,
+        concurrency=settings.concurrency,
+        allow_insecure_http=settings.allow_insecure_http,
+        read_only=read_only,
+    )
 
 
 class Run:
     """The I/O of one run. Kept as an object so each step is a short method."""
 
-    def __init__(self, settings: Settings, *, now: datetime, dry_run: bool, only: list[str] | None,
-                 transport: httpx.AsyncBaseTransport | None = None,
-                 shard: tuple[int, int] | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        now: datetime,
+        dry_run: bool,
+        only: list[str] | None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        shard: tuple[int, int] | None = None,
+    ) -> None:
         self.shard = shard
         self.settings = settings
         self.now = now
@@ -105,8 +117,12 @@ class Run:
             state = self.store.load()
             if self.store.warning:
                 self.warnings.append(self.store.warning)
-            client = make_client(timeout=self.settings.timeout, concurrency=self.settings.concurrency,
-                                 ca_bundle=self.settings.ca_bundle, transport=self.transport)
+            client = make_client(
+                timeout=self.settings.timeout,
+                concurrency=self.settings.concurrency,
+                ca_bundle=self.settings.ca_bundle,
+                transport=self.transport,
+            )
             async with client:
                 return await self._run(state, runtime_for(self.settings, client))
 
@@ -125,8 +141,13 @@ class Run:
         backend = self.settings.backend.create(runtime)
         loaded = await backend.load()
         self.warnings.extend(getattr(backend, "warnings", ()))  # e.g. flags in git read as of the last fetch
-        parsed = parse_flags(loaded.definitions, source=loaded.source, lines=loaded.lines,
-                             defaults=self.settings.defaults, rules=self.settings.guardrail_rules)
+        parsed = parse_flags(
+            loaded.definitions,
+            source=loaded.source,
+            lines=loaded.lines,
+            defaults=self.settings.defaults,
+            rules=self.settings.guardrail_rules,
+        )
         flags = [f for f in parsed.flags if self._mine(f.key)]
         problems = [p for p in (*loaded.problems, *parsed.problems) if self._mine(p.flag)]
         # A halted key that came back (a new experiment, or turned on by a person): see world.py.
@@ -154,15 +175,28 @@ class Run:
 
         if self.dry_run:
             for h in decision.halts:
-                self.halts.append(HaltResult(h.flag, h.action.value, HaltResultStatus.WOULD_HALT, h.reason,
-                                             detail="dry run: nothing changed, no alert sent"))
+                self.halts.append(
+                    HaltResult(
+                        h.flag,
+                        h.action.value,
+                        HaltResultStatus.WOULD_HALT,
+                        h.reason,
+                        detail="dry run: nothing changed, no alert sent",
+                    )
+                )
         else:
             state = decision.state
             for h in decision.halts:
                 pending = state.flags[h.flag].halt
                 assert pending is not None
-                ctx = alert.context(flag=h.flag, action=h.action, evaluation=h.evaluation, reason=h.reason,
-                                    link=backend.link(h.flag), report=self._report_link(h.flag))
+                ctx = alert.context(
+                    flag=h.flag,
+                    action=h.action,
+                    evaluation=h.evaluation,
+                    reason=h.reason,
+                    link=backend.link(h.flag),
+                    report=self._report_link(h.flag),
+                )
                 state = _with_halt(state, h.flag, halts.prepared(pending, run_id=self.run_id, alert_context=ctx))
             self.store.save(self._stamp(state))  # write-ahead: the pending halts are on disk first
             for h in decision.halts:
@@ -176,9 +210,16 @@ class Run:
         if not self.dry_run:
             self._write_audit()
         return RunResult(
-            now=self.now, dry_run=self.dry_run, run_id=self.run_id, evaluations=decision.evaluations,
-            halts=tuple(self.halts), problems=tuple(problems) + tuple(self.after_effects),
-            skipped_flags=decision.skipped_flags, warnings=tuple(self.warnings), ramps=tuple(ramps), srm=decision.srm,
+            now=self.now,
+            dry_run=self.dry_run,
+            run_id=self.run_id,
+            evaluations=decision.evaluations,
+            halts=tuple(self.halts),
+            problems=tuple(problems) + tuple(self.after_effects),
+            skipped_flags=decision.skipped_flags,
+            warnings=tuple(self.warnings),
+            ramps=tuple(ramps),
+            srm=decision.srm,
             records=tuple(self.audit_lines),
         )
 
@@ -221,11 +262,13 @@ class Run:
                 return await backend.hold(flag, record.reason)
             return await backend.halt(flag, record.reason)
         except Exception as exc:  # a backend must not raise; a bug in one must still fail loudly here
-            return HaltOutcome(ok=False, detail=f"{backend.name} backend error: {type(exc).__name__}",
-                               kind=FailureKind.INTERNAL)
+            return HaltOutcome(
+                ok=False, detail=f"{backend.name} backend error: {type(exc).__name__}", kind=FailureKind.INTERNAL
+            )
 
-    async def _apply(self, state: State, backend: FlagBackend, flag: Flag, record: HaltRecord,
-                     runtime: Runtime, *, resumed: bool) -> State:
+    async def _apply(
+        self, state: State, backend: FlagBackend, flag: Flag, record: HaltRecord, runtime: Runtime, *, resumed: bool
+    ) -> State:
         outcome = await self._change(backend, flag, record)
         detail = self.redact(outcome.detail)
         record = halts.attempted(record, outcome, now=self.now, detail=detail)
@@ -241,15 +284,22 @@ class Run:
         state = _with_halt(state, flag.key, record)
         self._save(state)
         result = HaltResult(
-            flag.key, record.action.value, HaltResultStatus.DONE if outcome.ok else HaltResultStatus.FAILED,
-            record.reason, detail, alert_status, resumed, kind=outcome.kind,
+            flag.key,
+            record.action.value,
+            HaltResultStatus.DONE if outcome.ok else HaltResultStatus.FAILED,
+            record.reason,
+            detail,
+            alert_status,
+            resumed,
+            kind=outcome.kind,
         )
         self.halts.append(result)
         self.audit_lines.append(audit.halt_line(self.run_id, self.now, result, record))
         return state
 
-    async def _alert(self, runtime: Runtime, record: HaltRecord, outcome: AlertOutcome,
-                     detail: str) -> tuple[str, bool]:
+    async def _alert(
+        self, runtime: Runtime, record: HaltRecord, outcome: AlertOutcome, detail: str
+    ) -> tuple[str, bool]:
         ctx = record.alert or {}
         if not ctx:
             return "nothing to send", True
@@ -268,8 +318,9 @@ class Run:
             return "sent", True
         return f"FAILED, will retry next run: {self.redact(error)}", False
 
-    async def _finish_earlier_halts(self, state: State, backend: FlagBackend, flags: Mapping[str, Flag],
-                                    runtime: Runtime) -> State:
+    async def _finish_earlier_halts(
+        self, state: State, backend: FlagBackend, flags: Mapping[str, Flag], runtime: Runtime
+    ) -> State:
         """A halt decided by an earlier run that died, or that the backend refused, is finished first; an
         alert that could not be delivered is sent again."""
         if self.dry_run:
@@ -297,8 +348,14 @@ def _with_halt(state: State, key: str, record: HaltRecord) -> State:
     return replace(state, flags=flags)
 
 
-def run_check(settings: Settings, *, now: datetime, dry_run: bool = False, only: list[str] | None = None,
-              transport: httpx.AsyncBaseTransport | None = None,
-              shard: tuple[int, int] | None = None) -> RunResult:
+def run_check(
+    settings: Settings,
+    *,
+    now: datetime,
+    dry_run: bool = False,
+    only: list[str] | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+    shard: tuple[int, int] | None = None,
+) -> RunResult:
     run = Run(settings, now=now, dry_run=dry_run, only=only, transport=transport, shard=shard)
     return asyncio.run(run.execute())

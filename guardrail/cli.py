@@ -26,8 +26,7 @@ but the flag API refused or failed (do it by hand); 5 another run holds the stat
 
 app = typer.Typer(
     name="guardrail",
-    help="Halt feature-flag experiments automatically when a treatment harms a guardrail metric.\n\n"
-    + EXIT_CODES_HELP,
+    help="Halt feature-flag experiments automatically when a treatment harms a guardrail metric.\n\n" + EXIT_CODES_HELP,
     no_args_is_help=True,
     add_completion=False,
     rich_markup_mode=None,
@@ -63,12 +62,11 @@ def _parse_now(now: str | None) -> datetime:
 
 FlagsOpt = Annotated[
     str | None,
-    typer.Option("--flags", help="Flag definitions: a flagd file (YAML/JSON) or a flag API URL. "
-                 "Default: FLAG_API_URL."),
+    typer.Option(
+        "--flags", help="Flag definitions: a flagd file (YAML/JSON) or a flag API URL. Default: FLAG_API_URL."
+    ),
 ]
-ConfigOpt = Annotated[
-    Path | None, typer.Option("--config", help="Config file (YAML); see configs/guardrail.yaml.")
-]
+ConfigOpt = Annotated[Path | None, typer.Option("--config", help="Config file (YAML); see configs/guardrail.yaml.")]
 StateOpt = Annotated[
     Path | None, typer.Option("--state", help="State file. Default: .guardrail/state.json (or GUARDRAIL_STATE).")
 ]
@@ -84,39 +82,76 @@ def check(
     config: ConfigOpt = None,
     state: StateOpt = None,
     audit: AuditOpt = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Evaluate and show what would happen; "
-                                          "send no PATCH and no alert, write no state or audit.")] = False,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Evaluate and show what would happen; send no PATCH and no alert, write no state or audit.",
+        ),
+    ] = False,
     as_json: JsonOpt = False,
     only: Annotated[list[str] | None, typer.Option("--only", help="Only this flag key (repeatable).")] = None,
-    concurrency: Annotated[int | None, typer.Option(
-        "--concurrency", min=1, max=1024, help="Metric queries in flight at once. Default 64.")] = None,
-    timeout: Annotated[float | None, typer.Option(
-        "--timeout", min=0.1, help="Seconds per HTTP call (each is retried). Default 5.")] = None,
-    lock_timeout: Annotated[float | None, typer.Option(
-        "--lock-timeout", min=0, help="Seconds to wait for another run's state lock before exit 5.")] = None,
-    budget: Annotated[float | None, typer.Option(
-        "--budget", min=0, help="Seconds the whole run may spend reading (GUARDRAIL_BUDGET). Past it no new "
-        "read starts, unread guardrails are skip:no_data (exit 3); decided halts are still sent. Default 90.")
+    concurrency: Annotated[
+        int | None, typer.Option("--concurrency", min=1, max=1024, help="Metric queries in flight at once. Default 64.")
+    ] = None,
+    timeout: Annotated[
+        float | None, typer.Option("--timeout", min=0.1, help="Seconds per HTTP call (each is retried). Default 5.")
+    ] = None,
+    lock_timeout: Annotated[
+        float | None,
+        typer.Option("--lock-timeout", min=0, help="Seconds to wait for another run's state lock before exit 5."),
+    ] = None,
+    budget: Annotated[
+        float | None,
+        typer.Option(
+            "--budget",
+            min=0,
+            help="Seconds the whole run may spend reading (GUARDRAIL_BUDGET). Past it no new "
+            "read starts, unread guardrails are skip:no_data (exit 3); decided halts are still sent. Default 90.",
+        ),
     ] = None,
     ca_bundle: Annotated[str | None, typer.Option("--ca-bundle", help="CA bundle for TLS verification.")] = None,
-    allow_insecure_http: Annotated[bool, typer.Option(
-        "--allow-insecure-http", help="Allow sending the flag API token over plain http to a non-loopback host.")
+    allow_insecure_http: Annotated[
+        bool,
+        typer.Option(
+            "--allow-insecure-http", help="Allow sending the flag API token over plain http to a non-loopback host."
+        ),
     ] = False,
-    now: Annotated[str | None, typer.Option(
-        "--now", help="Evaluate as of this RFC 3339 time instead of the clock (backfills and tests).")] = None,
-    shard: Annotated[str | None, typer.Option(
-        "--shard", help="I/N: evaluate only the flags of shard I of N (stable hash of the key), so N cron "
-        "jobs share a fleet without overlap. Use a state file per shard.")] = None,
-    metrics_file: Annotated[Path | None, typer.Option(
-        "--metrics-file", help="Write run metrics in Prometheus textfile-collector format to PATH.")] = None,
-    log_format: Annotated[str, typer.Option(
-        "--log-format", help="text | json: structured log lines on stderr.")] = "text",
-    git: Annotated[bool, typer.Option(
-        "--git", help="The flag file is in a git clone: read it from the upstream branch, and commit and push "
-        "every halt or hold there (as `flags.git: true`; see docs/git-flags.md).")] = False,
-    report_dir: Annotated[Path | None, typer.Option(
-        "--report", help="Refresh the report site in this directory after the run (only the flags this run "
-        "touched, and the index); default: `report.dir` in --config. See docs/report.md.")] = None,
+    now: Annotated[
+        str | None,
+        typer.Option("--now", help="Evaluate as of this RFC 3339 time instead of the clock (backfills and tests)."),
+    ] = None,
+    shard: Annotated[
+        str | None,
+        typer.Option(
+            "--shard",
+            help="I/N: evaluate only the flags of shard I of N (stable hash of the key), so N cron "
+            "jobs share a fleet without overlap. Use a state file per shard.",
+        ),
+    ] = None,
+    metrics_file: Annotated[
+        Path | None,
+        typer.Option("--metrics-file", help="Write run metrics in Prometheus textfile-collector format to PATH."),
+    ] = None,
+    log_format: Annotated[
+        str, typer.Option("--log-format", help="text | json: structured log lines on stderr.")
+    ] = "text",
+    git: Annotated[
+        bool,
+        typer.Option(
+            "--git",
+            help="The flag file is in a git clone: read it from the upstream branch, and commit and push "
+            "every halt or hold there (as `flags.git: true`; see docs/git-flags.md).",
+        ),
+    ] = False,
+    report_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--report",
+            help="Refresh the report site in this directory after the run (only the flags this run "
+            "touched, and the index); default: `report.dir` in --config. See docs/report.md.",
+        ),
+    ] = None,
 ) -> None:
     """Evaluate every guardrail of every ENABLED flag once, and halt flags whose treatment harms one.
 
@@ -125,11 +160,21 @@ def check(
     from guardrail.check import run_check
     from guardrail.settings import load_settings
 
-    settings = load_settings(config=config, overrides={
-        "flags": flags, "state_path": state, "audit_path": audit, "concurrency": concurrency,
-        "timeout": timeout, "lock_timeout": lock_timeout, "ca_bundle": ca_bundle, "budget": budget,
-        "allow_insecure_http": allow_insecure_http or None, "git": git or None,
-    })
+    settings = load_settings(
+        config=config,
+        overrides={
+            "flags": flags,
+            "state_path": state,
+            "audit_path": audit,
+            "concurrency": concurrency,
+            "timeout": timeout,
+            "lock_timeout": lock_timeout,
+            "ca_bundle": ca_bundle,
+            "budget": budget,
+            "allow_insecure_http": allow_insecure_http or None,
+            "git": git or None,
+        },
+    )
     import time
 
     from guardrail.check import parse_shard
@@ -164,8 +209,13 @@ def check(
         from guardrail.site.build import refresh_site
 
         try:
-            refresh_site(report_dir, state_path=settings.state_path, audit_path=settings.audit_path,
-                         records=result.records, now=result.now)
+            refresh_site(
+                report_dir,
+                state_path=settings.state_path,
+                audit_path=settings.audit_path,
+                records=result.records,
+                now=result.now,
+            )
         except (GuardrailError, OSError) as exc:
             # The run has acted and audited; its exit code matters more than the view of it.
             print(f"guardrail: warning: report not refreshed: {exc}", file=sys.stderr)
@@ -193,12 +243,19 @@ def _render(result: Any, as_json: bool) -> None:
 
 @app.command()
 def validate(
-    paths: Annotated[list[Path] | None, typer.Argument(
-        help="Flag files to check (YAML or JSON). Default: the config file's flag file.")] = None,
+    paths: Annotated[
+        list[Path] | None,
+        typer.Argument(help="Flag files to check (YAML or JSON). Default: the config file's flag file."),
+    ] = None,
     output: Annotated[str, typer.Option("--format", help="text | github (GitHub Actions annotations).")] = "text",
-    config: Annotated[Path | None, typer.Option(
-        "--config", help="Config file: check its `guardrails:` section, merge it (and `defaults:`) under each "
-        "flag's metadata, and print the merged guardrails with where each value came from.")] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            help="Config file: check its `guardrails:` section, merge it (and `defaults:`) under each "
+            "flag's metadata, and print the merged guardrails with where each value came from.",
+        ),
+    ] = None,
 ) -> None:
     """Check flag files for anything flagd would refuse and any guardrail mistake.
 
@@ -241,34 +298,55 @@ def demo(
 
 @app.command()
 def replay(
-    history: Annotated[Path, typer.Argument(help="JSON Lines of recorded aggregates: time, flag, metric, "
-                                            "variant, window (5m | since_start), value, count[, stddev].")],
-    flags: Annotated[Path | None, typer.Option(
-        "--flags", help="Flag file with the guardrails to replay "
-        "(default: every metric in the history, relative_increase 0.10).")] = None,
+    history: Annotated[
+        Path,
+        typer.Argument(
+            help="JSON Lines of recorded aggregates: time, flag, metric, "
+            "variant, window (5m | since_start), value, count[, stddev]."
+        ),
+    ],
+    flags: Annotated[
+        Path | None,
+        typer.Option(
+            "--flags",
+            help="Flag file with the guardrails to replay "
+            "(default: every metric in the history, relative_increase 0.10).",
+        ),
+    ] = None,
     config: ConfigOpt = None,
     as_json: JsonOpt = False,
-    report_dir: Annotated[Path | None, typer.Option(
-        "--report", help="Also write the report site of the backtest (charts of every look) to this directory.")
+    report_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--report", help="Also write the report site of the backtest (charts of every look) to this directory."
+        ),
     ] = None,
 ) -> None:
     """Backtest recorded aggregates through the real engine: would these guardrails have halted?"""
     from guardrail.replay import run_replay_command
 
-    raise typer.Exit(run_replay_command(history=history, flags=flags, config=config, as_json=as_json,
-                                        report_dir=report_dir))
+    raise typer.Exit(
+        run_replay_command(history=history, flags=flags, config=config, as_json=as_json, report_dir=report_dir)
+    )
 
 
 @app.command("report")
 def report_command(
-    out: Annotated[Path | None, typer.Option(
-        "--out", help="Directory to write the site to. Default: `report.dir` in --config, else ./guardrail-report.")
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out", help="Directory to write the site to. Default: `report.dir` in --config, else ./guardrail-report."
+        ),
     ] = None,
     config: ConfigOpt = None,
     state: StateOpt = None,
     audit: AuditOpt = None,
-    stale_after: Annotated[float, typer.Option("--stale-after", help="Minutes after which the monitor's last "
-                                               "run is flagged as stale on the pages.")] = 10.0,
+    stale_after: Annotated[
+        float,
+        typer.Option(
+            "--stale-after", help="Minutes after which the monitor's last run is flagged as stale on the pages."
+        ),
+    ] = 10.0,
     now: Annotated[str | None, typer.Option("--now", help="Build as of this RFC 3339 time (tests).")] = None,
 ) -> None:
     """Write a static HTML site from the state file and the audit log: every watched flag (halts first,
@@ -283,41 +361,64 @@ def report_command(
         raise GuardrailError(f"must be a positive number of minutes, got {stale_after:g}", field="--stale-after")
     settings = load_settings(config=config, overrides={"state_path": state, "audit_path": audit})
     target = out or settings.report_dir or Path("guardrail-report")
-    site = build_site(target, state_path=settings.state_path, audit_path=settings.audit_path,
-                      now=_parse_now(now), stale_after=stale_after)
+    site = build_site(
+        target,
+        state_path=settings.state_path,
+        audit_path=settings.audit_path,
+        now=_parse_now(now),
+        stale_after=stale_after,
+    )
     for warning in site.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     print(f"wrote {len(site.summaries)} flag page(s) and {target / 'index.html'}")
 
 
+TrafficOpt = Annotated[list[float], typer.Option("--traffic", help="Events per minute per arm (repeatable).")]
+EffectOpt = Annotated[
+    list[float], typer.Option("--effect", help="Treatment rate / control rate; 1.0 = A/A (repeatable).")
+]
+MethodOpt = Annotated[list[str], typer.Option("--method", help="threshold | sequential (repeatable).")]
+
+
 @app.command()
 def simulate(
-    traffic: Annotated[list[float], typer.Option(
-        "--traffic", help="Events per minute per arm (repeatable).")] = [500.0],  # noqa: B006
+    traffic: TrafficOpt = [500.0],  # noqa: B006
     base_rate: Annotated[float, typer.Option("--base-rate", help="Control error rate.")] = 0.01,
-    effect: Annotated[list[float], typer.Option(
-        "--effect", help="Treatment rate / control rate; 1.0 = A/A (repeatable).")] = [1.0],  # noqa: B006
+    effect: EffectOpt = [1.0],  # noqa: B006
     threshold: Annotated[float, typer.Option("--threshold", help="Relative-increase threshold.")] = 0.10,
     days: Annotated[float, typer.Option("--days", help="Length of each experiment.")] = 14.0,
     cadence: Annotated[float, typer.Option("--cadence", help="Minutes between looks.")] = 2.0,
     runs: Annotated[int, typer.Option("--runs", min=1, help="Experiments per scenario.")] = 200,
     seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 1,
     alpha: Annotated[float, typer.Option("--alpha", help="Sequential test's alpha.")] = 0.05,
-    confirmations: Annotated[int, typer.Option(
-        "--confirmations", min=1, help="Consecutive breaching looks (sequential; threshold uses 2).")] = 1,
-    method: Annotated[list[str], typer.Option(
-        "--method", help="threshold | sequential (repeatable).")] = ["threshold", "sequential"],  # noqa: B006
+    confirmations: Annotated[
+        int, typer.Option("--confirmations", min=1, help="Consecutive breaching looks (sequential; threshold uses 2).")
+    ] = 1,
+    method: MethodOpt = ["threshold", "sequential"],  # noqa: B006
     as_json: JsonOpt = False,
     markdown: Annotated[bool, typer.Option("--markdown", help="Print a Markdown table (for the README).")] = False,
-    run_suite: Annotated[bool, typer.Option("--suite", help="The production-like table of docs/statistics.md "
-                                            "(clustered, ramp, rare, late onset, arms x metrics, cron).")] = False,
-    dispersion: Annotated[float, typer.Option("--dispersion", help="Events clustered by user: D times the "
-                                              "binomial variance per 2-minute block.")] = 1.0,
-    scenario: Annotated[str, typer.Option(
-        "--scenario", help="experiments (default) | ramps: ramped rollouts 1,5,25,50,100 % (docs/rollouts.md).")
+    run_suite: Annotated[
+        bool,
+        typer.Option(
+            "--suite",
+            help="The production-like table of docs/statistics.md (clustered, ramp, rare, late onset, arms x metrics, cron).",
+        ),
+    ] = False,
+    dispersion: Annotated[
+        float,
+        typer.Option(
+            "--dispersion", help="Events clustered by user: D times the binomial variance per 2-minute block."
+        ),
+    ] = 1.0,
+    scenario: Annotated[
+        str,
+        typer.Option(
+            "--scenario", help="experiments (default) | ramps: ramped rollouts 1,5,25,50,100 % (docs/rollouts.md)."
+        ),
     ] = "experiments",
-    ramp_effect: Annotated[float, typer.Option(
-        "--ramp-effect", help="ramps: the harmful treatment's error rate / control's.")] = 3.0,
+    ramp_effect: Annotated[
+        float, typer.Option("--ramp-effect", help="ramps: the harmful treatment's error rate / control's.")
+    ] = 3.0,
     step_minutes: Annotated[float, typer.Option("--step-minutes", help="ramps: minimum minutes per step.")] = 30.0,
 ) -> None:
     """Synthetic A/A and A/B experiments through the engine: false-halt rate and time to halt per method.
@@ -327,19 +428,44 @@ def simulate(
     if scenario == "ramps":
         from guardrail.simulate_ramps import run_ramps_command
 
-        raise typer.Exit(run_ramps_command(
-            runs=runs, seed=seed, traffic=traffic[0], base_rate=base_rate, effect=ramp_effect, threshold=threshold,
-            alpha=alpha, confirmations=confirmations, step_minutes=step_minutes, cadence=int(cadence),
-            as_json=as_json, markdown=markdown,
-        ))
+        raise typer.Exit(
+            run_ramps_command(
+                runs=runs,
+                seed=seed,
+                traffic=traffic[0],
+                base_rate=base_rate,
+                effect=ramp_effect,
+                threshold=threshold,
+                alpha=alpha,
+                confirmations=confirmations,
+                step_minutes=step_minutes,
+                cadence=int(cadence),
+                as_json=as_json,
+                markdown=markdown,
+            )
+        )
     if scenario != "experiments":
         raise GuardrailError("must be experiments or ramps", field="--scenario")
 
-    raise typer.Exit(run_simulate_command(
-        traffic=traffic, base_rate=base_rate, effect=effect, threshold=threshold, days=days, cadence=cadence,
-        runs=runs, seed=seed, alpha=alpha, confirmations=confirmations, methods=method, as_json=as_json,
-        markdown=markdown, run_suite=run_suite, dispersion=dispersion,
-    ))
+    raise typer.Exit(
+        run_simulate_command(
+            traffic=traffic,
+            base_rate=base_rate,
+            effect=effect,
+            threshold=threshold,
+            days=days,
+            cadence=cadence,
+            runs=runs,
+            seed=seed,
+            alpha=alpha,
+            confirmations=confirmations,
+            methods=method,
+            as_json=as_json,
+            markdown=markdown,
+            run_suite=run_suite,
+            dispersion=dispersion,
+        )
+    )
 
 
 @app.command()
@@ -348,14 +474,16 @@ def status(
     config: ConfigOpt = None,
     state: StateOpt = None,
     as_json: JsonOpt = False,
-    stale_after: Annotated[float, typer.Option("--stale-after", help="Minutes after which the last run "
-                                               "counts as stale (exit 3).")] = 10.0,
+    stale_after: Annotated[
+        float, typer.Option("--stale-after", help="Minutes after which the last run counts as stale (exit 3).")
+    ] = 10.0,
 ) -> None:
     """Every watched flag: guardrails, streaks, last verdicts and values, halts, warmup left, last run age."""
     from guardrail.status import run_status_command
 
-    raise typer.Exit(run_status_command(flags=flags, config=config, state=state, as_json=as_json,
-                                        stale_after=stale_after))
+    raise typer.Exit(
+        run_status_command(flags=flags, config=config, state=state, as_json=as_json, stale_after=stale_after)
+    )
 
 
 @app.command()
@@ -374,8 +502,9 @@ def resume(
     """
     from guardrail.resume import run_resume_command
 
-    raise typer.Exit(run_resume_command(key=key, reason=reason, by=by, flags=flags, config=config,
-                                        state=state, audit=audit))
+    raise typer.Exit(
+        run_resume_command(key=key, reason=reason, by=by, flags=flags, config=config, state=state, audit=audit)
+    )
 
 
 def _redactor() -> Any:
@@ -400,8 +529,11 @@ def main(argv: list[str] | None = None) -> None:
         print("guardrail: interrupted", file=sys.stderr)
         code = 130
     except Exception as exc:  # a bug: say so plainly, never dump a traceback on cron mail
-        print(f"guardrail: internal error: {type(exc).__name__}: {_redactor()(str(exc))} "
-              "(please report it; set GUARDRAIL_DEBUG=1 for a traceback)", file=sys.stderr)
+        print(
+            f"guardrail: internal error: {type(exc).__name__}: {_redactor()(str(exc))} "
+            "(please report it; set GUARDRAIL_DEBUG=1 for a traceback)",
+            file=sys.stderr,
+        )
         if os.environ.get("GUARDRAIL_DEBUG"):
             import traceback
 

@@ -1,7 +1,7 @@
 """Pure translation of flag definitions (plain dicts) into the domain model.
 
-Guardrails come in two spellings (CONTRACTS.md §1): flat `guardrail.<metric>.<option>` metadata keys,
-which flagd accepts, and the how-to's nested `guardrails:` list, which flagd rejects (flagd allows only
+Guardrails come in two spellings (docs/guardrails.md): flat `guardrail.<metric>.<option>` metadata keys,
+which flagd accepts, and a nested `guardrails:` list, which flagd rejects (flagd allows only
 strings, numbers and booleans as metadata values). Both are gathered into one shape, validated against
 the JSON Schema shipped in guardrail/schemas/, then turned into frozen dataclasses. One bad flag yields
 FlagProblems naming the place; the other flags are unaffected.
@@ -53,7 +53,7 @@ GUARDRAIL_OPTIONS = (
     "tuning_n",
 )
 # Fractional split operators: `fractional` is flagd's name today; `fractionalEvaluation` is the legacy one
-# the how-to uses (flagd's evaluator no longer knows it; `guardrail validate` reports it).
+# older files use (flagd's evaluator no longer knows it; `guardrail validate` reports it).
 FRACTIONAL_OPS = ("fractional", "fractionalEvaluation")
 
 
@@ -84,7 +84,7 @@ def _validator() -> Any:
 
 
 def infer_kind(metric: str) -> MetricKind:
-    """Guess a metric's kind from its name when `kind` is not given (documented in the README)."""
+    """Guess a metric's kind from its name when `kind` is not given (documented in docs/guardrails.md)."""
     name = metric.lower()
     if re.search(r"(^|_)p\d{2,3}(_|$)", name) or "quantile" in name or "percentile" in name:
         return MetricKind.QUANTILE
@@ -94,6 +94,7 @@ def infer_kind(metric: str) -> MetricKind:
 
 
 def window_minutes(window: str) -> float:
+    """A window such as `5m`, `2h` or `30s`, in minutes (the SQL source turns it into a time range)."""
     unit = window[-1]
     number = float(window[:-1])
     return number * {"s": 1 / 60, "m": 1.0, "h": 60.0, "d": 1440.0}[unit]
@@ -106,31 +107,39 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-def _fractional_variants(node: Any, depth: int = 0) -> Iterator[tuple[str, str]]:
-    """Yield (operator, variant) for every variant named in a fractional split, anywhere in targeting."""
+def fractional_splits(node: Any, depth: int = 0) -> Iterator[tuple[str, list[Any]]]:
+    """Yield (operator, arguments) for every fractional split anywhere in a flag's targeting rules."""
     if depth > 50:
         return
     if isinstance(node, Mapping):
         for op, args in node.items():
             if op in FRACTIONAL_OPS and isinstance(args, list):
-                for item in args:
-                    if isinstance(item, list) and item and isinstance(item[0], str):
-                        yield op, item[0]
-            yield from _fractional_variants(args, depth + 1)
+                yield op, args
+            yield from fractional_splits(args, depth + 1)
     elif isinstance(node, list):
         for item in node:
-            yield from _fractional_variants(item, depth + 1)
+            yield from fractional_splits(item, depth + 1)
+
+
+def is_held(definition: Any) -> bool:
+    """True when a definition carries `metadata.guardrail_hold` as true (`true` or the string "true", any case).
+
+    The one place this is decided: a rollout held here (or by a person) is never evaluated, held again, or
+    resumed while it stays held, whichever backend it lives in.
+    """
+    metadata = definition.get("metadata") if isinstance(definition, Mapping) else None
+    hold = metadata.get("guardrail_hold") if isinstance(metadata, Mapping) else None
+    return hold is True or (isinstance(hold, str) and hold.strip().lower() == "true")
 
 
 def split_variants(definition: Mapping[str, Any]) -> tuple[str, ...]:
+    """The variants a fractional split names, in order of first appearance."""
     seen: dict[str, None] = {}
-    for _op, variant in _fractional_variants(definition.get("targeting")):
-        seen.setdefault(variant, None)
+    for _op, args in fractional_splits(definition.get("targeting")):
+        for item in args:
+            if isinstance(item, list) and item and isinstance(item[0], str):
+                seen.setdefault(item[0], None)
     return tuple(seen)
-
-
-def legacy_operators(definition: Mapping[str, Any]) -> bool:
-    return any(op == "fractionalEvaluation" for op, _ in _fractional_variants(definition.get("targeting")))
 
 
 def gather_guardrail_options(
@@ -275,10 +284,15 @@ def parse_flag(
         # watch, and not an error of the flag either. A flag that splits traffic probably is one, under
         # other variant names: say so. An exact key in the config is meant, so there it stays an error.
         if len(split_variants(definition)) > 1:
-            warnings.append(problem(
-                None, f"config guardrails {list(merged.patterns)} match and it splits traffic, but it has no "
-                f"control variant {str(merged.flag_options.get('control_variant', 'control'))!r}: not watched "
-                "(add an exact-key entry with control_variant to watch it)", Severity.WARNING))
+            warnings.append(
+                problem(
+                    None,
+                    f"config guardrails {list(merged.patterns)} match and it splits traffic, but it has no "
+                    f"control variant {str(merged.flag_options.get('control_variant', 'control'))!r}: not watched "
+                    "(add an exact-key entry with control_variant to watch it)",
+                    Severity.WARNING,
+                )
+            )
         merged = merge_guardrails(key, metadata, rules=None, defaults=defaults)
     options = merged.flag_options
     raw_guardrails = merged.guardrails
@@ -332,9 +346,14 @@ def parse_flag(
         method = Method(options_of.get("method", default_method.value))
         if kind is MetricKind.QUANTILE and method is Method.SEQUENTIAL:
             where = merged.fields.get(f"guardrails/{len(guardrails)}/method", f"metadata.guardrail.{g.metric}.method")
-            return None, [problem(where, "a quantile metric has no variance for the sequential test; guard the "
-                                  "share of events above a bucket boundary instead (kind: proportion), or use "
-                                  "method: threshold")]
+            return None, [
+                problem(
+                    where,
+                    "a quantile metric has no variance for the sequential test; guard the "
+                    "share of events above a bucket boundary instead (kind: proportion), or use "
+                    "method: threshold",
+                )
+            ]
         # An always-valid test already controls its error: one breaching look halts unless asked otherwise.
         default_confirmations = SEQUENTIAL_CONFIRMATIONS if method is Method.SEQUENTIAL else DEFAULT_CONFIRMATIONS
         g = replace(
@@ -361,7 +380,6 @@ def parse_flag(
     if ramp_errors:
         return None, [problem(f, m) for f, m in ramp_errors]
 
-    hold = metadata.get("guardrail_hold", False)
     flag = Flag(
         key=key,
         enabled=state == "ENABLED",
@@ -373,7 +391,7 @@ def parse_flag(
         guardrails=tuple(guardrails),
         started_at=started_at,
         warmup_minutes=float(options.get("warmup_minutes", 0) or 0),
-        held=hold is True or (isinstance(hold, str) and hold.lower() == "true"),
+        held=is_held(definition),
         source=source,
         definition=definition,
         ramp=ramp,
@@ -402,8 +420,13 @@ def parse_flags(
             continue
         if _has_control(key):
             # A newline in a key could forge a line of the report or the cron mail.
-            problems.append(FlagProblem(key.encode("unicode_escape").decode("ascii"),
-                                        "flag key contains control characters (a newline?)", source))
+            problems.append(
+                FlagProblem(
+                    key.encode("unicode_escape").decode("ascii"),
+                    "flag key contains control characters (a newline?)",
+                    source,
+                )
+            )
             continue
         flag, found = parse_flag(
             key, definition, source=source, line=(lines or {}).get(key), defaults=defaults, rules=rules
@@ -461,8 +484,11 @@ def treatments_problem(
     forever (no comparison, or one of control against itself, or one that never reaches min_count)."""
     field = "metadata.treatment_variants" if listed else "targeting"
     if not treatments:
-        return field, ("is empty: name the variant(s) to compare with control" if listed
-                       else "no treatment variant besides control: nothing to compare (set treatment_variants)")
+        return field, (
+            "is empty: name the variant(s) to compare with control"
+            if listed
+            else "no treatment variant besides control: nothing to compare (set treatment_variants)"
+        )
     if control in treatments:
         return field, f"names the control variant {control!r}: a variant cannot be compared with itself"
     if len(set(treatments)) != len(treatments):
@@ -470,8 +496,10 @@ def treatments_problem(
     weights = fractional_weights(definition)
     zero = [t for t in treatments if weights and weights.get(t, 0.0) <= 0]
     if zero and listed:
-        return field, (f"names variant(s) {zero} that get weight 0 in the fractional split: they never get "
-                       "traffic, so they can never be judged")
+        return field, (
+            f"names variant(s) {zero} that get weight 0 in the fractional split: they never get "
+            "traffic, so they can never be judged"
+        )
     return None
 
 

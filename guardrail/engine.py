@@ -278,8 +278,11 @@ def compare(
     )
     if result is None:
         return Outcome(
-            Verdict.SKIP_NO_DATA, "sequential test undefined for these aggregates", delta=harm,
-            relative_delta=relative, tuning_n=frozen,
+            Verdict.SKIP_NO_DATA,
+            "sequential test undefined for these aggregates",
+            delta=harm,
+            relative_delta=relative,
+            tuning_n=frozen,
         )
     bound = f"lower bound {_fmt_delta(g, result.lower_bound)} (alpha {g.alpha:g}, p={result.p_value:.3g})"
     verdict = Verdict.BREACH if result.breach else Verdict.PASS
@@ -323,26 +326,35 @@ def sequential_look(
     harm, relative, _note = point_delta(g, control.value, treatment.value)
     sums_c, sums_t = arm_sums(g, control), arm_sums(g, treatment)
     if sums_c is None or sums_t is None:
-        return Outcome(Verdict.SKIP_NO_DATA, "sequential test on a mean metric needs `stddev` from the metrics "
-                       "source", delta=harm, relative_delta=relative), prior
+        return Outcome(
+            Verdict.SKIP_NO_DATA,
+            "sequential test on a mean metric needs `stddev` from the metrics source",
+            delta=harm,
+            relative_delta=relative,
+        ), prior
     settings = seqtest.Settings(g.comparison, g.threshold, alpha, g.tuning_n)
-    state, result = seqtest.step(prior, sums_c, sums_t, minutes=minutes, settings=settings,
-                                 proportion=g.kind is MetricKind.PROPORTION)
+    state, result = seqtest.step(
+        prior, sums_c, sums_t, minutes=minutes, settings=settings, proportion=g.kind is MetricKind.PROPORTION
+    )
     estimate = result.estimate if result.estimate is not None else harm
     unit = "relative" if g.comparison.relative else "absolute"
     direction = "increase" if g.comparison.harm_is_increase else "decrease"
     limit = f"{g.threshold:.2%}" if g.comparison.relative else f"{g.threshold:g}"
-    described = (f"since-start {unit} {direction} {_fmt_delta(g, estimate)} vs threshold {limit}; always-valid "
-                 f"p={result.p_value:.3g}, late-onset p={result.late_p_value:.3g} (alpha {alpha:.3g} per "
-                 f"comparison), dispersion {result.dispersion:.2f}, {state.windows} window(s)")
+    described = (
+        f"since-start {unit} {direction} {_fmt_delta(g, estimate)} vs threshold {limit}; always-valid "
+        f"p={result.p_value:.3g}, late-onset p={result.late_p_value:.3g} (alpha {alpha:.3g} per "
+        f"comparison), dispersion {result.dispersion:.2f}, {state.windows} window(s)"
+    )
     if result.note:
         described += f"; {result.note}"
     if result.skipped is not None:
-        return Outcome(Verdict.SKIP_NO_DATA, f"warning: {result.skipped}", delta=estimate,
-                       relative_delta=relative), state
+        return Outcome(
+            Verdict.SKIP_NO_DATA, f"warning: {result.skipped}", delta=estimate, relative_delta=relative
+        ), state
     verdict = Verdict.BREACH if result.breach else Verdict.PASS
-    return Outcome(verdict, described, delta=estimate, relative_delta=relative,
-                   p_value=min(result.p_value, result.late_p_value)), state
+    return Outcome(
+        verdict, described, delta=estimate, relative_delta=relative, p_value=min(result.p_value, result.late_p_value)
+    ), state
 
 
 def next_streak(
@@ -412,15 +424,24 @@ def comparison_alpha(flag: Flag, g: Guardrail) -> float:
 
 
 def _judge(
-    flag: Flag, g: Guardrail, control: Aggregate | None, treatment: Aggregate | None, prior: SeqState,
-    minutes: float, tuning_n: float | None,
+    flag: Flag,
+    g: Guardrail,
+    control: Aggregate | None,
+    treatment: Aggregate | None,
+    prior: SeqState,
+    minutes: float,
+    tuning_n: float | None,
 ) -> tuple[Outcome, SeqState]:
     """Rules 2-4 of the module docstring for one treatment; the sequential state advances only on usable data.
 
     A ramp's step (guardrail/rollout.py) keeps the since-start confidence sequence of `compare`: each step is
     judged on its own data at one fixed split, and the ramp needs that test's upper bound to prove safety."""
-    if problem := (_data_problem(g, "control", control) or _data_problem(g, "treatment", treatment)
-                   or _range_problem(g, "control", control) or _range_problem(g, "treatment", treatment)):
+    if problem := (
+        _data_problem(g, "control", control)
+        or _data_problem(g, "treatment", treatment)
+        or _range_problem(g, "control", control)
+        or _range_problem(g, "treatment", treatment)
+    ):
         return Outcome(Verdict.SKIP_NO_DATA, problem), prior
     assert control is not None and treatment is not None
     assert control.count is not None and treatment.count is not None
@@ -460,8 +481,9 @@ def decide_flag(
             if warmup_left > 0:
                 cmp = Outcome(Verdict.SKIP_WARMUP, f"warming up: {warmup_left:.1f} of {flag.warmup_minutes:g} min left")
             else:
-                cmp, seq = _judge(flag, g, control, treatment, sequential.get(gid, SeqState()), minutes,
-                                  g.tuning_n or tuning.get(gid))
+                cmp, seq = _judge(
+                    flag, g, control, treatment, sequential.get(gid, SeqState()), minutes, g.tuning_n or tuning.get(gid)
+                )
                 if cmp.tuning_n is not None and g.tuning_n is None:
                     tuning.setdefault(gid, cmp.tuning_n)
                 if seq != SeqState():
@@ -491,9 +513,7 @@ def decide_flag(
                 )
             )
 
-    confirmed = [
-        e for e in evaluations if e.verdict is Verdict.BREACH and e.streak >= e.confirmations
-    ]
+    confirmed = [e for e in evaluations if e.verdict is Verdict.BREACH and e.streak >= e.confirmations]
     halt: Halt | None = None
     record: HaltRecord | None = None
     if confirmed:
@@ -527,10 +547,25 @@ def decide_flag(
 
 def _undecided(flag: Flag, reason: str) -> list[Evaluation]:
     return [
-        Evaluation(flag=flag.key, metric=g.metric, treatment_variant=variant, control_variant=flag.control_variant,
-                   comparison=g.comparison, threshold=g.threshold, method=g.method, verdict=Verdict.SKIP_NO_DATA,
-                   reason=reason, control=None, treatment=None, delta=None, relative_delta=None, streak=0,
-                   confirmations=g.confirmations, bound=None, p_value=None)
+        Evaluation(
+            flag=flag.key,
+            metric=g.metric,
+            treatment_variant=variant,
+            control_variant=flag.control_variant,
+            comparison=g.comparison,
+            threshold=g.threshold,
+            method=g.method,
+            verdict=Verdict.SKIP_NO_DATA,
+            reason=reason,
+            control=None,
+            treatment=None,
+            delta=None,
+            relative_delta=None,
+            streak=0,
+            confirmations=g.confirmations,
+            bound=None,
+            p_value=None,
+        )
         for g in flag.guardrails
         for variant in flag.treatment_variants
     ]
@@ -557,8 +592,14 @@ def decide(
             if not flag.enabled and prior.halt is None and flag.key in next_flags:
                 # a new exposure window: neither the SRM p-value nor the sequential tests of the old one carry over
                 next_flags[flag.key] = replace(
-                    prior, first_seen_enabled=None, streaks={}, srm_min_p=1.0, srm_warned=False, sequential={},
-                    tuning_n={}, last_look_at=None,
+                    prior,
+                    first_seen_enabled=None,
+                    streaks={},
+                    srm_min_p=1.0,
+                    srm_warned=False,
+                    sequential={},
+                    tuning_n={},
+                    last_look_at=None,
                 )
             continue
         found: list[Evaluation]

@@ -1,13 +1,18 @@
-"""Reading untrusted YAML/JSON documents safely: a size limit, a safe loader, bounded aliases and depth.
+"""Files: reading untrusted YAML/JSON documents safely, and replacing a file atomically.
 
 Flag files come from pull requests and ConfigMaps; a 50 MB file, an alias bomb ("billion laughs") or a
 10,000-level nesting must end in a clear error naming the file, never in a hang, an OOM or a traceback.
+The state file and a flag file the file backend halts through are replaced by the one `atomic_write`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import stat
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +22,11 @@ from guardrail.model import GuardrailError
 
 # 10,000 flags with two guardrails each are ~6 MB of YAML: the default leaves room for ~50,000, and
 # GUARDRAIL_MAX_FILE_MB raises (or lowers) it for one deployment. A 100 MB file is still refused.
-MAX_BYTES = int(float(os.environ.get("GUARDRAIL_MAX_FILE_MB") or 32) * 1024 * 1024) if (
-    (os.environ.get("GUARDRAIL_MAX_FILE_MB") or "32").replace(".", "", 1).isdigit()) else 32 * 1024 * 1024
+MAX_BYTES = (
+    int(float(os.environ.get("GUARDRAIL_MAX_FILE_MB") or 32) * 1024 * 1024)
+    if ((os.environ.get("GUARDRAIL_MAX_FILE_MB") or "32").replace(".", "", 1).isdigit())
+    else 32 * 1024 * 1024
+)
 MAX_ALIASES = 200
 MAX_DEPTH = 64
 # Values a document may expand to once aliases are followed: a "billion laughs" has few aliases but an
@@ -135,8 +143,8 @@ def read_text(path: Path, *, max_bytes: int = MAX_BYTES) -> str:
         size = path.stat().st_size
         if size > max_bytes:
             raise GuardrailError(
-                f"file is {size / 1e6:.1f} MB; the limit is {max_bytes / 1e6:.1f} MB "
-                "(GUARDRAIL_MAX_FILE_MB raises it)", source=source
+                f"file is {size / 1e6:.1f} MB; the limit is {max_bytes / 1e6:.1f} MB (GUARDRAIL_MAX_FILE_MB raises it)",
+                source=source,
             )
         with path.open("rb") as fh:
             data = fh.read(max_bytes + 1)
@@ -197,3 +205,61 @@ def flag_key_lines(text: str) -> dict[str, int]:
     except yaml.YAMLError:
         return {}
     return lines
+
+
+def atomic_write(
+    path: Path,
+    data: bytes,
+    *,
+    mode: int,
+    owner: tuple[int, int] | None = None,
+    precondition: Callable[[], bool] | None = None,
+) -> bool:
+    """Replace `path` with `data` so a reader (or a run killed mid-write) sees the old file or the new, never half.
+
+    The file is the user's wherever they put it: a symlink is followed (its target is replaced, the link
+    stays), and an existing file keeps its permission bits; a new one gets `mode` whatever the umask.
+    A temp file in the same directory (same filesystem, so the rename is atomic), fsync, chmod, chown
+    `owner` when given and allowed, rename, then fsync the directory so the rename itself survives a
+    crash. `precondition` runs as late as possible, just before the rename: when it returns False nothing
+    is replaced and the result is False (a compare-and-swap for files that people edit too).
+    """
+    if path.is_symlink():
+        path = Path(os.path.realpath(path))
+    with contextlib.suppress(OSError):
+        mode = stat.S_IMODE(path.stat().st_mode)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, mode)
+        if owner is not None and hasattr(os, "chown") and owner != (os.getuid(), os.getgid()):
+            with contextlib.suppress(OSError):  # only root may give a file away; the mode still holds
+                os.chown(tmp, *owner)
+        if precondition is not None and not precondition():
+            tmp.unlink()
+            return False
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    _fsync_dir(path.parent)
+    return True
+
+
+def _fsync_dir(directory: Path) -> None:
+    # Makes the rename itself durable; not every platform or filesystem can open a directory.
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        with contextlib.suppress(OSError):
+            os.fsync(fd)
+    finally:
+        os.close(fd)

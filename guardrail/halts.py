@@ -62,5 +62,4 @@ def alert_to_send(record: HaltRecord) -> AlertOutcome | None:
 def alerted(record: HaltRecord, *, outcome: AlertOutcome | None, delivered: bool) -> HaltRecord:
     """After an alert was sent (or not): the context is dropped once the success alert is delivered."""
     finished = outcome is AlertOutcome.DONE and delivered
-    return replace(record, alert_delivered=finished or record.alert_delivered,
-                   alert=None if finished else record.alert)
+    return replace(record, alert_delivered=finished or record.alert_delivered, alert=None if finished else record.alert)

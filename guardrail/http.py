@@ -126,8 +126,10 @@ class PoolSet(httpx.AsyncBaseTransport):
             raise
         assert isinstance(response.stream, httpx.AsyncByteStream)
         return httpx.Response(
-            status_code=response.status_code, headers=response.headers,
-            stream=_ReleasingStream(response.stream, release), extensions=response.extensions,
+            status_code=response.status_code,
+            headers=response.headers,
+            stream=_ReleasingStream(response.stream, release),
+            extensions=response.extensions,
         )
 
     async def aclose(self) -> None:
@@ -282,11 +284,7 @@ async def request(
             if last.kind == "invalid URL":
                 raise last from None  # asking again cannot fix the URL
         else:
-            ok = (
-                response.status_code in ok_statuses
-                if ok_statuses is not None
-                else 200 <= response.status_code < 300
-            )
+            ok = response.status_code in ok_statuses if ok_statuses is not None else 200 <= response.status_code < 300
             if ok:
                 return response
             last = HTTPFailure(label, "error status", status=response.status_code)
@@ -360,8 +358,9 @@ def cleartext_hop(url: str) -> str | None:
     return None if is_loopback(url) else f"the non-loopback host {urlsplit(url).hostname}"
 
 
-def check_token_transport(url: str, *, allow_insecure_http: bool, what: str = "FLAG_API_URL",
-                          secret: str = "the API token") -> None:
+def check_token_transport(
+    url: str, *, allow_insecure_http: bool, what: str = "FLAG_API_URL", secret: str = "the API token"
+) -> None:
     """A bearer token (or URL credentials) over plain http can be read by anyone on the path; only loopback
     is exempt, and only when no proxy stands between."""
     hop = cleartext_hop(url)

@@ -27,8 +27,11 @@ _VERDICT_LEVEL = {
     Verdict.SKIP_MIN_COUNT: "info",
     Verdict.SKIP_WARMUP: "info",
 }
-_HALT_LEVEL = {HaltResultStatus.DONE: "warning", HaltResultStatus.WOULD_HALT: "warning",
-               HaltResultStatus.FAILED: "error"}
+_HALT_LEVEL = {
+    HaltResultStatus.DONE: "warning",
+    HaltResultStatus.WOULD_HALT: "warning",
+    HaltResultStatus.FAILED: "error",
+}
 _EXIT_LEVEL = {ExitCode.OK: "info", ExitCode.HALTED: "warning", ExitCode.UNEVALUATED: "warning"}
 
 
@@ -42,12 +45,29 @@ def run_log_records(result: RunResult) -> Iterator[dict[str, Any]]:
     for e in result.evaluations:
         yield {**base, "level": _VERDICT_LEVEL[e.verdict], "event": "evaluation", **evaluation_json(e)}
     for h in result.halts:
-        yield {**base, "level": _HALT_LEVEL.get(h.status, "warning"), "event": "halt", "flag": h.flag,
-               "action": h.action, "status": h.status, "reason": h.reason, "detail": h.detail, "alert": h.alert,
-               "resumed": h.resumed}
+        yield {
+            **base,
+            "level": _HALT_LEVEL.get(h.status, "warning"),
+            "event": "halt",
+            "flag": h.flag,
+            "action": h.action,
+            "status": h.status,
+            "reason": h.reason,
+            "detail": h.detail,
+            "alert": h.alert,
+            "resumed": h.resumed,
+        }
     for p in result.problems:
-        yield {**base, "level": p.severity, "event": "flag_problem", "flag": p.flag, "source": p.source,
-               "field": p.field, "line": p.line, "message": p.message}
+        yield {
+            **base,
+            "level": p.severity,
+            "event": "flag_problem",
+            "flag": p.flag,
+            "source": p.source,
+            "field": p.field,
+            "line": p.line,
+            "message": p.message,
+        }
     for key, why in sorted(result.skipped_flags.items()):
         if why not in ("disabled", "no guardrails"):  # halted or held: worth a line; the rest is noise
             yield {**base, "level": "info", "event": "flag_not_evaluated", "flag": key, "reason": why}
@@ -55,10 +75,18 @@ def run_log_records(result: RunResult) -> Iterator[dict[str, Any]]:
         yield {**base, "level": "warning", "event": "warning", "message": w}
     verdicts = Counter(e.verdict.value for e in result.evaluations)
     code = result.exit_code
-    yield {**base, "level": _EXIT_LEVEL.get(code, "error"), "event": "run", "exit_code": int(code),
-           "exit": code.name.lower(), "evaluations": len(result.evaluations),
-           "verdicts": {v.value: verdicts.get(v.value, 0) for v in Verdict},
-           "halts": len(result.halts), "problems": len(result.problems), "warnings": len(result.warnings)}
+    yield {
+        **base,
+        "level": _EXIT_LEVEL.get(code, "error"),
+        "event": "run",
+        "exit_code": int(code),
+        "exit": code.name.lower(),
+        "evaluations": len(result.evaluations),
+        "verdicts": {v.value: verdicts.get(v.value, 0) for v in Verdict},
+        "halts": len(result.halts),
+        "problems": len(result.problems),
+        "warnings": len(result.warnings),
+    }
 
 
 def _line(record: dict[str, Any], redact: Redactor) -> str:
@@ -71,13 +99,19 @@ def emit_run_logs(result: RunResult, stream: TextIO, *, redact: Redactor | None 
     stream.flush()
 
 
-def emit_error_log(error: GuardrailError, stream: TextIO, *, redact: Redactor | None = None,
-                   now: datetime | None = None) -> None:
+def emit_error_log(
+    error: GuardrailError, stream: TextIO, *, redact: Redactor | None = None, now: datetime | None = None
+) -> None:
     """A run that stopped before deciding still leaves a JSON line, so the pipeline sees why."""
     redact = redact or env_redactor()
     record = {
-        "time": format_time(now or datetime.now(timezone.utc)), "level": "error", "event": "error",
-        "exit_code": int(error.exit_code), "message": error.message, "source": error.source, "flag": error.flag,
+        "time": format_time(now or datetime.now(timezone.utc)),
+        "level": "error",
+        "event": "error",
+        "exit_code": int(error.exit_code),
+        "message": error.message,
+        "source": error.source,
+        "flag": error.flag,
         "field": error.field,
     }
     stream.write(_line(record, redact))

@@ -128,7 +128,7 @@ class Comparison(str, enum.Enum):
 class Method(str, enum.Enum):
     """How a breach is judged.
 
-    `threshold` compares the point estimate of one window with the threshold (the how-to's rule, made
+    `threshold` compares the point estimate of one window with the threshold (the naive fixed-threshold rule, made
     robust with min_count, warmup and confirmations). `sequential` runs an always-valid one-sided test
     on since-start cumulative aggregates (see guardrail/stats.py and docs/statistics.md).
     """
@@ -295,9 +295,7 @@ class FlagProblem:
     severity: Severity = Severity.ERROR
 
     def __str__(self) -> str:
-        return str(
-            GuardrailError(self.message, source=self.source, flag=self.flag, field=self.field, line=self.line)
-        )
+        return str(GuardrailError(self.message, source=self.source, flag=self.flag, field=self.field, line=self.line))
 
 
 @dataclass(frozen=True)

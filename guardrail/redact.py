@@ -19,6 +19,8 @@ def display_url(url: str) -> str:
         return url
     host = parts.netloc.rsplit("@", 1)[1]
     return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
+
+
 # Every secret the settings of this process hold (guardrail.settings.load_settings adds them), so the
 # CLI's error boundary and the log writer mask them too, whatever adapter they belong to.
 _KNOWN: set[str] = set()

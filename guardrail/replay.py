@@ -167,7 +167,9 @@ def default_flags(
         if CONTROL not in entry["variants"]:
             raise GuardrailError(
                 f"no rows for variant {CONTROL!r} (seen: {', '.join(entry['variants'])}); pass --flags with "
-                "metadata.control_variant to name the control", source=source, flag=key,
+                "metadata.control_variant to name the control",
+                source=source,
+                flag=key,
             )
         metadata: dict[str, Any] = {"started_at": format_time(entry["start"])}
         for metric, options in entry["metrics"].items():
@@ -195,8 +197,9 @@ def load_flags(
     definitions = document.get("flags") if isinstance(document, dict) else None
     if not isinstance(definitions, dict):
         raise GuardrailError("not a flagd flag file: no top-level `flags` mapping", source=str(path))
-    parsed = parse_flags(definitions, source=str(path), lines=files.flag_key_lines(text), defaults=defaults,
-                         rules=rules)
+    parsed = parse_flags(
+        definitions, source=str(path), lines=files.flag_key_lines(text), defaults=defaults, rules=rules
+    )
     if parsed.errors:
         raise GuardrailError("; ".join(str(p) for p in parsed.errors))
     return list(parsed.flags)
@@ -210,8 +213,9 @@ def _no_halt_reason(looks: int, breaching: int, last: Sequence[Evaluation]) -> s
     return f"no halt in {looks} look{plural} ({breaching} with a breach, none confirmed); last look: {verdicts}"
 
 
-def replay(flags: Sequence[Flag], looks: Sequence[Look],
-           records: list[dict[str, Any]] | None = None) -> list[FlagReplay]:
+def replay(
+    flags: Sequence[Flag], looks: Sequence[Look], records: list[dict[str, Any]] | None = None
+) -> list[FlagReplay]:
     """Drive the real engine look by look; a flag stops being evaluated once it would have halted.
 
     With `records`, append the audit records `check` would have written at each look (for the report)."""
@@ -247,8 +251,9 @@ def replay(flags: Sequence[Flag], looks: Sequence[Look],
             when, metric, reason = halted[flag.key]
             out.append(FlagReplay(flag.key, when, metric, reason, n))
         else:
-            out.append(FlagReplay(flag.key, None, None, _no_halt_reason(n, breaching[flag.key],
-                                                                        last.get(flag.key, [])), n))
+            out.append(
+                FlagReplay(flag.key, None, None, _no_halt_reason(n, breaching[flag.key], last.get(flag.key, [])), n)
+            )
     return out
 
 
@@ -257,16 +262,31 @@ def _records(when: datetime, decision: Any) -> list[dict[str, Any]]:
 
     run_id = f"replay-{format_time(when)}"
     halting = {h.flag for h in decision.halts}
-    out = [decision_line(run_id, when, e, "halt" if e.flag in halting and e.streak >= e.confirmations else "none",
-                        False) for e in decision.evaluations]
-    out += [{"time": format_time(when), "run_id": run_id, "type": "halt", "flag": h.flag, "action": h.action.value,
-             "status": "done", "reason": h.reason, "metric": h.evaluation.metric,
-             "treatment_variant": h.evaluation.treatment_variant, "replay": True} for h in decision.halts]
+    out = [
+        decision_line(run_id, when, e, "halt" if e.flag in halting and e.streak >= e.confirmations else "none", False)
+        for e in decision.evaluations
+    ]
+    out += [
+        {
+            "time": format_time(when),
+            "run_id": run_id,
+            "type": "halt",
+            "flag": h.flag,
+            "action": h.action.value,
+            "status": "done",
+            "reason": h.reason,
+            "metric": h.evaluation.metric,
+            "treatment_variant": h.evaluation.treatment_variant,
+            "replay": True,
+        }
+        for h in decision.halts
+    ]
     return out
 
 
-def write_report(out: Path, looks: Sequence[Look], results: Sequence[FlagReplay],
-                 records: list[dict[str, Any]]) -> None:
+def write_report(
+    out: Path, looks: Sequence[Look], results: Sequence[FlagReplay], records: list[dict[str, Any]]
+) -> None:
     """The backtest as a report site: the state it would have ended with, no stale-monitor warnings."""
     from guardrail.site.build import build_from_records
 
@@ -275,30 +295,47 @@ def write_report(out: Path, looks: Sequence[Look], results: Sequence[FlagReplay]
     for r in results:
         if r.halted_at is not None:
             halt = next(x for x in records if x["type"] == "halt" and x["flag"] == r.flag)
-            flags[r.flag] = {"halt": {"status": "done", "action": halt["action"], "reason": halt["reason"],
-                                      "decided_at": halt["time"], "metric": halt["metric"],
-                                      "treatment_variant": halt["treatment_variant"]}}
+            flags[r.flag] = {
+                "halt": {
+                    "status": "done",
+                    "action": halt["action"],
+                    "reason": halt["reason"],
+                    "decided_at": halt["time"],
+                    "metric": halt["metric"],
+                    "treatment_variant": halt["treatment_variant"],
+                }
+            }
         else:
             flags[r.flag] = {}
     doc = {"last_run_at": end, "flags": flags}
-    build_from_records(out, doc, records, now=looks[-1][0], stale_after=None,
-                       warnings=[f"a backtest (guardrail replay) of {len(looks)} looks up to {end}, not a live run"])
+    build_from_records(
+        out,
+        doc,
+        records,
+        now=looks[-1][0],
+        stale_after=None,
+        warnings=[f"a backtest (guardrail replay) of {len(looks)} looks up to {end}, not a live run"],
+    )
 
 
 def render_text(results: Sequence[FlagReplay], looks: Sequence[Look], source: str) -> str:
     """A small table (one row per flag), then each flag's reason in full."""
     rows = [["flag", "halted at", "metric", "looks"]]
-    rows += [[r.flag, "no halt" if r.halted_at is None else format_time(r.halted_at), r.metric or "-",
-              str(r.looks)] for r in results]
+    rows += [
+        [r.flag, "no halt" if r.halted_at is None else format_time(r.halted_at), r.metric or "-", str(r.looks)]
+        for r in results
+    ]
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     table = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows]
     span = f"{format_time(looks[0][0])} to {format_time(looks[-1][0])}"
-    return "\n".join([f"{source}: {len(looks)} look(s), {span}", "", *table, "",
-                      *(f"{r.flag}: {r.reason}" for r in results)])
+    return "\n".join(
+        [f"{source}: {len(looks)} look(s), {span}", "", *table, "", *(f"{r.flag}: {r.reason}" for r in results)]
+    )
 
 
-def run_replay_command(*, history: Path, flags: Path | None, config: Path | None, as_json: bool,
-                       report_dir: Path | None = None) -> int:
+def run_replay_command(
+    *, history: Path, flags: Path | None, config: Path | None, as_json: bool, report_dir: Path | None = None
+) -> int:
     """Exit 1 when any flag would have halted, else 0 (2 for bad input, raised as GuardrailError)."""
     looks = read_history(history)
     defaults: Mapping[str, Any] = {}

@@ -41,21 +41,43 @@ def to_json(result: RunResult) -> dict[str, Any]:
             for h in result.halts
         ],
         "problems": [
-            {"flag": p.flag, "source": p.source, "field": p.field, "line": p.line, "severity": p.severity,
-             "message": p.message}
+            {
+                "flag": p.flag,
+                "source": p.source,
+                "field": p.field,
+                "line": p.line,
+                "severity": p.severity,
+                "message": p.message,
+            }
             for p in result.problems
         ],
         "skipped_flags": dict(result.skipped_flags),
         "warnings": list(result.warnings),
         "ramps": [
-            {"flag": r.flag, "action": r.action.value, "status": r.status.value, "step": r.step, "share": r.share,
-             "minutes_on_step": round(r.minutes_on_step, 2), "reason": r.reason, "waits_for": list(r.waits_for),
-             "detail": r.detail, "alert": r.alert}
+            {
+                "flag": r.flag,
+                "action": r.action.value,
+                "status": r.status.value,
+                "step": r.step,
+                "share": r.share,
+                "minutes_on_step": round(r.minutes_on_step, 2),
+                "reason": r.reason,
+                "waits_for": list(r.waits_for),
+                "detail": r.detail,
+                "alert": r.alert,
+            }
             for r in result.ramps
         ],
         "srm": [
-            {"flag": r.flag, "verdict": r.verdict.value, "p_value": r.p_value, "counts": dict(r.counts),
-             "expected": dict(r.expected), "action": r.action.value, "reason": r.reason}
+            {
+                "flag": r.flag,
+                "verdict": r.verdict.value,
+                "p_value": r.p_value,
+                "counts": dict(r.counts),
+                "expected": dict(r.expected),
+                "action": r.action.value,
+                "reason": r.reason,
+            }
             for r in result.srm
         ],
     }
@@ -83,15 +105,21 @@ def _threshold(e: Evaluation) -> str:
     return f"{e.threshold:.2%}" if e.comparison.relative else f"{e.threshold:g}"
 
 
-COLUMNS = ("flag", "metric", "variant", "control", "treatment", "delta", "threshold", "counts c/t", "verdict",
-           "streak")
+COLUMNS = ("flag", "metric", "variant", "control", "treatment", "delta", "threshold", "counts c/t", "verdict", "streak")
 
 
 def rows(result: RunResult) -> list[tuple[str, ...]]:
     return [
         (
-            e.flag, e.metric, e.treatment_variant, _value(e.control), _value(e.treatment), _delta(e),
-            _threshold(e), f"{_count(e.control)}/{_count(e.treatment)}", e.verdict.value,
+            e.flag,
+            e.metric,
+            e.treatment_variant,
+            _value(e.control),
+            _value(e.treatment),
+            _delta(e),
+            _threshold(e),
+            f"{_count(e.control)}/{_count(e.treatment)}",
+            e.verdict.value,
             f"{e.streak}/{e.confirmations}",
         )
         for e in result.evaluations
@@ -107,9 +135,11 @@ def _footer(result: RunResult) -> list[str]:
         if why not in ("disabled", "no guardrails"):
             lines.append(f"  {key}: not evaluated: {why}")
     for h in result.halts:
-        verb = {HaltResultStatus.DONE: "HALTED" if h.action == "revert" else "HELD",
-                HaltResultStatus.FAILED: "HALT FAILED",
-                HaltResultStatus.WOULD_HALT: "WOULD HALT (dry run)"}.get(HaltResultStatus(h.status), str(h.status))
+        verb = {
+            HaltResultStatus.DONE: "HALTED" if h.action == "revert" else "HELD",
+            HaltResultStatus.FAILED: "HALT FAILED",
+            HaltResultStatus.WOULD_HALT: "WOULD HALT (dry run)",
+        }.get(HaltResultStatus(h.status), str(h.status))
         lines.append(f"{verb}: {h.flag} ({h.action}){' [finishing an earlier run]' if h.resumed else ''}")
         lines.append(f"  reason: {h.reason}")
         if h.detail:
@@ -118,7 +148,8 @@ def _footer(result: RunResult) -> list[str]:
     for r in result.ramps:
         name = r.action.value.upper()
         verb = {RampResultStatus.FAILED: f"{name} FAILED", RampResultStatus.WOULD: f"WOULD {name} (dry run)"}.get(
-            r.status, name)
+            r.status, name
+        )
         lines.append(f"RAMP {verb}: {r.flag} on step {r.step} ({r.share} %), {r.minutes_on_step:.0f} min on it")
         lines.append(f"  {'waits for' if r.waits_for else 'reason'}: {'; '.join(r.waits_for) or r.reason}")
         if r.detail:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from guardrail import codec
-from guardrail.config import format_time, parse_flag
+from guardrail.config import format_time, is_held, parse_flag
 from guardrail.model import ExitCode, Flag, FlagState, GuardrailError, HaltRecord, HaltStatus, Method
 from guardrail.redact import Redactor
 from guardrail.settings import load_settings
@@ -42,12 +42,6 @@ def _who(by: str | None) -> str:
     return found or "unknown"
 
 
-def _held(definition: Mapping[str, Any]) -> bool:
-    meta = definition.get("metadata")
-    hold = meta.get("guardrail_hold") if isinstance(meta, Mapping) else None
-    return hold is True or (isinstance(hold, str) and hold.lower() == "true")
-
-
 def refusal(key: str, definition: Any, source: str) -> str | None:
     """Why the flag at its source is not ready to be watched again, or None when it is."""
     if not isinstance(definition, Mapping):
@@ -57,7 +51,7 @@ def refusal(key: str, definition: Any, source: str) -> str | None:
             f"still {definition.get('state')} at {source}: review the halt, restore the flag "
             "(state: ENABLED) at the source, then resume"
         )
-    if _held(definition):
+    if is_held(definition):
         return (
             f"still held at {source} (metadata.guardrail_hold is true): clear guardrail_hold at the source "
             "once the rollout may continue, then resume"
@@ -88,34 +82,54 @@ def _notes(flag: Flag | None, halt: HaltRecord) -> list[str]:
 def resume_record(key: str, reason: str, by: str, now: datetime, halt: HaltRecord) -> dict[str, Any]:
     previous = halt_to_dict(halt)
     previous.pop("alert", None)  # the alert's context; the halt line in the audit has the facts
-    return {"type": "resume", "flag": key, "reason": reason, "by": by, "time": format_time(now),
-            "previous_halt": previous}
+    return {
+        "type": "resume",
+        "flag": key,
+        "reason": reason,
+        "by": by,
+        "time": format_time(now),
+        "previous_halt": previous,
+    }
 
 
-def run_resume_command(*, key: str, reason: str, by: str | None, flags: str | None, config: Path | None,
-                       state: Path | None, audit: Path | None, now: datetime | None = None) -> int:
+def run_resume_command(
+    *,
+    key: str,
+    reason: str,
+    by: str | None,
+    flags: str | None,
+    config: Path | None,
+    state: Path | None,
+    audit: Path | None,
+    now: datetime | None = None,
+) -> int:
     reason = reason.strip()
     if not reason:
-        raise GuardrailError("must say why the flag may be watched again (it goes to the audit log)",
-                             field="--reason")
+        raise GuardrailError("must say why the flag may be watched again (it goes to the audit log)", field="--reason")
     settings = load_settings(config=config, overrides={"flags": flags, "state_path": state, "audit_path": audit})
     if not settings.flags:
         raise GuardrailError(
             "resume first checks that the flag was restored at its source: pass --flags PATH|URL, set "
-            "FLAG_API_URL, or set `flags:` in --config", flag=key,
+            "FLAG_API_URL, or set `flags:` in --config",
+            flag=key,
         )
     try:
         loaded, _parsed = load_source(settings)
     except GuardrailError as exc:
         # Without the source, resume cannot know the flag was restored: refuse, keeping the cause's code.
-        raise GuardrailError(f"cannot confirm the flag was restored, nothing changed: {exc.message}",
-                             source=exc.source, flag=key, exit_code=exc.exit_code) from None
+        raise GuardrailError(
+            f"cannot confirm the flag was restored, nothing changed: {exc.message}",
+            source=exc.source,
+            flag=key,
+            exit_code=exc.exit_code,
+        ) from None
     definition = loaded.definitions.get(key)
     why_not = refusal(key, definition, loaded.source)
     if why_not is not None:
         raise GuardrailError(f"refusing to resume: {why_not}", flag=key, exit_code=ExitCode.CONFIG)
-    flag, problems = parse_flag(key, definition, source=loaded.source, defaults=settings.defaults,
-                                rules=settings.guardrail_rules)
+    flag, problems = parse_flag(
+        key, definition, source=loaded.source, defaults=settings.defaults, rules=settings.guardrail_rules
+    )
 
     now = now or datetime.now(timezone.utc)
     who = _who(by)
@@ -128,7 +142,9 @@ def run_resume_command(*, key: str, reason: str, by: str | None, flags: str | No
             moved = f" ({store.warning})" if store.warning else ""
             raise GuardrailError(
                 f"refusing to resume: the flag is {known} the state file {settings.state_path}{moved}; there is "
-                "nothing to resume (check the key and --state)", flag=key, exit_code=ExitCode.CONFIG,
+                "nothing to resume (check the key and --state)",
+                flag=key,
+                exit_code=ExitCode.CONFIG,
             )
         halt = prior.halt
         # A fresh FlagState: no halt, no streak that a single breach could complete, no frozen tuning_n
@@ -138,8 +154,10 @@ def run_resume_command(*, key: str, reason: str, by: str | None, flags: str | No
         redact = Redactor(settings.secrets())
         AuditLog(settings.audit_path).append([json.loads(redact(codec.dumps(record)))])
 
-    print(f"resumed {key}: cleared its {halt.action.value} halt of {format_time(halt.decided_at)} "
-          f"(run {halt.run_id or '-'}) and its streaks; it is watched again from the next run")
+    print(
+        f"resumed {key}: cleared its {halt.action.value} halt of {format_time(halt.decided_at)} "
+        f"(run {halt.run_id or '-'}) and its streaks; it is watched again from the next run"
+    )
     print(f"  halt reason was: {halt.reason}")
     print(f"  recorded in {settings.audit_path}: by {who}: {reason}")
     for note in _notes(flag, halt):

@@ -98,8 +98,16 @@ class _RunCollector(Collector):
     """A fixed snapshot of one run. Built as metric families rather than Gauge/Counter objects: those
     would add a `_created` series holding this short process's start time, which means nothing here."""
 
-    def __init__(self, *, finished: float, duration: float, verdicts: dict[str, int], halts_total: float,
-                 errors: dict[str, int], exit_code: int) -> None:
+    def __init__(
+        self,
+        *,
+        finished: float,
+        duration: float,
+        verdicts: dict[str, int],
+        halts_total: float,
+        errors: dict[str, int],
+        exit_code: int,
+    ) -> None:
         self.finished = finished
         self.duration = duration
         self.verdicts = verdicts
@@ -108,25 +116,34 @@ class _RunCollector(Collector):
         self.exit_code = exit_code
 
     def collect(self) -> Iterable[Metric]:
-        yield GaugeMetricFamily("guardrail_last_run_timestamp_seconds",
-                                "Unix time at which the last guardrail check run finished.", value=self.finished)
-        yield GaugeMetricFamily("guardrail_run_duration_seconds", "Duration of the last guardrail check run.",
-                                value=self.duration)
-        verdicts = GaugeMetricFamily("guardrail_guardrails", "Guardrail evaluations of the last run, by verdict.",
-                                     labels=["verdict"])
+        yield GaugeMetricFamily(
+            "guardrail_last_run_timestamp_seconds",
+            "Unix time at which the last guardrail check run finished.",
+            value=self.finished,
+        )
+        yield GaugeMetricFamily(
+            "guardrail_run_duration_seconds", "Duration of the last guardrail check run.", value=self.duration
+        )
+        verdicts = GaugeMetricFamily(
+            "guardrail_guardrails", "Guardrail evaluations of the last run, by verdict.", labels=["verdict"]
+        )
         for verdict, n in self.verdicts.items():
             verdicts.add_metric([verdict], n)
         yield verdicts
-        yield CounterMetricFamily("guardrail_halts", "Flags halted or held by guardrail (cumulative).",
-                                  value=self.halts_total)
-        errors = GaugeMetricFamily("guardrail_api_errors",
-                                   "Failed metric queries and flag API halt calls in the last run, by kind.",
-                                   labels=["kind"])
+        yield CounterMetricFamily(
+            "guardrail_halts", "Flags halted or held by guardrail (cumulative).", value=self.halts_total
+        )
+        errors = GaugeMetricFamily(
+            "guardrail_api_errors",
+            "Failed metric queries and flag API halt calls in the last run, by kind.",
+            labels=["kind"],
+        )
         for kind, n in self.errors.items():
             errors.add_metric([kind], n)
         yield errors
-        yield GaugeMetricFamily("guardrail_exit_code", "Exit code of the last guardrail check run.",
-                                value=self.exit_code)
+        yield GaugeMetricFamily(
+            "guardrail_exit_code", "Exit code of the last guardrail check run.", value=self.exit_code
+        )
 
 
 def _write(path: Path, collector: _RunCollector) -> None:
@@ -146,10 +163,17 @@ def write_metrics_file(path: Path, result: RunResult, *, duration: float, now: f
     verdicts = {v.value: 0 for v in Verdict}
     for e in result.evaluations:
         verdicts[e.verdict.value] += 1
-    _write(path, _RunCollector(
-        finished=time.time() if now is None else now, duration=duration, verdicts=verdicts,
-        halts_total=previous_halts_total(path) + done, errors=api_errors(result), exit_code=int(result.exit_code),
-    ))
+    _write(
+        path,
+        _RunCollector(
+            finished=time.time() if now is None else now,
+            duration=duration,
+            verdicts=verdicts,
+            halts_total=previous_halts_total(path) + done,
+            errors=api_errors(result),
+            exit_code=int(result.exit_code),
+        ),
+    )
 
 
 def write_error_metrics(path: Path, error: GuardrailError, *, duration: float, now: float | None = None) -> None:
@@ -158,7 +182,14 @@ def write_error_metrics(path: Path, error: GuardrailError, *, duration: float, n
     errors = dict.fromkeys(API_ERROR_KINDS, 0)
     if error.exit_code is ExitCode.UNEVALUATED:  # the flag source could not be read
         errors[label_of(error.kind)] += 1
-    _write(path, _RunCollector(
-        finished=time.time() if now is None else now, duration=duration, verdicts={v.value: 0 for v in Verdict},
-        halts_total=previous_halts_total(path), errors=errors, exit_code=int(error.exit_code),
-    ))
+    _write(
+        path,
+        _RunCollector(
+            finished=time.time() if now is None else now,
+            duration=duration,
+            verdicts={v.value: 0 for v in Verdict},
+            halts_total=previous_halts_total(path),
+            errors=errors,
+            exit_code=int(error.exit_code),
+        ),
+    )

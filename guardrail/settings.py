@@ -25,8 +25,18 @@ from guardrail.rules import GuardrailRules, parse_rules
 from guardrail.sources import SOURCES, MetricSource
 
 GENERAL_KEYS = {
-    "flags", "flag_backend", "metrics", "alert", "state", "audit", "defaults", "http", "lock_timeout", "budget",
-    "guardrails", "report",
+    "flags",
+    "flag_backend",
+    "metrics",
+    "alert",
+    "state",
+    "audit",
+    "defaults",
+    "http",
+    "lock_timeout",
+    "budget",
+    "guardrails",
+    "report",
 }
 FLAGS_KEYS = {"source", "git"}  # `flags:` as a mapping
 CONFIG_KEYS = GENERAL_KEYS | BACKENDS.sections() | SOURCES.sections()
@@ -116,8 +126,9 @@ def _backend_name(ctx: ConfigContext) -> str:
     explicit = ctx.doc.get("flag_backend")
     if explicit is not None:
         if not isinstance(explicit, str) or explicit not in BACKENDS.names():
-            raise GuardrailError(f"must be one of {', '.join(BACKENDS.names())}", source=ctx.source,
-                                 field="flag_backend")
+            raise GuardrailError(
+                f"must be one of {', '.join(BACKENDS.names())}", source=ctx.source, field="flag_backend"
+            )
         return explicit
     where = flags_location(ctx)
     api_url = ctx.env.get("FLAG_API_URL") or ctx.section("flag_api").get("url")
@@ -137,8 +148,7 @@ def _read_config(config: Path | None) -> tuple[Mapping[str, Any], str]:
         raise GuardrailError("config file must be a mapping", source=source)
     unknown = sorted(set(map(str, loaded)) - CONFIG_KEYS)
     if unknown:
-        raise GuardrailError(f"unknown key(s) {unknown}; known: {sorted(CONFIG_KEYS)}", source=source,
-                             field=unknown[0])
+        raise GuardrailError(f"unknown key(s) {unknown}; known: {sorted(CONFIG_KEYS)}", source=source, field=unknown[0])
     return loaded, source
 
 
@@ -146,8 +156,9 @@ def _report_section(section: Mapping[str, Any], source: str) -> dict[str, Any]:
     """`report: {dir: PATH, base_url: https://...}` (docs/report.md)."""
     unknown = sorted(set(map(str, section)) - {"dir", "base_url"})
     if unknown:
-        raise GuardrailError(f"unknown key(s) {unknown}; known: ['base_url', 'dir']", source=source,
-                             field=f"report.{unknown[0]}")
+        raise GuardrailError(
+            f"unknown key(s) {unknown}; known: ['base_url', 'dir']", source=source, field=f"report.{unknown[0]}"
+        )
     out: dict[str, Any] = {}
     if section.get("dir") is not None:
         if not isinstance(section["dir"], str) or not section["dir"]:
@@ -178,14 +189,20 @@ def load_settings(
     if defaults:
         _validate_defaults(defaults, source)
     if "webhook_url" in alert:
-        raise GuardrailError("secrets do not belong in a config file; use `webhook_url_env: VAR`",
-                             source=source, field="alert.webhook_url")
+        raise GuardrailError(
+            "secrets do not belong in a config file; use `webhook_url_env: VAR`",
+            source=source,
+            field="alert.webhook_url",
+        )
     webhook_env = str(alert.get("webhook_url_env", "ALERT_WEBHOOK_URL"))
 
     metrics_name = ctx.section("metrics").get("source", "http")
     if not isinstance(metrics_name, str) or metrics_name not in SOURCES.names():
-        raise GuardrailError(f"unknown metrics source {metrics_name!r}; use {' or '.join(SOURCES.names())}",
-                             source=source, field="metrics.source")
+        raise GuardrailError(
+            f"unknown metrics source {metrics_name!r}; use {' or '.join(SOURCES.names())}",
+            source=source,
+            field="metrics.source",
+        )
     backend_name = _backend_name(ctx)
     _check_flags_section(ctx, backend_name)
     backend = BACKENDS.configure(backend_name, ctx, field="flag_backend")
@@ -219,14 +236,22 @@ def load_settings(
         values["budget"] = _env_number(env, "GUARDRAIL_BUDGET")
     if http.get("ca_bundle"):
         values["ca_bundle"] = str(http["ca_bundle"])
-    for key in ("state_path", "audit_path", "timeout", "concurrency", "lock_timeout", "ca_bundle",
-                "allow_insecure_http", "retries", "budget"):
+    for key in (
+        "state_path",
+        "audit_path",
+        "timeout",
+        "concurrency",
+        "lock_timeout",
+        "ca_bundle",
+        "allow_insecure_http",
+        "retries",
+        "budget",
+    ):
         if key in options:
             values[key] = options[key]
             if isinstance(options[key], float) and not math.isfinite(options[key]):
                 # An infinite --timeout or --budget would undo the deadline every call and run must have.
-                raise GuardrailError(f"must be a finite number, got {options[key]}",
-                                     field="--" + key.replace("_", "-"))
+                raise GuardrailError(f"must be a finite number, got {options[key]}", field="--" + key.replace("_", "-"))
     settings = Settings(**values)
     redact.remember(settings.secrets())  # masked in every message from here on, whatever prints it
     return settings
@@ -239,12 +264,16 @@ def _check_flags_section(ctx: ConfigContext, backend_name: str) -> None:
     if isinstance(raw, Mapping):
         unknown = sorted(set(map(str, raw)) - FLAGS_KEYS)
         if unknown:
-            raise GuardrailError(f"unknown key(s) {unknown}; known: {sorted(FLAGS_KEYS)}", source=ctx.source,
-                                 field=f"flags.{unknown[0]}")
+            raise GuardrailError(
+                f"unknown key(s) {unknown}; known: {sorted(FLAGS_KEYS)}", source=ctx.source, field=f"flags.{unknown[0]}"
+            )
         git = git or raw.get("git") not in (None, False)
     if git and backend_name != "file":
-        raise GuardrailError(f"flags in git need a flag file and the file backend, not {backend_name!r}",
-                             source=ctx.source, field="flags.git")
+        raise GuardrailError(
+            f"flags in git need a flag file and the file backend, not {backend_name!r}",
+            source=ctx.source,
+            field="flags.git",
+        )
 
 
 def _flags_text(ctx: ConfigContext, backend: Configured[Any, FlagBackend]) -> str | None:

@@ -14,7 +14,6 @@ import fcntl
 import json
 import math
 import os
-import stat
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from guardrail.codec import format_time, parse_time
+from guardrail.files import atomic_write
 from guardrail.model import (
     ExitCode,
     FlagState,
@@ -125,8 +125,7 @@ def to_dict(state: State) -> dict[str, Any]:
             key: {
                 "first_seen_enabled": _t(fs.first_seen_enabled),
                 "streaks": {
-                    gid: {"count": s.count, "last_breach_at": _t(s.last_breach_at)}
-                    for gid, s in fs.streaks.items()
+                    gid: {"count": s.count, "last_breach_at": _t(s.last_breach_at)} for gid, s in fs.streaks.items()
                 },
                 "halt": None if fs.halt is None else halt_to_dict(fs.halt),
                 "tuning_n": dict(fs.tuning_n),
@@ -144,8 +143,13 @@ def seq_to_dict(q: SeqState) -> dict[str, Any]:
     return {
         "last_control": None if q.last_control is None else list(q.last_control),
         "last_treatment": None if q.last_treatment is None else list(q.last_treatment),
-        "s": q.s, "v": q.v, "w": q.w, "windows": q.windows, "r2": q.r2,
-        "v_per_unit": q.v_per_unit, "minutes_per_unit": q.minutes_per_unit,
+        "s": q.s,
+        "v": q.v,
+        "w": q.w,
+        "windows": q.windows,
+        "r2": q.r2,
+        "v_per_unit": q.v_per_unit,
+        "minutes_per_unit": q.minutes_per_unit,
         "restarts": [list(r) for r in q.restarts],
         "last_at_minutes": q.last_at_minutes,
     }
@@ -166,18 +170,28 @@ def seq_from_dict(d: Mapping[str, Any]) -> SeqState:
     return SeqState(
         last_control=_triple(d.get("last_control")),
         last_treatment=_triple(d.get("last_treatment")),
-        s=float(d.get("s", 0.0)), v=float(d.get("v", 0.0)), w=float(d.get("w", 0.0)),
-        windows=int(d.get("windows", 0)), r2=float(d.get("r2", 0.0)),
-        v_per_unit=_optional(d.get("v_per_unit")), minutes_per_unit=_optional(d.get("minutes_per_unit")),
+        s=float(d.get("s", 0.0)),
+        v=float(d.get("v", 0.0)),
+        w=float(d.get("w", 0.0)),
+        windows=int(d.get("windows", 0)),
+        r2=float(d.get("r2", 0.0)),
+        v_per_unit=_optional(d.get("v_per_unit")),
+        minutes_per_unit=_optional(d.get("minutes_per_unit")),
         restarts=tuple((int(j), float(s), float(v)) for j, s, v in (d.get("restarts") or [])),
         last_at_minutes=_optional(d.get("last_at_minutes")),
     )
+
+
 def _ramp_to_dict(fs: FlagState) -> dict[str, Any]:
     """Ramp and SRM fields, written only when set (older documents simply lack them)."""
     out: dict[str, Any] = {}
     if fs.ramp is not None:
-        out["ramp"] = {"step": fs.ramp.step, "step_started_at": _t(fs.ramp.step_started_at),
-                       "shipped_at": _t(fs.ramp.shipped_at), "last": dict(fs.ramp.last)}
+        out["ramp"] = {
+            "step": fs.ramp.step,
+            "step_started_at": _t(fs.ramp.step_started_at),
+            "shipped_at": _t(fs.ramp.shipped_at),
+            "last": dict(fs.ramp.last),
+        }
     if fs.srm_min_p < 1.0 or fs.srm_warned:
         out["srm_min_p"] = fs.srm_min_p
         out["srm_warned"] = fs.srm_warned
@@ -189,8 +203,12 @@ def _ramp_from_dict(d: Any) -> RampState | None:
         return None
     started = _dt(d["step_started_at"])
     assert started is not None
-    return RampState(step=int(d["step"]), step_started_at=started, shipped_at=_dt(d.get("shipped_at")),
-                     last=dict(d.get("last") or {}))
+    return RampState(
+        step=int(d["step"]),
+        step_started_at=started,
+        shipped_at=_dt(d.get("shipped_at")),
+        last=dict(d.get("last") or {}),
+    )
 
 
 def _upgrade(doc: dict[str, Any]) -> dict[str, Any]:
@@ -259,8 +277,10 @@ def _fix_for(code: int | None, what: str, option: str) -> str:
     if code == errno.EROFS:
         return f"the file system is read-only: point {option} at a writable directory"
     if code in (errno.EACCES, errno.EPERM):
-        return (f"permission denied: give this user write access to the {what} and its directory, "
-                f"or point {option} elsewhere")
+        return (
+            f"permission denied: give this user write access to the {what} and its directory, "
+            f"or point {option} elsewhere"
+        )
     if code == errno.EISDIR:
         return f"the path is a directory: point {option} at a file"
     if code == errno.ENOTDIR:
@@ -272,39 +292,9 @@ def write_error(exc: OSError, path: Path, what: str, option: str) -> GuardrailEr
     """An OSError while writing `path`, as a message naming the path and the fix (never 'internal error')."""
     return GuardrailError(
         f"cannot write the {what}: {exc.strerror or exc}; {_fix_for(exc.errno, what, option)}",
-        source=str(path), exit_code=ExitCode.CONFIG,
+        source=str(path),
+        exit_code=ExitCode.CONFIG,
     )
-
-
-def atomic_write(path: Path, data: bytes, *, mode: int = FILE_MODE) -> None:
-    """Write-then-rename so a reader (or a run killed mid-write) sees the old file or the new, never half.
-
-    The file is the user's wherever they put it: a symlink is followed (the target is replaced, the link
-    stays), and an existing file keeps its permission bits (a new one is created `mode`)."""
-    if path.is_symlink():
-        path = Path(os.path.realpath(path))
-    with contextlib.suppress(OSError):
-        mode = stat.S_IMODE(path.stat().st_mode)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    with contextlib.suppress(OSError):
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
 
 
 @dataclass
@@ -380,8 +370,9 @@ class StateStore:
         try:
             os.replace(self.path, aside)
         except OSError as exc:
-            raise write_error(exc, self.path, "state file (unreadable, to be set aside)",
-                              "--state (or GUARDRAIL_STATE)") from None
+            raise write_error(
+                exc, self.path, "state file (unreadable, to be set aside)", "--state (or GUARDRAIL_STATE)"
+            ) from None
         self.warning = (
             f"state file {self.path} was unreadable ({problem}); kept it as {aside} and started fresh "
             "(streaks and first-seen times restart)"
@@ -391,7 +382,7 @@ class StateStore:
     def save(self, state: State) -> None:
         text = json.dumps(to_dict(state), indent=2, sort_keys=False, allow_nan=False, default=str)
         try:
-            atomic_write(self.path, (text + "\n").encode("utf-8"))
+            atomic_write(self.path, (text + "\n").encode("utf-8"), mode=FILE_MODE)
         except OSError as exc:
             raise write_error(exc, self.path, "state file", "--state (or GUARDRAIL_STATE)") from None
 

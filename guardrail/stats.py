@@ -85,7 +85,7 @@ def tuning_factor(alpha: float) -> float:
 def rho(tuning_n: float, alpha: float) -> float:
     """Mixture parameter ρ = N* / tuning_factor(α) (one-sided, α′ = 2α).
 
-    Test vectors (reference notes §2): ρ(10⁴, α=.05) = 1580.06 one-sided; the two-sided value 1260.06 is
+    Test vectors: ρ(10⁴, α=.05) = 1580.06 one-sided; the two-sided value 1260.06 is
     `rho(1e4, 0.025)`. GrowthBook's parameterisation is ρ_GB² = 1/ρ.
     """
     if not (math.isfinite(tuning_n) and tuning_n > 0.0):
@@ -244,8 +244,8 @@ def default_tuning_n(n_first_look: float, minutes_elapsed: float, target_minutes
     N* = n_first_look / minutes_elapsed · target_minutes, clamped to ≥ n_first_look and ≥ 1000.
 
     The CS is tightest near n = N*, so N* says when the test should be sharpest: ~30 minutes means a
-    harmful bug is caught within the first hour or two, while small harms are still found later (reference
-    notes §7). The engine computes it once, at the first look, and freezes it: N* uses traffic counts only,
+    harmful bug is caught within the first hour or two, while small harms are still found later (the
+    boundary widens only as √log past N*; docs/statistics.md). The engine computes it once, at the first look, and freezes it: N* uses traffic counts only,
     never metric values, so it does not spend any of the error budget. Bad inputs (non-finite, ≤ 0) fall
     back to the clamps instead of raising.
     """
@@ -261,7 +261,7 @@ def default_tuning_n(n_first_look: float, minutes_elapsed: float, target_minutes
 class RateRatioEProcess:
     """Exact count-based e-process for rare-event counts (error counts): H0: λ_T/λ_C ≤ 1 + δ.
 
-    Model (reference notes §3; Lindon & Malek, NeurIPS 2022; savvi `InhomogeneousPoissonProcess`): in each
+    Model (Lindon & Malek, NeurIPS 2022; savvi `InhomogeneousPoissonProcess`): in each
     disjoint window i with exposures n_T,i, n_C,i and event counts e_T,i, e_C,i, conditional on the window's
     total events, e_T,i ~ Bin(e_T,i + e_C,i, q_i(θ)) with q_i(θ) = expit(logit π_i + θ),
     π_i = n_T,i/(n_T,i + n_C,i) and θ = log(rate ratio). This is exact for Poisson counts and close for
@@ -278,9 +278,7 @@ class RateRatioEProcess:
     overlapping windows.
     """
 
-    def __init__(
-        self, threshold: float, *, grid_size: int = 60, h_max: float = 1.5, prior_scale: float = 0.5
-    ) -> None:
+    def __init__(self, threshold: float, *, grid_size: int = 60, h_max: float = 1.5, prior_scale: float = 0.5) -> None:
         if not (math.isfinite(threshold) and threshold > -1.0):
             raise ValueError(f"threshold must be a finite relative increase > -1, got {threshold!r}")
         if grid_size < 1 or not (math.isfinite(h_max) and h_max > 0.0):
@@ -319,9 +317,7 @@ class RateRatioEProcess:
         proc.log_lr = [float(s) for s in state[1:]]
         return proc
 
-    def update(
-        self, events_treatment: float, events_control: float, n_treatment: float, n_control: float
-    ) -> bool:
+    def update(self, events_treatment: float, events_control: float, n_treatment: float, n_control: float) -> bool:
         """Add one disjoint window's counts. Returns False (and changes nothing) for unusable input.
 
         A window with no events, or with no exposure on one arm, carries no information about θ under the
@@ -338,9 +334,7 @@ class RateRatioEProcess:
         # ln q(θ_g)/q(θ₀) = softplus(−a0) − softplus(−a_g); likewise for 1 − q with +a.
         lq0_neg, l1q0_neg = _softplus(-a0), _softplus(a0)
         updated = [
-            ll
-            + events_treatment * (lq0_neg - _softplus(-(a0 + h)))
-            + events_control * (l1q0_neg - _softplus(a0 + h))
+            ll + events_treatment * (lq0_neg - _softplus(-(a0 + h))) + events_control * (l1q0_neg - _softplus(a0 + h))
             for ll, h in zip(self.log_lr, self.h, strict=True)
         ]
         if not all(math.isfinite(u) for u in updated):

@@ -41,8 +41,9 @@ def read_state(path: Path) -> tuple[State, str | None]:
         return State(), f"no state file at {path}: guardrail check has not run with this --state"
     state, problem = StateStore(path).read()
     if state is None:
-        return State(), (f"state file {path} is unreadable ({problem}); "
-                         "the next check run keeps it aside and starts fresh")
+        return State(), (
+            f"state file {path} is unreadable ({problem}); the next check run keeps it aside and starts fresh"
+        )
     return state, None
 
 
@@ -55,8 +56,13 @@ async def _load(settings: Settings) -> tuple[LoadedFlags, ParsedFlags]:
     async with client:
         backend = settings.backend.create(runtime_for(settings, client, read_only=True))
         loaded: LoadedFlags = await backend.load()
-    parsed = parse_flags(loaded.definitions, source=loaded.source, lines=loaded.lines, defaults=settings.defaults,
-                         rules=settings.guardrail_rules)
+    parsed = parse_flags(
+        loaded.definitions,
+        source=loaded.source,
+        lines=loaded.lines,
+        defaults=settings.defaults,
+        rules=settings.guardrail_rules,
+    )
     return loaded, replace(parsed, problems=(*loaded.problems, *parsed.problems))
 
 
@@ -125,11 +131,18 @@ def _guardrails(flag: Flag | None, fs: FlagState, origins: Mapping[str, str]) ->
         for g in flag.guardrails:
             for variant in flag.treatment_variants:
                 rows[guardrail_id(g.metric, variant)] = {
-                    "id": guardrail_id(g.metric, variant), "metric": g.metric, "treatment_variant": variant,
-                    "comparison": g.comparison.value, "threshold": g.threshold, "method": g.method.value,
-                    "confirmations": g.confirmations, "min_count": g.min_count, "window": g.window,
-                    "alpha_per_comparison": (engine.comparison_alpha(flag, g) if g.method is Method.SEQUENTIAL
-                                             else None),
+                    "id": guardrail_id(g.metric, variant),
+                    "metric": g.metric,
+                    "treatment_variant": variant,
+                    "comparison": g.comparison.value,
+                    "threshold": g.threshold,
+                    "method": g.method.value,
+                    "confirmations": g.confirmations,
+                    "min_count": g.min_count,
+                    "window": g.window,
+                    "alpha_per_comparison": (
+                        engine.comparison_alpha(flag, g) if g.method is Method.SEQUENTIAL else None
+                    ),
                     "in_definition": True,
                     # Where each value came from: flag metadata, a config `guardrails:` pattern, config
                     # `defaults:`, or the built-in default.
@@ -140,9 +153,18 @@ def _guardrails(flag: Flag | None, fs: FlagState, origins: Mapping[str, str]) ->
         if gid not in rows:
             metric, _, variant = gid.rpartition("@")
             rows[gid] = {
-                "id": gid, "metric": metric, "treatment_variant": variant, "comparison": None, "threshold": None,
-                "method": None, "confirmations": None, "min_count": None, "window": None,
-                "alpha_per_comparison": None, "in_definition": False, "from": {},
+                "id": gid,
+                "metric": metric,
+                "treatment_variant": variant,
+                "comparison": None,
+                "threshold": None,
+                "method": None,
+                "confirmations": None,
+                "min_count": None,
+                "window": None,
+                "alpha_per_comparison": None,
+                "in_definition": False,
+                "from": {},
             }
     for gid, row in rows.items():
         streak = fs.streaks.get(gid)
@@ -163,10 +185,16 @@ def _ramp(flag: Flag | None, fs: FlagState, now: datetime) -> dict[str, Any] | N
     # A shipped or halted ramp's clock stopped when guardrail stopped watching it.
     until = r.shipped_at or (fs.halt.decided_at if fs.halt is not None else now)
     return {
-        "step": r.step + 1, "steps": list(flag.ramp.steps), "share": share, "step_started_at": _t(r.step_started_at),
+        "step": r.step + 1,
+        "steps": list(flag.ramp.steps),
+        "share": share,
+        "step_started_at": _t(r.step_started_at),
         "minutes_on_step": round((until - r.step_started_at).total_seconds() / 60, 1),
-        "advance": flag.ramp.advance.value, "shipped_at": _t(r.shipped_at), "last_action": last.get("action"),
-        "waits_for": list(last.get("waits_for") or []), "guardrails": list(last.get("guardrails") or []),
+        "advance": flag.ramp.advance.value,
+        "shipped_at": _t(r.shipped_at),
+        "last_action": last.get("action"),
+        "waits_for": list(last.get("waits_for") or []),
+        "guardrails": list(last.get("guardrails") or []),
     }
 
 
@@ -177,19 +205,24 @@ def _ramp_lines(ramp: dict[str, Any]) -> list[str]:
 
     steps = ", ".join(f"{s}%" for s in ramp["steps"])
     state = f"shipped at {ramp['shipped_at']}" if ramp["shipped_at"] else f"last decision: {ramp['last_action']}"
-    lines = [f"    ramp: step {ramp['step']} of {len(ramp['steps'])} ({ramp['share']} %; {steps}), "
-             f"{ramp['minutes_on_step']:.0f} min on it, advance {ramp['advance']}; {state}"]
+    lines = [
+        f"    ramp: step {ramp['step']} of {len(ramp['steps'])} ({ramp['share']} %; {steps}), "
+        f"{ramp['minutes_on_step']:.0f} min on it, advance {ramp['advance']}; {state}"
+    ]
     for g in ramp["guardrails"]:
         limit = f"{g['threshold']:.0%}" if g.get("relative") else f"{g['threshold']:g}"
-        lines.append(f"      {g['metric']}@{g['variant']}: {g['verdict']}, harm between {bound(g, 'lower_bound')} and "
-                     f"{bound(g, 'upper_bound')} vs threshold {limit}")
+        lines.append(
+            f"      {g['metric']}@{g['variant']}: {g['verdict']}, harm between {bound(g, 'lower_bound')} and "
+            f"{bound(g, 'upper_bound')} vs threshold {limit}"
+        )
     if ramp["waits_for"]:
         lines.append(f"      waits for: {'; '.join(ramp['waits_for'])}")
     return lines
 
 
-def _flag_entry(key: str, flag: Flag | None, state: State, now: datetime, parsed: ParsedFlags | None,
-                merged: Merged | None) -> dict[str, Any]:
+def _flag_entry(
+    key: str, flag: Flag | None, state: State, now: datetime, parsed: ParsedFlags | None, merged: Merged | None
+) -> dict[str, Any]:
     fs = state.flags.get(key, FlagState())
     if merged is None and flag is not None:
         merged = _merged(flag, None)
@@ -231,17 +264,30 @@ def _flag_entry(key: str, flag: Flag | None, state: State, now: datetime, parsed
     return entry
 
 
-def build_report(state: State, parsed: ParsedFlags | None, *, now: datetime, stale_after: float,
-                 flag_source: str | None, warnings: list[str],
-                 merged: Mapping[str, Merged] | None = None) -> StatusReport:
+def build_report(
+    state: State,
+    parsed: ParsedFlags | None,
+    *,
+    now: datetime,
+    stale_after: float,
+    flag_source: str | None,
+    warnings: list[str],
+    merged: Mapping[str, Merged] | None = None,
+) -> StatusReport:
     """Flags with guardrails that are ENABLED at the source, plus every flag the state file knows."""
     by_key: dict[str, Flag] = {} if parsed is None else {f.key: f for f in parsed.flags}
     keys = {k for k, f in by_key.items() if f.guardrails and f.enabled} | set(state.flags)
     flags = [_flag_entry(k, by_key.get(k), state, now, parsed, (merged or {}).get(k)) for k in sorted(keys)]
     if parsed is not None:
         warnings = warnings + [f"{p.severity}: {p}" for p in parsed.problems]
-    return StatusReport(now=now, stale_after=stale_after, last_run_at=state.last_run_at, flag_source=flag_source,
-                        flags=flags, warnings=warnings)
+    return StatusReport(
+        now=now,
+        stale_after=stale_after,
+        last_run_at=state.last_run_at,
+        flag_source=flag_source,
+        flags=flags,
+        warnings=warnings,
+    )
 
 
 def to_json(report: StatusReport) -> dict[str, Any]:
@@ -298,9 +344,11 @@ def _guardrail_line(row: Mapping[str, Any]) -> str:
 
 
 def _halt_lines(halt: Mapping[str, Any]) -> list[str]:
-    verb = {HaltStatus.DONE: "HALTED" if halt["action"] == "revert" else "HELD", HaltStatus.PENDING: "HALT PENDING",
-            HaltStatus.FAILED: "HALT FAILED (do it by hand; retried every run)"}.get(
-        HaltStatus(halt["status"]), str(halt["status"]))
+    verb = {
+        HaltStatus.DONE: "HALTED" if halt["action"] == "revert" else "HELD",
+        HaltStatus.PENDING: "HALT PENDING",
+        HaltStatus.FAILED: "HALT FAILED (do it by hand; retried every run)",
+    }.get(HaltStatus(halt["status"]), str(halt["status"]))
     lines = [
         f"    {verb} ({halt['action']}) decided {halt['decided_at']} by run {halt['run_id'] or '-'}"
         + (f", completed {halt['completed_at']}" if halt["completed_at"] else ""),
@@ -337,8 +385,11 @@ def to_text(report: StatusReport) -> str:
             out.append(_guardrail_line(row))
             config_set = {o: w for o, w in row["from"].items() if w not in (FROM_FLAG, BUILT_IN)}
             if config_set:  # a value not from the flag's own metadata: say where it came from
-                out.append("      from: " + "; ".join(f"{o} {w}" for o, w in config_set.items())
-                           + "; the rest: flag metadata or built-in defaults")
+                out.append(
+                    "      from: "
+                    + "; ".join(f"{o} {w}" for o, w in config_set.items())
+                    + "; the rest: flag metadata or built-in defaults"
+                )
         if f.get("ramp") is not None:
             out += _ramp_lines(f["ramp"])
         if f["halt"] is not None:
@@ -353,16 +404,26 @@ def _merged(flag: Flag, settings: Settings | None) -> Merged:
     from guardrail.config import merge_guardrails
 
     metadata = flag.definition.get("metadata")
-    return merge_guardrails(flag.key, metadata if isinstance(metadata, Mapping) else {},
-                            rules=settings.guardrail_rules if settings else None,
-                            defaults=settings.defaults if settings else None)
+    return merge_guardrails(
+        flag.key,
+        metadata if isinstance(metadata, Mapping) else {},
+        rules=settings.guardrail_rules if settings else None,
+        defaults=settings.defaults if settings else None,
+    )
 
 
 # ---- the command ----------------------------------------------------------------------------------------
 
 
-def run_status_command(*, flags: str | None, config: Path | None, state: Path | None, as_json: bool,
-                       stale_after: float, now: datetime | None = None) -> int:
+def run_status_command(
+    *,
+    flags: str | None,
+    config: Path | None,
+    state: Path | None,
+    as_json: bool,
+    stale_after: float,
+    now: datetime | None = None,
+) -> int:
     if not stale_after > 0:
         raise GuardrailError(f"must be a positive number of minutes, got {stale_after:g}", field="--stale-after")
     settings = load_settings(config=config, overrides={"flags": flags, "state_path": state})
@@ -377,8 +438,9 @@ def run_status_command(*, flags: str | None, config: Path | None, state: Path | 
     except GuardrailError as exc:
         warnings.append(f"flag source unreadable, showing only what the state file knows: {exc}")
     merged = {f.key: _merged(f, settings) for f in parsed.flags} if parsed is not None else {}
-    report = build_report(current, parsed, now=now, stale_after=stale_after, flag_source=flag_source,
-                          warnings=warnings, merged=merged)
+    report = build_report(
+        current, parsed, now=now, stale_after=stale_after, flag_source=flag_source, warnings=warnings, merged=merged
+    )
     text = codec.dumps(to_json(report), indent=2) if as_json else to_text(report)
     # Defence in depth: nothing status prints should hold a secret, but every text leaving goes through this.
     print(Redactor(settings.secrets())(text))

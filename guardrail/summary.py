@@ -60,30 +60,44 @@ def render(result: RunResult, *, report_url: str | None = None) -> str:
     for e in result.evaluations:
         counts[e.verdict.value] = counts.get(e.verdict.value, 0) + 1
     mode = " (dry run: nothing was changed)" if result.dry_run else ""
-    out = [f"## guardrail check at {format_time(result.now)}{mode}", "",
-           f"Exit code {int(result.exit_code)}; {len(result.evaluations)} guardrail evaluations: "
-           + (", ".join(f"{n} {md(v)}" for v, n in sorted(counts.items())) or "none") + "."]
+    out = [
+        f"## guardrail check at {format_time(result.now)}{mode}",
+        "",
+        f"Exit code {int(result.exit_code)}; {len(result.evaluations)} guardrail evaluations: "
+        + (", ".join(f"{n} {md(v)}" for v, n in sorted(counts.items())) or "none")
+        + ".",
+    ]
     if report_url:
         out.append(f"Report: {md(report_url)}")
     if result.halts:
         out += ["", "### Halts", "", "| flag | action | status | alert | reason |", "|---|---|---|---|---|"]
-        out += [f"| {md(h.flag)} | {md(h.action)} | **{md(h.status)}** | {md(h.alert)} | {md(h.reason)} |"
-                for h in result.halts]
+        out += [
+            f"| {md(h.flag)} | {md(h.action)} | **{md(h.status)}** | {md(h.alert)} | {md(h.reason)} |"
+            for h in result.halts
+        ]
     if evaluations:
-        out += ["", "### Decisions", "",
-                "| flag | guardrail | verdict | treatment | control | harm | bound | threshold | streak |",
-                "|---|---|---|---|---|---|---|---|---|"]
+        out += [
+            "",
+            "### Decisions",
+            "",
+            "| flag | guardrail | verdict | treatment | control | harm | bound | threshold | streak |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
         for e in evaluations[:MAX_ROWS]:
             rel = e.comparison.relative
             verdict = f"**{md(e.verdict.value)}**" if e.verdict is Verdict.BREACH else md(e.verdict.value)
             t = "–" if e.treatment is None or e.treatment.value is None else f"{e.treatment.value:.4g}"
             c = "–" if e.control is None or e.control.value is None else f"{e.control.value:.4g}"
-            out.append(f"| {md(e.flag)} | {md(e.guardrail_id)} | {verdict} | {md(t)} | {md(c)} | "
-                       f"{md(_pct(e.delta, rel))} | {md(_pct(e.bound, rel))} | {md(_pct(e.threshold, rel))} | "
-                       f"{e.streak}/{e.confirmations} |")
+            out.append(
+                f"| {md(e.flag)} | {md(e.guardrail_id)} | {verdict} | {md(t)} | {md(c)} | "
+                f"{md(_pct(e.delta, rel))} | {md(_pct(e.bound, rel))} | {md(_pct(e.threshold, rel))} | "
+                f"{e.streak}/{e.confirmations} |"
+            )
         if len(evaluations) > MAX_ROWS:
-            out.append(f"\n{len(evaluations) - MAX_ROWS} more decisions not listed (the table lists halts, "
-                       "breaches and missing data first); see the audit log.")
+            out.append(
+                f"\n{len(evaluations) - MAX_ROWS} more decisions not listed (the table lists halts, "
+                "breaches and missing data first); see the audit log."
+            )
     problems = [p for p in result.problems if p.severity == "error"]
     if problems or result.warnings:
         out += ["", "### Problems and warnings", ""]

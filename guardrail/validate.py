@@ -1,6 +1,6 @@
 """`guardrail validate PATH...`: check flag files in CI before flagd (or guardrail) meets them.
 
-It reports what the real flagd evaluator would refuse (non-scalar metadata, such as the how-to's nested
+It reports what the real flagd evaluator would refuse (non-scalar metadata, such as a nested
 `guardrails` list; the legacy `fractionalEvaluation` operator; mixed variant types), every problem
 config.parse_flag finds in the guardrail metadata, and a few things that are legal but probably wrong
 (an expired flag, a threshold below day-to-day noise). Each finding names file, flag, field and line.
@@ -24,7 +24,7 @@ from guardrail.model import Flag, GuardrailError, Method, MetricKind, Severity
 from guardrail.rules import GuardrailRules
 
 # Below this relative change, day-to-day variation between two arms of one population already fires a
-# fixed-threshold rule (the how-to's A/A simulation: 100 % of runs halted at 10 % with short windows).
+# fixed-threshold rule (simulated A/A: 100 % of runs halted at 10 % with short windows; docs/statistics.md).
 NOISE_FLOOR = 0.005
 # What flagd's flag object knows; the Python provider builds a dataclass from exactly these and refuses
 # the whole file on any other key (`source` and `selector` are dropped before that).
@@ -165,19 +165,6 @@ def _metadata_findings(metadata: Mapping[str, Any], where: str) -> Iterator[tupl
             )
 
 
-def _fractional_args(node: Any, depth: int = 0) -> Iterator[tuple[str, list[Any]]]:
-    if depth > 50:
-        return
-    if isinstance(node, Mapping):
-        for op, args in node.items():
-            if op in config.FRACTIONAL_OPS and isinstance(args, list):
-                yield op, args
-            yield from _fractional_args(args, depth + 1)
-    elif isinstance(node, list):
-        for item in node:
-            yield from _fractional_args(item, depth + 1)
-
-
 def _variant_type(value: Any) -> str:
     if isinstance(value, bool):
         return "boolean"
@@ -198,7 +185,7 @@ def _flagd_findings(definition: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
         kinds = sorted({_variant_type(v) for v in variants.values()})
         if len(kinds) > 1 or kinds[0] not in ("boolean", "number", "string", "object"):
             yield "variants", f"flagd needs all variants of one type (boolean, number, string or object): {kinds}"
-    for op, args in _fractional_args(definition.get("targeting")):
+    for op, args in config.fractional_splits(definition.get("targeting")):
         if op == "fractionalEvaluation":
             yield (
                 "targeting.fractionalEvaluation",
@@ -235,9 +222,7 @@ THRESHOLD_AA_HALTS = "100 %"
 SIMULATE_COMMAND = "guardrail simulate --method threshold --method sequential"
 
 
-def _guardrail_warnings(
-    metadata: Mapping[str, Any], flag: Flag, layers: Layers
-) -> Iterator[tuple[str, Severity, str]]:
+def _guardrail_warnings(metadata: Mapping[str, Any], flag: Flag, layers: Layers) -> Iterator[tuple[str, Severity, str]]:
     """(field, severity, message): threshold-rule risks, and each sequential comparison's share of alpha."""
     from guardrail import engine
 
@@ -254,9 +239,14 @@ def _guardrail_warnings(
                 ),
             )
         if g.method is Method.THRESHOLD:
-            why = ("a quantile has no variance for the sequential test; guard the share of events above a "
-                   "bucket boundary (kind: proportion) to get one") if g.kind is MetricKind.QUANTILE else (
-                   "remove `method: threshold` to use the default always-valid sequential test")
+            why = (
+                (
+                    "a quantile has no variance for the sequential test; guard the share of events above a "
+                    "bucket boundary (kind: proportion) to get one"
+                )
+                if g.kind is MetricKind.QUANTILE
+                else ("remove `method: threshold` to use the default always-valid sequential test")
+            )
             yield (
                 fields.get(f"guardrails/{index}/method", f"{base}.method"),
                 Severity.WARNING,
@@ -276,8 +266,11 @@ def _guardrail_warnings(
                 ),
             )
         if flag.ramp is not None and (g.kind is MetricKind.QUANTILE or g.method is not Method.SEQUENTIAL):
-            why = "a quantile metric has no sequential test" if g.kind is MetricKind.QUANTILE else (
-                "it uses the threshold rule")
+            why = (
+                "a quantile metric has no sequential test"
+                if g.kind is MetricKind.QUANTILE
+                else ("it uses the threshold rule")
+            )
             yield (
                 base,
                 Severity.WARNING,
@@ -309,8 +302,9 @@ def _validate_flag(
             add(field, message)
         if "expiry" in metadata and (expired := _expiry_finding(metadata["expiry"], today)):
             add("metadata.expiry", expired, Severity.WARNING)
-    flag, problems = config.parse_flag(key, definition, source=source, line=line, defaults=layers.defaults,
-                                       rules=layers.rules)
+    flag, problems = config.parse_flag(
+        key, definition, source=source, line=line, defaults=layers.defaults, rules=layers.rules
+    )
     for problem in problems:
         add(problem.field, problem.message, problem.severity)
     if flag is not None and isinstance(metadata, Mapping):
@@ -346,7 +340,8 @@ def validate_text(
     for key, definition in flags.items():
         if not isinstance(key, str) or not key:
             findings.append(
-                Finding(source, str(key), None, None, Severity.ERROR, "flag key must be a non-empty string"))
+                Finding(source, str(key), None, None, Severity.ERROR, "flag key must be a non-empty string")
+            )
             continue
         sub = flags_tree.get(key) if isinstance(flags_tree, Mapping) else None
         findings += _validate_flag(
@@ -355,9 +350,7 @@ def validate_text(
     return list(dict.fromkeys(findings))  # one message per place, even when two checks agree
 
 
-def validate_paths(
-    paths: Sequence[Path], *, today: date, layers: Layers | None = None
-) -> tuple[list[Finding], int]:
+def validate_paths(paths: Sequence[Path], *, today: date, layers: Layers | None = None) -> tuple[list[Finding], int]:
     findings: list[Finding] = []
     unreadable = False
     for path in paths:
@@ -389,7 +382,9 @@ def explain_paths(paths: Sequence[Path], layers: Layers) -> str:
         for key, definition in (flags or {}).items() if isinstance(flags, Mapping) else ():
             metadata = definition.get("metadata") if isinstance(definition, Mapping) else None
             merged = config.merge_guardrails(
-                str(key), metadata if isinstance(metadata, Mapping) else {}, rules=layers.rules,
+                str(key),
+                metadata if isinstance(metadata, Mapping) else {},
+                rules=layers.rules,
                 defaults=layers.defaults,
             )
             if not merged.guardrails:

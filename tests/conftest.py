@@ -12,12 +12,19 @@ from typing import Any
 
 import pytest
 
-from guardrail.fakeapi import FakeAPI
+from tests.fakeserver_faults import FaultyAPI
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=timezone.utc)
 TOKEN = "tok-SECRET-4f9a8b7c6d5e"
-ENV_KEYS = ("FLAG_API_URL", "FLAG_API_TOKEN", "METRICS_API_URL", "ALERT_WEBHOOK_URL", "GUARDRAIL_STATE",
-            "GUARDRAIL_AUDIT", "UNLEASH_API_TOKEN")
+ENV_KEYS = (
+    "FLAG_API_URL",
+    "FLAG_API_TOKEN",
+    "METRICS_API_URL",
+    "ALERT_WEBHOOK_URL",
+    "GUARDRAIL_STATE",
+    "GUARDRAIL_AUDIT",
+    "UNLEASH_API_TOKEN",
+)
 
 
 def flag_definition(
@@ -41,9 +48,7 @@ def flag_definition(
         "state": state,
         "variants": variants,
         "defaultVariant": "control",
-        "targeting": {
-            "fractional": [{"var": "targetingKey"}, *[[t, share] for t in treatments], ["control", share]]
-        },
+        "targeting": {"fractional": [{"var": "targetingKey"}, *[[t, share] for t in treatments], ["control", share]]},
         "metadata": {
             "owner": "team",
             "experiment_type": experiment_type,
@@ -62,8 +67,8 @@ def now() -> datetime:
 
 
 @pytest.fixture
-def fake_api() -> Iterator[FakeAPI]:
-    with FakeAPI(token=TOKEN) as api:
+def fake_api() -> Iterator[FaultyAPI]:
+    with FaultyAPI(token=TOKEN) as api:
         yield api
 
 
@@ -84,7 +89,11 @@ def run_cli(tmp_path: Path) -> Any:
     def run(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [*guardrail_command(), *args],
-            capture_output=True, text=True, env=clean_env(**(env or {})), cwd=tmp_path, timeout=timeout,
+            capture_output=True,
+            text=True,
+            env=clean_env(**(env or {})),
+            cwd=tmp_path,
+            timeout=timeout,
             stdin=subprocess.DEVNULL,
         )
 

@@ -82,7 +82,10 @@ class PrometheusServer:
                         "--storage.tsdb.retention.time=1h",
                         "--log.level=warn",
                     ],
-                    stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=self.workdir,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    cwd=self.workdir,
                 )
             if self._wait_ready(ready_timeout):
                 return self

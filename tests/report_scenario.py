@@ -28,34 +28,65 @@ def _flag(experiment_type: str, treatments: tuple[str, ...], metadata: dict[str,
         "state": "ENABLED",
         "variants": {"control": "c", **{t: t for t in treatments}},
         "defaultVariant": "control",
-        "targeting": {"fractional": [{"var": "targetingKey"}, *[[t, share] for t in treatments],
-                                     ["control", 100 - share * len(treatments)]]},
-        "metadata": {"owner": "team", "experiment_type": experiment_type, "started_at": "2026-11-25T08:50:00Z",
-                     **metadata},
+        "targeting": {
+            "fractional": [
+                {"var": "targetingKey"},
+                *[[t, share] for t in treatments],
+                ["control", 100 - share * len(treatments)],
+            ]
+        },
+        "metadata": {
+            "owner": "team",
+            "experiment_type": experiment_type,
+            "started_at": "2026-11-25T08:50:00Z",
+            **metadata,
+        },
     }
 
 
 def flags() -> dict[str, Any]:
     return {
         # Two guardrails x two treatment arms; treatment-b's errors double after ten looks: halted.
-        "checkout.payments.express-pay": _flag("ab", ("treatment-a", "treatment-b"), {
-            "guardrail.error_rate.comparison": "relative_increase", "guardrail.error_rate.threshold": 0.10,
-            "guardrail.error_rate.method": "sequential",
-            "guardrail.p95_latency_ms.comparison": "relative_increase",
-            "guardrail.p95_latency_ms.threshold": 0.10, "guardrail.p95_latency_ms.window": "5m"}),
+        "checkout.payments.express-pay": _flag(
+            "ab",
+            ("treatment-a", "treatment-b"),
+            {
+                "guardrail.error_rate.comparison": "relative_increase",
+                "guardrail.error_rate.threshold": 0.10,
+                "guardrail.error_rate.method": "sequential",
+                "guardrail.p95_latency_ms.comparison": "relative_increase",
+                "guardrail.p95_latency_ms.threshold": 0.10,
+                "guardrail.p95_latency_ms.window": "5m",
+            },
+        ),
         # Healthy rollout.
-        "search.ranking.new-model": _flag("rollout", ("treatment",), {
-            "guardrail.error_rate.comparison": "relative_increase", "guardrail.error_rate.threshold": 0.10}),
+        "search.ranking.new-model": _flag(
+            "rollout",
+            ("treatment",),
+            {"guardrail.error_rate.comparison": "relative_increase", "guardrail.error_rate.threshold": 0.10},
+        ),
         # The metrics source has no series for it: every look is skip:no_data.
-        "growth.onboarding.no-data": _flag("ab", ("treatment",), {
-            "guardrail.signup_errors.comparison": "absolute_increase", "guardrail.signup_errors.threshold": 0.01}),
+        "growth.onboarding.no-data": _flag(
+            "ab",
+            ("treatment",),
+            {"guardrail.signup_errors.comparison": "absolute_increase", "guardrail.signup_errors.threshold": 0.01},
+        ),
         # A rollout that breaches at its very first look with confirmations 1: held before a second look.
-        "ads.bidding.first-look": _flag("rollout", ("treatment",), {
-            "guardrail.error_rate.comparison": "relative_increase", "guardrail.error_rate.threshold": 0.10,
-            "guardrail.error_rate.confirmations": 1}),
+        "ads.bidding.first-look": _flag(
+            "rollout",
+            ("treatment",),
+            {
+                "guardrail.error_rate.comparison": "relative_increase",
+                "guardrail.error_rate.threshold": 0.10,
+                "guardrail.error_rate.confirmations": 1,
+            },
+        ),
         # Hostile names must show as text.
-        "web.ui.escape-test": _flag("ab", (EVIL_VARIANT,), {
-            "guardrail.error_rate.comparison": "relative_increase", "guardrail.error_rate.threshold": 0.10}),
+        "web.ui.escape-test": _flag(
+            "ab",
+            (EVIL_VARIANT,),
+            {"guardrail.error_rate.comparison": "relative_increase", "guardrail.error_rate.threshold": 0.10},
+        ),
     }
 
 
@@ -67,10 +98,15 @@ class Scenario:
 
 
 def settings_for(api: FakeAPI, base: Path, **extra: Any) -> Settings:
-    env = {"FLAG_API_URL": api.url, "FLAG_API_TOKEN": TOKEN, "METRICS_API_URL": api.url,
-           "ALERT_WEBHOOK_URL": f"{api.url}/webhook"}
-    return load_settings(env=env, overrides={"state_path": base / "state.json", "audit_path": base / "audit.jsonl",
-                                             **extra})
+    env = {
+        "FLAG_API_URL": api.url,
+        "FLAG_API_TOKEN": TOKEN,
+        "METRICS_API_URL": api.url,
+        "ALERT_WEBHOOK_URL": f"{api.url}/webhook",
+    }
+    return load_settings(
+        env=env, overrides={"state_path": base / "state.json", "audit_path": base / "audit.jsonl", **extra}
+    )
 
 
 def _set_looks(api: FakeAPI, look: int, rng: random.Random) -> None:
@@ -85,8 +121,7 @@ def _set_looks(api: FakeAPI, look: int, rng: random.Random) -> None:
         api.set_metric("checkout.payments.express-pay", variant, "p95_latency_ms", p95, per_look, window="5m")
     for variant in ("control", "treatment"):
         api.set_metric("search.ranking.new-model", variant, "error_rate", 0.005 * (1 + rng.gauss(0, 0.04)), 4000)
-        api.set_metric("ads.bidding.first-look", variant, "error_rate", 0.03 if variant == "treatment" else 0.01,
-                       5000)
+        api.set_metric("ads.bidding.first-look", variant, "error_rate", 0.03 if variant == "treatment" else 0.01, 5000)
     api.set_metric("web.ui.escape-test", "control", "error_rate", 0.01, 3000)
     api.set_metric("web.ui.escape-test", EVIL_VARIANT, "error_rate", 0.0102, 3000)
 

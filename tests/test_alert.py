@@ -10,12 +10,34 @@ from guardrail import alert
 from guardrail.alert import AlertOutcome
 from guardrail.model import Aggregate, Comparison, Evaluation, HaltAction, Method, Verdict
 
-E = Evaluation("checkout.payments.express-pay", "error_rate", "treatment", "control",
-               Comparison.RELATIVE_INCREASE, 0.01, Method.THRESHOLD, Verdict.BREACH, "relative increase",
-               Aggregate(0.0100, 48210), Aggregate(0.0340, 47955), delta=2.4, relative_delta=2.4, streak=2,
-               confirmations=2)
-REQUIRED = {"Guardrail metric", "Treatment value", "Control value", "Relative delta", "Threshold",
-            "Treatment count", "Control count", "Flag key", "Flag definition"}
+E = Evaluation(
+    "checkout.payments.express-pay",
+    "error_rate",
+    "treatment",
+    "control",
+    Comparison.RELATIVE_INCREASE,
+    0.01,
+    Method.THRESHOLD,
+    Verdict.BREACH,
+    "relative increase",
+    Aggregate(0.0100, 48210),
+    Aggregate(0.0340, 47955),
+    delta=2.4,
+    relative_delta=2.4,
+    streak=2,
+    confirmations=2,
+)
+REQUIRED = {
+    "Guardrail metric",
+    "Treatment value",
+    "Control value",
+    "Relative delta",
+    "Threshold",
+    "Treatment count",
+    "Control count",
+    "Flag key",
+    "Flag definition",
+}
 
 
 def ctx(e: Evaluation = E, action: HaltAction = HaltAction.REVERT, flag: str = E.flag) -> dict[str, Any]:
@@ -35,25 +57,43 @@ def test_payload_has_every_value() -> None:
     assert got["Action"] == "revert: done"
 
 
-@pytest.mark.parametrize(("action", "outcome", "text"), [
-    (HaltAction.REVERT, AlertOutcome.DONE,
-     ":rotating_light: AUTO-HALT: `checkout.payments.express-pay` reverted to control: error_rate breached its "
-     "guardrail"),
-    (HaltAction.HOLD, AlertOutcome.DONE,
-     ":rotating_light: AUTO-HALT: `checkout.payments.express-pay` held at its current split: error_rate breached "
-     "its guardrail"),
-    (HaltAction.REVERT, AlertOutcome.FAILED,
-     ":warning: HALT FAILED: `checkout.payments.express-pay` was NOT changed: revert it to control BY HAND. "
-     "error_rate breached its guardrail, and the flag backend did not apply the change: flag API PATCH: error "
-     "status (HTTP 403)"),
-    (HaltAction.HOLD, AlertOutcome.FAILED,
-     ":warning: HALT FAILED: `checkout.payments.express-pay` was NOT changed: hold it at its current split BY "
-     "HAND. error_rate breached its guardrail, and the flag backend did not apply the change: flag API PATCH: "
-     "error status (HTTP 403)"),
-    (HaltAction.REVERT, AlertOutcome.WOULD_HALT,
-     ":mag: DRY RUN: `checkout.payments.express-pay` would be reverted to control: error_rate breached its "
-     "guardrail"),
-])
+@pytest.mark.parametrize(
+    ("action", "outcome", "text"),
+    [
+        (
+            HaltAction.REVERT,
+            AlertOutcome.DONE,
+            ":rotating_light: AUTO-HALT: `checkout.payments.express-pay` reverted to control: error_rate breached its "
+            "guardrail",
+        ),
+        (
+            HaltAction.HOLD,
+            AlertOutcome.DONE,
+            ":rotating_light: AUTO-HALT: `checkout.payments.express-pay` held at its current split: "
+            "error_rate breached its guardrail",
+        ),
+        (
+            HaltAction.REVERT,
+            AlertOutcome.FAILED,
+            ":warning: HALT FAILED: `checkout.payments.express-pay` was NOT changed: revert it to control BY HAND. "
+            "error_rate breached its guardrail, and the flag backend did not apply the change: flag API PATCH: error "
+            "status (HTTP 403)",
+        ),
+        (
+            HaltAction.HOLD,
+            AlertOutcome.FAILED,
+            ":warning: HALT FAILED: `checkout.payments.express-pay` was NOT changed: hold it at its current split BY "
+            "HAND. error_rate breached its guardrail, and the flag backend did not apply the change: flag API PATCH: "
+            "error status (HTTP 403)",
+        ),
+        (
+            HaltAction.REVERT,
+            AlertOutcome.WOULD_HALT,
+            ":mag: DRY RUN: `checkout.payments.express-pay` would be reverted to control: error_rate breached its "
+            "guardrail",
+        ),
+    ],
+)
 def test_each_outcome_has_one_exact_text(action: HaltAction, outcome: AlertOutcome, text: str) -> None:
     detail = "flag API PATCH: error status (HTTP 403)"
     payload = alert.render(ctx(action=action), outcome, detail if outcome is AlertOutcome.FAILED else "")

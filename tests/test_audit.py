@@ -14,11 +14,47 @@ from tests.conftest import NOW, TOKEN, flag_definition
 
 KEY = "checkout.payments.express-pay"
 
-DECISION = ["time", "run_id", "dry_run", "type", "flag", "metric", "treatment_variant", "control_variant",
-            "control", "treatment", "delta", "relative_delta", "threshold", "comparison", "method", "verdict",
-            "streak", "confirmations", "bound", "p_value", "action", "reason"]
-HALT = ["time", "run_id", "dry_run", "type", "flag", "action", "status", "reason", "detail", "metric",
-        "treatment_variant", "attempt", "alert", "resumed", "kind"]
+DECISION = [
+    "time",
+    "run_id",
+    "dry_run",
+    "type",
+    "flag",
+    "metric",
+    "treatment_variant",
+    "control_variant",
+    "control",
+    "treatment",
+    "delta",
+    "relative_delta",
+    "threshold",
+    "comparison",
+    "method",
+    "verdict",
+    "streak",
+    "confirmations",
+    "bound",
+    "p_value",
+    "action",
+    "reason",
+]
+HALT = [
+    "time",
+    "run_id",
+    "dry_run",
+    "type",
+    "flag",
+    "action",
+    "status",
+    "reason",
+    "detail",
+    "metric",
+    "treatment_variant",
+    "attempt",
+    "alert",
+    "resumed",
+    "kind",
+]
 
 
 def test_declared_keys_are_the_pinned_ones() -> None:

@@ -12,30 +12,36 @@ from typing import Any
 import pytest
 
 from guardrail.check import run_check
-from guardrail.fakeapi import FakeAPI
 from guardrail.model import ExitCode, HaltResultStatus, HaltStatus, Verdict
 from guardrail.settings import Settings, load_settings
 from guardrail.state import StateStore
 from tests.conftest import NOW, TOKEN, flag_definition
+from tests.fakeserver_faults import FaultyAPI
 
 KEY = "checkout.payments.express-pay"
 HOOK = "/webhook/T000/B000/hook-SECRET-xyz"
 
 
 @pytest.fixture
-def api() -> Iterator[FakeAPI]:
-    with FakeAPI(token=TOKEN, flags={KEY: flag_definition()}) as server:
+def api() -> Iterator[FaultyAPI]:
+    with FaultyAPI(token=TOKEN, flags={KEY: flag_definition()}) as server:
         yield server
 
 
-def settings(api: FakeAPI, tmp_path: Path, **env: str) -> Settings:
-    base = {"FLAG_API_URL": api.url, "FLAG_API_TOKEN": TOKEN, "METRICS_API_URL": api.url,
-            "ALERT_WEBHOOK_URL": f"{api.url}{HOOK}", **env}
-    return load_settings(env=base, overrides={"state_path": tmp_path / "state.json",
-                                              "audit_path": tmp_path / "audit.jsonl"})
+def settings(api: FaultyAPI, tmp_path: Path, **env: str) -> Settings:
+    base = {
+        "FLAG_API_URL": api.url,
+        "FLAG_API_TOKEN": TOKEN,
+        "METRICS_API_URL": api.url,
+        "ALERT_WEBHOOK_URL": f"{api.url}{HOOK}",
+        **env,
+    }
+    return load_settings(
+        env=base, overrides={"state_path": tmp_path / "state.json", "audit_path": tmp_path / "audit.jsonl"}
+    )
 
 
-def breaching(api: FakeAPI) -> None:
+def breaching(api: FaultyAPI) -> None:
     api.set_metric(KEY, "control", "error_rate", 0.010, 50_000)
     api.set_metric(KEY, "treatment", "error_rate", 0.034, 50_000)
 
@@ -44,7 +50,7 @@ def audit(tmp_path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
 
 
-def test_breach_breach_halt_alert_audit(api: FakeAPI, tmp_path: Path) -> None:
+def test_breach_breach_halt_alert_audit(api: FaultyAPI, tmp_path: Path) -> None:
     breaching(api)
     s = settings(api, tmp_path)
     first = run_check(s, now=NOW)
@@ -69,7 +75,7 @@ def test_breach_breach_halt_alert_audit(api: FakeAPI, tmp_path: Path) -> None:
     assert third.exit_code is ExitCode.OK and KEY in third.skipped_flags and api.count("PATCH", "/v1/flags") == 1
 
 
-def test_dry_run_changes_nothing_and_writes_nothing(api: FakeAPI, tmp_path: Path) -> None:
+def test_dry_run_changes_nothing_and_writes_nothing(api: FaultyAPI, tmp_path: Path) -> None:
     breaching(api)
     s = settings(api, tmp_path)
     run_check(s, now=NOW)
@@ -80,7 +86,7 @@ def test_dry_run_changes_nothing_and_writes_nothing(api: FakeAPI, tmp_path: Path
     assert (tmp_path / "state.json").read_bytes() == before and len(audit(tmp_path)) == 1
 
 
-def test_a_refused_halt_pages_once_as_failed_then_pages_the_success(api: FakeAPI, tmp_path: Path) -> None:
+def test_a_refused_halt_pages_once_as_failed_then_pages_the_success(api: FaultyAPI, tmp_path: Path) -> None:
     breaching(api)
     s = settings(api, tmp_path)
     run_check(s, now=NOW)
@@ -88,8 +94,9 @@ def test_a_refused_halt_pages_once_as_failed_then_pages_the_success(api: FakeAPI
     failed = run_check(s, now=NOW + timedelta(minutes=2))
     assert failed.exit_code is ExitCode.HALT_FAILED and failed.halts[0].status is HaltResultStatus.FAILED
     [page] = api.alerts
-    assert page["text"].startswith(":warning: HALT FAILED: `checkout.payments.express-pay` was NOT changed: "
-                                   "revert it to control BY HAND.")
+    assert page["text"].startswith(
+        ":warning: HALT FAILED: `checkout.payments.express-pay` was NOT changed: revert it to control BY HAND."
+    )
     assert "AUTO-HALT" not in page["text"]
 
     again = run_check(s, now=NOW + timedelta(minutes=4))
@@ -105,7 +112,7 @@ def test_a_refused_halt_pages_once_as_failed_then_pages_the_success(api: FakeAPI
     assert fields["Treatment value"] == "0.0340" and fields["Control count"] == "50,000"
 
 
-def test_an_undelivered_alert_is_sent_by_the_next_run(api: FakeAPI, tmp_path: Path) -> None:
+def test_an_undelivered_alert_is_sent_by_the_next_run(api: FaultyAPI, tmp_path: Path) -> None:
     breaching(api)
     s = settings(api, tmp_path)
     run_check(s, now=NOW)
@@ -119,7 +126,7 @@ def test_an_undelivered_alert_is_sent_by_the_next_run(api: FakeAPI, tmp_path: Pa
     assert len(api.alerts) == 1 and api.count("PATCH", "/v1/flags") == 1
 
 
-def test_secrets_never_reach_state_audit_or_alert(api: FakeAPI, tmp_path: Path) -> None:
+def test_secrets_never_reach_state_audit_or_alert(api: FaultyAPI, tmp_path: Path) -> None:
     breaching(api)
     api.add_fault(route="patch", mode="status", status=503, times=100)
     s = settings(api, tmp_path)
@@ -129,7 +136,7 @@ def test_secrets_never_reach_state_audit_or_alert(api: FakeAPI, tmp_path: Path) 
     assert TOKEN not in written and "hook-SECRET" not in written
 
 
-def test_configuration_errors_come_before_the_lock(api: FakeAPI, tmp_path: Path) -> None:
+def test_configuration_errors_come_before_the_lock(api: FaultyAPI, tmp_path: Path) -> None:
     from guardrail.model import GuardrailError
 
     s = load_settings(env={"FLAG_API_URL": api.url}, overrides={"state_path": tmp_path / "state.json"})
@@ -142,8 +149,10 @@ def test_a_bad_adapter_section_fails_at_load_before_any_lock(tmp_path: Path) -> 
     from guardrail.model import GuardrailError
 
     config = tmp_path / "guardrail.yaml"
-    config.write_text("metrics:\n  source: prometheus\n  url: http://127.0.0.1:9\n  queries:\n"
-                      "    error_rate: {value: 'sum(x{flag=\"$flag\"})', count: 'sum(y)'}\n")
+    config.write_text(
+        "metrics:\n  source: prometheus\n  url: http://127.0.0.1:9\n  queries:\n"
+        "    error_rate: {value: 'sum(x{flag=\"$flag\"})', count: 'sum(y)'}\n"
+    )
     try:
         load_settings(config=config, env={}, overrides={"state_path": tmp_path / "state.json"})
     except GuardrailError as exc:

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from guardrail.config import infer_kind, parse_flags
+from guardrail.config import infer_kind, is_held, parse_flags
 from guardrail.model import Comparison, ExperimentType, GuardrailError, Method, MetricKind
 from guardrail.settings import load_settings, require
 from tests.conftest import flag_definition
@@ -22,17 +22,22 @@ def nested(guardrails: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def test_flat_and_nested_spellings_read_the_same() -> None:
-    flat = flag_definition(method=None, extra_metadata={
-        "guardrail.p95_latency_ms.comparison": "relative_increase",
-        "guardrail.p95_latency_ms.threshold": 0.10,
-        "guardrail.p95_latency_ms.min_count": 200,
-    })
+    flat = flag_definition(
+        method=None,
+        extra_metadata={
+            "guardrail.p95_latency_ms.comparison": "relative_increase",
+            "guardrail.p95_latency_ms.threshold": 0.10,
+            "guardrail.p95_latency_ms.min_count": 200,
+        },
+    )
     del flat["metadata"]["started_at"]
     flat["metadata"]["guardrail.error_rate.threshold"] = 0.01
-    nest = nested([
-        {"metric": "error_rate", "comparison": "relative_increase", "threshold": 0.01},
-        {"metric": "p95_latency_ms", "comparison": "relative_increase", "threshold": 0.10, "min_count": 200},
-    ])
+    nest = nested(
+        [
+            {"metric": "error_rate", "comparison": "relative_increase", "threshold": 0.01},
+            {"metric": "p95_latency_ms", "comparison": "relative_increase", "threshold": 0.10, "min_count": 200},
+        ]
+    )
     a = parse_flags({KEY: flat}).flags[0]
     b = parse_flags({KEY: nest}).flags[0]
     assert a.guardrails == b.guardrails
@@ -64,8 +69,7 @@ def test_flag_wide_and_config_defaults() -> None:
 )
 def test_bad_metadata_names_file_flag_and_field(metadata: dict[str, Any], field: str, words: str) -> None:
     definition = flag_definition(extra_metadata=metadata)
-    parsed = parse_flags({KEY: definition, "other.flag.ok": flag_definition()}, source="flags.yaml",
-                         lines={KEY: 7})
+    parsed = parse_flags({KEY: definition, "other.flag.ok": flag_definition()}, source="flags.yaml", lines={KEY: 7})
     assert [f.key for f in parsed.flags] == ["other.flag.ok"]  # the other flag still runs
     problem = parsed.problems[0]
     assert problem.flag == KEY and problem.source == "flags.yaml" and problem.line == 7
@@ -118,8 +122,12 @@ def test_kind_inference() -> None:
 
 
 def test_settings_from_environment_alone() -> None:
-    env = {"FLAG_API_URL": "https://flags.example", "FLAG_API_TOKEN": "t0ken-xyz",
-           "METRICS_API_URL": "https://metrics.example", "ALERT_WEBHOOK_URL": "https://hooks.example/x"}
+    env = {
+        "FLAG_API_URL": "https://flags.example",
+        "FLAG_API_TOKEN": "t0ken-xyz",
+        "METRICS_API_URL": "https://metrics.example",
+        "ALERT_WEBHOOK_URL": "https://hooks.example/x",
+    }
     s = load_settings(env=env)
     require(s)
     assert s.flags == "https://flags.example" and s.backend_kind() == "api"
@@ -150,3 +158,24 @@ def test_config_errors_name_the_field(tmp_path: Path, text: str, field: str) -> 
         load_settings(config=path, env={})
     assert info.value.field == field
     assert str(path) in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("hold", "held"),
+    [
+        (True, True),
+        ("true", True),
+        ("TRUE", True),
+        (" True ", True),
+        (False, False),
+        ("false", False),
+        ("yes", False),
+        (1, False),
+        (None, False),
+    ],
+)
+def test_is_held_is_one_rule_for_every_backend(hold: object, held: bool) -> None:
+    definition = flag_definition(extra_metadata={"guardrail_hold": hold})
+    assert is_held(definition) is held
+    assert parse_flags({KEY: definition}).flags[0].held is held
+    assert not is_held({"metadata": "not a mapping"}) and not is_held(None)

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from guardrail.fakeapi import FakeAPI
 from tests.conftest import TOKEN, flag_definition
+from tests.fakeserver_faults import FaultyAPI
 
 pytestmark = pytest.mark.e2e
 
@@ -17,7 +17,7 @@ KEY = "checkout.payments.express-pay"
 HEALTHY = "search.ranking.new-model"
 
 
-def serve(api: FakeAPI) -> None:
+def serve(api: FaultyAPI) -> None:
     api.set_flags({KEY: flag_definition(), HEALTHY: flag_definition()})
     api.set_metric(KEY, "control", "error_rate", 0.010, 5000)
     api.set_metric(KEY, "treatment", "error_rate", 0.034, 5100)
@@ -25,7 +25,7 @@ def serve(api: FakeAPI) -> None:
     api.set_metric(HEALTHY, "treatment", "error_rate", 0.0101, 5000)
 
 
-def env_for(api: FakeAPI) -> dict[str, str]:
+def env_for(api: FaultyAPI) -> dict[str, str]:
     return {
         "FLAG_API_URL": api.url,
         "FLAG_API_TOKEN": TOKEN,
@@ -34,7 +34,7 @@ def env_for(api: FakeAPI) -> dict[str, str]:
     }
 
 
-def test_breach_then_halt_with_alert_and_audit(fake_api: FakeAPI, run_cli: Any, tmp_path: Path) -> None:
+def test_breach_then_halt_with_alert_and_audit(fake_api: FaultyAPI, run_cli: Any, tmp_path: Path) -> None:
     serve(fake_api)
     args = ["check", "--state", str(tmp_path / "s.json"), "--audit", str(tmp_path / "a.jsonl"), "--json"]
 
@@ -92,7 +92,7 @@ def test_breach_then_halt_with_alert_and_audit(fake_api: FakeAPI, run_cli: Any, 
         assert TOKEN not in text and f"{fake_api.url}/webhook" not in text
 
 
-def test_dry_run_changes_nothing(fake_api: FakeAPI, run_cli: Any, tmp_path: Path) -> None:
+def test_dry_run_changes_nothing(fake_api: FaultyAPI, run_cli: Any, tmp_path: Path) -> None:
     serve(fake_api)
     base = ["check", "--state", str(tmp_path / "s.json"), "--audit", str(tmp_path / "a.jsonl")]
     # Two real runs would halt; with confirmations 1 a single dry run already "would halt".
@@ -106,7 +106,7 @@ def test_dry_run_changes_nothing(fake_api: FakeAPI, run_cli: Any, tmp_path: Path
     assert not (tmp_path / "s.json").exists() and not (tmp_path / "a.jsonl").exists()
 
 
-def test_plain_text_output_when_not_a_tty(fake_api: FakeAPI, run_cli: Any, tmp_path: Path) -> None:
+def test_plain_text_output_when_not_a_tty(fake_api: FaultyAPI, run_cli: Any, tmp_path: Path) -> None:
     serve(fake_api)
     result = run_cli("check", "--state", str(tmp_path / "s.json"), env=env_for(fake_api))
     assert result.returncode == 0, result.stderr
@@ -123,7 +123,7 @@ def test_missing_configuration_is_exit_2_with_a_clear_message(run_cli: Any) -> N
     assert "Traceback" not in result.stderr
 
 
-def test_halt_refused_is_exit_4_and_alert_says_failed(fake_api: FakeAPI, run_cli: Any, tmp_path: Path) -> None:
+def test_halt_refused_is_exit_4_and_alert_says_failed(fake_api: FaultyAPI, run_cli: Any, tmp_path: Path) -> None:
     serve(fake_api)
     fake_api.set_flags({KEY: flag_definition(extra_metadata={"guardrail.error_rate.confirmations": 1})})
     fake_api.add_fault(route="patch", mode="status", status=403)

@@ -19,6 +19,7 @@ from guardrail.model import (
     FlagState,
     HaltAction,
     HaltRecord,
+    HaltStatus,
     Method,
     State,
     Streak,
@@ -35,8 +36,13 @@ def make_flag(**kwargs: Any) -> Flag:
     return parsed.flags[0]
 
 
-def aggs(control: Aggregate, treatment: Aggregate, metric: str = "error_rate", window: str = "5m",
-         treatment_variant: str = "treatment") -> dict[Any, Aggregate]:
+def aggs(
+    control: Aggregate,
+    treatment: Aggregate,
+    metric: str = "error_rate",
+    window: str = "5m",
+    treatment_variant: str = "treatment",
+) -> dict[Any, Aggregate]:
     return {(KEY, "control", metric, window): control, (KEY, treatment_variant, metric, window): treatment}
 
 
@@ -76,9 +82,13 @@ def test_pass_and_breach_relative_increase() -> None:
     ],
 )
 def test_comparisons(comparison: str, threshold: float, control: float, treatment: float, verdict: Verdict) -> None:
-    flag = make_flag(extra_metadata={"guardrail.conversion_rate.comparison": comparison,
-                                     "guardrail.conversion_rate.threshold": threshold,
-                                     "guardrail.conversion_rate.method": "threshold"})
+    flag = make_flag(
+        extra_metadata={
+            "guardrail.conversion_rate.comparison": comparison,
+            "guardrail.conversion_rate.threshold": threshold,
+            "guardrail.conversion_rate.method": "threshold",
+        }
+    )
     flag = Flag(**{**flag.__dict__, "guardrails": tuple(g for g in flag.guardrails if g.metric == "conversion_rate")})
     e = one(flag, aggs(Aggregate(control, 5000), Aggregate(treatment, 5000), metric="conversion_rate")).evaluations[0]
     assert e.comparison is Comparison(comparison)
@@ -228,7 +238,7 @@ def test_not_watched_flags() -> None:
     held = make_flag(extra_metadata={"guardrail_hold": True})
     assert engine.watched(disabled, State()) == "disabled"
     assert "held" in (engine.watched(held, State()) or "")
-    record = HaltRecord("done", HaltAction.REVERT, "r", NOW, "error_rate", "treatment")
+    record = HaltRecord(HaltStatus.DONE, HaltAction.REVERT, "r", NOW, "error_rate", "treatment")
     halted_state = State(flags={KEY: FlagState(halt=record)})
     flag = make_flag()
     assert "resume" in (engine.watched(flag, halted_state) or "")
@@ -237,23 +247,33 @@ def test_not_watched_flags() -> None:
 
 
 def test_disabled_flag_forgets_first_seen_so_reenabling_restarts_warmup() -> None:
-    prior = State(flags={KEY: FlagState(first_seen_enabled=NOW - timedelta(days=1),
-                                        streaks={"error_rate@treatment": Streak(1, NOW)})})
+    prior = State(
+        flags={
+            KEY: FlagState(first_seen_enabled=NOW - timedelta(days=1), streaks={"error_rate@treatment": Streak(1, NOW)})
+        }
+    )
     decision = engine.decide([make_flag(state="DISABLED")], {}, prior, NOW)
     assert decision.state.flags[KEY].first_seen_enabled is None
     assert decision.state.flags[KEY].streaks == {}
 
 
 def test_plan_queries_pins_one_end_and_covers_both_arms() -> None:
-    flag = make_flag(extra_metadata={"guardrail.p95_latency_ms.comparison": "relative_increase",
-                                     "guardrail.p95_latency_ms.threshold": 0.1})
+    flag = make_flag(
+        extra_metadata={
+            "guardrail.p95_latency_ms.comparison": "relative_increase",
+            "guardrail.p95_latency_ms.threshold": 0.1,
+        }
+    )
     planned = engine.plan_queries([flag], State(), NOW)
     assert {q.end for _k, q in planned} == {NOW}
     assert {(q.variant, q.metric) for _k, q in planned} == {
-        ("control", "error_rate"), ("treatment", "error_rate"),
-        ("control", "p95_latency_ms"), ("treatment", "p95_latency_ms"),
+        ("control", "error_rate"),
+        ("treatment", "error_rate"),
+        ("control", "p95_latency_ms"),
+        ("treatment", "p95_latency_ms"),
         # the SRM gate's unit counts, since the start (an A/B experiment with a 50/50 split)
-        ("control", "exposures"), ("treatment", "exposures"),
+        ("control", "exposures"),
+        ("treatment", "exposures"),
     }
     assert {q.window for _k, q in planned if q.metric != "exposures"} == {"5m"}
 
@@ -295,23 +315,29 @@ def test_quantile_under_sequential_is_a_config_error_and_the_threshold_rule_in_c
     assert make_flag(metric="p95_latency_ms", method=None).guardrails[0].method is Method.THRESHOLD
     flag = make_flag(metric="p95_latency_ms")
     flag = replace(flag, guardrails=(replace(flag.guardrails[0], method=Method.SEQUENTIAL),))
-    e = engine.decide([flag], aggs(Aggregate(200.0, 5000), Aggregate(260.0, 5000), metric="p95_latency_ms"),
-                      State(), NOW).evaluations[0]
+    e = engine.decide(
+        [flag], aggs(Aggregate(200.0, 5000), Aggregate(260.0, 5000), metric="p95_latency_ms"), State(), NOW
+    ).evaluations[0]
     assert e.verdict is Verdict.BREACH and "quantile metric: threshold rule" in e.reason
 
 
 def test_decreasing_since_start_counts_are_a_skip_with_a_warning_and_a_new_baseline() -> None:
     flag = make_flag(method=None)
-    first = engine.decide([flag], aggs(Aggregate(0.01, 50_000), Aggregate(0.01, 50_000), window=SINCE_START),
-                          State(), NOW)
+    first = engine.decide(
+        [flag], aggs(Aggregate(0.01, 50_000), Aggregate(0.01, 50_000), window=SINCE_START), State(), NOW
+    )
     reset = aggs(Aggregate(0.01, 1_000), Aggregate(0.05, 1_000), window=SINCE_START)  # the source restarted
     second = engine.decide([flag], reset, first.state, NOW + timedelta(minutes=2))
     e = second.evaluations[0]
     assert e.verdict is Verdict.SKIP_NO_DATA and "decreased" in e.reason and "warning" in e.reason
     seq = second.state.flags[KEY].sequential["error_rate@treatment"]
     assert seq.last_control == (1_000.0, 10.0, 10.0) and seq.windows == 1  # rebased, nothing added
-    third = engine.decide([flag], aggs(Aggregate(0.01, 3_000), Aggregate(0.02, 3_000), window=SINCE_START),
-                          second.state, NOW + timedelta(minutes=4))
+    third = engine.decide(
+        [flag],
+        aggs(Aggregate(0.01, 3_000), Aggregate(0.02, 3_000), window=SINCE_START),
+        second.state,
+        NOW + timedelta(minutes=4),
+    )
     assert third.evaluations[0].verdict is Verdict.PASS
     assert third.state.flags[KEY].sequential["error_rate@treatment"].windows == 2
 
@@ -320,25 +346,33 @@ def test_without_started_at_the_first_window_is_projected_over_its_real_length()
     definition = flag_definition(method=None)
     del definition["metadata"]["started_at"]
     flag = parse_flags({KEY: definition}).flags[0]
-    decision = engine.decide([flag], aggs(Aggregate(0.01, 1_000), Aggregate(0.01, 1_000), window=SINCE_START),
-                             State(), NOW)
+    decision = engine.decide(
+        [flag], aggs(Aggregate(0.01, 1_000), Aggregate(0.01, 1_000), window=SINCE_START), State(), NOW
+    )
     seq = decision.state.flags[KEY].sequential["error_rate@treatment"]
     assert seq.minutes_per_unit == pytest.approx(1 / 2_000)  # 2,000 units in the 1-minute window asked for
 
 
 def test_reenabling_a_flag_restarts_its_sequential_tests() -> None:
     flag = make_flag(method=None)
-    first = engine.decide([flag], aggs(Aggregate(0.01, 50_000), Aggregate(0.01, 50_000), window=SINCE_START),
-                          State(), NOW)
+    first = engine.decide(
+        [flag], aggs(Aggregate(0.01, 50_000), Aggregate(0.01, 50_000), window=SINCE_START), State(), NOW
+    )
     assert first.state.flags[KEY].sequential
     off = engine.decide([replace(flag, enabled=False)], {}, first.state, NOW + timedelta(minutes=2))
     assert not off.state.flags[KEY].sequential and off.state.flags[KEY].first_seen_enabled is None
 
 
 def test_alpha_is_split_across_guardrails_and_arms() -> None:
-    flag = make_flag(method=None, treatments=("a", "b"), extra_metadata={
-        "guardrail.latency_mean.comparison": "relative_increase", "guardrail.latency_mean.threshold": 0.1,
-        "guardrail.latency_mean.kind": "mean"})
+    flag = make_flag(
+        method=None,
+        treatments=("a", "b"),
+        extra_metadata={
+            "guardrail.latency_mean.comparison": "relative_increase",
+            "guardrail.latency_mean.threshold": 0.1,
+            "guardrail.latency_mean.kind": "mean",
+        },
+    )
     assert engine.comparisons(flag) == 4
     assert engine.comparison_alpha(flag, flag.guardrails[0]) == pytest.approx(0.0125)
     data = {(KEY, v, "error_rate", SINCE_START): Aggregate(0.01, 10_000) for v in ("control", "a", "b")}
@@ -348,14 +382,21 @@ def test_alpha_is_split_across_guardrails_and_arms() -> None:
 
 def test_sequential_mean_without_stddev_is_no_data() -> None:
     flag = make_flag(metric="order_value", extra_metadata={"guardrail.order_value.method": "sequential"})
-    e = engine.decide([flag], aggs(Aggregate(50.0, 5000), Aggregate(40.0, 5000), metric="order_value",
-                                   window=SINCE_START), State(), NOW).evaluations[0]
+    e = engine.decide(
+        [flag],
+        aggs(Aggregate(50.0, 5000), Aggregate(40.0, 5000), metric="order_value", window=SINCE_START),
+        State(),
+        NOW,
+    ).evaluations[0]
     assert e.verdict is Verdict.SKIP_NO_DATA and "stddev" in e.reason
 
 
 def test_sequential_decides_when_an_arm_is_at_exactly_zero() -> None:
-    flag = make_flag(metric="conversion_rate", method=None, extra_metadata={
-        "guardrail.conversion_rate.comparison": "relative_decrease"})
+    flag = make_flag(
+        metric="conversion_rate",
+        method=None,
+        extra_metadata={"guardrail.conversion_rate.comparison": "relative_decrease"},
+    )
     data = aggs(Aggregate(0.05, 100_000), Aggregate(0.0, 100_000), metric="conversion_rate", window=SINCE_START)
     e = engine.decide([flag], data, State(), NOW).evaluations[0]
     assert e.verdict is Verdict.BREACH
@@ -377,8 +418,14 @@ def test_per_unit_sums_from_the_source_give_the_unit_variance() -> None:
 
     def arm(rate: float, per_unit: bool) -> Aggregate:
         x = [10_000.0 * rate] * 10 + [0.0] * 10  # errors per user; 5,000 requests each
-        sums = dict(units=20, num_sum=sum(x), num_sum_sq=sum(v * v for v in x), den_sum=100_000.0,
-                    den_sum_sq=20 * 5_000.0**2, num_den_sum=sum(v * 5_000.0 for v in x))
+        sums = dict(
+            units=20,
+            num_sum=sum(x),
+            num_sum_sq=sum(v * v for v in x),
+            den_sum=100_000.0,
+            den_sum_sq=20 * 5_000.0**2,
+            num_den_sum=sum(v * 5_000.0 for v in x),
+        )
         return Aggregate(sum(x) / 100_000, 100_000, **(sums if per_unit else {}))  # type: ignore[arg-type]
 
     def verdict(per_unit: bool) -> Verdict:

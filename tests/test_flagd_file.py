@@ -15,7 +15,7 @@ import yaml
 from guardrail import config
 from guardrail.flags import flagd_file
 from guardrail.flags.flagd_file import FlagdFileBackend, apply_halt_to_text
-from guardrail.model import Flag, GuardrailError
+from guardrail.model import ExperimentType, Flag, GuardrailError
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 REASON = "error_rate: treatment 3.40% vs control 1.00% (+240%), threshold 10%"
@@ -141,7 +141,7 @@ def _plain_flag(key: str, *, control: str) -> Flag:
         variants=(),
         control_variant=control,
         treatment_variants=(),
-        experiment_type=config.ExperimentType.AB,
+        experiment_type=ExperimentType.AB,
         guardrails=(),
     )
 
@@ -411,7 +411,7 @@ def test_os_errors_become_failed_outcomes(tmp_path: Path, monkeypatch: pytest.Mo
     def refuse(*_args: Any) -> None:
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(flagd_file.os, "replace", refuse)
+    monkeypatch.setattr(os, "replace", refuse)  # what files.atomic_write renames with
     outcome = asyncio.run(FlagdFileBackend(path).halt(flag, REASON))
     assert not outcome.ok and not outcome.permanent and "Permission denied" in outcome.detail
     assert path.read_text() == THREE

@@ -44,15 +44,24 @@ def test_query_sends_flag_variant_metric_window_and_pinned_end() -> None:
     route = respx.get(f"{BASE}/query").mock(return_value=httpx.Response(200, json={"value": 0.02, "count": 900}))
     assert run(query()) == Aggregate(0.02, 900)
     params = dict(route.calls.last.request.url.params)
-    assert params == {"flag": "f.k", "variant": "treatment", "metric": "error_rate", "window": "5m",
-                      "end": "2026-11-25T12:00:00Z"}
+    assert params == {
+        "flag": "f.k",
+        "variant": "treatment",
+        "metric": "error_rate",
+        "window": "5m",
+        "end": "2026-11-25T12:00:00Z",
+    }
 
 
 @respx.mock
 def test_5xx_then_success_is_retried() -> None:
-    route = respx.get(f"{BASE}/query").mock(side_effect=[
-        httpx.Response(503), httpx.Response(502), httpx.Response(200, json={"value": 0.01, "count": 10}),
-    ])
+    route = respx.get(f"{BASE}/query").mock(
+        side_effect=[
+            httpx.Response(503),
+            httpx.Response(502),
+            httpx.Response(200, json={"value": 0.01, "count": 10}),
+        ]
+    )
     assert run(query()) == Aggregate(0.01, 10)
     assert route.call_count == 3
 
@@ -79,16 +88,20 @@ def test_connection_refused_is_no_data() -> None:
 
 @respx.mock
 def test_429_honours_retry_after() -> None:
-    route = respx.get(f"{BASE}/query").mock(side_effect=[
-        httpx.Response(429, headers={"Retry-After": "0"}), httpx.Response(200, json={"value": 0.5, "count": 3}),
-    ])
+    route = respx.get(f"{BASE}/query").mock(
+        side_effect=[
+            httpx.Response(429, headers={"Retry-After": "0"}),
+            httpx.Response(200, json={"value": 0.5, "count": 3}),
+        ]
+    )
     assert run(query()).value == 0.5 and route.call_count == 2
 
 
 @respx.mock
 def test_html_error_page_is_no_data() -> None:
-    respx.get(f"{BASE}/query").mock(return_value=httpx.Response(
-        200, text="<html>502 Bad Gateway</html>", headers={"content-type": "text/html"}))
+    respx.get(f"{BASE}/query").mock(
+        return_value=httpx.Response(200, text="<html>502 Bad Gateway</html>", headers={"content-type": "text/html"})
+    )
     assert "HTML" in (run(query()).error or "")
 
 
@@ -100,15 +113,16 @@ def test_html_error_page_is_no_data() -> None:
         ('{"value": 0.01, "count": -5}', "non-negative"),
         ('{"value": "abc", "count": 10}', "not a number"),
         ('{"value": 0.01, "count": 1.5}', "whole number"),
-        ('[1, 2]', "not an object"),
-        ('null', "not an object"),
+        ("[1, 2]", "not an object"),
+        ("null", "not an object"),
         ('{"value": 0.0', "not valid JSON"),
     ],
 )
 @respx.mock
 def test_bad_bodies_are_no_data(body: str, cause: str) -> None:
-    respx.get(f"{BASE}/query").mock(return_value=httpx.Response(
-        200, text=body, headers={"content-type": "application/json"}))
+    respx.get(f"{BASE}/query").mock(
+        return_value=httpx.Response(200, text=body, headers={"content-type": "application/json"})
+    )
     agg = run(query())
     assert not agg.usable
     assert cause in (agg.error or "")
@@ -146,6 +160,7 @@ def test_per_series_fetch_is_concurrent_and_bounded() -> None:
 
 # ---- flag API -------------------------------------------------------------------------------------------
 
+
 def the_flag() -> Any:
     return parse_flags({KEY: flag_definition()}).flags[0]
 
@@ -161,25 +176,34 @@ async def halt(token: str | None = "tok") -> Any:
 
 @respx.mock
 def test_halt_patches_state_default_variant_and_reason_with_the_token() -> None:
-    respx.get(f"{FLAGS}/v1/flags/{KEY}").mock(side_effect=[
-        httpx.Response(200, json=flag_definition()), httpx.Response(200, json=halted_definition())])
+    respx.get(f"{FLAGS}/v1/flags/{KEY}").mock(
+        side_effect=[httpx.Response(200, json=flag_definition()), httpx.Response(200, json=halted_definition())]
+    )
     patch = respx.patch(f"{FLAGS}/v1/flags/{KEY}").mock(return_value=httpx.Response(200, json=halted_definition()))
     outcome = run(halt())
     assert outcome.ok and "forced" not in outcome.detail
     sent = patch.calls.last.request
     assert sent.headers["Authorization"] == "Bearer tok"
-    assert json.loads(sent.content) == {"state": "DISABLED", "defaultVariant": "control",
-                                        "metadata": {"guardrail_reason": "why"}}
+    assert json.loads(sent.content) == {
+        "state": "DISABLED",
+        "defaultVariant": "control",
+        "metadata": {"guardrail_reason": "why"},
+    }
 
 
 @respx.mock
 def test_patch_5xx_then_success_halts_once() -> None:
     # GETs: before the halt, the re-read after the 503 (not applied), and the check after the success.
-    respx.get(f"{FLAGS}/v1/flags/{KEY}").mock(side_effect=[
-        httpx.Response(200, json=flag_definition()), httpx.Response(200, json=flag_definition()),
-        httpx.Response(200, json=halted_definition())])
-    patch = respx.patch(f"{FLAGS}/v1/flags/{KEY}").mock(side_effect=[
-        httpx.Response(503), httpx.Response(200, json=halted_definition())])
+    respx.get(f"{FLAGS}/v1/flags/{KEY}").mock(
+        side_effect=[
+            httpx.Response(200, json=flag_definition()),
+            httpx.Response(200, json=flag_definition()),
+            httpx.Response(200, json=halted_definition()),
+        ]
+    )
+    patch = respx.patch(f"{FLAGS}/v1/flags/{KEY}").mock(
+        side_effect=[httpx.Response(503), httpx.Response(200, json=halted_definition())]
+    )
     assert run(halt()).ok and patch.call_count == 2
 
 
@@ -198,9 +222,13 @@ def test_patch_that_ignored_a_field_takes_the_force_path() -> None:
     ignored["defaultVariant"] = "treatment"
     forced = {**ignored, "defaultVariant": "control"}
     # Only re-reads count: before, after the PATCH (a field ignored), after the force.
-    respx.get(f"{FLAGS}/v1/flags/{KEY}").mock(side_effect=[
-        httpx.Response(200, json=flag_definition()), httpx.Response(200, json=ignored),
-        httpx.Response(200, json=forced)])
+    respx.get(f"{FLAGS}/v1/flags/{KEY}").mock(
+        side_effect=[
+            httpx.Response(200, json=flag_definition()),
+            httpx.Response(200, json=ignored),
+            httpx.Response(200, json=forced),
+        ]
+    )
     respx.patch(f"{FLAGS}/v1/flags/{KEY}").mock(return_value=httpx.Response(200, json=ignored))
     force = respx.put(f"{FLAGS}/v1/flags/{KEY}/force").mock(return_value=httpx.Response(200, json=forced))
     outcome = run(halt())
@@ -210,18 +238,21 @@ def test_patch_that_ignored_a_field_takes_the_force_path() -> None:
 
 @respx.mock
 def test_server_rejecting_reason_metadata_still_halts() -> None:
-    respx.get(f"{FLAGS}/v1/flags/{KEY}").mock(side_effect=[
-        httpx.Response(200, json=flag_definition()), httpx.Response(200, json=halted_definition())])
-    patch = respx.patch(f"{FLAGS}/v1/flags/{KEY}").mock(side_effect=[
-        httpx.Response(422), httpx.Response(200, json=halted_definition())])
+    respx.get(f"{FLAGS}/v1/flags/{KEY}").mock(
+        side_effect=[httpx.Response(200, json=flag_definition()), httpx.Response(200, json=halted_definition())]
+    )
+    patch = respx.patch(f"{FLAGS}/v1/flags/{KEY}").mock(
+        side_effect=[httpx.Response(422), httpx.Response(200, json=halted_definition())]
+    )
     assert run(halt()).ok
     assert json.loads(patch.calls.last.request.content) == {"state": "DISABLED", "defaultVariant": "control"}
 
 
 @respx.mock
 def test_patch_timeout_after_the_server_applied_it_is_a_success() -> None:
-    respx.get(f"{FLAGS}/v1/flags/{KEY}").mock(side_effect=[
-        httpx.Response(200, json=flag_definition()), httpx.Response(200, json=halted_definition())])
+    respx.get(f"{FLAGS}/v1/flags/{KEY}").mock(
+        side_effect=[httpx.Response(200, json=flag_definition()), httpx.Response(200, json=halted_definition())]
+    )
     respx.patch(f"{FLAGS}/v1/flags/{KEY}").mock(side_effect=httpx.ReadTimeout("slow"))
     outcome = run(halt())
     assert outcome.ok and "lost" in outcome.detail
@@ -239,8 +270,9 @@ def test_already_halted_flag_is_not_patched() -> None:
 def test_hold_sets_metadata_only() -> None:
     held = flag_definition(experiment_type="rollout")
     held["metadata"]["guardrail_hold"] = True
-    respx.get(f"{FLAGS}/v1/flags/{KEY}").mock(side_effect=[
-        httpx.Response(200, json=flag_definition()), httpx.Response(200, json=held)])
+    respx.get(f"{FLAGS}/v1/flags/{KEY}").mock(
+        side_effect=[httpx.Response(200, json=flag_definition()), httpx.Response(200, json=held)]
+    )
     patch = respx.patch(f"{FLAGS}/v1/flags/{KEY}").mock(return_value=httpx.Response(200, json=held))
 
     async def go() -> Any:
@@ -249,7 +281,8 @@ def test_hold_sets_metadata_only() -> None:
 
     assert run(go()).ok
     assert json.loads(patch.calls.last.request.content) == {
-        "metadata": {"guardrail_hold": True, "guardrail_reason": "why"}}
+        "metadata": {"guardrail_hold": True, "guardrail_reason": "why"}
+    }
 
 
 @respx.mock
@@ -281,6 +314,7 @@ def test_flag_list_failure_is_a_clear_error() -> None:
 
 
 # ---- alert and transport --------------------------------------------------------------------------------
+
 
 @respx.mock
 def test_alert_failure_never_names_the_webhook_url() -> None:
@@ -320,8 +354,9 @@ def test_token_is_not_sent_over_plain_http_except_to_loopback() -> None:
 @respx.mock
 def test_a_lost_answer_is_not_followed_by_a_blind_retry() -> None:
     """The PATCH times out but the server applied it: the re-read before the retry sees the halt."""
-    respx.get(f"{FLAGS}/v1/flags/{KEY}").mock(side_effect=[
-        httpx.Response(200, json=flag_definition()), httpx.Response(200, json=halted_definition())])
+    respx.get(f"{FLAGS}/v1/flags/{KEY}").mock(
+        side_effect=[httpx.Response(200, json=flag_definition()), httpx.Response(200, json=halted_definition())]
+    )
     patch = respx.patch(f"{FLAGS}/v1/flags/{KEY}").mock(side_effect=httpx.ReadTimeout("slow"))
     outcome = run(halt())
     assert outcome.ok and "lost" in outcome.detail

@@ -1,7 +1,7 @@
 """make_client's PoolSet: one client per run whose connections live in small httpcore pools.
 
 httpcore 1.0's pool costs O(connections) per request and release (quadratic in places), so a run's
-connections are spread over pools of POOL_SIZE (numbers in guardrail/http.py and the README's "Speed at scale").
+connections are spread over pools of POOL_SIZE (numbers in guardrail/http.py and docs/performance.md).
 These tests pin what must not change with that: the concurrency bound, every request answered, each
 connection given back, and the stock transport behind a proxy.
 """
@@ -14,11 +14,11 @@ from datetime import datetime, timezone
 import httpx
 import pytest
 
-from guardrail.fakeapi import FakeAPI
 from guardrail.http import POOL_SIZE, PoolSet, make_client
 from guardrail.model import Aggregate, AggregateKey, MetricQuery
 from guardrail.sources import fetch_plan
 from guardrail.sources.http_api import HttpMetricSource
+from tests.fakeserver_faults import FaultyAPI
 
 END = datetime(2026, 11, 25, 12, 0, tzinfo=timezone.utc)
 
@@ -40,7 +40,7 @@ def test_pool_sizes_add_up_to_the_concurrency(concurrency: int) -> None:
 def test_many_queries_bounded_connections_all_released() -> None:
     keys = [f"f{i}" for i in range(40)]
     planned = [((k, "control", "m", "5m"), MetricQuery(k, "control", "m", "5m", END)) for k in keys]
-    with FakeAPI(latency=0.02) as api:
+    with FaultyAPI(latency=0.02) as api:
         for i, k in enumerate(keys):
             api.set_metric(k, "control", "m", i / 100, 100 + i)
 
@@ -69,9 +69,15 @@ def test_failed_requests_give_their_slot_back() -> None:
     assert asyncio.run(go()) == [0, 0]
 
 
-@pytest.mark.parametrize(("variable", "pooled"), [
-    ("HTTPS_PROXY", False), ("http_proxy", False), ("ALL_PROXY", False), ("NO_PROXY", True),
-])
+@pytest.mark.parametrize(
+    ("variable", "pooled"),
+    [
+        ("HTTPS_PROXY", False),
+        ("http_proxy", False),
+        ("ALL_PROXY", False),
+        ("NO_PROXY", True),
+    ],
+)
 def test_behind_a_proxy_the_stock_transport_is_kept(
     monkeypatch: pytest.MonkeyPatch, variable: str, pooled: bool
 ) -> None:

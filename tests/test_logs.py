@@ -20,6 +20,7 @@ from guardrail.model import (
     ExitCode,
     FlagProblem,
     GuardrailError,
+    HaltResultStatus,
     Method,
     Verdict,
 )
@@ -29,25 +30,48 @@ from tests.conftest import NOW, TOKEN, flag_definition
 SECRET = "hook-SECRET-0123456789"
 
 
-def evaluation(verdict: Verdict, *, flag: str = "a.b.c", delta: float | None = 0.5,
-               control: Aggregate | None = None, treatment: Aggregate | None = None,
-               variant: str = "treatment") -> Evaluation:
-    return Evaluation(flag=flag, metric="error_rate", treatment_variant=variant, control_variant="control",
-                      comparison=Comparison.RELATIVE_INCREASE, threshold=0.1, method=Method.THRESHOLD, verdict=verdict,
-                      reason=f"{verdict.value} because", control=control or Aggregate(0.01, 500),
-                      treatment=treatment or Aggregate(0.015, 500), delta=delta, relative_delta=delta, streak=1)
+def evaluation(
+    verdict: Verdict,
+    *,
+    flag: str = "a.b.c",
+    delta: float | None = 0.5,
+    control: Aggregate | None = None,
+    treatment: Aggregate | None = None,
+    variant: str = "treatment",
+) -> Evaluation:
+    return Evaluation(
+        flag=flag,
+        metric="error_rate",
+        treatment_variant=variant,
+        control_variant="control",
+        comparison=Comparison.RELATIVE_INCREASE,
+        threshold=0.1,
+        method=Method.THRESHOLD,
+        verdict=verdict,
+        reason=f"{verdict.value} because",
+        control=control or Aggregate(0.01, 500),
+        treatment=treatment or Aggregate(0.015, 500),
+        delta=delta,
+        relative_delta=delta,
+        streak=1,
+    )
 
 
 def sample_result() -> RunResult:
     return RunResult(
-        now=NOW, dry_run=False, run_id="run-1",
+        now=NOW,
+        dry_run=False,
+        run_id="run-1",
         evaluations=(
             evaluation(Verdict.BREACH, delta=float("inf"), control=Aggregate(0.0, 500)),
             evaluation(Verdict.PASS, flag="d.e.f"),
-            evaluation(Verdict.SKIP_NO_DATA, flag="g.h.i", delta=None,
-                       treatment=Aggregate.missing("metrics query: timeout")),
+            evaluation(
+                Verdict.SKIP_NO_DATA, flag="g.h.i", delta=None, treatment=Aggregate.missing("metrics query: timeout")
+            ),
         ),
-        halts=(HaltResult("a.b.c", "revert", "failed", "error_rate 3x", detail=f"webhook {SECRET} refused"),),
+        halts=(
+            HaltResult("a.b.c", "revert", HaltResultStatus.FAILED, "error_rate 3x", detail=f"webhook {SECRET} refused"),
+        ),
         problems=(FlagProblem("x.y.z", "must be a number", source="flags.yaml", field="metadata.x"),),
         skipped_flags={"old.flag.off": "disabled", "held.flag.one": "held by guardrail"},
         warnings=("state file was unreadable",),
@@ -97,8 +121,9 @@ def test_default_redactor_reads_the_contract_variables(monkeypatch: pytest.Monke
 
 def test_error_line() -> None:
     stream = io.StringIO()
-    error = GuardrailError(f"flag API list: connection refused {TOKEN}", source="http://x/v1/flags",
-                           exit_code=ExitCode.UNEVALUATED)
+    error = GuardrailError(
+        f"flag API list: connection refused {TOKEN}", source="http://x/v1/flags", exit_code=ExitCode.UNEVALUATED
+    )
     emit_error_log(error, stream, redact=Redactor([TOKEN]), now=NOW)
     (line,) = [strict_loads(x) for x in stream.getvalue().splitlines()]
     assert line["event"] == "error" and line["level"] == "error" and line["exit_code"] == 3
@@ -113,11 +138,24 @@ def test_check_log_format_json_end_to_end(fake_api: FakeAPI, run_cli: Any, tmp_p
     fake_api.set_metric(key, "treatment", "error_rate", 0.034, 5000)
     for arm in ("control", "treatment"):  # unit counts for the SRM gate (without them: one warning line)
         fake_api.set_metric(key, arm, "exposures", 5000, 5000)
-    env = {"FLAG_API_URL": fake_api.url, "FLAG_API_TOKEN": TOKEN, "METRICS_API_URL": fake_api.url,
-           "ALERT_WEBHOOK_URL": f"{fake_api.url}/webhook"}
+    env = {
+        "FLAG_API_URL": fake_api.url,
+        "FLAG_API_TOKEN": TOKEN,
+        "METRICS_API_URL": fake_api.url,
+        "ALERT_WEBHOOK_URL": f"{fake_api.url}/webhook",
+    }
     now = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(minutes=1)
-    result = run_cli("check", "--state", str(tmp_path / "s.json"), "--log-format", "json", "--json",
-                     "--now", now.isoformat(), env=env)
+    result = run_cli(
+        "check",
+        "--state",
+        str(tmp_path / "s.json"),
+        "--log-format",
+        "json",
+        "--json",
+        "--now",
+        now.isoformat(),
+        env=env,
+    )
     assert result.returncode == 1, result.stderr
     lines = [strict_loads(x) for x in result.stderr.splitlines()]
     assert [x["event"] for x in lines] == ["evaluation", "halt", "run"]
@@ -125,8 +163,14 @@ def test_check_log_format_json_end_to_end(fake_api: FakeAPI, run_cli: Any, tmp_p
     assert json.loads(result.stdout)["halts"][0]["flag"] == key  # stdout keeps the report
     assert TOKEN not in result.stderr and "/webhook" not in result.stderr
 
-    down = run_cli("check", "--state", str(tmp_path / "s.json"), "--log-format", "json",
-                   env={**env, "FLAG_API_URL": "http://127.0.0.1:9"})
+    down = run_cli(
+        "check",
+        "--state",
+        str(tmp_path / "s.json"),
+        "--log-format",
+        "json",
+        env={**env, "FLAG_API_URL": "http://127.0.0.1:9"},
+    )
     assert down.returncode == 3
     first, *rest = down.stderr.splitlines()
     error = strict_loads(first)

@@ -61,20 +61,25 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     if binary is None:
         pytest.skip("prometheus binary not installed: `apt-get install prometheus` (CI's .ci/run does)")
     generators = {
-        AA: TrafficGenerator(AA, error_rates={"control": 0.02, "treatment": 0.02}, rps=RPS, seed=11,
-                             duration=150),
-        BAD: TrafficGenerator(BAD, error_rates={"control": 0.01, "treatment": 0.03}, rps=RPS, seed=12,
-                              duration=150),
-        LAT: TrafficGenerator(LAT, error_rates={"control": 0.01, "treatment": 0.01},
-                              latencies={"control": 0.12, "treatment": 0.15}, rps=500, seed=13, duration=150),
+        AA: TrafficGenerator(AA, error_rates={"control": 0.02, "treatment": 0.02}, rps=RPS, seed=11, duration=150),
+        BAD: TrafficGenerator(BAD, error_rates={"control": 0.01, "treatment": 0.03}, rps=RPS, seed=12, duration=150),
+        LAT: TrafficGenerator(
+            LAT,
+            error_rates={"control": 0.01, "treatment": 0.01},
+            latencies={"control": 0.12, "treatment": 0.15},
+            rps=500,
+            seed=13,
+            duration=150,
+        ),
     }
     prom: PrometheusServer | None = None
     try:
         for gen in generators.values():
             gen.start()
         started = time.monotonic()
-        server = prom = PrometheusServer(binary, tmp_path_factory.mktemp("prometheus"),
-                                         [g.target for g in generators.values()]).start()
+        server = prom = PrometheusServer(
+            binary, tmp_path_factory.mktemp("prometheus"), [g.target for g in generators.values()]
+        ).start()
 
         def enough() -> bool:
             for key, gen in generators.items():
@@ -135,8 +140,9 @@ def direct_promql(metric: str, flag: str, variant: str) -> tuple[str, str]:
     )
 
 
-def assert_matches_promql(prom: PrometheusServer, metric: str, flag: str, variant: str, at: str,
-                          value: float | None, count: int | None) -> None:
+def assert_matches_promql(
+    prom: PrometheusServer, metric: str, flag: str, variant: str, at: str, value: float | None, count: int | None
+) -> None:
     value_q, count_q = direct_promql(metric, flag, variant)
     expected_value = prom.scalar(value_q, at=at)
     expected_count = prom.scalar(count_q, at=at)
@@ -156,8 +162,9 @@ def example_section(prom: PrometheusServer) -> dict[str, Any]:
 # ---- the source, called directly ----------------------------------------------------------------------
 
 
-def query_source(prom: PrometheusServer, queries: list[MetricQuery],
-                 section: dict[str, Any] | None = None) -> list[Aggregate]:
+def query_source(
+    prom: PrometheusServer, queries: list[MetricQuery], section: dict[str, Any] | None = None
+) -> list[Aggregate]:
     config = parse_prometheus_config(section or example_section(prom), source=str(EXAMPLE_CONFIG))
 
     async def go() -> list[Aggregate]:
@@ -193,14 +200,22 @@ def test_source_turns_real_prometheus_oddities_into_no_data(stack: Stack) -> Non
     section = {
         "url": stack.prom.url,
         "queries": {
-            "ok": {"value": f"sum(rate(http_requests_total{{{s}}}[$window]))",
-                   "count": f"sum(increase(http_requests_total{{{s}}}[$window]))"},
-            "nan": {"value": f"sum(http_requests_total{{{s}}}) * 0 / 0",
-                    "count": f"sum(increase(http_requests_total{{{s}}}[$window]))"},
-            "many": {"value": 'rate(http_requests_total{variant="$variant"}[$window])',
-                     "count": 'sum(increase(http_requests_total{variant="$variant"}[$window]))'},
-            "broken": {"value": 'sum(rate(http_requests_total{variant="$variant"}))',
-                       "count": 'sum(increase(http_requests_total{variant="$variant"}[$window]))'},
+            "ok": {
+                "value": f"sum(rate(http_requests_total{{{s}}}[$window]))",
+                "count": f"sum(increase(http_requests_total{{{s}}}[$window]))",
+            },
+            "nan": {
+                "value": f"sum(http_requests_total{{{s}}}) * 0 / 0",
+                "count": f"sum(increase(http_requests_total{{{s}}}[$window]))",
+            },
+            "many": {
+                "value": 'rate(http_requests_total{variant="$variant"}[$window])',
+                "count": 'sum(increase(http_requests_total{variant="$variant"}[$window]))',
+            },
+            "broken": {
+                "value": 'sum(rate(http_requests_total{variant="$variant"}))',
+                "count": 'sum(increase(http_requests_total{variant="$variant"}[$window]))',
+            },
         },
     }
     end = instant()
@@ -221,20 +236,28 @@ def test_source_turns_real_prometheus_oddities_into_no_data(stack: Stack) -> Non
 
 def flag_file(path: Path, key: str, guardrails: dict[str, float]) -> Path:
     # The threshold rule on a short window: these tests are about PromQL values and the two-look halt path.
-    metadata: dict[str, Any] = {"owner": "e2e", "experiment_type": "ab", "warmup_minutes": 0,
-                                "guardrail.method": "threshold"}
+    metadata: dict[str, Any] = {
+        "owner": "e2e",
+        "experiment_type": "ab",
+        "warmup_minutes": 0,
+        "guardrail.method": "threshold",
+    }
     for metric, threshold in guardrails.items():
         metadata[f"guardrail.{metric}.comparison"] = "relative_increase"
         metadata[f"guardrail.{metric}.threshold"] = threshold
         metadata[f"guardrail.{metric}.window"] = WINDOW
         metadata[f"guardrail.{metric}.min_count"] = 100
-    doc = {"flags": {key: {
-        "state": "ENABLED",
-        "variants": {"treatment": True, "control": False},
-        "defaultVariant": "control",
-        "targeting": {"fractional": [{"var": "targetingKey"}, ["treatment", 50], ["control", 50]]},
-        "metadata": metadata,
-    }}}
+    doc = {
+        "flags": {
+            key: {
+                "state": "ENABLED",
+                "variants": {"treatment": True, "control": False},
+                "defaultVariant": "control",
+                "targeting": {"fractional": [{"var": "targetingKey"}, ["treatment", 50], ["control", 50]]},
+                "metadata": metadata,
+            }
+        }
+    }
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return path
 
@@ -251,10 +274,26 @@ class Cli:
         if command[0] == sys.executable:  # not installed: run the package from this checkout
             env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
         proc = subprocess.run(
-            [*command, "check", "--config", str(self.config), "--flags", str(self.flags),
-             "--state", str(self.tmp_path / "state.json"), "--audit", str(self.tmp_path / "audit.jsonl"),
-             "--json", *extra],
-            capture_output=True, text=True, env=env, cwd=self.tmp_path, timeout=60, stdin=subprocess.DEVNULL,
+            [
+                *command,
+                "check",
+                "--config",
+                str(self.config),
+                "--flags",
+                str(self.flags),
+                "--state",
+                str(self.tmp_path / "state.json"),
+                "--audit",
+                str(self.tmp_path / "audit.jsonl"),
+                "--json",
+                *extra,
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=self.tmp_path,
+            timeout=60,
+            stdin=subprocess.DEVNULL,
         )
         assert "Traceback" not in proc.stderr, proc.stderr
         try:
@@ -334,7 +373,9 @@ def test_grouped_templates_give_the_per_series_numbers_in_one_query_per_metric_a
     metrics = ("error_rate", "latency_mean_ms", "p95_latency_ms")
     plan: list[tuple[AggregateKey, MetricQuery]] = [
         ((f, v, m, WINDOW), MetricQuery(f, v, m, WINDOW, end))
-        for m in metrics for f in (AA, BAD, LAT) for v in ("control", "treatment")
+        for m in metrics
+        for f in (AA, BAD, LAT)
+        for v in ("control", "treatment")
     ]
 
     def run(section: dict[str, Any]) -> tuple[dict[AggregateKey, Aggregate], int]:
@@ -354,8 +395,10 @@ def test_grouped_templates_give_the_per_series_numbers_in_one_query_per_metric_a
     # One `series` template per metric: value and count in a single query, told apart by a `stat` label.
     queries = grouped_doc["metrics"]["queries"]
     combined = {
-        m: {"series": f'label_replace({q["value"]}, "stat", "value", "", "") or '
-                      f'label_replace({q["count"]}, "stat", "count", "", "")'}
+        m: {
+            "series": f'label_replace({q["value"]}, "stat", "value", "", "") or '
+            f'label_replace({q["count"]}, "stat", "count", "", "")'
+        }
         for m, q in queries.items()
     }
     single, single_requests = run({**grouped_doc["metrics"], "queries": combined})

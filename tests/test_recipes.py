@@ -47,8 +47,12 @@ def serve(api: FakeAPI, *, harmful: bool) -> None:
 
 
 def api_env(api: FakeAPI) -> dict[str, str]:
-    return {"FLAG_API_URL": api.url, "FLAG_API_TOKEN": TOKEN, "METRICS_API_URL": api.url,
-            "ALERT_WEBHOOK_URL": f"{api.url}/webhook"}
+    return {
+        "FLAG_API_URL": api.url,
+        "FLAG_API_TOKEN": TOKEN,
+        "METRICS_API_URL": api.url,
+        "ALERT_WEBHOOK_URL": f"{api.url}/webhook",
+    }
 
 
 # ---- cron ---------------------------------------------------------------------------------------------------
@@ -77,7 +81,7 @@ def test_crontab_runs_every_two_minutes_without_flock() -> None:
     words = shlex.split(command.replace(";", " ; "))
     start = words.index("guardrail")
     assert words[start + 1] == "check"
-    args = words[start + 2:words.index(">/var/lib/guardrail/last-run.txt")]
+    args = words[start + 2 : words.index(">/var/lib/guardrail/last-run.txt")]
     assert_known_options(args, "check")
     assert {"--state", "--audit"} <= set(args)
     assert variables["SHELL"] == "/bin/sh" and "PATH" in variables
@@ -88,8 +92,13 @@ def test_env_file_has_the_contract_variables_as_placeholders() -> None:
     pairs = dict(line.split("=", 1) for line in path.read_text().splitlines() if line and not line.startswith("#"))
     assert set(pairs) == CONTRACT_VARS
     assert all("example.com" in v or "REPLACE" in v for v in pairs.values())
-    exported = subprocess.run(["sh", "-c", f"set -a; . {shlex.quote(str(path))}; set +a; env"],
-                              capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"}, check=True).stdout
+    exported = subprocess.run(
+        ["sh", "-c", f"set -a; . {shlex.quote(str(path))}; set +a; env"],
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin"},
+        check=True,
+    ).stdout
     assert f"FLAG_API_TOKEN={pairs['FLAG_API_TOKEN']}" in exported.splitlines()
 
 
@@ -99,16 +108,19 @@ def test_crontab_line_runs_and_mails_only_on_trouble(fake_api: FakeAPI, tmp_path
     env_file.write_text("".join(f"{k}={v}\n" for k, v in api_env(fake_api).items()))
     (tmp_path / "lib").mkdir()
     _variables, (job,) = crontab()
-    command = (job.split(None, 5)[5]
-               .replace("/etc/guardrail/guardrail.env", str(env_file))
-               .replace("/var/lib/guardrail", str(tmp_path / "lib"))
-               .replace("/var/lib/prometheus/node-exporter", str(tmp_path / "textfile")))
+    command = (
+        job.split(None, 5)[5]
+        .replace("/etc/guardrail/guardrail.env", str(env_file))
+        .replace("/var/lib/guardrail", str(tmp_path / "lib"))
+        .replace("/var/lib/prometheus/node-exporter", str(tmp_path / "textfile"))
+    )
 
     def cron() -> subprocess.CompletedProcess[str]:
         # What cron does: sh -c COMMAND with the crontab's variables, none of the contract's in the environment.
         env = {**clean_env(), "PATH": f"{BIN}:/usr/bin:/bin", "SHELL": "/bin/sh"}
-        return subprocess.run(["/bin/sh", "-c", command], capture_output=True, text=True, env=env, timeout=60,
-                              stdin=subprocess.DEVNULL)
+        return subprocess.run(
+            ["/bin/sh", "-c", command], capture_output=True, text=True, env=env, timeout=60, stdin=subprocess.DEVNULL
+        )
 
     serve(fake_api, harmful=False)
     quiet = cron()
@@ -119,7 +131,7 @@ def test_crontab_line_runs_and_mails_only_on_trouble(fake_api: FakeAPI, tmp_path
     serve(fake_api, harmful=True)
     mailed = cron()
     assert "HALTED" in mailed.stdout and KEY in mailed.stdout
-    assert (fake_api.flag(KEY) or {})["state"] == "DISABLED"
+    assert fake_api.flag(KEY)["state"] == "DISABLED"
     assert TOKEN not in mailed.stdout + mailed.stderr
 
 
@@ -182,7 +194,8 @@ def test_kubernetes_pvc_and_dockerfile() -> None:
     user = re.search(r"^USER (\d+):(\d+)", dockerfile, flags=re.M)
     assert user is not None
     assert by_kind("CronJob")["spec"]["jobTemplate"]["spec"]["template"]["spec"]["securityContext"]["runAsUser"] == int(
-        user.group(1))
+        user.group(1)
+    )
 
 
 # ---- GitHub Actions -----------------------------------------------------------------------------------------
@@ -211,8 +224,15 @@ def step(doc: dict[str, Any], name_prefix: str) -> tuple[int, dict[str, Any]]:
 
 def run_step(script: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
     # GitHub runs a `run:` block as `bash -e {0}` on Linux runners.
-    return subprocess.run(["bash", "-e", "-c", script], capture_output=True, text=True, cwd=cwd, timeout=120,
-                          env={**clean_env(), "PATH": f"{BIN}:/usr/bin:/bin", **env}, stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        ["bash", "-e", "-c", script],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=120,
+        env={**clean_env(), "PATH": f"{BIN}:/usr/bin:/bin", **env},
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def test_deploy_workflow_shape() -> None:
@@ -233,13 +253,18 @@ def test_deploy_step_fails_the_job_on_a_halt(fake_api: FakeAPI, tmp_path: Path, 
     _, guard = step(doc, "Guardrail check")
     (job,) = doc["jobs"].values()
     serve(fake_api, harmful=harmful)
-    env = {**api_env(fake_api), "FLAG_KEY": job["env"]["FLAG_KEY"], "BAKE_CHECKS": "2", "BAKE_INTERVAL": "0",
-           "RUNNER_TEMP": str(tmp_path)}
+    env = {
+        **api_env(fake_api),
+        "FLAG_KEY": job["env"]["FLAG_KEY"],
+        "BAKE_CHECKS": "2",
+        "BAKE_INTERVAL": "0",
+        "RUNNER_TEMP": str(tmp_path),
+    }
     result = run_step(guard["run"], env, tmp_path)
     assert result.returncode == code, result.stdout + result.stderr
     if harmful:
         assert "::error title=guardrail halted" in result.stdout
-        assert (fake_api.flag(KEY) or {})["state"] == "DISABLED"
+        assert fake_api.flag(KEY)["state"] == "DISABLED"
     else:
         assert result.stdout.count("no guardrail harmed") == 2
     assert (tmp_path / "guardrail-audit.jsonl").exists()
@@ -247,8 +272,13 @@ def test_deploy_step_fails_the_job_on_a_halt(fake_api: FakeAPI, tmp_path: Path, 
 
 
 def git(repo: Path, *args: str) -> None:
-    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@example.com", *args], cwd=repo, check=True,
-                   capture_output=True, env={**clean_env(), "GIT_CONFIG_GLOBAL": os.devnull})
+    subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@example.com", *args],
+        cwd=repo,
+        check=True,
+        capture_output=True,
+        env={**clean_env(), "GIT_CONFIG_GLOBAL": os.devnull},
+    )
 
 
 @pytest.mark.e2e
@@ -320,8 +350,9 @@ def test_example_config_loads_and_covers_every_key() -> None:
 
     # Every section key settings.py and the configured adapters read is documented (set, or shown commented
     # out) in the example.
-    source = "".join((ROOT / "guardrail" / name).read_text()
-                     for name in ("settings.py", "flags/http_api.py", "sources/http_api.py"))
+    source = "".join(
+        (ROOT / "guardrail" / name).read_text() for name in ("settings.py", "flags/http_api.py", "sources/http_api.py")
+    )
     read = set(re.findall(r'\b(?:flag_api|alert|http|metrics|section)\.get\("(\w+)"', source))
     read |= set(re.findall(r'"(?:flag_api|alert|http|metrics)\.(\w+)"', source))
     read |= set(re.findall(r'\bhttp\["(\w+)"\]', source))

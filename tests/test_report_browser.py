@@ -28,8 +28,15 @@ from guardrail.fakeapi import FakeAPI
 from tests.report_scenario import EVIL_VARIANT, START, TOKEN, run_scenario
 
 CHROMIUM = os.environ.get("GUARDRAIL_CHROMIUM", "/usr/bin/chromium")
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-dev-shm-usage",
+]
 BUILT = "2026-11-25T09:50:00Z"
 
 
@@ -54,15 +61,15 @@ class Watched:
     """A page whose console errors, page errors and outside requests are collected."""
 
     def __init__(self, browser: Browser, *, offline: bool = True, allowed: str = "file://") -> None:
-        self.context = browser.new_context(offline=offline, viewport={"width": 1000, "height": 900},
-                                           timezone_id="UTC")
+        self.context = browser.new_context(offline=offline, viewport={"width": 1000, "height": 900}, timezone_id="UTC")
         self.page: Page = self.context.new_page()
         self.errors: list[str] = []
         self.outside: list[str] = []
         self.page.on("console", lambda m: self.errors.append(m.text) if m.type == "error" else None)
         self.page.on("pageerror", lambda e: self.errors.append(str(e)))
-        self.page.on("request", lambda r: None if r.url.startswith((allowed, "data:", "about:"))
-                     else self.outside.append(r.url))
+        self.page.on(
+            "request", lambda r: None if r.url.startswith((allowed, "data:", "about:")) else self.outside.append(r.url)
+        )
 
     def open(self, url: str) -> Page:
         self.page.goto(url, wait_until="load")
@@ -91,8 +98,17 @@ def watched(browser: Browser) -> Iterator[Any]:
 
 
 def build(run_cli: Any, base: Path, out: Path, now: str = BUILT) -> None:
-    result = run_cli("report", "--state", str(base / "state.json"), "--audit", str(base / "audit.jsonl"),
-                     "--out", str(out), "--now", now)
+    result = run_cli(
+        "report",
+        "--state",
+        str(base / "state.json"),
+        "--audit",
+        str(base / "audit.jsonl"),
+        "--out",
+        str(out),
+        "--now",
+        now,
+    )
     assert result.returncode == 0, result.stderr
 
 
@@ -112,7 +128,9 @@ def site(scenario_site: Path, run_cli: Any, tmp_path: Path) -> Path:
 
 
 def charts(page: Page) -> dict[str, dict[str, Any]]:
-    return page.eval_on_selector_all("svg.chart", """els => Object.fromEntries(els.map(s => [
+    return page.eval_on_selector_all(
+        "svg.chart",
+        """els => Object.fromEntries(els.map(s => [
         s.getAttribute('data-guardrail'), {
           points: +s.getAttribute('data-points'),
           threshold: s.querySelectorAll('.threshold').length,
@@ -124,15 +142,20 @@ def charts(page: Page) -> dict[str, dict[str, Any]]:
           events: Array.from(s.querySelectorAll('.event')).map(e => e.getAttribute('data-kind')),
           empty: s.querySelectorAll('.empty').length,
           visible: s.getBoundingClientRect().width > 100,
-        }]))""")
+        }]))""",
+    )
 
 
 def test_flag_page_one_chart_per_guardrail_and_arm(site: Path, watched: Any, tmp_path: Path) -> None:
     w = watched()
     page = w.open((site / "flags" / "checkout.payments.express-pay.html").as_uri())
     got = charts(page)
-    assert set(got) == {"error_rate@treatment-a", "error_rate@treatment-b", "p95_latency_ms@treatment-a",
-                        "p95_latency_ms@treatment-b"}
+    assert set(got) == {
+        "error_rate@treatment-a",
+        "error_rate@treatment-b",
+        "p95_latency_ms@treatment-a",
+        "p95_latency_ms@treatment-b",
+    }
     for gid, c in got.items():
         assert c["visible"] and c["threshold"] == 1, gid
         assert c["thresholdY"] < c["zeroY"], f"{gid}: a +10 % threshold is drawn above the zero line"
@@ -252,10 +275,16 @@ def test_two_thousand_flags(tmp_path: Path, run_cli: Any, watched: Any) -> None:
     definitions: dict[str, Any] = {}
     for i in range(2000):
         definitions[f"team{i % 13:02d}.svc.experiment-{i:04d}"] = {
-            "state": "ENABLED", "variants": {"control": False, "treatment": True}, "defaultVariant": "control",
-            "metadata": {"experiment_type": "ab", "started_at": "2026-11-25T08:00:00Z",
-                         "guardrail.error_rate.comparison": "relative_increase",
-                         "guardrail.error_rate.threshold": 0.10}}
+            "state": "ENABLED",
+            "variants": {"control": False, "treatment": True},
+            "defaultVariant": "control",
+            "metadata": {
+                "experiment_type": "ab",
+                "started_at": "2026-11-25T08:00:00Z",
+                "guardrail.error_rate.comparison": "relative_increase",
+                "guardrail.error_rate.threshold": 0.10,
+            },
+        }
     with FakeAPI(flags=definitions, token=TOKEN) as api:
         for i, key in enumerate(definitions):
             if i % 100 == 7:
@@ -268,8 +297,17 @@ def test_two_thousand_flags(tmp_path: Path, run_cli: Any, watched: Any) -> None:
             # The installed command, as cron runs it: its own process, so it does not share a GIL with
             # the fake API's server threads.
             when = format_time(START + timedelta(minutes=2 * look))
-            result = run_cli("check", "--state", str(tmp_path / "state.json"), "--audit",
-                             str(tmp_path / "audit.jsonl"), "--now", when, env=env, timeout=300)
+            result = run_cli(
+                "check",
+                "--state",
+                str(tmp_path / "state.json"),
+                "--audit",
+                str(tmp_path / "audit.jsonl"),
+                "--now",
+                when,
+                env=env,
+                timeout=300,
+            )
             assert result.returncode == (3 if look == 0 else 1), result.stderr  # 3: no data for 20 flags
     out = tmp_path / "site"
     build(run_cli, tmp_path, out, now="2026-11-25T09:03:00Z")

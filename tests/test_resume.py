@@ -14,7 +14,17 @@ import yaml
 from guardrail import engine
 from guardrail.config import parse_flags
 from guardrail.fakeapi import FakeAPI
-from guardrail.model import Aggregate, ExitCode, FlagState, GuardrailError, HaltAction, HaltRecord, State, Streak
+from guardrail.model import (
+    Aggregate,
+    ExitCode,
+    FlagState,
+    GuardrailError,
+    HaltAction,
+    HaltRecord,
+    HaltStatus,
+    State,
+    Streak,
+)
 from guardrail.resume import run_resume_command
 from guardrail.state import AuditLog, StateStore
 from tests.conftest import NOW, TOKEN, flag_definition
@@ -24,39 +34,67 @@ GID = "error_rate@treatment"
 
 
 def halted_state() -> State:
-    halt = HaltRecord(status="done", action=HaltAction.REVERT, reason="error_rate 3.4x control",
-                      decided_at=NOW - timedelta(minutes=30), metric="error_rate", treatment_variant="treatment",
-                      completed_at=NOW - timedelta(minutes=30), attempts=1, alert_delivered=True, run_id="run-1",
-                      alert={"flag": "prepared"})
-    return State(flags={KEY: FlagState(
-        first_seen_enabled=NOW - timedelta(days=2),
-        streaks={GID: Streak(2, NOW - timedelta(minutes=30))},
-        halt=halt,
-        tuning_n={GID: 12345.0},
-        last_evaluations={GID: {"verdict": "breach", "streak": 2}},
-    )}, last_run_at=NOW - timedelta(minutes=2))
+    halt = HaltRecord(
+        status=HaltStatus.DONE,
+        action=HaltAction.REVERT,
+        reason="error_rate 3.4x control",
+        decided_at=NOW - timedelta(minutes=30),
+        metric="error_rate",
+        treatment_variant="treatment",
+        completed_at=NOW - timedelta(minutes=30),
+        attempts=1,
+        alert_delivered=True,
+        run_id="run-1",
+        alert={"flag": "prepared"},
+    )
+    return State(
+        flags={
+            KEY: FlagState(
+                first_seen_enabled=NOW - timedelta(days=2),
+                streaks={GID: Streak(2, NOW - timedelta(minutes=30))},
+                halt=halt,
+                tuning_n={GID: 12345.0},
+                last_evaluations={GID: {"verdict": "breach", "streak": 2}},
+            )
+        },
+        last_run_at=NOW - timedelta(minutes=2),
+    )
 
 
 @pytest.fixture
 def paths(tmp_path: Path) -> dict[str, Path]:
     store = StateStore(tmp_path / "state.json")
     store.save(halted_state())
-    return {"flags": tmp_path / "flags.yaml", "state": store.path, "audit": tmp_path / "audit.jsonl",
-            "dir": tmp_path}
+    return {"flags": tmp_path / "flags.yaml", "state": store.path, "audit": tmp_path / "audit.jsonl", "dir": tmp_path}
 
 
 def serve_file(paths: dict[str, Path], definition: dict[str, Any]) -> None:
     paths["flags"].write_text(yaml.safe_dump({"flags": {KEY: definition}}))
 
 
-def resume(paths: dict[str, Path], *, key: str = KEY, reason: str = "fixed the NPE in express-pay; see INC-42",
-           by: str | None = "alice", config: Path | None = None) -> int:
-    return run_resume_command(key=key, reason=reason, by=by, flags=str(paths["flags"]), config=config,
-                              state=paths["state"], audit=paths["audit"], now=NOW)
+def resume(
+    paths: dict[str, Path],
+    *,
+    key: str = KEY,
+    reason: str = "fixed the NPE in express-pay; see INC-42",
+    by: str | None = "alice",
+    config: Path | None = None,
+) -> int:
+    return run_resume_command(
+        key=key,
+        reason=reason,
+        by=by,
+        flags=str(paths["flags"]),
+        config=config,
+        state=paths["state"],
+        audit=paths["audit"],
+        now=NOW,
+    )
 
 
-def test_resume_clears_halt_streaks_and_tuning_and_audits(paths: dict[str, Path],
-                                                          capsys: pytest.CaptureFixture[str]) -> None:
+def test_resume_clears_halt_streaks_and_tuning_and_audits(
+    paths: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
     serve_file(paths, flag_definition(state="ENABLED"))
     assert resume(paths) == 0
     out = capsys.readouterr().out
@@ -80,21 +118,27 @@ def test_after_resume_one_breach_does_not_halt(paths: dict[str, Path]) -> None:
     assert resume(paths) == 0
     state = StateStore(paths["state"]).load()
     (flag,) = parse_flags({KEY: flag_definition()}).flags
-    bad = {(KEY, "control", "error_rate", "5m"): Aggregate(0.01, 5000),
-           (KEY, "treatment", "error_rate", "5m"): Aggregate(0.034, 5000)}
+    bad = {
+        (KEY, "control", "error_rate", "5m"): Aggregate(0.01, 5000),
+        (KEY, "treatment", "error_rate", "5m"): Aggregate(0.034, 5000),
+    }
     decision = engine.decide([flag], bad, state, NOW + timedelta(minutes=2))
     (evaluation,) = decision.evaluations
     assert evaluation.verdict.value == "breach" and evaluation.streak == 1
     assert decision.halts == ()
 
 
-@pytest.mark.parametrize(("definition", "message"), [
-    (flag_definition(state="DISABLED"), "still DISABLED"),
-    (flag_definition(extra_metadata={"guardrail_hold": True}), "still held"),
-    (flag_definition(extra_metadata={"guardrail_hold": "true"}), "still held"),
-])
-def test_refuses_while_not_restored_at_the_source(paths: dict[str, Path], definition: dict[str, Any],
-                                                  message: str) -> None:
+@pytest.mark.parametrize(
+    ("definition", "message"),
+    [
+        (flag_definition(state="DISABLED"), "still DISABLED"),
+        (flag_definition(extra_metadata={"guardrail_hold": True}), "still held"),
+        (flag_definition(extra_metadata={"guardrail_hold": "true"}), "still held"),
+    ],
+)
+def test_refuses_while_not_restored_at_the_source(
+    paths: dict[str, Path], definition: dict[str, Any], message: str
+) -> None:
     serve_file(paths, definition)
     before = paths["state"].read_bytes()
     with pytest.raises(GuardrailError, match=message) as info:
@@ -123,14 +167,22 @@ def test_refuses_without_reason_or_flag_source(paths: dict[str, Path], monkeypat
         resume(paths, reason="   ")
     monkeypatch.delenv("FLAG_API_URL", raising=False)
     with pytest.raises(GuardrailError, match="checks that the flag was restored"):
-        run_resume_command(key=KEY, reason="x", by=None, flags=None, config=None, state=paths["state"],
-                           audit=paths["audit"])
+        run_resume_command(
+            key=KEY, reason="x", by=None, flags=None, config=None, state=paths["state"], audit=paths["audit"]
+        )
 
 
 def test_unreachable_source_refuses_with_its_exit_code(paths: dict[str, Path]) -> None:
     with pytest.raises(GuardrailError, match="cannot confirm the flag was restored") as info:
-        run_resume_command(key=KEY, reason="x", by=None, flags="http://127.0.0.1:9/v1/flags", config=None,
-                           state=paths["state"], audit=paths["audit"])
+        run_resume_command(
+            key=KEY,
+            reason="x",
+            by=None,
+            flags="http://127.0.0.1:9/v1/flags",
+            config=None,
+            state=paths["state"],
+            audit=paths["audit"],
+        )
     assert info.value.exit_code == ExitCode.UNEVALUATED
 
 
@@ -186,8 +238,12 @@ def test_halt_status_resume_and_watch_again(fake_api: FakeAPI, run_cli: Any, tmp
     fake_api.set_flags({KEY: flag_definition()})
     fake_api.set_metric(KEY, "control", "error_rate", 0.010, 5000)
     fake_api.set_metric(KEY, "treatment", "error_rate", 0.034, 5100)
-    env = {"FLAG_API_URL": fake_api.url, "FLAG_API_TOKEN": TOKEN, "METRICS_API_URL": fake_api.url,
-           "ALERT_WEBHOOK_URL": f"{fake_api.url}/webhook"}
+    env = {
+        "FLAG_API_URL": fake_api.url,
+        "FLAG_API_TOKEN": TOKEN,
+        "METRICS_API_URL": fake_api.url,
+        "ALERT_WEBHOOK_URL": f"{fake_api.url}/webhook",
+    }
     files = ["--state", str(tmp_path / "s.json"), "--audit", str(tmp_path / "a.jsonl")]
     clock = datetime.now(timezone.utc).replace(microsecond=0)
 
@@ -197,7 +253,7 @@ def test_halt_status_resume_and_watch_again(fake_api: FakeAPI, run_cli: Any, tmp
     # Two cron runs two minutes apart halt the flag.
     assert _run(run_cli, "check", *files, "--now", at(4), env=env).returncode == 0
     assert _run(run_cli, "check", *files, "--now", at(2), env=env).returncode == 1
-    assert (fake_api.flag(KEY) or {})["state"] == "DISABLED"
+    assert fake_api.flag(KEY)["state"] == "DISABLED"
 
     status = _run(run_cli, "status", "--state", files[1], "--json", env=env)
     assert status.returncode == 0, status.stderr
@@ -222,7 +278,7 @@ def test_halt_status_resume_and_watch_again(fake_api: FakeAPI, run_cli: Any, tmp
     assert again.returncode == 0, again.stderr
     (evaluation,) = json.loads(again.stdout)["evaluations"]
     assert evaluation["flag"] == KEY and evaluation["verdict"] == "breach" and evaluation["streak"] == 1
-    assert (fake_api.flag(KEY) or {})["state"] == "ENABLED"
+    assert fake_api.flag(KEY)["state"] == "ENABLED"
     for path in tmp_path.iterdir():
         if path.is_file():
             assert TOKEN not in path.read_text() and "/webhook" not in path.read_text()

@@ -16,6 +16,7 @@ from guardrail.model import (
     HaltAction,
     RampAction,
     RampState,
+    Severity,
     State,
 )
 
@@ -333,7 +334,7 @@ def test_validate_names_the_bad_step_line_and_warns_about_quantile_guardrails() 
 """
     findings = validate.validate_text(text, source="flags.yaml", today=date(2026, 12, 1))
     by_flag = {(f.flag, f.severity): f for f in findings}
-    bad = by_flag[("a.b.bad", "error")]
+    bad = by_flag[("a.b.bad", Severity.ERROR)]
     assert bad.field == "metadata.guardrail.ramp.steps" and bad.line == 12 and "150" in bad.message
-    warning = by_flag[("a.b.good", "warning")]
+    warning = by_flag[("a.b.good", Severity.WARNING)]
     assert "only through its threshold rule" in warning.message

@@ -11,11 +11,11 @@ import pytest
 import yaml
 
 from guardrail import config
-from guardrail.fakeapi import FakeAPI
 from guardrail.flags.flagd_file import FlagdFileBackend
 from guardrail.flags.flagd_split import apply_split_to_text
 from guardrail.flags.http_api import HttpFlagBackend
 from guardrail.http import make_client
+from tests.fakeserver_faults import FaultyAPI
 
 KEY = "checkout.payments.new-flow"
 YAML_FILE = f"""\
@@ -143,7 +143,7 @@ def test_real_flagd_evaluator_after_each_step_share_and_stickiness(tmp_path: Pat
 
 def test_api_backend_patches_targeting_and_rereads(tmp_path: Path) -> None:
     definition = yaml.safe_load(YAML_FILE)["flags"][KEY]
-    with FakeAPI(flags={KEY: definition}, token="t0k") as fake:
+    with FaultyAPI(flags={KEY: definition}, token="t0k") as fake:
 
         async def go() -> Any:
             async with make_client(timeout=5, concurrency=2) as client:
@@ -183,7 +183,7 @@ def test_an_edit_made_during_the_step_is_kept_and_the_step_reapplied(tmp_path: P
     assert doc[KEY]["targeting"]["fractional"][1:] == [["treatment", 5], ["control", 95]]
 
 
-def _api_step(fake: FakeAPI, definition: dict[str, Any], step: int, **policy: Any) -> Any:
+def _api_step(fake: FaultyAPI, definition: dict[str, Any], step: int, **policy: Any) -> Any:
     from guardrail.http import RetryPolicy
 
     async def go() -> Any:
@@ -196,7 +196,7 @@ def _api_step(fake: FakeAPI, definition: dict[str, Any], step: int, **policy: An
 
 def test_api_step_whose_answer_is_lost_is_not_sent_twice() -> None:
     definition = yaml.safe_load(YAML_FILE)["flags"][KEY]
-    with FakeAPI(flags={KEY: definition}, token="t0k") as fake:
+    with FaultyAPI(flags={KEY: definition}, token="t0k") as fake:
         fake.add_fault(route="patch", mode="reset", times=1)  # applied? no: the connection drops first
         outcome = _api_step(fake, definition, 5, attempts=3, backoff=0.01)
         assert outcome.ok, outcome.detail
@@ -211,7 +211,7 @@ def test_api_step_whose_answer_is_lost_is_not_sent_twice() -> None:
 
 def test_api_step_refused_is_a_failed_step() -> None:
     definition = yaml.safe_load(YAML_FILE)["flags"][KEY]
-    with FakeAPI(flags={KEY: definition}, token="t0k") as fake:
+    with FaultyAPI(flags={KEY: definition}, token="t0k") as fake:
         fake.add_fault(route="patch", mode="status", status=403)
         outcome = _api_step(fake, definition, 5, attempts=3, backoff=0.01)
         assert not outcome.ok and outcome.permanent

@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from guardrail.fakeapi import FakeAPI
 from guardrail.http import HTTPFailure
 from guardrail.model import (
     Aggregate,
@@ -36,14 +35,30 @@ from guardrail.selfmetrics import (
 )
 from guardrail.sources import http_api, prometheus
 from tests.conftest import NOW, TOKEN, flag_definition
+from tests.fakeserver_faults import FaultyAPI
 
 
-def evaluation(verdict: Verdict, *, flag: str = "a.b.c", control: Aggregate | None = None,
-               treatment: Aggregate | None = None, variant: str = "treatment") -> Evaluation:
-    return Evaluation(flag=flag, metric="error_rate", treatment_variant=variant, control_variant="control",
-                      comparison=Comparison.RELATIVE_INCREASE, threshold=0.1, method=Method.THRESHOLD, verdict=verdict,
-                      reason="because", control=control or Aggregate(0.01, 500),
-                      treatment=treatment or Aggregate(0.02, 500))
+def evaluation(
+    verdict: Verdict,
+    *,
+    flag: str = "a.b.c",
+    control: Aggregate | None = None,
+    treatment: Aggregate | None = None,
+    variant: str = "treatment",
+) -> Evaluation:
+    return Evaluation(
+        flag=flag,
+        metric="error_rate",
+        treatment_variant=variant,
+        control_variant="control",
+        comparison=Comparison.RELATIVE_INCREASE,
+        threshold=0.1,
+        method=Method.THRESHOLD,
+        verdict=verdict,
+        reason="because",
+        control=control or Aggregate(0.01, 500),
+        treatment=treatment or Aggregate(0.02, 500),
+    )
 
 
 def samples(path: Path) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -66,25 +81,28 @@ def prom_kind(body: Any) -> FailureKind:
     raise AssertionError("expected NoData")
 
 
-@pytest.mark.parametrize(("kind", "label"), [
-    (HTTPFailure("metrics query", "timeout").failure, "timeout"),
-    (HTTPFailure("metrics query", "connection refused or unreachable").failure, "connection"),
-    (HTTPFailure("metrics query", "connection reset").failure, "connection"),
-    (HTTPFailure("flag API list", "transport error").failure, "connection"),
-    (HTTPFailure("metrics query", "error status", status=503).failure, "status"),
-    (HTTPFailure("flag API PATCH", "error status", status=403).failure, "status"),
-    (http_api.parse_answer(None).kind, "invalid_answer"),
-    (http_api.parse_answer({"value": None, "count": None}).kind, "invalid_answer"),
-    (http_api.parse_answer({"value": "abc", "count": 3}).kind, "invalid_answer"),
-    (http_api.parse_answer({"value": 0.1, "count": -5}).kind, "invalid_answer"),
-    (http_api.parse_answer({"value": float("nan"), "count": 5}).kind, "invalid_answer"),
-    (prom_kind({"status": "success", "warnings": ["partial"], "data": {}}), "invalid_answer"),
-    (prom_kind({"status": "success", "data": {"resultType": "vector", "result": []}}), "invalid_answer"),
-    (prom_kind({"status": "success", "data": {"resultType": "vector", "result": [{}, {}]}}), "invalid_answer"),
-    (FailureKind.DEADLINE, "timeout"),
-    (FailureKind.INTERNAL, "other"),
-    (None, "other"),
-])
+@pytest.mark.parametrize(
+    ("kind", "label"),
+    [
+        (HTTPFailure("metrics query", "timeout").failure, "timeout"),
+        (HTTPFailure("metrics query", "connection refused or unreachable").failure, "connection"),
+        (HTTPFailure("metrics query", "connection reset").failure, "connection"),
+        (HTTPFailure("flag API list", "transport error").failure, "connection"),
+        (HTTPFailure("metrics query", "error status", status=503).failure, "status"),
+        (HTTPFailure("flag API PATCH", "error status", status=403).failure, "status"),
+        (http_api.parse_answer(None).kind, "invalid_answer"),
+        (http_api.parse_answer({"value": None, "count": None}).kind, "invalid_answer"),
+        (http_api.parse_answer({"value": "abc", "count": 3}).kind, "invalid_answer"),
+        (http_api.parse_answer({"value": 0.1, "count": -5}).kind, "invalid_answer"),
+        (http_api.parse_answer({"value": float("nan"), "count": 5}).kind, "invalid_answer"),
+        (prom_kind({"status": "success", "warnings": ["partial"], "data": {}}), "invalid_answer"),
+        (prom_kind({"status": "success", "data": {"resultType": "vector", "result": []}}), "invalid_answer"),
+        (prom_kind({"status": "success", "data": {"resultType": "vector", "result": [{}, {}]}}), "invalid_answer"),
+        (FailureKind.DEADLINE, "timeout"),
+        (FailureKind.INTERNAL, "other"),
+        (None, "other"),
+    ],
+)
 def test_failure_kinds_map_to_stable_labels(kind: FailureKind | None, label: str) -> None:
     assert label_of(kind) == label
 
@@ -95,23 +113,43 @@ def test_every_failure_kind_has_a_label() -> None:
 
 def test_api_errors_counts_each_failed_aggregate_once() -> None:
     down = Aggregate.missing("metrics query: timeout", FailureKind.TIMEOUT)
-    result = RunResult(now=NOW, dry_run=False, run_id="r", evaluations=(
-        # control is shared by both treatments of an A/B/n flag: one failed query, not two
-        evaluation(Verdict.SKIP_NO_DATA, control=down, variant="b"),
-        evaluation(Verdict.SKIP_NO_DATA, control=down, variant="c"),
-        evaluation(Verdict.SKIP_NO_DATA, flag="x.y.z", treatment=Aggregate.missing("metrics query: answer is HTML")),
-        evaluation(Verdict.PASS, flag="ok.ok.ok"),
-    ), halts=(HaltResult("a.b.c", "revert", HaltResultStatus.FAILED, "r",
-                         detail="flag API PATCH: error status (HTTP 403)", kind=FailureKind.AUTH),
-              HaltResult("d.e.f", "revert", HaltResultStatus.DONE, "r")))
+    result = RunResult(
+        now=NOW,
+        dry_run=False,
+        run_id="r",
+        evaluations=(
+            # control is shared by both treatments of an A/B/n flag: one failed query, not two
+            evaluation(Verdict.SKIP_NO_DATA, control=down, variant="b"),
+            evaluation(Verdict.SKIP_NO_DATA, control=down, variant="c"),
+            evaluation(
+                Verdict.SKIP_NO_DATA, flag="x.y.z", treatment=Aggregate.missing("metrics query: answer is HTML")
+            ),
+            evaluation(Verdict.PASS, flag="ok.ok.ok"),
+        ),
+        halts=(
+            HaltResult(
+                "a.b.c",
+                "revert",
+                HaltResultStatus.FAILED,
+                "r",
+                detail="flag API PATCH: error status (HTTP 403)",
+                kind=FailureKind.AUTH,
+            ),
+            HaltResult("d.e.f", "revert", HaltResultStatus.DONE, "r"),
+        ),
+    )
     assert api_errors(result) == {"timeout": 1, "connection": 0, "status": 1, "invalid_answer": 1, "other": 0}
 
 
 def halted_result(n_done: int = 1, *, dry_run: bool = False) -> RunResult:
     status = HaltResultStatus.WOULD_HALT if dry_run else HaltResultStatus.DONE
-    return RunResult(now=NOW, dry_run=dry_run, run_id="r",
-                     evaluations=(evaluation(Verdict.BREACH), evaluation(Verdict.PASS, flag="d.e.f")),
-                     halts=tuple(HaltResult(f"f.{i}.x", "revert", status, "why") for i in range(n_done)))
+    return RunResult(
+        now=NOW,
+        dry_run=dry_run,
+        run_id="r",
+        evaluations=(evaluation(Verdict.BREACH), evaluation(Verdict.PASS, flag="d.e.f")),
+        halts=tuple(HaltResult(f"f.{i}.x", "revert", status, "why") for i in range(n_done)),
+    )
 
 
 def test_file_content_and_counter_across_runs(tmp_path: Path) -> None:
@@ -155,8 +193,9 @@ def test_unwritable_path_warns_and_does_not_raise(tmp_path: Path, capsys: pytest
 def test_error_run_reports_its_exit_code(tmp_path: Path) -> None:
     path = tmp_path / "m" / "guardrail.prom"  # the directory is created (a fresh volume)
     write_metrics_file(path, halted_result(2), duration=0.1)
-    down = GuardrailError("flag API list: connection refused or unreachable", exit_code=ExitCode.UNEVALUATED,
-                          kind=FailureKind.UNREACHABLE)
+    down = GuardrailError(
+        "flag API list: connection refused or unreachable", exit_code=ExitCode.UNEVALUATED, kind=FailureKind.UNREACHABLE
+    )
     write_error_metrics(path, down, duration=0.2)
     assert value(path, "guardrail_exit_code") == 3
     assert value(path, "guardrail_api_errors", kind="connection") == 1
@@ -170,13 +209,14 @@ def test_error_run_reports_its_exit_code(tmp_path: Path) -> None:
 def test_promtool_accepts_the_file(tmp_path: Path) -> None:
     path = tmp_path / "guardrail.prom"
     write_metrics_file(path, halted_result(), duration=0.1)
-    checked = subprocess.run(["promtool", "check", "metrics"], input=path.read_text(), capture_output=True,
-                             text=True, timeout=30)
+    checked = subprocess.run(
+        ["promtool", "check", "metrics"], input=path.read_text(), capture_output=True, text=True, timeout=30
+    )
     assert checked.returncode == 0, checked.stdout + checked.stderr
 
 
 @pytest.mark.e2e
-def test_check_writes_the_metrics_file(fake_api: FakeAPI, run_cli: Any, tmp_path: Path) -> None:
+def test_check_writes_the_metrics_file(fake_api: FaultyAPI, run_cli: Any, tmp_path: Path) -> None:
     key = "checkout.payments.express-pay"
     fake_api.set_flags({key: flag_definition()})
     fake_api.set_metric(key, "control", "error_rate", 0.010, 5000)

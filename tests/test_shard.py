@@ -39,8 +39,13 @@ def assignments_in_subprocess(seed: str, count: int) -> list[int]:
     )
     env = {**os.environ, "PYTHONHASHSEED": seed}
     done = subprocess.run(
-        [sys.executable, "-c", code, str(count)], input=json.dumps(KEYS), capture_output=True, text=True,
-        env=env, timeout=60, check=True,
+        [sys.executable, "-c", code, str(count)],
+        input=json.dumps(KEYS),
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=True,
     )
     shards: list[list[int]] = json.loads(done.stdout)
     assert all(len(s) == 1 for s in shards)
@@ -57,7 +62,11 @@ def test_assignment_is_the_same_in_every_process() -> None:
 def test_assignment_is_pinned() -> None:
     """Changing the hash would silently move flags (and their streaks) to another job's state file."""
     assert [shard_of(k, 4) for k in ("checkout.payments.express-pay", "search.ranking.new-model", "a", "")] == [
-        1, 3, 3, 0]
+        1,
+        3,
+        3,
+        0,
+    ]
     assert [shard_of(k, 3) for k in KEYS[:12]] == [1, 0, 0, 0, 1, 2, 0, 0, 0, 2, 1, 0]
 
 
@@ -113,8 +122,19 @@ def test_two_shards_split_the_fleet(fake_api: FakeAPI, run_cli: Any, tmp_path: P
     evaluated: list[set[str]] = []
     for index in (0, 1):
         state, audit = tmp_path / f"state-{index}.json", tmp_path / f"audit-{index}.jsonl"
-        done = run_cli("check", "--shard", f"{index}/2", "--state", str(state), "--audit", str(audit), "--json",
-                       "--now", "2026-11-25T12:00:00Z", env=env)
+        done = run_cli(
+            "check",
+            "--shard",
+            f"{index}/2",
+            "--state",
+            str(state),
+            "--audit",
+            str(audit),
+            "--json",
+            "--now",
+            "2026-11-25T12:00:00Z",
+            env=env,
+        )
         assert done.returncode == 0, done.stderr
         flags = {e["flag"] for e in json.loads(done.stdout)["evaluations"]}
         assert flags == {k for k in keys if in_shard(k, (index, 2))}

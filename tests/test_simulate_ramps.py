@@ -14,9 +14,8 @@ from guardrail.model import Comparison
 @pytest.mark.parametrize(("n_c", "x_c", "n_t", "x_t"), [(99_000, 990, 1_000, 12), (50_000, 500, 50_000, 700)])
 def test_vectorised_bounds_are_stats_harm_test(n_c: int, x_c: int, n_t: int, x_t: int) -> None:
     alpha, tuning = 0.0125, 20_000.0
-    lower, upper = simulate_ramps._sequential(
-        *(np.array([float(v)]) for v in (n_c, x_c, n_t, x_t)), np.array([tuning]), alpha
-    )
+    a_nc, a_xc, a_nt, a_xt = (np.array([float(v)]) for v in (n_c, x_c, n_t, x_t))
+    lower, upper = simulate_ramps._sequential(a_nc, a_xc, a_nt, a_xt, np.array([tuning]), alpha)
     m_c, m_t = (x_c + 0.5) / (n_c + 1), (x_t + 0.5) / (n_t + 1)
     result = stats.harm_test(
         comparison=Comparison.RELATIVE_INCREASE,

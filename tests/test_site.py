@@ -21,13 +21,36 @@ from guardrail.site.build import _pending, build_from_records, build_site, due, 
 from tests.report_scenario import START, TOKEN, _set_looks, flags, settings_for
 
 
-def decision(t: str, delta: float | str | None, *, verdict: str = "pass", bound: float | None = None,
-             metric: str = "error_rate", variant: str = "treatment", flag: str = "f.k") -> dict[str, Any]:
-    return {"type": "decision", "time": t, "run_id": "r", "flag": flag, "metric": metric,
-            "treatment_variant": variant, "control_variant": "control", "delta": delta, "bound": bound,
-            "threshold": 0.1, "comparison": "relative_increase", "method": "sequential", "verdict": verdict,
-            "streak": 0, "confirmations": 2, "reason": "r", "control": {"value": 0.01, "count": 10},
-            "treatment": {"value": 0.011, "count": 10}}
+def decision(
+    t: str,
+    delta: float | str | None,
+    *,
+    verdict: str = "pass",
+    bound: float | None = None,
+    metric: str = "error_rate",
+    variant: str = "treatment",
+    flag: str = "f.k",
+) -> dict[str, Any]:
+    return {
+        "type": "decision",
+        "time": t,
+        "run_id": "r",
+        "flag": flag,
+        "metric": metric,
+        "treatment_variant": variant,
+        "control_variant": "control",
+        "delta": delta,
+        "bound": bound,
+        "threshold": 0.1,
+        "comparison": "relative_increase",
+        "method": "sequential",
+        "verdict": verdict,
+        "streak": 0,
+        "confirmations": 2,
+        "reason": "r",
+        "control": {"value": 0.01, "count": 10},
+        "treatment": {"value": 0.011, "count": 10},
+    }
 
 
 def minute(i: int) -> str:
@@ -48,10 +71,21 @@ def test_incremental_refresh_equals_a_full_build(tmp_path: Path) -> None:
             now = START + timedelta(minutes=2 * look)
             result = run_check(settings, now=now)
             assert result.records, "a run hands its audit records to the report"
-            refresh_site(incremental, state_path=settings.state_path, audit_path=settings.audit_path,
-                         records=result.records, now=now, every_minutes=0)  # every page, every run
-            refresh_site(deferred, state_path=settings.state_path, audit_path=settings.audit_path,
-                         records=result.records, now=now)  # healthy pages every 10 minutes
+            refresh_site(
+                incremental,
+                state_path=settings.state_path,
+                audit_path=settings.audit_path,
+                records=result.records,
+                now=now,
+                every_minutes=0,
+            )  # every page, every run
+            refresh_site(
+                deferred,
+                state_path=settings.state_path,
+                audit_path=settings.audit_path,
+                records=result.records,
+                now=now,
+            )  # healthy pages every 10 minutes
             waiting += len(list((deferred / "data" / "pending").iterdir()))
     full = tmp_path / "full"
     build_site(full, state_path=settings.state_path, audit_path=settings.audit_path, now=now)
@@ -74,7 +108,7 @@ def test_incremental_refresh_equals_a_full_build(tmp_path: Path) -> None:
         assert h == json.loads((full / "data" / "flags" / name).read_text()), name
     assert waiting > 0, "healthy flags' pages waited for their slot"
     index = (deferred / "index.html").read_text()
-    assert index.count("badge\">ok<") == 2 and "halted" in index
+    assert index.count('badge">ok<') == 2 and "halted" in index
 
 
 def test_a_healthy_page_is_redrawn_once_per_period_and_anything_else_at_once() -> None:
@@ -105,8 +139,9 @@ def test_refresh_builds_in_full_when_the_site_is_new_or_foreign(tmp_path: Path) 
 def test_thinning_keeps_breaches_and_the_newest_and_bounds_the_size() -> None:
     h = hist.new_history("f.k")
     for i in range(1000):
-        hist.add_record(h, decision(minute(i), 0.001 * (i % 7), verdict="breach" if i in (5, 999) else "pass",
-                                    bound=-0.05))
+        hist.add_record(
+            h, decision(minute(i), 0.001 * (i % 7), verdict="breach" if i in (5, 999) else "pass", bound=-0.05)
+        )
     s = h["series"]["error_rate@treatment"]
     assert hist.MAX_POINTS // 2 <= s["npts"] <= hist.MAX_POINTS and s["n"] == 1000
     xs = [p[0] for p in hist.points(s)]
@@ -127,13 +162,25 @@ def test_infinite_and_missing_values_leave_gaps_not_errors() -> None:
 
 
 def test_every_outside_text_is_escaped(tmp_path: Path) -> None:
-    evil = '<script>alert(1)</script>"\'&'
-    recs = [decision(minute(0), 0.5, verdict="breach", flag=f"x.{evil}", metric="error_rate", variant=evil),
-            {"type": "halt", "time": minute(0), "flag": f"x.{evil}", "action": "revert", "status": "done",
-             "reason": evil, "metric": "error_rate", "treatment_variant": evil}]
+    evil = "<script>alert(1)</script>\"'&"
+    recs = [
+        decision(minute(0), 0.5, verdict="breach", flag=f"x.{evil}", metric="error_rate", variant=evil),
+        {
+            "type": "halt",
+            "time": minute(0),
+            "flag": f"x.{evil}",
+            "action": "revert",
+            "status": "done",
+            "reason": evil,
+            "metric": "error_rate",
+            "treatment_variant": evil,
+        },
+    ]
     recs[0]["reason"] = evil
-    doc = {"last_run_at": minute(0), "flags": {f"x.{evil}": {"halt": {"status": "done", "action": "revert",
-                                                                      "reason": evil, "decided_at": evil}}}}
+    doc = {
+        "last_run_at": minute(0),
+        "flags": {f"x.{evil}": {"halt": {"status": "done", "action": "revert", "reason": evil, "decided_at": evil}}},
+    }
     site = build_from_records(tmp_path, doc, recs, now=START, stale_after=10.0, warnings=[evil])
     assert site.summaries
     for page in [tmp_path / "index.html", *(tmp_path / "flags").iterdir()]:
@@ -158,17 +205,40 @@ def test_page_link_under_base_url() -> None:
 
 
 def test_ramp_srm_resume_and_unknown_records_are_read_tolerantly(tmp_path: Path) -> None:
-    recs = [decision(minute(0), 0.01),
-            # As guardrail/ramp_run.py writes them: steps 1-based, shares per variant; a hold is no event.
-            {"type": "ramp", "time": minute(1), "flag": "f.k", "action": "advance", "status": "done", "step": 2,
-             "to_step": 3, "shares": {"treatment": 25, "control": 75}, "reason": "5 min on step, no harm"},
-            {"type": "ramp", "time": minute(2), "flag": "f.k", "action": "hold", "status": "decided", "step": 3,
-             "to_step": None, "shares": {"treatment": 25, "control": 75}, "reason": "12 min left on step 3"},
-            {"type": "srm", "time": minute(2), "flag": "f.k", "verdict": "mismatch", "p_value": 1e-6},
-            {"type": "resume", "time": minute(3), "flag": "f.k", "by": "ana", "reason": "fixed"},
-            {"type": "something_new", "time": minute(3), "flag": "f.k"}, decision(minute(4), 0.02)]
-    doc = {"last_run_at": minute(4), "flags": {"f.k": {"ramp": {"step": 2, "step_started_at": minute(1)}},
-                                                "g.k": {"ramp": "not a mapping"}}}
+    recs = [
+        decision(minute(0), 0.01),
+        # As guardrail/ramp_run.py writes them: steps 1-based, shares per variant; a hold is no event.
+        {
+            "type": "ramp",
+            "time": minute(1),
+            "flag": "f.k",
+            "action": "advance",
+            "status": "done",
+            "step": 2,
+            "to_step": 3,
+            "shares": {"treatment": 25, "control": 75},
+            "reason": "5 min on step, no harm",
+        },
+        {
+            "type": "ramp",
+            "time": minute(2),
+            "flag": "f.k",
+            "action": "hold",
+            "status": "decided",
+            "step": 3,
+            "to_step": None,
+            "shares": {"treatment": 25, "control": 75},
+            "reason": "12 min left on step 3",
+        },
+        {"type": "srm", "time": minute(2), "flag": "f.k", "verdict": "mismatch", "p_value": 1e-6},
+        {"type": "resume", "time": minute(3), "flag": "f.k", "by": "ana", "reason": "fixed"},
+        {"type": "something_new", "time": minute(3), "flag": "f.k"},
+        decision(minute(4), 0.02),
+    ]
+    doc = {
+        "last_run_at": minute(4),
+        "flags": {"f.k": {"ramp": {"step": 2, "step_started_at": minute(1)}}, "g.k": {"ramp": "not a mapping"}},
+    }
     build_from_records(tmp_path, doc, recs, now=START, stale_after=10.0)
     page = (tmp_path / "flags" / "f.k.html").read_text()
     kinds = re.findall(r'data-kind="(\w+)"', page)
@@ -186,8 +256,11 @@ def test_report_settings_are_validated(tmp_path: Path) -> None:
     cfg.write_text("report:\n  base_url: https://ops.example/g\n  dir: /srv/g\n")
     s = load_settings(config=cfg, env={})
     assert s.report_base_url == "https://ops.example/g" and s.report_dir == Path("/srv/g")
-    for body, field in (("report:\n  base_url: ftp://x\n", "report.base_url"),
-                        ("report:\n  colour: red\n", "report.colour"), ("report: [1]\n", "report")):
+    for body, field in (
+        ("report:\n  base_url: ftp://x\n", "report.base_url"),
+        ("report:\n  colour: red\n", "report.colour"),
+        ("report: [1]\n", "report"),
+    ):
         cfg.write_text(body)
         with pytest.raises(GuardrailError) as err:
             load_settings(config=cfg, env={})
@@ -200,15 +273,24 @@ def test_check_report_alert_link_and_job_summary(tmp_path: Path, fake_api: FakeA
     from tests.conftest import TOKEN as API_TOKEN
     from tests.conftest import flag_definition
 
-    fake_api.set_flags({"a.healthy.flag": flag_definition(),
-                        "z.bad.flag|<b>": flag_definition(extra_metadata={"guardrail.error_rate.confirmations": 1})})
+    fake_api.set_flags(
+        {
+            "a.healthy.flag": flag_definition(),
+            "z.bad.flag|<b>": flag_definition(extra_metadata={"guardrail.error_rate.confirmations": 1}),
+        }
+    )
     for key, bad in (("a.healthy.flag", 0.0101), ("z.bad.flag|<b>", 0.03)):
         fake_api.set_metric(key, "control", "error_rate", 0.01, 5000)
         fake_api.set_metric(key, "treatment", "error_rate", bad, 5000)
     cfg = tmp_path / "g.yaml"
     cfg.write_text("report:\n  base_url: https://ops.example/guardrail\n")
-    env = {"FLAG_API_URL": fake_api.url, "FLAG_API_TOKEN": API_TOKEN, "METRICS_API_URL": fake_api.url,
-           "ALERT_WEBHOOK_URL": f"{fake_api.url}/webhook", "GITHUB_STEP_SUMMARY": str(tmp_path / "summary.md")}
+    env = {
+        "FLAG_API_URL": fake_api.url,
+        "FLAG_API_TOKEN": API_TOKEN,
+        "METRICS_API_URL": fake_api.url,
+        "ALERT_WEBHOOK_URL": f"{fake_api.url}/webhook",
+        "GITHUB_STEP_SUMMARY": str(tmp_path / "summary.md"),
+    }
     dry = run_cli("check", "--config", str(cfg), "--dry-run", "--report", str(tmp_path / "site"), env=env)
     assert dry.returncode == 1 and not (tmp_path / "site").exists()
     result = run_cli("check", "--config", str(cfg), "--report", str(tmp_path / "site"), env=env)
@@ -220,7 +302,8 @@ def test_check_report_alert_link_and_job_summary(tmp_path: Path, fake_api: FakeA
     fields = {f["title"]: f["value"] for f in alert["attachments"][0]["fields"]}
     assert fields["Guardrail report"] == page_link("https://ops.example/guardrail", "z.bad.flag|<b>")
     assert fields["Guardrail report"].removeprefix("https://ops.example/guardrail/") in (
-        f"flags/{name}" for name in pages_written)
+        f"flags/{name}" for name in pages_written
+    )
     summary = (tmp_path / "summary.md").read_text()
     assert summary.count("## guardrail check") == 2  # appended: the dry run's, then the real run's
     real = summary.split("## guardrail check")[2]
@@ -230,9 +313,20 @@ def test_check_report_alert_link_and_job_summary(tmp_path: Path, fake_api: FakeA
     assert API_TOKEN not in summary and "webhook" not in summary
 
 
-@pytest.mark.parametrize("evil", ["a|b", "<b>bold</b>", "[x](http://evil.example)", "*em* _u_ `code`",
-                                  "&lt;b&gt; entity", "<img src=x onerror=alert(1)>", "line\nbreak | two",
-                                  "\\| escaped pipe", "# heading"])
+@pytest.mark.parametrize(
+    "evil",
+    [
+        "a|b",
+        "<b>bold</b>",
+        "[x](http://evil.example)",
+        "*em* _u_ `code`",
+        "&lt;b&gt; entity",
+        "<img src=x onerror=alert(1)>",
+        "line\nbreak | two",
+        "\\| escaped pipe",
+        "# heading",
+    ],
+)
 def test_job_summary_cells_render_as_plain_text(evil: str) -> None:
     """A CommonMark + tables parser (markdown-it-py, GFM's table rules) as the oracle: one row, four cells,
     no element the text asked for, and the text shown as written."""

@@ -61,8 +61,13 @@ def ok(result: list[Any] | Any, result_type: str = "vector", **extra: Any) -> di
     return {"status": "success", "data": {"resultType": result_type, "result": result}, **extra}
 
 
-def q(variant: str = "treatment", *, metric: str = "error_rate", window: str = "5m",
-      flag: str = "checkout.payments.express-pay") -> MetricQuery:
+def q(
+    variant: str = "treatment",
+    *,
+    metric: str = "error_rate",
+    window: str = "5m",
+    flag: str = "checkout.payments.express-pay",
+) -> MetricQuery:
     return MetricQuery(flag=flag, variant=variant, metric=metric, window=window, end=END)
 
 
@@ -88,8 +93,9 @@ def mock() -> Iterator[respx.MockRouter]:
         yield router
 
 
-def fetch(section: dict[str, Any] | None = None, query: MetricQuery | None = None,
-          headers: dict[str, str] | None = None) -> Aggregate:
+def fetch(
+    section: dict[str, Any] | None = None, query: MetricQuery | None = None, headers: dict[str, str] | None = None
+) -> Aggregate:
     config = parse_prometheus_config(section or SECTION, source="test.yaml")
 
     async def go() -> Aggregate:
@@ -151,9 +157,7 @@ def test_status_error_keeps_prometheus_explanation(mock: respx.MockRouter, statu
     body = {"status": "error", "errorType": "bad_data", "error": "1:5: parse error: unexpected <by>"}
     mock.get(API).mock(side_effect=by_role(httpx.Response(status, json=body), ok([vector("1")])))
     agg = fetch()
-    assert agg.error == (
-        "error_rate value query: Prometheus error (bad_data): 1:5: parse error: unexpected <by>"
-    )
+    assert agg.error == ("error_rate value query: Prometheus error (bad_data): 1:5: parse error: unexpected <by>")
 
 
 def test_warnings_make_the_answer_no_data(mock: respx.MockRouter) -> None:
@@ -173,9 +177,7 @@ def test_infos_do_not_block_the_data(mock: respx.MockRouter) -> None:
 
 
 def test_html_error_page(mock: respx.MockRouter) -> None:
-    page = httpx.Response(
-        200, text="<html><body>502 Bad Gateway</body></html>", headers={"content-type": "text/html"}
-    )
+    page = httpx.Response(200, text="<html><body>502 Bad Gateway</body></html>", headers={"content-type": "text/html"})
     mock.get(API).mock(side_effect=by_role(page, ok([vector("1")])))
     agg = fetch()
     assert agg.error is not None and "HTML, not JSON" in agg.error
@@ -264,11 +266,16 @@ def test_unknown_metric_and_bad_window_make_no_request(mock: respx.MockRouter) -
 
 
 def test_stddev_query_is_optional_and_dropped_when_unusable(mock: respx.MockRouter) -> None:
-    section = {**SECTION, "queries": {"latency_ms": {
-        "value": 'avg_latency{variant="$variant"}',
-        "count": 'sum(increase(n{variant="$variant"}[$window]))',
-        "stddev": 'stddev_latency{variant="$variant"}',
-    }}}
+    section = {
+        **SECTION,
+        "queries": {
+            "latency_ms": {
+                "value": 'avg_latency{variant="$variant"}',
+                "count": 'sum(increase(n{variant="$variant"}[$window]))',
+                "stddev": 'stddev_latency{variant="$variant"}',
+            }
+        },
+    }
 
     def answer(body: Any) -> Callable[[httpx.Request], httpx.Response]:
         def respond(request: httpx.Request) -> httpx.Response:
@@ -278,6 +285,7 @@ def test_stddev_query_is_optional_and_dropped_when_unusable(mock: respx.MockRout
             if promql.startswith("stddev"):
                 return httpx.Response(200, json=body)
             return httpx.Response(200, json=ok([vector("120.5")]))
+
         return respond
 
     mock.get(API).mock(side_effect=answer(ok([vector("30.25")])))
@@ -318,10 +326,7 @@ def test_request_carries_rendered_query_and_pinned_time(mock: respx.MockRouter) 
 def test_both_arms_use_the_same_instant(mock: respx.MockRouter) -> None:
     route = mock.get(API).mock(side_effect=by_role(ok([vector("0.01")]), ok([vector("10")])))
     config = parse_prometheus_config(SECTION, source="t")
-    planned = [
-        (("f", variant, "error_rate", "5m"), q(variant, flag="f"))
-        for variant in ("control", "treatment", "t2")
-    ]
+    planned = [(("f", variant, "error_rate", "5m"), q(variant, flag="f")) for variant in ("control", "treatment", "t2")]
 
     async def go() -> dict[Any, Aggregate]:
         async with httpx.AsyncClient() as client:
@@ -415,12 +420,17 @@ def _with_query(**spec: Any) -> dict[str, Any]:
         ({**SECTION, "queries": {"error_rate": "sum(x)"}}, "metrics.queries.error_rate", "must be a mapping"),
         (_with_query(value=3), "metrics.queries.error_rate.value", "non-empty PromQL string, got int"),
         (_with_query(count=None), "metrics.queries.error_rate.count", "missing PromQL template"),
-        (_with_query(value='x{variant="$variant",f="$foo"}'), "metrics.queries.error_rate.value",
-         "unknown placeholder $foo"),
-        (_with_query(value='x{variant="$variant",f="$flagx"}'), "metrics.queries.error_rate.value",
-         "unknown placeholder $flagx"),
-        (_with_query(count='x{variant="$variant",re=~".*$"}'), "metrics.queries.error_rate.count",
-         "stray `$`"),
+        (
+            _with_query(value='x{variant="$variant",f="$foo"}'),
+            "metrics.queries.error_rate.value",
+            "unknown placeholder $foo",
+        ),
+        (
+            _with_query(value='x{variant="$variant",f="$flagx"}'),
+            "metrics.queries.error_rate.value",
+            "unknown placeholder $flagx",
+        ),
+        (_with_query(count='x{variant="$variant",re=~".*$"}'), "metrics.queries.error_rate.count", "stray `$`"),
         (_with_query(count='sum(x{flag="$flag"})'), "metrics.queries.error_rate.count", "must use $variant"),
         (_with_query(stddev=["a"]), "metrics.queries.error_rate.stddev", "non-empty PromQL string"),
         (_with_query(p95="x"), "metrics.queries.error_rate.p95", "unknown key(s) ['p95']"),
@@ -464,15 +474,34 @@ def _run_main(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int,
 
 
 def _files(tmp_path: Path, metrics: dict[str, Any]) -> list[str]:
-    flags = {"flags": {"a.b.c": {
-        "state": "ENABLED", "variants": {"treatment": True, "control": False}, "defaultVariant": "control",
-        "metadata": {"warmup_minutes": 0, "guardrail.error_rate.comparison": "relative_increase",
-                     "guardrail.error_rate.threshold": 0.5},
-    }}}
+    flags = {
+        "flags": {
+            "a.b.c": {
+                "state": "ENABLED",
+                "variants": {"treatment": True, "control": False},
+                "defaultVariant": "control",
+                "metadata": {
+                    "warmup_minutes": 0,
+                    "guardrail.error_rate.comparison": "relative_increase",
+                    "guardrail.error_rate.threshold": 0.5,
+                },
+            }
+        }
+    }
     (tmp_path / "flags.yaml").write_text(yaml.safe_dump(flags))
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump({"metrics": metrics}))
-    return ["check", "--config", str(tmp_path / "cfg.yaml"), "--flags", str(tmp_path / "flags.yaml"),
-            "--state", str(tmp_path / "state.json"), "--audit", str(tmp_path / "audit.jsonl"), "--json"]
+    return [
+        "check",
+        "--config",
+        str(tmp_path / "cfg.yaml"),
+        "--flags",
+        str(tmp_path / "flags.yaml"),
+        "--state",
+        str(tmp_path / "state.json"),
+        "--audit",
+        str(tmp_path / "audit.jsonl"),
+        "--json",
+    ]
 
 
 def test_cli_config_error_names_the_field(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

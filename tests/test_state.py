@@ -12,19 +12,35 @@ from pathlib import Path
 
 import pytest
 
-from guardrail.model import ExitCode, FlagState, GuardrailError, HaltAction, HaltRecord, SeqState, State, Streak
+from guardrail.model import (
+    ExitCode,
+    FlagState,
+    GuardrailError,
+    HaltAction,
+    HaltRecord,
+    HaltStatus,
+    SeqState,
+    State,
+    Streak,
+)
 from guardrail.state import STATE_VERSION, AuditLog, StateStore, from_dict, to_dict
 from tests.conftest import NOW
 
 
 def sample_state() -> State:
-    record = HaltRecord("pending", HaltAction.REVERT, "why", NOW, "error_rate", "treatment",
-                        alert={"flag": "x"}, run_id="abc")
+    record = HaltRecord(
+        HaltStatus.PENDING, HaltAction.REVERT, "why", NOW, "error_rate", "treatment", alert={"flag": "x"}, run_id="abc"
+    )
     return State(
-        flags={"a.b.c": FlagState(first_seen_enabled=NOW - timedelta(hours=1),
-                                  streaks={"error_rate@treatment": Streak(2, NOW)}, halt=record,
-                                  tuning_n={"error_rate@treatment": 12345.0},
-                                  last_evaluations={"error_rate@treatment": {"verdict": "breach"}})},
+        flags={
+            "a.b.c": FlagState(
+                first_seen_enabled=NOW - timedelta(hours=1),
+                streaks={"error_rate@treatment": Streak(2, NOW)},
+                halt=record,
+                tuning_n={"error_rate@treatment": 12345.0},
+                last_evaluations={"error_rate@treatment": {"verdict": "breach"}},
+            )
+        },
         last_run_at=NOW,
     )
 
@@ -117,8 +133,10 @@ def test_state_with_an_infinite_delta_saves(tmp_path: Path) -> None:
     from tests.conftest import flag_definition
 
     flag = parse_flags({"f.k": flag_definition()}).flags[0]
-    data = {("f.k", "control", "error_rate", "5m"): Aggregate(0.0, 500),
-            ("f.k", "treatment", "error_rate", "5m"): Aggregate(0.01, 500)}
+    data = {
+        ("f.k", "control", "error_rate", "5m"): Aggregate(0.0, 500),
+        ("f.k", "treatment", "error_rate", "5m"): Aggregate(0.01, 500),
+    }
     decision = engine.decide([flag], data, State(), NOW)
     store = StateStore(tmp_path / "s.json")
     store.save(decision.state)
@@ -153,11 +171,26 @@ def test_version_1_state_upgrades_to_version_2(tmp_path: Path) -> None:
 
 
 def test_sequential_state_round_trips(tmp_path: Path) -> None:
-    seq = SeqState(last_control=(1000.0, 10.0, 10.0), last_treatment=(990.0, 12.0, 12.0), s=1.5, v=2.25, w=497.5,
-                   windows=3, r2=2.5, v_per_unit=0.001, minutes_per_unit=0.001, restarts=((1, 0.5, 1.0),),
-                   last_at_minutes=6.0)
-    state = State(flags={"a": FlagState(sequential={"error_rate@treatment": seq},
-                                        last_look_at=datetime(2026, 11, 25, 12, tzinfo=timezone.utc))})
+    seq = SeqState(
+        last_control=(1000.0, 10.0, 10.0),
+        last_treatment=(990.0, 12.0, 12.0),
+        s=1.5,
+        v=2.25,
+        w=497.5,
+        windows=3,
+        r2=2.5,
+        v_per_unit=0.001,
+        minutes_per_unit=0.001,
+        restarts=((1, 0.5, 1.0),),
+        last_at_minutes=6.0,
+    )
+    state = State(
+        flags={
+            "a": FlagState(
+                sequential={"error_rate@treatment": seq}, last_look_at=datetime(2026, 11, 25, 12, tzinfo=timezone.utc)
+            )
+        }
+    )
     store = StateStore(tmp_path / "state.json")
     store.save(state)
     assert store.load() == state

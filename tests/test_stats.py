@@ -44,7 +44,7 @@ def run(**overrides: Any) -> stats.HarmTest:
     return result
 
 
-# ---- test vectors (reference notes §2) --------------------------------------------------------------
+# ---- test vectors ------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("tuning_n", [1e3, 1e4, 9e4, 1e7])
@@ -82,9 +82,7 @@ def test_proportion_variance() -> None:
 
 # n = n_T + n_C = 20,000 = N*, so B⁺ is the n/N* = 1 vector; written out from the formula:
 RHO_20K = 20_000 / TF_05  # = 3160.127
-B_PLUS_1 = math.sqrt(
-    2 * (20_000 + RHO_20K) / 20_000 * math.log(1 + math.sqrt((20_000 + RHO_20K) / RHO_20K) / 0.1)
-)
+B_PLUS_1 = math.sqrt(2 * (20_000 + RHO_20K) / 20_000 * math.log(1 + math.sqrt((20_000 + RHO_20K) / RHO_20K) / 0.1))
 
 
 def test_hand_relative_increase() -> None:
@@ -241,9 +239,7 @@ def _bisection_p_value(r: stats.HarmTest, threshold: float, tuning_n: float, des
     return hi
 
 
-@pytest.mark.parametrize(
-    "treatment_mean", [0.019, 0.02, 0.021, 0.022, 0.023, 0.024, 0.025, 0.027, 0.03, 0.035, 0.04]
-)
+@pytest.mark.parametrize("treatment_mean", [0.019, 0.02, 0.021, 0.022, 0.023, 0.024, 0.025, 0.027, 0.03, 0.035, 0.04])
 @pytest.mark.parametrize("threshold", [0.0, 0.1])
 def test_closed_form_p_value_matches_bisection(treatment_mean: float, threshold: float) -> None:
     r = run(
@@ -320,9 +316,7 @@ def test_decrease_is_increase_with_the_sign_flipped(kw: dict[str, Any]) -> None:
     assert up is not None and down is not None
     assert down.estimate == -up.estimate
     assert down.se == up.se
-    assert down.lower_bound == pytest.approx(
-        -up.estimate - (up.estimate - up.lower_bound), rel=1e-12, abs=1e-300
-    )
+    assert down.lower_bound == pytest.approx(-up.estimate - (up.estimate - up.lower_bound), rel=1e-12, abs=1e-300)
     if not relative:
         # absolute_decrease of (c, t) is absolute_increase with the arms swapped
         swapped = kw | {
@@ -418,9 +412,7 @@ def _simulate(
     return breach, tuning_n, (mc, mt, n_arm)
 
 
-def _check_against_harm_test(
-    arrays: tuple[NDArray[np.float64], ...], threshold: float, tuning_n: float
-) -> None:
+def _check_against_harm_test(arrays: tuple[NDArray[np.float64], ...], threshold: float, tuning_n: float) -> None:
     mc, mt, n_arm = arrays
     rng = np.random.default_rng(7)
     for i, j in zip(rng.integers(0, RUNS, 300), rng.integers(0, mc.shape[1], 300), strict=True):
@@ -469,7 +461,7 @@ def test_monte_carlo_power_three_times_the_error_rate(record_property: Any) -> N
     assert ever == 1.0
 
 
-# ---- optional: count e-process for error counts (reference notes §3) ------------------------------------
+# ---- optional: count e-process for error counts (Lindon & Malek 2022) ------------------------------------
 
 
 def test_rate_ratio_e_process_state_round_trip_and_detection() -> None:

@@ -13,7 +13,7 @@ import yaml
 
 from guardrail.config import parse_flags
 from guardrail.fakeapi import FakeAPI
-from guardrail.model import ExitCode, FlagState, GuardrailError, HaltAction, HaltRecord, State, Streak
+from guardrail.model import ExitCode, FlagState, GuardrailError, HaltAction, HaltRecord, HaltStatus, State, Streak
 from guardrail.state import StateStore
 from guardrail.status import build_report, read_state, run_status_command, to_json, to_text
 from tests.conftest import NOW, TOKEN, flag_definition
@@ -21,27 +21,95 @@ from tests.conftest import NOW, TOKEN, flag_definition
 KEY = "checkout.payments.express-pay"
 OTHER = "search.ranking.new-model"
 
-TOP_KEYS = {"version", "exit_code", "now", "last_run_at", "last_run_age_seconds", "stale", "stale_after_minutes",
-            "stale_message", "flag_source", "flags", "warnings"}
-FLAG_KEYS = {"flag", "at_source", "held", "experiment_type", "watched", "not_watched", "warmup_remaining_minutes",
-             "started_at", "first_seen_enabled", "guardrails", "halt", "ramp", "config_patterns"}
-GUARDRAIL_KEYS = {"id", "metric", "treatment_variant", "comparison", "threshold", "method", "confirmations",
-                  "min_count", "window", "alpha_per_comparison", "in_definition", "streak", "last_breach_at", "last",
-                  "from"}
-HALT_KEYS = {"status", "action", "reason", "decided_at", "metric", "treatment_variant", "control_variant",
-             "completed_at", "attempts", "last_error", "alert_delivered", "run_id"}
+TOP_KEYS = {
+    "version",
+    "exit_code",
+    "now",
+    "last_run_at",
+    "last_run_age_seconds",
+    "stale",
+    "stale_after_minutes",
+    "stale_message",
+    "flag_source",
+    "flags",
+    "warnings",
+}
+FLAG_KEYS = {
+    "flag",
+    "at_source",
+    "held",
+    "experiment_type",
+    "watched",
+    "not_watched",
+    "warmup_remaining_minutes",
+    "started_at",
+    "first_seen_enabled",
+    "guardrails",
+    "halt",
+    "ramp",
+    "config_patterns",
+}
+GUARDRAIL_KEYS = {
+    "id",
+    "metric",
+    "treatment_variant",
+    "comparison",
+    "threshold",
+    "method",
+    "confirmations",
+    "min_count",
+    "window",
+    "alpha_per_comparison",
+    "in_definition",
+    "streak",
+    "last_breach_at",
+    "last",
+    "from",
+}
+HALT_KEYS = {
+    "status",
+    "action",
+    "reason",
+    "decided_at",
+    "metric",
+    "treatment_variant",
+    "control_variant",
+    "completed_at",
+    "attempts",
+    "last_error",
+    "alert_delivered",
+    "run_id",
+}
 
 
 def summary(verdict: str, at: datetime, streak: int) -> dict[str, Any]:
-    return {"at": at.isoformat(), "verdict": verdict, "control": 0.01, "treatment": 0.034, "control_count": 5000,
-            "treatment_count": 5100, "delta": 2.4, "streak": streak, "reason": "relative increase +240.00%"}
+    return {
+        "at": at.isoformat(),
+        "verdict": verdict,
+        "control": 0.01,
+        "treatment": 0.034,
+        "control_count": 5000,
+        "treatment_count": 5100,
+        "delta": 2.4,
+        "streak": streak,
+        "reason": "relative increase +240.00%",
+    }
 
 
 def halt_record() -> HaltRecord:
-    return HaltRecord(status="done", action=HaltAction.REVERT, reason="error_rate 3.4x control", metric="error_rate",
-                      decided_at=NOW - timedelta(minutes=4), treatment_variant="treatment",
-                      completed_at=NOW - timedelta(minutes=4), attempts=1, alert_delivered=True, run_id="run-abc",
-                      alert={"flag": "big"})
+    return HaltRecord(
+        status=HaltStatus.DONE,
+        action=HaltAction.REVERT,
+        reason="error_rate 3.4x control",
+        metric="error_rate",
+        decided_at=NOW - timedelta(minutes=4),
+        treatment_variant="treatment",
+        completed_at=NOW - timedelta(minutes=4),
+        attempts=1,
+        alert_delivered=True,
+        run_id="run-abc",
+        alert={"flag": "big"},
+    )
 
 
 def write_flags(path: Path, flags: dict[str, Any]) -> Path:
@@ -51,17 +119,24 @@ def write_flags(path: Path, flags: dict[str, Any]) -> Path:
 
 def test_report_shows_guardrails_streaks_last_values_and_halts() -> None:
     started = (NOW - timedelta(minutes=10)).isoformat()
-    parsed = parse_flags({
-        KEY: flag_definition(state="DISABLED"),
-        OTHER: flag_definition(extra_metadata={"warmup_minutes": 30, "started_at": started}),
-    })
-    state = State(flags={
-        KEY: FlagState(first_seen_enabled=NOW - timedelta(hours=1),
-                       streaks={"error_rate@treatment": Streak(2, NOW - timedelta(minutes=4))},
-                       halt=halt_record(),
-                       last_evaluations={"error_rate@treatment": summary("breach", NOW - timedelta(minutes=4), 2)}),
-        "gone.flag.only-in-state": FlagState(streaks={"latency@b": Streak(1, NOW)}),
-    }, last_run_at=NOW - timedelta(minutes=2))
+    parsed = parse_flags(
+        {
+            KEY: flag_definition(state="DISABLED"),
+            OTHER: flag_definition(extra_metadata={"warmup_minutes": 30, "started_at": started}),
+        }
+    )
+    state = State(
+        flags={
+            KEY: FlagState(
+                first_seen_enabled=NOW - timedelta(hours=1),
+                streaks={"error_rate@treatment": Streak(2, NOW - timedelta(minutes=4))},
+                halt=halt_record(),
+                last_evaluations={"error_rate@treatment": summary("breach", NOW - timedelta(minutes=4), 2)},
+            ),
+            "gone.flag.only-in-state": FlagState(streaks={"latency@b": Streak(1, NOW)}),
+        },
+        last_run_at=NOW - timedelta(minutes=2),
+    )
     report = build_report(state, parsed, now=NOW, stale_after=10, flag_source="flags.yaml", warnings=[])
     doc = to_json(report)
     assert set(doc) == TOP_KEYS
@@ -102,11 +177,13 @@ def test_report_shows_guardrails_streaks_last_values_and_halts() -> None:
     json.dumps(doc, allow_nan=False)  # strict JSON
 
 
-@pytest.mark.parametrize(("last_run", "stale"), [(None, True), (NOW - timedelta(minutes=11), True),
-                                                 (NOW - timedelta(minutes=9), False)])
+@pytest.mark.parametrize(
+    ("last_run", "stale"), [(None, True), (NOW - timedelta(minutes=11), True), (NOW - timedelta(minutes=9), False)]
+)
 def test_stale_monitor_is_an_incident(last_run: datetime | None, stale: bool) -> None:
-    report = build_report(State(last_run_at=last_run), parse_flags({}), now=NOW, stale_after=10, flag_source=None,
-                          warnings=[])
+    report = build_report(
+        State(last_run_at=last_run), parse_flags({}), now=NOW, stale_after=10, flag_source=None, warnings=[]
+    )
     assert report.stale is stale
     assert report.exit_code == (ExitCode.UNEVALUATED if stale else ExitCode.OK)
     text = to_text(report)
@@ -121,17 +198,19 @@ def test_stale_monitor_is_an_incident(last_run: datetime | None, stale: bool) ->
 def test_command_reads_a_flag_file_and_state(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     flags = write_flags(tmp_path / "flags.yaml", {KEY: flag_definition()})
     store = StateStore(tmp_path / "state.json")
-    store.save(State(flags={KEY: FlagState(streaks={"error_rate@treatment": Streak(1, NOW)})},
-                     last_run_at=NOW - timedelta(minutes=1)))
-    code = run_status_command(flags=str(flags), config=None, state=store.path, as_json=True, stale_after=10,
-                              now=NOW)
+    store.save(
+        State(
+            flags={KEY: FlagState(streaks={"error_rate@treatment": Streak(1, NOW)})},
+            last_run_at=NOW - timedelta(minutes=1),
+        )
+    )
+    code = run_status_command(flags=str(flags), config=None, state=store.path, as_json=True, stale_after=10, now=NOW)
     doc = json.loads(capsys.readouterr().out)
     assert code == 0 and doc["exit_code"] == 0
     (flag,) = doc["flags"]
     assert flag["flag"] == KEY and flag["guardrails"][0]["streak"] == 1 and flag["watched"] is True
 
-    code = run_status_command(flags=str(flags), config=None, state=store.path, as_json=False, stale_after=0.5,
-                              now=NOW)
+    code = run_status_command(flags=str(flags), config=None, state=store.path, as_json=False, stale_after=0.5, now=NOW)
     assert code == 3
     assert "STALE MONITOR" in capsys.readouterr().out
 
@@ -152,8 +231,9 @@ def test_status_does_not_need_the_lock(tmp_path: Path, capsys: pytest.CaptureFix
     holder.start()
     try:
         assert held.wait(5)
-        code = run_status_command(flags=str(flags), config=None, state=store.path, as_json=True, stale_after=10,
-                                  now=NOW)
+        code = run_status_command(
+            flags=str(flags), config=None, state=store.path, as_json=True, stale_after=10, now=NOW
+        )
         # It answered while the lock was still held (the holder only lets go below): it never waited.
         assert holder.is_alive() and not release.is_set()
         assert code == 0
@@ -184,8 +264,9 @@ def test_missing_and_newer_state(tmp_path: Path) -> None:
 def test_unreachable_source_still_shows_state(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     store = StateStore(tmp_path / "state.json")
     store.save(State(flags={KEY: FlagState(halt=halt_record())}, last_run_at=NOW))
-    code = run_status_command(flags="http://127.0.0.1:9/v1/flags", config=None, state=store.path, as_json=True,
-                              stale_after=10, now=NOW)
+    code = run_status_command(
+        flags="http://127.0.0.1:9/v1/flags", config=None, state=store.path, as_json=True, stale_after=10, now=NOW
+    )
     doc = json.loads(capsys.readouterr().out)
     assert code == 0
     assert any("flag source unreadable" in w for w in doc["warnings"])
@@ -193,11 +274,13 @@ def test_unreachable_source_still_shows_state(tmp_path: Path, capsys: pytest.Cap
     assert flag["flag"] == KEY and flag["halt"]["status"] == "done" and flag["at_source"] is None
 
 
-def test_no_flag_source_at_all_is_a_warning_not_a_crash(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_no_flag_source_at_all_is_a_warning_not_a_crash(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("FLAG_API_URL", raising=False)
-    code = run_status_command(flags=None, config=None, state=tmp_path / "s.json", as_json=False, stale_after=10,
-                              now=NOW)
+    code = run_status_command(
+        flags=None, config=None, state=tmp_path / "s.json", as_json=False, stale_after=10, now=NOW
+    )
     out = capsys.readouterr().out
     assert code == 3  # never ran
     assert "no flag source configured" in out and "never completed a run" in out

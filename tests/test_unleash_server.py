@@ -21,7 +21,7 @@ from guardrail.config import parse_flags
 from guardrail.flags.base import HaltOutcome, LoadedFlags
 from guardrail.flags.unleash import UnleashBackend, UnleashConfig
 from guardrail.http import RetryPolicy, make_client
-from guardrail.model import ExitCode, Flag, GuardrailError
+from guardrail.model import ExitCode, Flag, GuardrailError, Severity
 from tests.servers.unleash import Admin, UnleashServer
 
 pytestmark = pytest.mark.e2e
@@ -163,10 +163,10 @@ def test_load_lists_flags_guardrails_and_problems(unleash_server: UnleashServer,
     assert flags["ul.load.off-broken"].enabled is False
 
     problems = {(p.flag, p.severity): p for p in loaded.problems}
-    no_variants = problems[("ul.load.no-variants", "error")]
+    no_variants = problems[("ul.load.no-variants", Severity.ERROR)]
     assert no_variants.field is not None and no_variants.field.endswith(".variants")
     assert "no variants" in no_variants.message
-    typo = problems[("ul.load.typo", "error")]
+    typo = problems[("ul.load.typo", Severity.ERROR)]
     assert typo.field == "tag guardrail:error_rate.threshhold=0.2" and "unknown option" in typo.message
     assert ("ul.load.off-broken", "warning") in problems
     assert "ul.load.no-variants" not in flags and "ul.load.typo" not in flags

@@ -364,7 +364,7 @@ def test_a_ramp_step_plans_weights_or_a_rollout_percent() -> None:
     assert not split.shown_by(AB) and split.what == "variant weights control=750, treatment=250"
     plain = strategy(rollout="10")
     ramp, _ = us.plan_split(plain, {"treatment": 40, "control": 60})
-    assert ramp is not None and ramp.rollout == 40 and ramp.parameters(plain)["rollout"] == "40"
+    assert ramp is not None and ramp.rollout == 40 and (ramp.parameters(plain) or {})["rollout"] == "40"
     assert ramp.shown_by(strategy(rollout="40")) and not ramp.shown_by(plain)
     refused, why = us.plan_split(AB, {"control": 50, "blue": 50})
     assert refused is None and "unknown variants ['blue']" in why

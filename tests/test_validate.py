@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from guardrail.model import Severity
 from guardrail.validate import Finding, render_github, render_text, validate_paths
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -342,8 +343,8 @@ def test_unreadable_wins_over_findings(tmp_path: Path) -> None:
 
 def test_render_text() -> None:
     findings = [
-        Finding("b.yaml", None, None, None, "error", "file not found"),
-        Finding("a.yaml", KEY, "metadata.expiry", 7, "warning", "expired"),
+        Finding("b.yaml", None, None, None, Severity.ERROR, "file not found"),
+        Finding("a.yaml", KEY, "metadata.expiry", 7, Severity.WARNING, "expired"),
     ]
     assert render_text(findings).splitlines() == [
         f"a.yaml:7: warning: flag {KEY} field metadata.expiry: expired",
@@ -354,8 +355,8 @@ def test_render_text() -> None:
 
 def test_render_github_escapes() -> None:
     findings = [
-        Finding("dir,x/a:b.yaml", KEY, "metadata.x", 12, "error", "100% bad\r\nsecond line"),
-        Finding("c.yaml", None, None, None, "warning", "no line: here, ok"),
+        Finding("dir,x/a:b.yaml", KEY, "metadata.x", 12, Severity.ERROR, "100% bad\r\nsecond line"),
+        Finding("c.yaml", None, None, None, Severity.WARNING, "no line: here, ok"),
     ]
     assert render_github(findings).splitlines() == [
         "::warning file=c.yaml,title=guardrail::no line: here, ok",

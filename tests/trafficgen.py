@@ -71,7 +71,10 @@ class TrafficGenerator:
         self.requests = Counter("http_requests", "Requests served.", labels, registry=self.registry)
         self.errors = Counter("http_request_errors", "Requests that failed.", labels, registry=self.registry)
         self.latency = Histogram(
-            "http_request_duration_seconds", "Request latency.", labels, buckets=LATENCY_BUCKETS,
+            "http_request_duration_seconds",
+            "Request latency.",
+            labels,
+            buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
         # Touch every series once so both arms exist (at 0) from the first scrape on.
@@ -170,10 +173,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=0, help="port to serve /metrics on (0: any free port)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--flag", required=True, help="flag key, the `flag` label")
-    parser.add_argument("--error-rate", action="append", default=[], metavar="VARIANT=P",
-                        help="error probability per variant (repeat per variant)")
-    parser.add_argument("--latency", action="append", default=[], metavar="VARIANT=SECONDS",
-                        help="median latency per variant (default 0.12)")
+    parser.add_argument(
+        "--error-rate",
+        action="append",
+        default=[],
+        metavar="VARIANT=P",
+        help="error probability per variant (repeat per variant)",
+    )
+    parser.add_argument(
+        "--latency",
+        action="append",
+        default=[],
+        metavar="VARIANT=SECONDS",
+        help="median latency per variant (default 0.12)",
+    )
     parser.add_argument("--rps", type=float, default=200.0, help="requests per second per variant")
     parser.add_argument("--duration", type=float, default=300.0, help="seconds until it stops by itself")
     parser.add_argument("--seed", type=int, default=1)
@@ -181,14 +194,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         error_rates = _pairs(args.error_rate, "error-rate") or {"control": 0.01, "treatment": 0.01}
         gen = TrafficGenerator(
-            args.flag, error_rates=error_rates, latencies=_pairs(args.latency, "latency"), rps=args.rps,
-            duration=args.duration, port=args.port, host=args.host, seed=args.seed,
+            args.flag,
+            error_rates=error_rates,
+            latencies=_pairs(args.latency, "latency"),
+            rps=args.rps,
+            duration=args.duration,
+            port=args.port,
+            host=args.host,
+            seed=args.seed,
         )
     except (ValueError, argparse.ArgumentTypeError) as exc:
         parser.error(str(exc))
     gen.start()
-    print(f"serving http://{gen.target}/metrics for {args.duration:g} s "
-          f"(flag {args.flag}, variants {sorted(error_rates)})", flush=True)
+    print(
+        f"serving http://{gen.target}/metrics for {args.duration:g} s "
+        f"(flag {args.flag}, variants {sorted(error_rates)})",
+        flush=True,
+    )
     try:
         gen.wait()
     except KeyboardInterrupt:

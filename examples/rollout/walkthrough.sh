@@ -25,7 +25,7 @@ step_metrics() {  # step_metrics TREATMENT_PERCENT TREATMENT_ERROR_RATE [UNITS]
   for m in "control error_rate 0.01 $c" "treatment error_rate $2 $t" \
            "control exposures $c $c" "treatment exposures $t $t"; do
     set -- $m
-    curl -fsS -X POST "$METRICS_API_URL/inject" -d "{\"flag\": \"checkout.payments.new-flow\",
+    curl -fsS -X POST "$METRICS_API_URL/_control/metrics" -d "{\"flag\": \"checkout.payments.new-flow\",
       \"variant\": \"$1\", \"metric\": \"$2\", \"value\": $3, \"count\": $4}" >/dev/null
   done
 }

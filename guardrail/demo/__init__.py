@@ -62,15 +62,23 @@ def run_demo(state_dir: Path | None = None, now: datetime | None = None) -> int:
         sql = resources.files("guardrail.demo").joinpath("sql")
         # A config file like a user's: metrics from SQL (guardrail/sources/sql.py), flags from the flag API.
         config = Path(tmp) / "guardrail.yaml"
-        config.write_text(yaml.safe_dump({"metrics": {
-            "source": "sql",
-            "url": f"duckdb:///{warehouse}",
-            "timeout": 30,
-            "queries": {metric: sql.joinpath(name).read_text("utf-8") for metric, name in QUERIES.items()},
-        }}), "utf-8")
+        config.write_text(
+            yaml.safe_dump(
+                {
+                    "metrics": {
+                        "source": "sql",
+                        "url": f"duckdb:///{warehouse}",
+                        "timeout": 30,
+                        "queries": {metric: sql.joinpath(name).read_text("utf-8") for metric, name in QUERIES.items()},
+                    }
+                }
+            ),
+            "utf-8",
+        )
         env = {"FLAG_API_URL": api.url, "FLAG_API_TOKEN": DEMO_TOKEN, "ALERT_WEBHOOK_URL": f"{api.url}/webhook"}
-        settings = load_settings(config=config, env=env, overrides={"state_path": base / "state.json",
-                                                                    "audit_path": base / "audit.jsonl"})
+        settings = load_settings(
+            config=config, env=env, overrides={"state_path": base / "state.json", "audit_path": base / "audit.jsonl"}
+        )
         print(
             f"guardrail demo: metrics from SQL over a DuckDB warehouse ({events:,} events in {warehouse.name}); "
             f"fake flag API and webhook on {api.url}"
@@ -80,7 +88,7 @@ def run_demo(state_dir: Path | None = None, now: datetime | None = None) -> int:
         second = run_check(settings, now=start + timedelta(minutes=2))
         _show("run 2 (cron, t+2 min)", second)
 
-        halted = api.flag("checkout.payments.express-pay") or {}
+        halted = api.flag("checkout.payments.express-pay")
         print("\n=== what the flag API holds now ===")
         print(
             f"checkout.payments.express-pay: state={halted.get('state')} defaultVariant={halted.get('defaultVariant')}"

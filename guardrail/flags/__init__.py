@@ -8,10 +8,13 @@ from typing import Any
 from guardrail.adapters import Entry, Registry
 from guardrail.flags.base import FlagBackend, HaltOutcome, LoadedFlags
 
-BACKENDS: Registry[Any, FlagBackend] = Registry("flag backend", {
-    "api": Entry("guardrail.flags.http_api", sections=("flag_api",)),
-    "file": Entry("guardrail.flags.flagd_file"),
-    "unleash": Entry("guardrail.flags.unleash", sections=("unleash",)),
-})
+BACKENDS: Registry[Any, FlagBackend] = Registry(
+    "flag backend",
+    {
+        "api": Entry("guardrail.flags.http_api", sections=("flag_api",)),
+        "file": Entry("guardrail.flags.flagd_file"),
+        "unleash": Entry("guardrail.flags.unleash", sections=("unleash",)),
+    },
+)
 
 __all__ = ["BACKENDS", "FlagBackend", "HaltOutcome", "LoadedFlags"]

@@ -23,7 +23,6 @@ import json
 import os
 import re
 import stat
-import tempfile
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -38,6 +37,7 @@ from ruamel.yaml.scalarstring import DoubleQuotedScalarString, SingleQuotedScala
 
 from guardrail import files
 from guardrail.adapters import ConfigContext, Plugin, Runtime
+from guardrail.config import is_held
 from guardrail.flags.base import FlagBackend, HaltOutcome, LoadedFlags
 from guardrail.flags.gitrepo import GitConfig, discover, parse_git_config
 from guardrail.model import ExitCode, FailureKind, Flag, GuardrailError
@@ -66,9 +66,7 @@ def is_already(definition: Mapping[str, Any], action: Action, control_variant: s
     """True when the flag is already in the state the halt would put it in (nothing to write)."""
     if action == "revert":
         return definition.get("state") == "DISABLED" and definition.get("defaultVariant") == control_variant
-    metadata = definition.get("metadata")
-    hold = metadata.get("guardrail_hold") if isinstance(metadata, Mapping) else None
-    return hold is True or (isinstance(hold, str) and hold.lower() == "true")
+    return is_held(definition)
 
 
 def _edit_plain(definition: dict[str, Any], action: Action, control: str, reason: str) -> None:
@@ -386,7 +384,8 @@ def apply_halt_to_text(
             raise GuardrailError(
                 f"this flag shares YAML anchors/aliases with {others}: the rewrite would change them too; left "
                 "unchanged (halt it by hand, and expand the anchors so each flag stands alone)",
-                source=source, flag=key,
+                source=source,
+                flag=key,
             )
         raise GuardrailError(
             "the rewritten file would not read back as intended; left unchanged", source=source, flag=key
@@ -515,11 +514,15 @@ class FlagdFileBackend:
             except GuardrailError as exc:
                 return HaltOutcome(ok=False, detail=str(exc), kind=FailureKind.REFUSED)
             except OSError as exc:
-                return HaltOutcome(ok=False, detail=f"{self.source}: cannot write: {exc.strerror or exc}",
-                                   kind=FailureKind.UNREACHABLE)
+                return HaltOutcome(
+                    ok=False, detail=f"{self.source}: cannot write: {exc.strerror or exc}", kind=FailureKind.UNREACHABLE
+                )
             except Exception as exc:  # a backend never raises: a bug here must become a failed halt, not a crash
-                return HaltOutcome(ok=False, detail=f"{self.source}: rewrite failed: {type(exc).__name__}: {exc}",
-                                   kind=FailureKind.INTERNAL)
+                return HaltOutcome(
+                    ok=False,
+                    detail=f"{self.source}: rewrite failed: {type(exc).__name__}: {exc}",
+                    kind=FailureKind.INTERNAL,
+                )
 
     def _apply_locked(self, flag: Flag, action: Action, reason: str) -> HaltOutcome:
         done = done_detail(action, flag.control_variant)
@@ -535,51 +538,25 @@ class FlagdFileBackend:
                 self.loaded_digest = _digest(new.encode("utf-8"))  # our own write is not someone's edit
                 note = " (the file had been edited since it was read; applied to the new content)"
                 return HaltOutcome(ok=True, detail=f"{self.source}: {done}" + (note if edited else ""))
-        return HaltOutcome(ok=False, kind=FailureKind.CONFLICT,
-                           detail=f"{self.source}: the file kept changing while being rewritten; will retry")
+        return HaltOutcome(
+            ok=False,
+            kind=FailureKind.CONFLICT,
+            detail=f"{self.source}: the file kept changing while being rewritten; will retry",
+        )
 
     def _replace_if_unchanged(self, expected: bytes, new: bytes) -> bool:
         """Atomically replace the file with `new` unless its content is no longer `expected`."""
         # Write through a symlink (a Git checkout, a ConfigMap mount) rather than replace the link.
         target = Path(os.path.realpath(self.path))
         before = target.stat()
-        fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-        tmp = Path(tmp_name)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(new)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.chmod(tmp, stat.S_IMODE(before.st_mode))
-            if hasattr(os, "chown") and (before.st_uid, before.st_gid) != (os.getuid(), os.getgid()):
-                with contextlib.suppress(OSError):  # only root may give a file away; the mode still holds
-                    os.chown(tmp, before.st_uid, before.st_gid)
-            # As late as possible: an edit made since our read must not be overwritten.
+
+        def unchanged() -> bool:  # checked as late as possible: an edit made since our read must survive
             with target.open("rb") as fh:
-                current = fh.read(self.max_bytes + 1)
-            if _digest(current) != _digest(expected):
-                tmp.unlink()
-                return False
-            os.replace(tmp, target)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-            raise
-        _fsync_dir(target.parent)
-        return True
+                return _digest(fh.read(self.max_bytes + 1)) == _digest(expected)
 
-
-def _fsync_dir(directory: Path) -> None:
-    # Makes the rename itself durable; not every platform or filesystem can open a directory.
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        with contextlib.suppress(OSError):
-            os.fsync(fd)
-    finally:
-        os.close(fd)
+        return files.atomic_write(
+            target, new, mode=stat.S_IMODE(before.st_mode), owner=(before.st_uid, before.st_gid), precondition=unchanged
+        )
 
 
 # ---- the plugin -------------------------------------------------------------------------------------
@@ -615,8 +592,10 @@ def _parse(ctx: ConfigContext) -> FileBackendConfig:
 
 def _ready(config: FileBackendConfig) -> None:
     if config.path is None:
-        raise GuardrailError("no flag definitions: the file backend needs --flags PATH or `flags:` in --config",
-                             exit_code=ExitCode.CONFIG)
+        raise GuardrailError(
+            "no flag definitions: the file backend needs --flags PATH or `flags:` in --config",
+            exit_code=ExitCode.CONFIG,
+        )
     if config.git is not None:
         # Local git only (no network): a clone without an upstream is refused before the lock, exit 2.
         discover(config.path, timeout=config.git.timeout)
@@ -633,6 +612,9 @@ def _create(config: FileBackendConfig, _runtime: Runtime) -> FlagBackend:
 
 
 PLUGIN = Plugin(
-    name="file", summary="a flagd flag file (YAML or JSON), rewritten in place",
-    parse=_parse, create=_create, ready=_ready,
+    name="file",
+    summary="a flagd flag file (YAML or JSON), rewritten in place",
+    parse=_parse,
+    create=_create,
+    ready=_ready,
 )

@@ -16,6 +16,7 @@ from urllib.parse import quote, urlsplit
 import httpx
 
 from guardrail.adapters import ConfigContext, Plugin, Runtime
+from guardrail.config import is_held
 from guardrail.flags.base import HaltOutcome, LoadedFlags
 from guardrail.http import HTTPFailure, RetryPolicy, check_token_transport, json_body, request, side_effect, url_problem
 from guardrail.model import ExitCode, FailureKind, Flag, GuardrailError
@@ -43,11 +44,6 @@ def _serves_only(definition: Any, control: str) -> bool:
         and definition.get("state") in ("ENABLED", "DISABLED")
         and not definition.get("targeting")
     )
-
-
-def _held(definition: Any) -> bool:
-    meta = definition.get("metadata") if isinstance(definition, Mapping) else None
-    return isinstance(meta, Mapping) and meta.get("guardrail_hold") in (True, "true")
 
 
 class HttpFlagBackend:
@@ -81,23 +77,33 @@ class HttpFlagBackend:
             return await FlagdFileBackend(self.definitions_file).load()
         source = display_url(f"{self.base_url}/v1/flags")
         try:
-            response = await request(self.client, "GET", f"{self.base_url}/v1/flags", label="flag API list",
-                                     policy=self.policy)
+            response = await request(
+                self.client, "GET", f"{self.base_url}/v1/flags", label="flag API list", policy=self.policy
+            )
             body = json_body(response)
         except HTTPFailure as exc:
             raise GuardrailError(str(exc), source=source, exit_code=ExitCode.UNEVALUATED, kind=exc.failure) from None
         except ValueError as exc:
-            raise GuardrailError(f"flag API list: {exc}", source=source, exit_code=ExitCode.UNEVALUATED,
-                                 kind=FailureKind.BAD_ANSWER) from None
+            raise GuardrailError(
+                f"flag API list: {exc}", source=source, exit_code=ExitCode.UNEVALUATED, kind=FailureKind.BAD_ANSWER
+            ) from None
         if not isinstance(body, Mapping) or not isinstance(body.get("flags"), Mapping):
-            raise GuardrailError("answer has no `flags` object", source=source, exit_code=ExitCode.UNEVALUATED,
-                                 kind=FailureKind.BAD_ANSWER)
+            raise GuardrailError(
+                "answer has no `flags` object",
+                source=source,
+                exit_code=ExitCode.UNEVALUATED,
+                kind=FailureKind.BAD_ANSWER,
+            )
         return LoadedFlags(source=source, definitions=body["flags"])
 
     async def get(self, key: str) -> Mapping[str, Any] | None:
         try:
             response = await request(
-                self.client, "GET", self._url(key), label="flag API get", policy=self.policy,
+                self.client,
+                "GET",
+                self._url(key),
+                label="flag API get",
+                policy=self.policy,
                 ok_statuses=(200, 404),
             )
         except HTTPFailure:
@@ -113,8 +119,13 @@ class HttpFlagBackend:
     async def _patch(self, key: str, body: Mapping[str, Any]) -> Any:
         # One try: _until_applied does the retrying, looking at the flag between tries.
         response = await request(
-            self.client, "PATCH", self._url(key), label="flag API PATCH", policy=replace(self.policy, attempts=1),
-            json=dict(body), headers=self._headers,
+            self.client,
+            "PATCH",
+            self._url(key),
+            label="flag API PATCH",
+            policy=replace(self.policy, attempts=1),
+            json=dict(body),
+            headers=self._headers,
         )
         try:
             return json_body(response)
@@ -171,8 +182,9 @@ class HttpFlagBackend:
         buggy server can answer 200 and change nothing)."""
         control = flag.control_variant
         if _reverted(await self.get(flag.key), control):
-            return HaltOutcome(ok=True, already=True,
-                               detail="flag was already DISABLED with the control default (re-read)")
+            return HaltOutcome(
+                ok=True, already=True, detail="flag was already DISABLED with the control default (re-read)"
+            )
         _answer, failure = await self._until_applied(
             flag.key,
             lambda: self._patch_with_reason(flag.key, {"state": "DISABLED", "defaultVariant": control}, reason),
@@ -180,8 +192,9 @@ class HttpFlagBackend:
         )
         if failure is not None:
             if failure.applied_anyway:
-                return HaltOutcome(ok=True, detail=f"PATCH answer lost ({failure.kind}) but a re-read shows the "
-                                   "flag halted")
+                return HaltOutcome(
+                    ok=True, detail=f"PATCH answer lost ({failure.kind}) but a re-read shows the flag halted"
+                )
             return HaltOutcome(ok=False, detail=str(failure), kind=failure.failure)
         if _reverted(await self.get(flag.key), control):
             return HaltOutcome(ok=True, detail=f"PATCH applied (re-read: state DISABLED, defaultVariant {control})")
@@ -189,40 +202,58 @@ class HttpFlagBackend:
         # force the control variant instead (docs/contracts.md).
         try:
             await request(
-                self.client, "PUT", self._url(flag.key, "/force"), label="flag API force", policy=self.policy,
-                json={"variant": control}, headers=self._headers,
+                self.client,
+                "PUT",
+                self._url(flag.key, "/force"),
+                label="flag API force",
+                policy=self.policy,
+                json={"variant": control},
+                headers=self._headers,
             )
         except HTTPFailure as exc:
             return HaltOutcome(
-                ok=False, kind=exc.failure,
+                ok=False,
+                kind=exc.failure,
                 detail=f"PATCH did not apply both fields and the force-variant call failed: {exc}",
             )
         after = await self.get(flag.key)
         if _serves_only(after, control):
             return HaltOutcome(ok=True, detail=f"PATCH was not applied as sent; forced variant {control} (re-read)")
-        seen = "could not be re-read" if after is None else (
-            f"re-read shows state {after.get('state')!r}, defaultVariant {after.get('defaultVariant')!r}"
-            + (", targeting still set" if after.get("targeting") else ""))
-        return HaltOutcome(ok=False, kind=FailureKind.BAD_ANSWER,
-                           detail=f"PATCH and force-variant calls answered, but the flag is not halted: {seen}")
+        seen = (
+            "could not be re-read"
+            if after is None
+            else (
+                f"re-read shows state {after.get('state')!r}, defaultVariant {after.get('defaultVariant')!r}"
+                + (", targeting still set" if after.get("targeting") else "")
+            )
+        )
+        return HaltOutcome(
+            ok=False,
+            kind=FailureKind.BAD_ANSWER,
+            detail=f"PATCH and force-variant calls answered, but the flag is not halted: {seen}",
+        )
 
     async def _hold(self, flag: Flag, reason: str) -> HaltOutcome:
-        if _held(await self.get(flag.key)):
+        if is_held(await self.get(flag.key)):
             return HaltOutcome(ok=True, already=True, detail="rollout was already held (re-read)")
         _answer, failure = await self._until_applied(
             flag.key,
             lambda: self._patch(flag.key, {"metadata": {"guardrail_hold": True, "guardrail_reason": reason}}),
-            _held,
+            is_held,
         )
         if failure is not None:
             if failure.applied_anyway:
-                return HaltOutcome(ok=True, detail=f"PATCH answer lost ({failure.kind}) but a re-read shows the "
-                                   "rollout held")
+                return HaltOutcome(
+                    ok=True, detail=f"PATCH answer lost ({failure.kind}) but a re-read shows the rollout held"
+                )
             return HaltOutcome(ok=False, detail=str(failure), kind=failure.failure)
-        if _held(await self.get(flag.key)):
+        if is_held(await self.get(flag.key)):
             return HaltOutcome(ok=True, detail="rollout held at its current split (re-read: metadata.guardrail_hold)")
-        return HaltOutcome(ok=False, kind=FailureKind.BAD_ANSWER,
-                           detail="PATCH answered, but a re-read shows metadata.guardrail_hold not set")
+        return HaltOutcome(
+            ok=False,
+            kind=FailureKind.BAD_ANSWER,
+            detail="PATCH answered, but a re-read shows metadata.guardrail_hold not set",
+        )
 
     async def set_split(self, flag: Flag, shares: Mapping[str, int], reason: str) -> HaltOutcome:
         """A ramp step: PATCH `{"targeting": ...}` with the fractional weights set to `shares` (the rest of
@@ -230,8 +261,9 @@ class HttpFlagBackend:
         described = ", ".join(f"{v} {s}%" for v, s in shares.items())
         current = await self.get(flag.key)
         if current is None:
-            return HaltOutcome(ok=False, kind=FailureKind.UNREACHABLE,
-                               detail=f"flag {flag.key!r}: cannot read it from the flag API")
+            return HaltOutcome(
+                ok=False, kind=FailureKind.UNREACHABLE, detail=f"flag {flag.key!r}: cannot read it from the flag API"
+            )
         if split_matches(current, shares):
             return HaltOutcome(ok=True, already=True, detail=f"split already {described}")
         try:
@@ -249,8 +281,9 @@ class HttpFlagBackend:
             return HaltOutcome(ok=False, detail=str(failure), kind=failure.failure)
         if split_matches(await self.get(flag.key), shares):
             return HaltOutcome(ok=True, detail=f"PATCH applied: split {described}")
-        return HaltOutcome(ok=False, kind=FailureKind.BAD_ANSWER,
-                           detail="PATCH answered but a re-read does not show the new split")
+        return HaltOutcome(
+            ok=False, kind=FailureKind.BAD_ANSWER, detail="PATCH answered but a re-read does not show the new split"
+        )
 
     async def aclose(self) -> None:
         """The client belongs to the run."""
@@ -275,7 +308,8 @@ def _parse(ctx: ConfigContext) -> ApiBackendConfig:
     if "token" in section:
         raise GuardrailError(
             "secrets do not belong in a config file; name an environment variable with `token_env` instead",
-            source=ctx.source, field="flag_api.token",
+            source=ctx.source,
+            field="flag_api.token",
         )
     token_env = str(section.get("token_env", "FLAG_API_TOKEN"))
     where = flags_location(ctx)
@@ -284,15 +318,23 @@ def _parse(ctx: ConfigContext) -> ApiBackendConfig:
     from_option = ctx.option("flags")
     option_url = str(from_option) if from_option and str(from_option).startswith(("http://", "https://")) else None
     file_url = str(where).split("/v1/flags")[0] if is_url else None
-    url = (option_url.split("/v1/flags")[0] if option_url else None) or ctx.env.get("FLAG_API_URL") or (
-        section.get("url") or file_url)
+    url = (
+        (option_url.split("/v1/flags")[0] if option_url else None)
+        or ctx.env.get("FLAG_API_URL")
+        or (section.get("url") or file_url)
+    )
     problem = (url_problem(url) if isinstance(url, str) else "must be a URL") if url is not None else None
     if problem:  # the text never repeats the URL: it may hold a credential
         from_env = bool(ctx.env.get("FLAG_API_URL"))
-        raise GuardrailError(f"not a usable http(s) URL: {problem}", source=None if from_env else ctx.source,
-                             field="FLAG_API_URL" if from_env else "flag_api.url")
+        raise GuardrailError(
+            f"not a usable http(s) URL: {problem}",
+            source=None if from_env else ctx.source,
+            field="FLAG_API_URL" if from_env else "flag_api.url",
+        )
     config = ApiBackendConfig(
-        url=url, token=ctx.env.get(token_env) or None, token_env=token_env,
+        url=url,
+        token=ctx.env.get(token_env) or None,
+        token_env=token_env,
         definitions_file=Path(where) if where and not is_url else None,
         allow_insecure_http=bool(ctx.option("allow_insecure_http")),
     )
@@ -323,7 +365,8 @@ def _ready(config: ApiBackendConfig) -> None:
         # httpx turns URL userinfo into a Basic Authorization header that replaces the bearer token.
         raise GuardrailError(
             f"has user:password in it and {config.token_env} is set: only one can be sent (the URL's would "
-            "replace the token, and every halt would be refused); remove one", field="FLAG_API_URL",
+            "replace the token, and every halt would be refused); remove one",
+            field="FLAG_API_URL",
             exit_code=ExitCode.CONFIG,
         )
     if config.token or userinfo:
@@ -333,11 +376,20 @@ def _ready(config: ApiBackendConfig) -> None:
 
 def _create(config: ApiBackendConfig, runtime: Runtime) -> HttpFlagBackend:
     assert config.url is not None
-    return HttpFlagBackend(config.url, runtime.client, token=None if runtime.read_only else config.token,
-                           policy=runtime.policy, definitions_file=config.definitions_file)
+    return HttpFlagBackend(
+        config.url,
+        runtime.client,
+        token=None if runtime.read_only else config.token,
+        policy=runtime.policy,
+        definitions_file=config.definitions_file,
+    )
 
 
 PLUGIN = Plugin(
-    name="api", summary="the flag management REST API (FLAG_API_URL)",
-    parse=_parse, create=_create, ready=_ready, secrets=lambda c: [c.token] if c.token else [],
+    name="api",
+    summary="the flag management REST API (FLAG_API_URL)",
+    parse=_parse,
+    create=_create,
+    ready=_ready,
+    secrets=lambda c: [c.token] if c.token else [],
 )

@@ -96,10 +96,21 @@ def read_state_doc(path: Path) -> tuple[dict[str, Any], str | None]:
 
 def _summary(h: Mapping[str, Any]) -> dict[str, Any]:
     """What the index needs from a history: kept in data/index.json between refreshes."""
-    verdicts = {gid: ((s.get("last") or {}).get("verdict"), (s.get("last") or {}).get("streak"),
-                      (s.get("last") or {}).get("confirmations")) for gid, s in (h.get("series") or {}).items()}
-    return {"last_run": h.get("last_run"), "halts": h.get("halts", 0), "srm": h.get("srm"), "ramp": h.get("ramp"),
-            "verdicts": verdicts}
+    verdicts = {
+        gid: (
+            (s.get("last") or {}).get("verdict"),
+            (s.get("last") or {}).get("streak"),
+            (s.get("last") or {}).get("confirmations"),
+        )
+        for gid, s in (h.get("series") or {}).items()
+    }
+    return {
+        "last_run": h.get("last_run"),
+        "halts": h.get("halts", 0),
+        "srm": h.get("srm"),
+        "ramp": h.get("ramp"),
+        "verdicts": verdicts,
+    }
 
 
 def flag_status(entry: Mapping[str, Any], summary: Mapping[str, Any]) -> tuple[str, str]:
@@ -161,29 +172,48 @@ class Site:
         status, detail = flag_status(entry, summary)
         last = summary.get("last_run")
         srm = entry.get("srm") if isinstance(entry.get("srm"), Mapping) else summary.get("srm")
-        return {"key": key, "slug": slug(key), "status": status, "detail": detail,
-                "ramp": pages.ramp_text(entry.get("ramp"), summary.get("ramp")),
-                "srm": pages.srm_text(srm),
-                "last_run": last, "halts": int(summary.get("halts") or 0) or (1 if entry.get("halt") else 0),
-                "guardrails": len(summary.get("verdicts") or {}) or len(entry.get("last_evaluations") or {}),
-                "monitor_last_run": self.state_doc.get("last_run_at")}
+        return {
+            "key": key,
+            "slug": slug(key),
+            "status": status,
+            "detail": detail,
+            "ramp": pages.ramp_text(entry.get("ramp"), summary.get("ramp")),
+            "srm": pages.srm_text(srm),
+            "last_run": last,
+            "halts": int(summary.get("halts") or 0) or (1 if entry.get("halt") else 0),
+            "guardrails": len(summary.get("verdicts") or {}) or len(entry.get("last_evaluations") or {}),
+            "monitor_last_run": self.state_doc.get("last_run_at"),
+        }
 
     def write_flag(self, key: str, h: Mapping[str, Any]) -> None:
         self.summaries[key] = {**_summary(h), "rendered_at": self.now.timestamp()}
         name = slug(key)
         _write_in_place(self.out / "data" / "flags" / f"{name}.json", json.dumps(h, separators=(",", ":")))
         entry = self._entry(key)
-        _write_in_place(self.out / "flags" / f"{name}.html", pages.flag_page(
-            key, h, entry, self.row(key), now=self.now, gids=_gids(entry, h), stale_after=self.stale_after))
+        _write_in_place(
+            self.out / "flags" / f"{name}.html",
+            pages.flag_page(
+                key, h, entry, self.row(key), now=self.now, gids=_gids(entry, h), stale_after=self.stale_after
+            ),
+        )
 
     def write_index(self) -> None:
         keys = set(self.summaries) | set(self.flags)
         rows = sorted((self.row(k) for k in keys), key=lambda r: (pages.STATUS_RANK[r["status"]], r["key"]))
-        _write(self.out / "data" / "index.json",
-               json.dumps({"v": hist.HISTORY_VERSION, "flags": self.summaries}, separators=(",", ":")))
-        _write(self.out / "index.html", pages.index_page(
-            rows, now=self.now, last_run=self.state_doc.get("last_run_at"), stale_after=self.stale_after,
-            warnings=self.warnings))
+        _write(
+            self.out / "data" / "index.json",
+            json.dumps({"v": hist.HISTORY_VERSION, "flags": self.summaries}, separators=(",", ":")),
+        )
+        _write(
+            self.out / "index.html",
+            pages.index_page(
+                rows,
+                now=self.now,
+                last_run=self.state_doc.get("last_run_at"),
+                stale_after=self.stale_after,
+                warnings=self.warnings,
+            ),
+        )
 
 
 def _prepare(out: Path) -> None:
@@ -211,16 +241,25 @@ def _audit_records(path: Path) -> Iterable[dict[str, Any]]:
                     yield rec
 
 
-def build_site(out: Path, *, state_path: Path, audit_path: Path, now: datetime,
-               stale_after: float = DEFAULT_STALE_AFTER) -> Site:
+def build_site(
+    out: Path, *, state_path: Path, audit_path: Path, now: datetime, stale_after: float = DEFAULT_STALE_AFTER
+) -> Site:
     """The whole site from the state file and the audit log."""
     doc, warning = read_state_doc(state_path)
-    return build_from_records(out, doc, _audit_records(audit_path), now=now, stale_after=stale_after,
-                              warnings=[warning] if warning else [])
+    return build_from_records(
+        out, doc, _audit_records(audit_path), now=now, stale_after=stale_after, warnings=[warning] if warning else []
+    )
 
 
-def build_from_records(out: Path, doc: dict[str, Any], records: Iterable[Mapping[str, Any]], *, now: datetime,
-                       stale_after: float | None, warnings: list[str] | None = None) -> Site:
+def build_from_records(
+    out: Path,
+    doc: dict[str, Any],
+    records: Iterable[Mapping[str, Any]],
+    *,
+    now: datetime,
+    stale_after: float | None,
+    warnings: list[str] | None = None,
+) -> Site:
     """The whole site from a state document and audit records (`stale_after=None`: not a live monitor,
     e.g. a backtest, so no stale warnings)."""
     _prepare(out)
@@ -272,16 +311,30 @@ def _load_history(out: Path, key: str) -> dict[str, Any]:
     return h
 
 
-def refresh_site(out: Path, *, state_path: Path, audit_path: Path, records: Iterable[Mapping[str, Any]],
-                 now: datetime, stale_after: float = DEFAULT_STALE_AFTER,
-                 every_minutes: float = REDRAW_MINUTES) -> Site:
+def refresh_site(
+    out: Path,
+    *,
+    state_path: Path,
+    audit_path: Path,
+    records: Iterable[Mapping[str, Any]],
+    now: datetime,
+    stale_after: float = DEFAULT_STALE_AFTER,
+    every_minutes: float = REDRAW_MINUTES,
+) -> Site:
     """After a run: fold this run's records into the touched flags' histories; rewrite their pages and
     the index. A site not built yet (or by another version) is built in full from the audit log, which
     already holds this run's records."""
     _prepare(out)
     with _locked(out):
-        return _refresh(out, state_path=state_path, audit_path=audit_path, records=records, now=now,
-                        stale_after=stale_after, every_minutes=every_minutes)
+        return _refresh(
+            out,
+            state_path=state_path,
+            audit_path=audit_path,
+            records=records,
+            now=now,
+            stale_after=stale_after,
+            every_minutes=every_minutes,
+        )
 
 
 @contextlib.contextmanager
@@ -296,8 +349,16 @@ def _locked(out: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def _refresh(out: Path, *, state_path: Path, audit_path: Path, records: Iterable[Mapping[str, Any]],
-             now: datetime, stale_after: float, every_minutes: float) -> Site:
+def _refresh(
+    out: Path,
+    *,
+    state_path: Path,
+    audit_path: Path,
+    records: Iterable[Mapping[str, Any]],
+    now: datetime,
+    stale_after: float,
+    every_minutes: float,
+) -> Site:
     summaries = _load_index(out)
     if summaries is None:
         return build_site(out, state_path=state_path, audit_path=audit_path, now=now, stale_after=stale_after)
@@ -308,8 +369,9 @@ def _refresh(out: Path, *, state_path: Path, audit_path: Path, records: Iterable
         key = rec.get("flag")
         if isinstance(key, str):
             by_flag.setdefault(key, []).append(rec)
-    later = {key: recs for key, recs in by_flag.items()
-             if not due(key, summaries.get(key) or {}, recs, now, every_minutes)}
+    later = {
+        key: recs for key, recs in by_flag.items() if not due(key, summaries.get(key) or {}, recs, now, every_minutes)
+    }
     by_flag = {key: recs for key, recs in by_flag.items() if key not in later}
     try:
         loaded = {key: _load_history(out, key) for key in by_flag}
@@ -332,8 +394,9 @@ def _refresh(out: Path, *, state_path: Path, audit_path: Path, records: Iterable
     return site
 
 
-def due(key: str, summary: Mapping[str, Any], recs: Sequence[Mapping[str, Any]], now: datetime,
-        every_minutes: float) -> bool:
+def due(
+    key: str, summary: Mapping[str, Any], recs: Sequence[Mapping[str, Any]], now: datetime, every_minutes: float
+) -> bool:
     """Must this run redraw the flag's page? At once when anything is not a plain pass (a breach, missing
     data, a halt, a ramp step, an SRM verdict) or was not at the last look; otherwise once every
     `every_minutes`, each flag in its own phase (a hash of its key) so the redraws of a healthy fleet are
@@ -355,7 +418,10 @@ def _summary_after(summary: Mapping[str, Any], recs: Sequence[Mapping[str, Any]]
     verdicts = dict(out.get("verdicts") or {})
     for r in recs:
         verdicts[f"{r.get('metric', '')}@{r.get('treatment_variant', '')}"] = (
-            r.get("verdict"), r.get("streak"), r.get("confirmations"))
+            r.get("verdict"),
+            r.get("streak"),
+            r.get("confirmations"),
+        )
         out["last_run"] = r.get("time", out.get("last_run"))
     out["verdicts"] = verdicts
     return out

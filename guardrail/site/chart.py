@@ -24,8 +24,14 @@ from typing import Any
 W, H = 760, 250
 LEFT, RIGHT, TOP, BOTTOM = 66, 14, 26, 34
 PW, PH = W - LEFT - RIGHT, H - TOP - BOTTOM
-EVENT_COLOURS = {"halt": "#c62828", "hold": "#ef6c00", "failed": "#6a1b9a", "resume": "#2e7d32",
-                 "ramp": "#1565c0", "srm": "#795548"}
+EVENT_COLOURS = {
+    "halt": "#c62828",
+    "hold": "#ef6c00",
+    "failed": "#6a1b9a",
+    "resume": "#2e7d32",
+    "ramp": "#1565c0",
+    "srm": "#795548",
+}
 
 
 def fmt_value(value: float | None, relative: bool) -> str:
@@ -40,8 +46,9 @@ def _utc(t: float) -> datetime:
     return datetime.fromtimestamp(t, tz=timezone.utc)
 
 
-def _domain_y(lo: float | None, hi: float | None, threshold: float | None,
-              last: Sequence[float | None] = ()) -> tuple[float, float, bool]:
+def _domain_y(
+    lo: float | None, hi: float | None, threshold: float | None, last: Sequence[float | None] = ()
+) -> tuple[float, float, bool]:
     """A y range that always shows 0, the threshold and the newest look; wild early values (a relative
     delta of +900 % on a few events) are clipped so they do not flatten the rest of the run."""
     thr = threshold or 0.0
@@ -62,8 +69,9 @@ def _domain_y(lo: float | None, hi: float | None, threshold: float | None,
 class Frame:
     """What every chart of one flag page shares: the time axis and the event markers, drawn once."""
 
-    def __init__(self, series: Iterable[Mapping[str, Any]], *, t0: float | None,
-                 events: Sequence[Mapping[str, Any]]) -> None:
+    def __init__(
+        self, series: Iterable[Mapping[str, Any]], *, t0: float | None, events: Sequence[Mapping[str, Any]]
+    ) -> None:
         evx = [(ev["t"] - t0) / 60.0 for ev in events] if t0 is not None else []
         allx = [x for s in series for x in (s.get("x0"), s.get("x1")) if x is not None] + evx
         xmin, xmax = (min(allx), max(allx)) if allx else (0.0, 10.0)
@@ -76,8 +84,9 @@ class Frame:
             for i, anchor in enumerate(("start", "middle", "middle", "middle", "end")):
                 x = xmin + (xmax - xmin) * i / 4
                 when = _utc(t0 + x * 60).strftime("%m-%d %H:%M")
-                parts.append(f'<text class="xlabel" x="{self.px(x):.1f}" y="{H - 12}" text-anchor="{anchor}">'
-                             f"{when}</text>")
+                parts.append(
+                    f'<text class="xlabel" x="{self.px(x):.1f}" y="{H - 12}" text-anchor="{anchor}">{when}</text>'
+                )
         self.axis = "".join(parts)
         marks = []
         for ev, x in zip(events, evx, strict=False):
@@ -87,9 +96,11 @@ class Frame:
             at = self.px(x)
             side = f'x="{at - 3:.1f}" text-anchor="end"' if at > LEFT + PW * 0.8 else f'x="{at + 3:.1f}"'
             label = escape(str(ev["label"]))
-            marks.append(f'<g class="event event-{kind}" data-kind="{kind}"><path d="M{at:.1f},{TOP}V{TOP + PH}" '
-                         f'stroke="{colour}"/><text {side} y="{TOP - 8}" fill="{colour}">{label}</text><title>'
-                         f'{label} at {when}: {escape(str(ev.get("detail") or ""))}</title></g>')
+            marks.append(
+                f'<g class="event event-{kind}" data-kind="{kind}"><path d="M{at:.1f},{TOP}V{TOP + PH}" '
+                f'stroke="{colour}"/><text {side} y="{TOP - 8}" fill="{colour}">{label}</text><title>'
+                f"{label} at {when}: {escape(str(ev.get('detail') or ''))}</title></g>"
+            )
         self.events = "".join(marks)
 
     def px(self, x: float) -> float:
@@ -115,9 +126,11 @@ def render(
         return float(TOP + (yhi - v) / (yhi - ylo) * PH)
 
     label = escape(gid)
-    out = [f'<svg class="chart" role="img" viewBox="0 0 {W} {H}" width="{W}" height="{H}" '
-           f'data-guardrail="{label}" data-points="{npts}"><title>{label}: estimated harm over time '
-           f'against the threshold</title><rect class="plot" x="{LEFT}" y="{TOP}" width="{PW}" height="{PH}"/>']
+    out = [
+        f'<svg class="chart" role="img" viewBox="0 0 {W} {H}" width="{W}" height="{H}" '
+        f'data-guardrail="{label}" data-points="{npts}"><title>{label}: estimated harm over time '
+        f'against the threshold</title><rect class="plot" x="{LEFT}" y="{TOP}" width="{PW}" height="{PH}"/>'
+    ]
     # y axis: bottom, 0, threshold, top (labels closer than 14 px merged)
     ticks: list[float] = []
     for v in (ylo, 0.0, threshold, yhi):
@@ -128,8 +141,10 @@ def render(
     out.append(f'<path class="zero" d="M{LEFT},{py(0.0):.1f}H{LEFT + PW}"/>{frame.axis}')
     if s.get("drawable"):
         view = f"{xmin:.4f} {-yhi:.6g} {xmax - xmin:.4f} {yhi - ylo:.6g}"
-        out.append(f'<svg class="data" x="{LEFT}" y="{TOP}" width="{PW}" height="{PH}" viewBox="{view}" '
-                   'preserveAspectRatio="none">')
+        out.append(
+            f'<svg class="data" x="{LEFT}" y="{TOP}" width="{PW}" height="{PH}" viewBox="{view}" '
+            'preserveAspectRatio="none">'
+        )
         if sequential and s.get("band"):
             # One stroke per look from bound to estimate, as wide as a look's share of the plot: together a band.
             span = max(float(s["x1"]) - float(s["x0"]), 1e-9)
@@ -144,14 +159,18 @@ def render(
         out.append("</svg>")
         e = s.get("last_e")
         if e is not None:
-            out.append(f'<circle class="last" cx="{frame.px(float(s["x1"])):.1f}" cy="{py(e):.1f}" r="3.5"><title>'
-                       f"last estimate {fmt_value(e, relative)}</title></circle>")
+            out.append(
+                f'<circle class="last" cx="{frame.px(float(s["x1"])):.1f}" cy="{py(e):.1f}" r="3.5"><title>'
+                f"last estimate {fmt_value(e, relative)}</title></circle>"
+            )
     else:
         looks = f" in {npts} look{'s' if npts != 1 else ''}" if npts else " yet"
         out.append(f'<text class="empty" x="{LEFT + PW / 2}" y="{TOP + PH / 2}">no data{looks}</text>')
     if threshold is not None:
-        out.append(f'<path class="threshold" d="M{LEFT},{py(threshold):.1f}H{LEFT + PW}">'
-                   f"<title>threshold {fmt_value(threshold, relative)}</title></path>")
+        out.append(
+            f'<path class="threshold" d="M{LEFT},{py(threshold):.1f}H{LEFT + PW}">'
+            f"<title>threshold {fmt_value(threshold, relative)}</title></path>"
+        )
     out.append(frame.events)
     if clipped:
         out.append(f'<text class="note" x="{LEFT}" y="{TOP - 8}">some values beyond the range are cut off</text>')

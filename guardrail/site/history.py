@@ -59,19 +59,44 @@ def number(value: Any) -> float | None:
 
 
 def new_history(key: str) -> History:
-    return {"v": HISTORY_VERSION, "key": key, "t0": None, "series": {}, "events": [], "last_run": None,
-            "last_run_id": None, "srm": None, "ramp": None, "halts": 0}
+    return {
+        "v": HISTORY_VERSION,
+        "key": key,
+        "t0": None,
+        "series": {},
+        "events": [],
+        "last_run": None,
+        "last_run_id": None,
+        "srm": None,
+        "ramp": None,
+        "halts": 0,
+    }
 
 
 def _new_series(rec: Mapping[str, Any]) -> Series:
     return {
-        "metric": str(rec.get("metric", "")), "variant": str(rec.get("treatment_variant", "")),
-        "control_variant": str(rec.get("control_variant", "")), "n": 0,
+        "metric": str(rec.get("metric", "")),
+        "variant": str(rec.get("treatment_variant", "")),
+        "control_variant": str(rec.get("control_variant", "")),
+        "n": 0,
         # The points kept, as text ("x,e,b,c;" each; e or b empty when missing): JSON reads and writes one
         # string ~10x faster than a list of lists, and only thinning needs them as numbers.
-        "raw": "", "npts": 0, "x0": None, "x1": None, "last_e": None, "last_b": None, "drawable": False,
-        "pe": "", "pb": "", "band": "", "dots": "", "pen_e": False, "pen_b": False,
-        "lo": None, "hi": None, "last": None,
+        "raw": "",
+        "npts": 0,
+        "x0": None,
+        "x1": None,
+        "last_e": None,
+        "last_b": None,
+        "drawable": False,
+        "pe": "",
+        "pb": "",
+        "band": "",
+        "dots": "",
+        "pen_e": False,
+        "pen_b": False,
+        "lo": None,
+        "hi": None,
+        "last": None,
     }
 
 
@@ -119,8 +144,20 @@ def _thin(s: Series) -> None:
     """Keep every other point (and every breach, and the newest), then redraw the paths from them."""
     raw = points(s)
     kept = [p for i, p in enumerate(raw) if i % 2 == 1 or p[3] == BREACH or i == len(raw) - 1]
-    s.update(raw="", npts=0, x0=None, pe="", pb="", band="", dots="", pen_e=False, pen_b=False, lo=None, hi=None,
-             drawable=False)
+    s.update(
+        raw="",
+        npts=0,
+        x0=None,
+        pe="",
+        pb="",
+        band="",
+        dots="",
+        pen_e=False,
+        pen_b=False,
+        lo=None,
+        hi=None,
+        drawable=False,
+    )
     for x, e, b, code in kept:
         _keep(s, x, e, b, code)
         _draw(s, x, e, b, code)
@@ -151,8 +188,24 @@ def add_decision(h: History, rec: Mapping[str, Any]) -> None:
         _thin(s)
 
 
-LAST_KEYS = ("time", "verdict", "reason", "control", "treatment", "delta", "relative_delta", "bound", "p_value",
-             "threshold", "comparison", "method", "streak", "confirmations", "action", "control_variant")
+LAST_KEYS = (
+    "time",
+    "verdict",
+    "reason",
+    "control",
+    "treatment",
+    "delta",
+    "relative_delta",
+    "bound",
+    "p_value",
+    "threshold",
+    "comparison",
+    "method",
+    "streak",
+    "confirmations",
+    "action",
+    "control_variant",
+)
 
 
 def _saw_run(h: History, rec: Mapping[str, Any]) -> None:
@@ -205,8 +258,13 @@ def add_record(h: History, rec: Mapping[str, Any]) -> None:
         hold = rec.get("action") == "hold"
         status = str(rec.get("status", ""))
         if status == "failed":
-            _event(h, t, "failed", "halt failed" if not hold else "hold failed",
-                   f"{reason}; {rec.get('detail') or ''}".strip("; "))
+            _event(
+                h,
+                t,
+                "failed",
+                "halt failed" if not hold else "hold failed",
+                f"{reason}; {rec.get('detail') or ''}".strip("; "),
+            )
         else:
             h["halts"] += 1
             _event(h, t, "hold" if hold else "halt", "held" if hold else "halted", reason)

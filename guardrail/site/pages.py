@@ -72,9 +72,18 @@ if(hit)c++;}n.textContent=c;}q.addEventListener('input',function(){clearTimeout(
 if(q.value)run();})();
 """
 
-STATUS_TEXT = {"halt_failed": "halt FAILED", "halt_pending": "halt pending", "halted": "halted", "held": "held",
-               "srm": "SRM mismatch", "breaching": "breaching", "no_data": "no data", "ok": "ok",
-               "warmup": "warming up", "idle": "not evaluated"}
+STATUS_TEXT = {
+    "halt_failed": "halt FAILED",
+    "halt_pending": "halt pending",
+    "halted": "halted",
+    "held": "held",
+    "srm": "SRM mismatch",
+    "breaching": "breaching",
+    "no_data": "no data",
+    "ok": "ok",
+    "warmup": "warming up",
+    "idle": "not evaluated",
+}
 STATUS_RANK = {k: i for i, k in enumerate(STATUS_TEXT)}
 
 
@@ -101,7 +110,7 @@ def _time_cell(iso: str | None, now: datetime, *, monitor: bool = False) -> str:
     except ValueError:
         ago = ""
     flag = " data-monitor" if monitor else ""
-    return (f'<span data-t="{escape(iso)}"{flag}>{escape(iso)} (<span class="ago">{ago}</span>)</span>')
+    return f'<span data-t="{escape(iso)}"{flag}>{escape(iso)} (<span class="ago">{ago}</span>)</span>'
 
 
 def _stale_banner(last_run: str | None, now: datetime, stale_after: float | None) -> str:
@@ -115,10 +124,12 @@ def _stale_banner(last_run: str | None, now: datetime, stale_after: float | None
             old = (now - then).total_seconds() > stale_after * 60
         except ValueError:
             old = True
-    text = ("guardrail check has never completed a run with this state file: nothing is watched"
-            if last_run is None else
-            f"the last guardrail check run is more than {stale_after:g} min old: cron may have stopped, and the "
-            "flags are NOT being watched")
+    text = (
+        "guardrail check has never completed a run with this state file: nothing is watched"
+        if last_run is None
+        else f"the last guardrail check run is more than {stale_after:g} min old: cron may have stopped, and the "
+        "flags are NOT being watched"
+    )
     return f'<div id="stale" class="warn"{"" if old else " hidden"}>STALE MONITOR: {escape(text)}</div>'
 
 
@@ -154,23 +165,38 @@ def srm_text(srm: Any) -> str:
     return f"{srm['verdict']}" + (f" (p={p:.3g})" if isinstance(p, (int, float)) else "")
 
 
-def index_page(rows: Sequence[Mapping[str, Any]], *, now: datetime, last_run: str | None, stale_after: float | None,
-               warnings: Sequence[str]) -> str:
+def index_page(
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    now: datetime,
+    last_run: str | None,
+    stale_after: float | None,
+    warnings: Sequence[str],
+) -> str:
     """Rows arrive sorted (halts first). One <tr> per flag; the filter matches key and status."""
-    head = [f"<h1>guardrail report</h1><p>Built {escape(now.strftime('%Y-%m-%d %H:%M:%S UTC'))}. Monitor's last "
-            f"run: {_time_cell(last_run, now, monitor=True)}.</p>", _stale_banner(last_run, now, stale_after)]
+    head = [
+        f"<h1>guardrail report</h1><p>Built {escape(now.strftime('%Y-%m-%d %H:%M:%S UTC'))}. Monitor's last "
+        f"run: {_time_cell(last_run, now, monitor=True)}.</p>",
+        _stale_banner(last_run, now, stale_after),
+    ]
     head += [f'<div class="warn">{escape(w)}</div>' for w in warnings]
     if not rows:
-        head.append('<p id="empty">No flags yet: once <code>guardrail check</code> has run with this state file, '
-                    "every watched flag is listed here.</p>")
+        head.append(
+            '<p id="empty">No flags yet: once <code>guardrail check</code> has run with this state file, '
+            "every watched flag is listed here.</p>"
+        )
     counts: dict[str, int] = {}
     for r in rows:
         counts[r["status"]] = counts.get(r["status"], 0) + 1
     summary = ", ".join(f"{n} {STATUS_TEXT[s]}" for s, n in sorted(counts.items(), key=lambda i: STATUS_RANK[i[0]]))
-    head.append(f'<p><input id="q" type="search" placeholder="filter by flag key or status" aria-label="filter"> '
-                f'<span id="shown">{len(rows)}</span> of {len(rows)} flags shown. {escape(summary)}</p>')
-    body = ['<table id="flags"><thead><tr><th>flag</th><th>status</th><th>ramp</th><th>last run</th>'
-            "<th>halts</th><th>SRM</th><th>guardrails</th></tr></thead><tbody>"]
+    head.append(
+        f'<p><input id="q" type="search" placeholder="filter by flag key or status" aria-label="filter"> '
+        f'<span id="shown">{len(rows)}</span> of {len(rows)} flags shown. {escape(summary)}</p>'
+    )
+    body = [
+        '<table id="flags"><thead><tr><th>flag</th><th>status</th><th>ramp</th><th>last run</th>'
+        "<th>halts</th><th>SRM</th><th>guardrails</th></tr></thead><tbody>"
+    ]
     for r in rows:
         key, status = str(r["key"]), str(r["status"])
         find = escape(f"{key} {STATUS_TEXT[status]} {r.get('detail', '')}".lower())
@@ -178,8 +204,8 @@ def index_page(rows: Sequence[Mapping[str, Any]], *, now: datetime, last_run: st
             f'<tr class="st-{status}" data-k="{find}"><td class="key"><a href="flags/{escape(r["slug"])}.html">'
             f'{escape(key)}</a></td><td><span class="badge">{escape(STATUS_TEXT[status])}</span> '
             f'<span class="muted">{escape(str(r.get("detail", "")))}</span></td><td>{escape(str(r.get("ramp", "")))}'
-            f"</td><td>{_time_cell(r.get('last_run'), now)}</td><td class=\"num\">{int(r.get('halts', 0))}</td>"
-            f"<td>{escape(str(r.get('srm', '')))}</td><td class=\"num\">{int(r.get('guardrails', 0))}</td></tr>"
+            f'</td><td>{_time_cell(r.get("last_run"), now)}</td><td class="num">{int(r.get("halts", 0))}</td>'
+            f'<td>{escape(str(r.get("srm", "")))}</td><td class="num">{int(r.get("guardrails", 0))}</td></tr>'
         )
     body.append(f"</tbody></table><script>{FILTER_SCRIPT}</script>")
     return _page("guardrail report", "".join(head + body), stale_after=stale_after)
@@ -198,41 +224,62 @@ def _arm(a: Any) -> str:
         return "-"
     if a.get("error"):
         return f'<span class="muted">{escape(str(a["error"]))}</span>'
-    return f"{_num(a.get('value'))} <span class=\"muted\">(n={_num(a.get('count'))})</span>"
+    return f'{_num(a.get("value"))} <span class="muted">(n={_num(a.get("count"))})</span>'
 
 
 def _halt_block(halt: Mapping[str, Any] | None, key: str) -> str:
     if not isinstance(halt, Mapping):
         return ""
-    rows = [("decided", halt.get("decided_at")), ("completed", halt.get("completed_at")),
-            ("status", halt.get("status")), ("action", halt.get("action")), ("reason", halt.get("reason")),
-            ("attempts", halt.get("attempts")), ("last error", halt.get("last_error")),
-            ("alert delivered", halt.get("alert_delivered")), ("run", halt.get("run_id"))]
+    rows = [
+        ("decided", halt.get("decided_at")),
+        ("completed", halt.get("completed_at")),
+        ("status", halt.get("status")),
+        ("action", halt.get("action")),
+        ("reason", halt.get("reason")),
+        ("attempts", halt.get("attempts")),
+        ("last error", halt.get("last_error")),
+        ("alert delivered", halt.get("alert_delivered")),
+        ("run", halt.get("run_id")),
+    ]
     cells = "".join(f"<tr><th>{escape(k)}</th><td>{escape(str(v))}</td></tr>" for k, v in rows if v not in (None, ""))
     hint = ""
     if halt.get("status") == "done":
-        hint = (f"<p class=\"muted\">Once reviewed and the flag restored at its source: <code>guardrail resume "
-                f"{escape(key)} --reason ...</code></p>")
+        hint = (
+            f'<p class="muted">Once reviewed and the flag restored at its source: <code>guardrail resume '
+            f"{escape(key)} --reason ...</code></p>"
+        )
     return f'<h2>Halt</h2><table class="halt">{cells}</table>{hint}'
 
 
-def flag_page(key: str, history: Mapping[str, Any], state_entry: Mapping[str, Any], row: Mapping[str, Any], *,
-              now: datetime, gids: Sequence[str], stale_after: float | None) -> str:
+def flag_page(
+    key: str,
+    history: Mapping[str, Any],
+    state_entry: Mapping[str, Any],
+    row: Mapping[str, Any],
+    *,
+    now: datetime,
+    gids: Sequence[str],
+    stale_after: float | None,
+) -> str:
     status = str(row["status"])
     series: Mapping[str, Any] = history.get("series") or {}
     events: list[Mapping[str, Any]] = list(history.get("events") or [])
     halt = state_entry.get("halt") if isinstance(state_entry.get("halt"), Mapping) else None
-    parts = [f'<p><a href="../index.html">&larr; all flags</a></p><h1 class="key">{escape(key)}</h1>',
-             _stale_banner(row.get("monitor_last_run"), now, stale_after),
-             f'<p><span class="badge st-{status}" id="status">{escape(STATUS_TEXT[status])}</span> '
-             f'<span class="muted">{escape(str(row.get("detail", "")))}</span> &middot; last run '
-             f"{_time_cell(row.get('last_run'), now)} &middot; <span class=\"muted\" id=\"drawn\">page drawn "
-             f"{now.strftime('%Y-%m-%d %H:%M UTC')}</span></p>"]
+    parts = [
+        f'<p><a href="../index.html">&larr; all flags</a></p><h1 class="key">{escape(key)}</h1>',
+        _stale_banner(row.get("monitor_last_run"), now, stale_after),
+        f'<p><span class="badge st-{status}" id="status">{escape(STATUS_TEXT[status])}</span> '
+        f'<span class="muted">{escape(str(row.get("detail", "")))}</span> &middot; last run '
+        f'{_time_cell(row.get("last_run"), now)} &middot; <span class="muted" id="drawn">page drawn '
+        f"{now.strftime('%Y-%m-%d %H:%M UTC')}</span></p>",
+    ]
     if halt is not None:  # what the person paged needs first: why
         parts.append(f'<p class="why"><b>Why:</b> {escape(str(halt.get("reason") or ""))}</p>')
-    legend = ('<p class="legend"><span><i class="sw"></i>estimated harm</span>{bound}<span><i class="sw" '
-              'style="border-top:2px dashed #c62828"></i>threshold</span><span style="color:#c62828">&#9679; '
-              "breach</span><span>vertical lines: halts, holds, resumes, ramp steps</span></p>")
+    legend = (
+        '<p class="legend"><span><i class="sw"></i>estimated harm</span>{bound}<span><i class="sw" '
+        'style="border-top:2px dashed #c62828"></i>threshold</span><span style="color:#c62828">&#9679; '
+        "breach</span><span>vertical lines: halts, holds, resumes, ramp steps</span></p>"
+    )
     frame = chart.Frame(series.values(), t0=history.get("t0"), events=events)
     for gid in gids:
         s = series.get(gid)
@@ -242,38 +289,52 @@ def flag_page(key: str, history: Mapping[str, Any], state_entry: Mapping[str, An
         relative = comparison.startswith("relative")
         sequential = last.get("method") == "sequential"
         threshold = last.get("threshold") if isinstance(last.get("threshold"), (int, float)) else None
-        how = ("sequential: since-start estimate and its always-valid lower bound (shaded down to it); it halts "
-               "once the bound is above the threshold" if sequential else
-               "threshold: each run's delta against the threshold")
+        how = (
+            "sequential: since-start estimate and its always-valid lower bound (shaded down to it); it halts "
+            "once the bound is above the threshold"
+            if sequential
+            else "threshold: each run's delta against the threshold"
+        )
         control = (s or {}).get("control_variant") or last.get("control_variant") or "control"
-        parts.append(f'<section class="guardrail" data-guardrail="{escape(gid)}"><h2>{escape(metric)} &middot; '
-                     f"{escape(variant)} vs {escape(str(control))}</h2><p class=\"muted\">{escape(comparison)} "
-                     f"{escape(chart.fmt_value(threshold, relative) if threshold is not None else '')} &middot; "
-                     f"{escape(how)}</p>")
-        bound = ('<span><i class="sw" style="border-top:2px dotted #1565c0"></i>always-valid lower bound</span>'
-                 if sequential else "")
+        parts.append(
+            f'<section class="guardrail" data-guardrail="{escape(gid)}"><h2>{escape(metric)} &middot; '
+            f'{escape(variant)} vs {escape(str(control))}</h2><p class="muted">{escape(comparison)} '
+            f"{escape(chart.fmt_value(threshold, relative) if threshold is not None else '')} &middot; "
+            f"{escape(how)}</p>"
+        )
+        bound = (
+            '<span><i class="sw" style="border-top:2px dotted #1565c0"></i>always-valid lower bound</span>'
+            if sequential
+            else ""
+        )
         parts.append(legend.format(bound=bound))
-        parts.append(chart.render(gid, s, frame=frame, threshold=threshold, relative=relative,
-                                  sequential=sequential))
+        parts.append(chart.render(gid, s, frame=frame, threshold=threshold, relative=relative, sequential=sequential))
         parts.append("</section>")
     if not gids:
         parts.append('<p id="nodata">No guardrail of this flag has been evaluated yet.</p>')
     parts.append(_last_run_table(series, gids))
-    facts = [("last run", _time_cell(row.get("last_run"), now)),
-             ("first seen enabled", escape(str(state_entry.get("first_seen_enabled") or "-"))),
-             ("ramp", escape(str(row.get("ramp") or "-"))), ("SRM", escape(str(row.get("srm") or "-"))),
-             ("halts recorded", str(int(row.get("halts", 0))))]
+    facts = [
+        ("last run", _time_cell(row.get("last_run"), now)),
+        ("first seen enabled", escape(str(state_entry.get("first_seen_enabled") or "-"))),
+        ("ramp", escape(str(row.get("ramp") or "-"))),
+        ("SRM", escape(str(row.get("srm") or "-"))),
+        ("halts recorded", str(int(row.get("halts", 0)))),
+    ]
     parts.append('<h2>Flag</h2><table class="facts">')
     parts += [f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in facts]
     parts.append("</table>")
     parts.append(_halt_block(halt, key))
     if events:
-        parts.append("<h2>Events</h2><table class=\"events\"><thead><tr><th>time (UTC)</th><th>what</th>"
-                     "<th>detail</th></tr></thead><tbody>")
+        parts.append(
+            '<h2>Events</h2><table class="events"><thead><tr><th>time (UTC)</th><th>what</th>'
+            "<th>detail</th></tr></thead><tbody>"
+        )
         for ev in reversed(events):
             when = datetime.fromtimestamp(float(ev["t"]), tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
-            parts.append(f"<tr><td>{when}</td><td>{escape(str(ev['label']))}</td>"
-                         f"<td>{escape(str(ev.get('detail') or ''))}</td></tr>")
+            parts.append(
+                f"<tr><td>{when}</td><td>{escape(str(ev['label']))}</td>"
+                f"<td>{escape(str(ev.get('detail') or ''))}</td></tr>"
+            )
         parts.append("</tbody></table>")
     return _page(f"{key}: guardrail report", "".join(parts), stale_after=stale_after)
 
@@ -290,19 +351,21 @@ def _last_run_table(series: Mapping[str, Any], gids: Sequence[str]) -> str:
     for gid in gids:
         last = (series.get(gid) or {}).get("last")
         if not last:
-            rows.append(f"<tr><td>{escape(gid)}</td><td colspan=\"9\" class=\"muted\">not evaluated yet</td></tr>")
+            rows.append(f'<tr><td>{escape(gid)}</td><td colspan="9" class="muted">not evaluated yet</td></tr>')
             continue
         rel = str(last.get("comparison") or "").startswith("relative")
         rows.append(
             f"<tr><td>{escape(gid)}</td><td>{escape(str(last.get('verdict')))}</td>"
-            f"<td class=\"t\">{_arm(last.get('treatment'))}</td><td class=\"t\">{_arm(last.get('control'))}</td>"
-            f"<td class=\"num\">{_number(last.get('delta'), rel)}</td>"
-            f"<td class=\"num\">{_number(last.get('bound'), rel)}</td><td class=\"num\">"
-            f"{_number(last.get('threshold'), rel)}</td><td class=\"num\">{_num(last.get('streak'))}/"
-            f"{_num(last.get('confirmations'))}</td><td class=\"t\">{escape(str(last.get('time') or ''))}</td>"
+            f'<td class="t">{_arm(last.get("treatment"))}</td><td class="t">{_arm(last.get("control"))}</td>'
+            f'<td class="num">{_number(last.get("delta"), rel)}</td>'
+            f'<td class="num">{_number(last.get("bound"), rel)}</td><td class="num">'
+            f'{_number(last.get("threshold"), rel)}</td><td class="num">{_num(last.get("streak"))}/'
+            f'{_num(last.get("confirmations"))}</td><td class="t">{escape(str(last.get("time") or ""))}</td>'
             f"<td>{escape(str(last.get('reason') or ''))}</td></tr>"
         )
-    return ('<h2>Last run</h2><div class="scroll"><table class="last-run"><thead><tr><th>guardrail</th>'
-            "<th>verdict</th><th>treatment</th>"
-            "<th>control</th><th>harm</th><th>bound</th><th>threshold</th><th>streak</th><th>at</th><th>reason</th>"
-            f"</tr></thead><tbody>{''.join(rows)}</tbody></table></div>")
+    return (
+        '<h2>Last run</h2><div class="scroll"><table class="last-run"><thead><tr><th>guardrail</th>'
+        "<th>verdict</th><th>treatment</th>"
+        "<th>control</th><th>harm</th><th>bound</th><th>threshold</th><th>streak</th><th>at</th><th>reason</th>"
+        f"</tr></thead><tbody>{''.join(rows)}</tbody></table></div>"
+    )

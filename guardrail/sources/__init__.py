@@ -8,10 +8,13 @@ from typing import Any
 from guardrail.adapters import Entry, Registry
 from guardrail.sources.base import MetricSource, PerSeriesSource, Plan, fetch_plan
 
-SOURCES: Registry[Any, MetricSource] = Registry("metrics source", {
-    "http": Entry("guardrail.sources.http_api"),
-    "prometheus": Entry("guardrail.sources.prometheus"),
-    "sql": Entry("guardrail.sources.sql"),
-})
+SOURCES: Registry[Any, MetricSource] = Registry(
+    "metrics source",
+    {
+        "http": Entry("guardrail.sources.http_api"),
+        "prometheus": Entry("guardrail.sources.prometheus"),
+        "sql": Entry("guardrail.sources.sql"),
+    },
+)
 
 __all__ = ["SOURCES", "MetricSource", "PerSeriesSource", "Plan", "fetch_plan"]

@@ -63,7 +63,11 @@ class HttpMetricSource(PerSeriesSource):
         }
         try:
             response = await request(
-                self.client, "GET", f"{self.base_url}/query", label="metrics query", policy=self.policy,
+                self.client,
+                "GET",
+                f"{self.base_url}/query",
+                label="metrics query",
+                policy=self.policy,
                 params=params,
             )
             return parse_answer(json_body(response))
@@ -86,15 +90,19 @@ def parse_config(ctx: ConfigContext) -> HttpSourceConfig:
         return HttpSourceConfig(None)
     problem = url_problem(url) if isinstance(url, str) else "must be a URL"
     if problem:  # the text never repeats the URL: it may hold a credential
-        raise GuardrailError(f"not a usable http(s) URL: {problem}", source=None if from_env else ctx.source,
-                             field="METRICS_API_URL" if from_env else "metrics.url")
+        raise GuardrailError(
+            f"not a usable http(s) URL: {problem}",
+            source=None if from_env else ctx.source,
+            field="METRICS_API_URL" if from_env else "metrics.url",
+        )
     return HttpSourceConfig(url)
 
 
 def _ready(config: HttpSourceConfig) -> None:
     if not config.url:
-        raise GuardrailError("no metrics source: set METRICS_API_URL, or `metrics:` in --config",
-                             exit_code=ExitCode.CONFIG)
+        raise GuardrailError(
+            "no metrics source: set METRICS_API_URL, or `metrics:` in --config", exit_code=ExitCode.CONFIG
+        )
 
 
 def _create(config: HttpSourceConfig, runtime: Runtime) -> HttpMetricSource:
@@ -103,6 +111,9 @@ def _create(config: HttpSourceConfig, runtime: Runtime) -> HttpMetricSource:
 
 
 PLUGIN = Plugin(
-    name="http", summary="the HTTP metrics query API (METRICS_API_URL)",
-    parse=parse_config, create=_create, ready=_ready,
+    name="http",
+    summary="the HTTP metrics query API (METRICS_API_URL)",
+    parse=parse_config,
+    create=_create,
+    ready=_ready,
 )

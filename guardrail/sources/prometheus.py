@@ -49,9 +49,21 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _MS = timedelta(milliseconds=1)
 DEFAULT_POLICY = RetryPolicy()
 __all__ = [
-    "DEFAULT_LABELS", "STAT_LABEL", "NoData", "PromQueries", "PrometheusConfig", "PrometheusSource", "aggregate",
-    "answer_data", "auth_headers_from_env", "eval_time", "parse_answer", "parse_prometheus_config", "promql_string",
-    "render", "sample_value",
+    "DEFAULT_LABELS",
+    "STAT_LABEL",
+    "NoData",
+    "PromQueries",
+    "PrometheusConfig",
+    "PrometheusSource",
+    "aggregate",
+    "answer_data",
+    "auth_headers_from_env",
+    "eval_time",
+    "parse_answer",
+    "parse_prometheus_config",
+    "promql_string",
+    "render",
+    "sample_value",
 ]
 
 # ---- rendering ---------------------------------------------------------------------------------------
@@ -134,7 +146,11 @@ class PrometheusSource(PerSeriesSource):
         self.requests += 1
         try:
             response = await request(
-                self.client, "GET", self.endpoint, label="prometheus query", policy=self.policy,
+                self.client,
+                "GET",
+                self.endpoint,
+                label="prometheus query",
+                policy=self.policy,
                 # 400 (bad_data) and 422 (execution) carry Prometheus's own explanation in a JSON body;
                 # take them as answers rather than bare status codes. 5xx is retried by `request`.
                 ok_statuses=(200, 400, 422),
@@ -204,11 +220,19 @@ def _secrets(settings: PrometheusSettings) -> list[str]:
 
 
 def _create(settings: PrometheusSettings, runtime: Runtime) -> PrometheusSource:
-    return PrometheusSource(settings.config, runtime.client, headers=settings.headers, policy=runtime.policy,
-                            concurrency=runtime.concurrency)
+    return PrometheusSource(
+        settings.config,
+        runtime.client,
+        headers=settings.headers,
+        policy=runtime.policy,
+        concurrency=runtime.concurrency,
+    )
 
 
 PLUGIN = Plugin(
-    name="prometheus", summary="Prometheus instant queries from PromQL templates",
-    parse=_parse, create=_create, secrets=_secrets,
+    name="prometheus",
+    summary="Prometheus instant queries from PromQL templates",
+    parse=_parse,
+    create=_create,
+    secrets=_secrets,
 )

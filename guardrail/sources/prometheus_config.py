@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from guardrail.http import url_problem
 from guardrail.model import GuardrailError
 
 PLACEHOLDERS = ("flag", "variant", "window")
@@ -130,9 +131,9 @@ def parse_prometheus_config(section: Mapping[str, Any], *, source: str) -> Prome
         raise GuardrailError(
             "missing Prometheus base URL, e.g. http://127.0.0.1:9090", source=source, field="metrics.url"
         )
+    if problem := url_problem(url.strip()):  # a bad port or host is found here, not at the first query
+        raise GuardrailError(f"not an http(s) URL: {problem}", source=source, field="metrics.url")
     parts = urlsplit(url.strip())
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise GuardrailError(f"not an http(s) URL: {url!r}", source=source, field="metrics.url")
     if parts.username or parts.password:
         # The config file is meant to be committed; credentials come from the environment.
         raise GuardrailError(

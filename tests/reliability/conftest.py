@@ -11,6 +11,7 @@ import pytest
 
 from guardrail.fakeapi import FakeAPI
 from tests.conftest import TOKEN, clean_env, flag_definition, guardrail_command
+from tests.fakeserver_faults import FaultyAPI
 
 BAD = "checkout.payments.express-pay"
 GOOD = "search.ranking.new-model"
@@ -18,19 +19,26 @@ WEBHOOK_SECRET_PATH = "/webhook/T0SECRET/B0SECRET/abcdefSECRETxyz"
 
 
 def breaching(api: FakeAPI, *, confirmations: int = 2, experiment_type: str = "ab") -> None:
-    api.set_flags({
-        BAD: flag_definition(experiment_type=experiment_type,
-                             extra_metadata={"guardrail.error_rate.confirmations": confirmations}),
-        GOOD: flag_definition(),
-    })
+    api.set_flags(
+        {
+            BAD: flag_definition(
+                experiment_type=experiment_type, extra_metadata={"guardrail.error_rate.confirmations": confirmations}
+            ),
+            GOOD: flag_definition(),
+        }
+    )
     for flag, treatment in ((BAD, 0.034), (GOOD, 0.0101)):
         api.set_metric(flag, "control", "error_rate", 0.010, 5000)
         api.set_metric(flag, "treatment", "error_rate", treatment, 5000)
 
 
 def api_env(api: FakeAPI, **extra: str) -> dict[str, str]:
-    env = {"FLAG_API_URL": api.url, "FLAG_API_TOKEN": TOKEN, "METRICS_API_URL": api.url,
-           "ALERT_WEBHOOK_URL": api.url + "/webhook"}
+    env = {
+        "FLAG_API_URL": api.url,
+        "FLAG_API_TOKEN": TOKEN,
+        "METRICS_API_URL": api.url,
+        "ALERT_WEBHOOK_URL": api.url + "/webhook",
+    }
     env.update(extra)
     return env
 
@@ -42,16 +50,27 @@ class Runner:
 
     def __call__(self, *args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
-            [*guardrail_command(), *args], capture_output=True, text=True, env=clean_env(**env),
-            cwd=self.workdir, timeout=timeout, stdin=subprocess.DEVNULL,
+            [*guardrail_command(), *args],
+            capture_output=True,
+            text=True,
+            env=clean_env(**env),
+            cwd=self.workdir,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
         )
         self.outputs += [result.stdout, result.stderr]
         assert "Traceback" not in result.stderr, result.stderr
         return result
 
     def check(self, *args: str, env: dict[str, str], now: str | None = None) -> subprocess.CompletedProcess[str]:
-        base = ["check", "--state", str(self.workdir / "state.json"), "--audit", str(self.workdir / "audit.jsonl"),
-                "--json"]
+        base = [
+            "check",
+            "--state",
+            str(self.workdir / "state.json"),
+            "--audit",
+            str(self.workdir / "audit.jsonl"),
+            "--json",
+        ]
         return self(*base, *(["--now", now] if now else []), *args, env=env)
 
     def everything_written(self) -> str:
@@ -70,7 +89,7 @@ def runner(tmp_path: Path) -> Runner:
 
 @pytest.fixture
 def api() -> Any:
-    with FakeAPI(token=TOKEN) as server:
+    with FaultyAPI(token=TOKEN) as server:
         yield server
 
 

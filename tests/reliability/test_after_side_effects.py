@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from guardrail.fakeapi import FakeAPI
+from guardrail.files import atomic_write
 from guardrail.model import GuardrailError
-from guardrail.state import AuditLog, StateStore, atomic_write
+from guardrail.state import FILE_MODE, AuditLog, StateStore
 from tests.reliability.conftest import BAD, Runner, api_env, breaching, doc
 
 
@@ -141,6 +142,6 @@ def test_atomic_write_keeps_a_symlinked_state_file_a_symlink(tmp_path: Path) -> 
     os.chmod(real, 0o640)
     link = tmp_path / "state.json"
     link.symlink_to(real)
-    atomic_write(link, b'{"a": 1}')
+    atomic_write(link, b'{"a": 1}', mode=FILE_MODE)
     assert link.is_symlink() and json.loads(real.read_text()) == {"a": 1}
     assert oct(real.stat().st_mode & 0o777) == oct(0o640)

@@ -10,10 +10,10 @@ import pytest
 
 from guardrail import engine
 from guardrail.config import parse_flags
-from guardrail.fakeapi import FakeAPI
 from guardrail.model import Aggregate, State, Verdict
 from guardrail.validate import validate_paths
 from tests.conftest import NOW, flag_definition
+from tests.fakeserver_faults import FaultyAPI
 from tests.reliability.conftest import BAD, GOOD, Runner, api_env, breaching, doc
 
 NUMBER_OPTIONS = ("threshold", "min_count", "confirmations", "max_gap_minutes", "alpha", "tuning_n")
@@ -119,7 +119,7 @@ def test_huge_values_never_overflow_the_run() -> None:
     assert e.verdict in (Verdict.BREACH, Verdict.SKIP_NO_DATA)
 
 
-def test_an_overflowing_flag_does_not_stop_a_harmful_one(api: FakeAPI, runner: Runner) -> None:
+def test_an_overflowing_flag_does_not_stop_a_harmful_one(api: FaultyAPI, runner: Runner) -> None:
     breaching(api, confirmations=1)
     api.set_flags(
         {

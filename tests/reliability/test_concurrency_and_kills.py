@@ -10,28 +10,43 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from guardrail.fakeapi import FakeAPI
 from guardrail.state import StateStore
 from tests.conftest import TOKEN, clean_env, guardrail_command
+from tests.fakeserver_faults import FaultyAPI
 from tests.reliability.conftest import BAD, Runner, api_env, breaching
 
 
 def start(workdir: Path, env: dict[str, str], *extra: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [*guardrail_command(), "check", "--state", str(workdir / "state.json"), "--audit",
-         str(workdir / "audit.jsonl"), "--json", "--lock-timeout", "30", *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=clean_env(**env), cwd=workdir,
+        [
+            *guardrail_command(),
+            "check",
+            "--state",
+            str(workdir / "state.json"),
+            "--audit",
+            str(workdir / "audit.jsonl"),
+            "--json",
+            "--lock-timeout",
+            "30",
+            *extra,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=clean_env(**env),
+        cwd=workdir,
         stdin=subprocess.DEVNULL,
     )
 
 
-def test_twenty_overlapping_runs_halt_once(api: FakeAPI, tmp_path: Path) -> None:
+def test_twenty_overlapping_runs_halt_once(api: FaultyAPI, tmp_path: Path) -> None:
     breaching(api, confirmations=1)
     api.latency = 0.02  # so the runs really overlap
     env = api_env(api)
     procs = [start(tmp_path, env) for _ in range(20)]
-    results = [(p.wait(timeout=120), p.stdout.read() if p.stdout else "", p.stderr.read() if p.stderr else "")
-               for p in procs]
+    results = [
+        (p.wait(timeout=120), p.stdout.read() if p.stdout else "", p.stderr.read() if p.stderr else "") for p in procs
+    ]
     for code, _out, err in results:
         assert code in (0, 1, 5), err
         assert "Traceback" not in err
@@ -42,7 +57,7 @@ def test_twenty_overlapping_runs_halt_once(api: FakeAPI, tmp_path: Path) -> None
     assert api.flag(BAD)["state"] == "DISABLED"
 
 
-def _kill_after(proc: subprocess.Popen[str], api: FakeAPI, requests: int, sig: int) -> None:
+def _kill_after(proc: subprocess.Popen[str], api: FaultyAPI, requests: int, sig: int) -> None:
     """Kill `proc` once `api` has answered `requests` more requests (an event, not a delay), or leave it
     when it ended first. A loaded machine changes how long that takes, never where the kill lands."""
     target = len(api.requests) + requests
@@ -60,20 +75,22 @@ def test_200_kills_at_random_moments(tmp_path: Path) -> None:
     Four lanes in parallel, each with its own fake API so each lane's kill points are its own requests."""
     rng = random.Random(20261125)
     # A run makes 5 requests (the flag list, 4 queries); 6 means "after the last one".
-    plan = [[(rng.randint(0, 6), rng.choice((signal.SIGTERM, signal.SIGKILL))) for _ in range(50)]
-            for _lane in range(4)]
+    plan = [
+        [(rng.randint(0, 6), rng.choice((signal.SIGTERM, signal.SIGKILL))) for _ in range(50)] for _lane in range(4)
+    ]
 
     def lane(index: int) -> list[str]:
         workdir = tmp_path / f"lane{index}"
         workdir.mkdir()
         problems = []
-        with FakeAPI(token=TOKEN) as api:
+        with FaultyAPI(token=TOKEN) as api:
             breaching(api, confirmations=2)
             env = api_env(api)
             for attempt, (after, sig) in enumerate(plan[index]):
                 # Every attempt is the same look: however many runs die or finish, the streak stays at 1.
-                proc = start(workdir, env, "--now", "2026-11-25T12:00:00Z",
-                             "--dry-run" if attempt % 10 == 9 else "--json")
+                proc = start(
+                    workdir, env, "--now", "2026-11-25T12:00:00Z", "--dry-run" if attempt % 10 == 9 else "--json"
+                )
                 _kill_after(proc, api, after, sig)
                 store = StateStore(workdir / "state.json")
                 state = store.load()
@@ -105,7 +122,7 @@ def test_200_kills_at_random_moments(tmp_path: Path) -> None:
     assert problems == []
 
 
-def test_a_halt_decided_by_a_killed_run_is_finished_by_the_next(api: FakeAPI, tmp_path: Path) -> None:
+def test_a_halt_decided_by_a_killed_run_is_finished_by_the_next(api: FaultyAPI, tmp_path: Path) -> None:
     breaching(api, confirmations=1)
     # The PATCH never answers (within this run's 600 s timeout): the run has written its pending halt and
     # is waiting on the API when it is killed. The kill waits for that event, however slow the machine.

@@ -9,12 +9,12 @@ import json
 import httpx
 import pytest
 
-from guardrail.fakeapi import FakeAPI
 from guardrail.http import HTTPFailure, make_client, request, run_budget
+from tests.fakeserver_faults import FaultyAPI
 from tests.reliability.conftest import BAD, GOOD, Runner, api_env, breaching, doc
 
 
-def test_a_trickling_answer_is_cut_at_the_total_deadline(api: FakeAPI) -> None:
+def test_a_trickling_answer_is_cut_at_the_total_deadline(api: FaultyAPI) -> None:
     """One byte every 0.2 s: each read is well inside a 1 s timeout, the body never ends. Without a total
     deadline this call would never return (the test's own 60 s guard would fail it)."""
     api.add_fault(route="query", mode="trickle", delay=0.2)
@@ -32,7 +32,7 @@ def test_a_trickling_answer_is_cut_at_the_total_deadline(api: FakeAPI) -> None:
     assert failure.kind == "timeout"
 
 
-def test_the_run_budget_stops_new_reads_and_names_them(api: FakeAPI) -> None:
+def test_the_run_budget_stops_new_reads_and_names_them(api: FaultyAPI) -> None:
     async def go() -> HTTPFailure:
         async with make_client(timeout=5.0) as client:
             with run_budget(0.0), pytest.raises(HTTPFailure) as caught:
@@ -43,7 +43,7 @@ def test_the_run_budget_stops_new_reads_and_names_them(api: FakeAPI) -> None:
     assert failure.kind == "deadline" and "budget" in str(failure)
 
 
-def test_a_trickling_metrics_server_ends_the_run_with_exit_3_and_the_lock_free(api: FakeAPI, runner: Runner) -> None:
+def test_a_trickling_metrics_server_ends_the_run_with_exit_3_and_the_lock_free(api: FaultyAPI, runner: Runner) -> None:
     breaching(api, confirmations=1)
     api.add_fault(route="query", mode="trickle", delay=0.2, match={"flag": GOOD})
     result = runner.check("--timeout", "1", "--budget", "30", env=api_env(api), now="2026-11-25T12:00:00Z")
@@ -59,7 +59,7 @@ def test_a_trickling_metrics_server_ends_the_run_with_exit_3_and_the_lock_free(a
     assert {(r["flag"], r["type"]) for r in lines} >= {(BAD, "decision"), (GOOD, "decision"), (BAD, "halt")}
 
 
-def test_a_run_past_its_budget_reports_what_it_could_not_do(api: FakeAPI, runner: Runner) -> None:
+def test_a_run_past_its_budget_reports_what_it_could_not_do(api: FaultyAPI, runner: Runner) -> None:
     """A budget already spent (0 s): nothing is read, the run says so with exit 3 and releases the lock."""
     breaching(api, confirmations=1)
     result = runner.check("--budget", "0", env=api_env(api), now="2026-11-25T12:00:00Z")

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import time
 
-from guardrail.fakeapi import FakeAPI
 from tests.conftest import TOKEN
+from tests.fakeserver_faults import FaultyAPI
 from tests.reliability.conftest import BAD, WEBHOOK_SECRET_PATH, Runner, api_env, breaching, doc
 
 
-def test_patch_5xx_then_success_halts_once(api: FakeAPI, runner: Runner) -> None:
+def test_patch_5xx_then_success_halts_once(api: FaultyAPI, runner: Runner) -> None:
     breaching(api, confirmations=1)
     api.add_fault(route="patch", mode="status", status=503, times=2)
     result = runner.check(env=api_env(api))
@@ -19,7 +19,7 @@ def test_patch_5xx_then_success_halts_once(api: FakeAPI, runner: Runner) -> None
     assert len(applied) == 1 and len(api.alerts) == 1
 
 
-def test_patch_403_is_exit_4_pages_once_and_is_retried(api: FakeAPI, runner: Runner) -> None:
+def test_patch_403_is_exit_4_pages_once_and_is_retried(api: FaultyAPI, runner: Runner) -> None:
     breaching(api, confirmations=1)
     api.add_fault(route="patch", mode="status", status=403)
     first = runner.check(env=api_env(api), now="2026-11-25T12:00:00Z")
@@ -36,7 +36,7 @@ def test_patch_403_is_exit_4_pages_once_and_is_retried(api: FakeAPI, runner: Run
     assert len(api.alerts) == 2 and "AUTO-HALT" in api.alerts[1]["text"]
 
 
-def test_timeout_after_the_server_applied_it_never_halts_twice(api: FakeAPI, runner: Runner) -> None:
+def test_timeout_after_the_server_applied_it_never_halts_twice(api: FaultyAPI, runner: Runner) -> None:
     breaching(api, confirmations=1)
     api.add_fault(route="patch", mode="apply_then_delay", delay=2.0)
     first = runner.check("--timeout", "0.5", env=api_env(api), now="2026-11-25T12:00:00Z")
@@ -50,7 +50,7 @@ def test_timeout_after_the_server_applied_it_never_halts_twice(api: FakeAPI, run
     assert api.count("PATCH", "/v1/flags") == 1 and len(api.alerts) == 1
 
 
-def test_non_atomic_patch_takes_the_force_path(api: FakeAPI, runner: Runner) -> None:
+def test_non_atomic_patch_takes_the_force_path(api: FaultyAPI, runner: Runner) -> None:
     breaching(api, confirmations=1)
     api.add_fault(route="patch", mode="ignore_field", field="defaultVariant")
     api.set_flags({BAD: {**api.flag(BAD), "defaultVariant": "treatment"}})  # so ignoring it matters
@@ -61,7 +61,7 @@ def test_non_atomic_patch_takes_the_force_path(api: FakeAPI, runner: Runner) -> 
     assert "forced" in doc(result)["halts"][0]["detail"]
 
 
-def test_rollout_is_held_not_reverted(api: FakeAPI, runner: Runner) -> None:
+def test_rollout_is_held_not_reverted(api: FaultyAPI, runner: Runner) -> None:
     breaching(api, confirmations=1, experiment_type="rollout")
     result = runner.check(env=api_env(api))
     assert result.returncode == 1
@@ -70,7 +70,7 @@ def test_rollout_is_held_not_reverted(api: FakeAPI, runner: Runner) -> None:
     assert "targeting" in flag  # the split is untouched
 
 
-def test_webhook_down_halt_stands_and_alert_is_delivered_later(api: FakeAPI, runner: Runner) -> None:
+def test_webhook_down_halt_stands_and_alert_is_delivered_later(api: FaultyAPI, runner: Runner) -> None:
     breaching(api, confirmations=1)
     api.add_fault(route="webhook", mode="status", status=500, times=3)
     env = api_env(api, ALERT_WEBHOOK_URL=api.url + WEBHOOK_SECRET_PATH)

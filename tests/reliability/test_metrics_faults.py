@@ -7,8 +7,8 @@ import socket
 
 import pytest
 
-from guardrail.fakeapi import FakeAPI
 from tests.conftest import flag_definition
+from tests.fakeserver_faults import FaultyAPI
 from tests.reliability.conftest import BAD, GOOD, Runner, api_env, breaching, doc, verdicts
 
 
@@ -27,8 +27,9 @@ from tests.reliability.conftest import BAD, GOOD, Runner, api_env, breaching, do
         ({"mode": "string_value"}, "not a number"),
     ],
 )
-def test_a_failing_series_is_skipped_with_its_cause(api: FakeAPI, runner: Runner, fault: dict[str, object],
-                                                     cause: str) -> None:
+def test_a_failing_series_is_skipped_with_its_cause(
+    api: FaultyAPI, runner: Runner, fault: dict[str, object], cause: str
+) -> None:
     breaching(api, confirmations=1)
     api.add_fault(route="query", match={"flag": BAD, "variant": "treatment"}, **fault)
     result = runner.check("--timeout", "0.5", env=api_env(api))
@@ -39,7 +40,7 @@ def test_a_failing_series_is_skipped_with_its_cause(api: FakeAPI, runner: Runner
     assert doc(result)["halts"] == [] and api.flag(BAD)["state"] == "ENABLED"
 
 
-def test_burst_of_5xx_is_retried_through(api: FakeAPI, runner: Runner) -> None:
+def test_burst_of_5xx_is_retried_through(api: FaultyAPI, runner: Runner) -> None:
     breaching(api, confirmations=1)
     api.add_fault(route="query", mode="status", status=502, times=2, match={"flag": BAD, "variant": "treatment"})
     result = runner.check(env=api_env(api))
@@ -47,7 +48,7 @@ def test_burst_of_5xx_is_retried_through(api: FakeAPI, runner: Runner) -> None:
     assert verdicts(result)[BAD][0] == "breach"
 
 
-def test_connection_refused_everywhere_is_exit_3(runner: Runner, api: FakeAPI) -> None:
+def test_connection_refused_everywhere_is_exit_3(runner: Runner, api: FaultyAPI) -> None:
     breaching(api)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -66,19 +67,26 @@ def test_flag_api_down_is_exit_3_with_a_clear_message(runner: Runner) -> None:
     assert "flag API list" in result.stderr and "connection refused" in result.stderr
 
 
-def test_one_of_600_queries_failing(api: FakeAPI, runner: Runner) -> None:
+def test_one_of_600_queries_failing(api: FaultyAPI, runner: Runner) -> None:
     flags = {}
     for i in range(100):
         key = f"svc.team.flag-{i:03d}"
-        metadata = {f"guardrail.{m}.comparison": "relative_increase" for m in ("error_rate", "latency_ms", "cpu")}
+        metadata: dict[str, object] = {
+            f"guardrail.{m}.comparison": "relative_increase" for m in ("error_rate", "latency_ms", "cpu")
+        }
         metadata |= {f"guardrail.{m}.threshold": 0.5 for m in ("error_rate", "latency_ms", "cpu")}
         flags[key] = flag_definition(extra_metadata=metadata)
         for m in ("error_rate", "latency_ms", "cpu"):
             api.set_metric(key, "control", m, 0.01 if m == "error_rate" else 100.0, 5000)
             api.set_metric(key, "treatment", m, 0.0101 if m == "error_rate" else 101.0, 5000)
     api.set_flags(flags)
-    api.add_fault(route="query", mode="status", status=500, times=3,
-                  match={"flag": "svc.team.flag-042", "metric": "cpu", "variant": "control"})
+    api.add_fault(
+        route="query",
+        mode="status",
+        status=500,
+        times=3,
+        match={"flag": "svc.team.flag-042", "metric": "cpu", "variant": "control"},
+    )
     result = runner.check(env=api_env(api))
     evaluations = doc(result)["evaluations"]
     assert len(evaluations) == 300

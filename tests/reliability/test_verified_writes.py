@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import json
 
-from guardrail.fakeapi import FakeAPI
+from tests.fakeserver_faults import FaultyAPI
 from tests.reliability.conftest import BAD, Runner, api_env, breaching, doc
 
 
-def test_a_lying_api_is_a_failed_halt_not_halted(api: FakeAPI, runner: Runner) -> None:
+def test_a_lying_api_is_a_failed_halt_not_halted(api: FaultyAPI, runner: Runner) -> None:
     """PATCH and force both answer 200 with the intended definition; nothing changes on the server."""
     breaching(api, confirmations=1)
     api.add_fault(route="patch", mode="pretend")
@@ -26,7 +26,7 @@ def test_a_lying_api_is_a_failed_halt_not_halted(api: FakeAPI, runner: Runner) -
     assert second.returncode == 1 and api.flag(BAD)["state"] == "DISABLED"
 
 
-def test_force_is_not_verified_by_a_default_variant_that_was_already_control(api: FakeAPI, runner: Runner) -> None:
+def test_force_is_not_verified_by_a_default_variant_that_was_already_control(api: FaultyAPI, runner: Runner) -> None:
     """The fixture's defaultVariant is already `control`: PATCH ignored, force ignored, the split still
     serves treatment. Seeing defaultVariant == control on the re-read proves nothing."""
     breaching(api, confirmations=1)
@@ -37,7 +37,7 @@ def test_force_is_not_verified_by_a_default_variant_that_was_already_control(api
     assert doc(result)["halts"][0]["status"] == "failed"
 
 
-def test_a_hold_answered_but_not_applied_is_failed(api: FakeAPI, runner: Runner) -> None:
+def test_a_hold_answered_but_not_applied_is_failed(api: FaultyAPI, runner: Runner) -> None:
     breaching(api, confirmations=1, experiment_type="rollout")
     api.add_fault(route="patch", mode="pretend")
     result = runner.check(env=api_env(api), now="2026-11-25T12:00:00Z")
@@ -46,7 +46,7 @@ def test_a_hold_answered_but_not_applied_is_failed(api: FakeAPI, runner: Runner)
     assert doc(result)["halts"][0]["status"] == "failed"
 
 
-def test_a_patch_whose_answer_says_halted_but_the_reread_does_not_is_forced(api: FakeAPI, runner: Runner) -> None:
+def test_a_patch_whose_answer_says_halted_but_the_reread_does_not_is_forced(api: FaultyAPI, runner: Runner) -> None:
     """Only the re-read counts: the PATCH answer claims the halt, the flag is unchanged, so the tool takes
     the force path and verifies that the flag now serves control to everyone."""
     breaching(api, confirmations=1)
@@ -58,7 +58,7 @@ def test_a_patch_whose_answer_says_halted_but_the_reread_does_not_is_forced(api:
     assert "forced" in doc(result)["halts"][0]["detail"]
 
 
-def test_already_halted_by_a_person_is_reported_as_already(api: FakeAPI, runner: Runner) -> None:
+def test_already_halted_by_a_person_is_reported_as_already(api: FaultyAPI, runner: Runner) -> None:
     """The list (a cache) still shows ENABLED; the per-flag read shows it halted: no PATCH, `already`."""
     breaching(api, confirmations=1)
     halted = {**api.flag(BAD), "state": "DISABLED"}

@@ -14,7 +14,7 @@ from guardrail.check import HaltResult, RunResult
 from guardrail.config import parse_flags
 from guardrail.fakeapi import FakeAPI
 from guardrail.flags.flagd_file import apply_halt_to_text
-from guardrail.model import GuardrailError, HaltAction
+from guardrail.model import GuardrailError, HaltAction, HaltResultStatus
 from guardrail.report import to_text
 from guardrail.settings import load_settings
 from tests.conftest import NOW, flag_definition
@@ -125,7 +125,13 @@ def test_outside_text_in_the_report_stays_on_its_line() -> None:
         dry_run=False,
         run_id="r",
         halts=(
-            HaltResult("f.k", "revert", "failed", "reason", detail="server said\nHALTED: other.flag (revert)\x1b[2J"),
+            HaltResult(
+                "f.k",
+                "revert",
+                HaltResultStatus.FAILED,
+                "reason",
+                detail="server said\nHALTED: other.flag (revert)\x1b[2J",
+            ),
         ),
     )
     text = to_text(result)
@@ -137,12 +143,28 @@ def test_alert_text_from_outside_is_escaped_for_slack() -> None:
     from guardrail import alert
     from guardrail.model import Comparison, Evaluation, Method, Verdict
 
-    e = Evaluation(flag="f<!channel>", metric="error_rate", treatment_variant="<https://evil.example|click>",
-                   control_variant="control", comparison=Comparison.RELATIVE_INCREASE, threshold=0.1,
-                   method=Method.THRESHOLD, verdict=Verdict.BREACH, reason="r", control=None, treatment=None,
-                   delta=None, relative_delta=None, streak=1, confirmations=1, bound=None, p_value=None)
-    ctx = alert.context(flag="f<!channel>`x", action=HaltAction.REVERT, evaluation=e, reason="a & b <!here>",
-                        link="http://h/f?a=1&b=2")
+    e = Evaluation(
+        flag="f<!channel>",
+        metric="error_rate",
+        treatment_variant="<https://evil.example|click>",
+        control_variant="control",
+        comparison=Comparison.RELATIVE_INCREASE,
+        threshold=0.1,
+        method=Method.THRESHOLD,
+        verdict=Verdict.BREACH,
+        reason="r",
+        control=None,
+        treatment=None,
+        delta=None,
+        relative_delta=None,
+        streak=1,
+        confirmations=1,
+        bound=None,
+        p_value=None,
+    )
+    ctx = alert.context(
+        flag="f<!channel>`x", action=HaltAction.REVERT, evaluation=e, reason="a & b <!here>", link="http://h/f?a=1&b=2"
+    )
     for outcome in alert.AlertOutcome:
         payload = alert.render(ctx, outcome, "server said <!everyone>")
         body = json.dumps(payload)
