@@ -401,7 +401,8 @@ def simulate(
         bool,
         typer.Option(
             "--suite",
-            help="The production-like table of docs/statistics.md (clustered, ramp, rare, late onset, arms x metrics, cron).",
+            help="The production-like table of docs/statistics.md "
+            "(clustered, ramp, rare, late onset, arms x metrics, cron).",
         ),
     ] = False,
     dispersion: Annotated[

@@ -19,7 +19,9 @@ INC = Comparison.RELATIVE_INCREASE
 @pytest.mark.parametrize(("v", "rho"), [(10.0, 5.0), (1000.0, 300.0), (1.0, 50.0)])
 def test_mixture_e_value_is_the_half_normal_mixture_integral(s: float, v: float, rho: float) -> None:
     def integrand(theta: float) -> float:
-        return math.exp(theta * s - theta * theta * v / 2.0) * 2.0 * stats.norm.pdf(theta, scale=1 / math.sqrt(rho))
+        return (
+            math.exp(theta * s - theta * theta * v / 2.0) * 2.0 * float(stats.norm.pdf(theta, scale=1 / math.sqrt(rho)))
+        )
 
     value, _err = integrate.quad(integrand, 0.0, np.inf, limit=200)
     assert seqtest.log_mixture_e(s, v, rho) == pytest.approx(math.log(value), rel=1e-6, abs=1e-6)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from dataclasses import replace
@@ -97,7 +98,7 @@ def test_streak_rule_is_engine_next_streak(confirmations: int) -> None:
 
 
 def rate_bound(runs: int, alpha: float = 0.05) -> float:
-    return alpha + MARGIN * (alpha * (1 - alpha) / runs) ** 0.5
+    return alpha + MARGIN * math.sqrt(alpha * (1 - alpha) / runs)
 
 
 @pytest.mark.parametrize(
