@@ -105,7 +105,7 @@ def judge(s: Scenario, t: scenarios.Traffic, methods: list[str]) -> dict[str, ND
             )
             for m in methods:
                 if m == "sequential":
-                    # Bonferroni over the flag's comparisons, as engine.comparison_alpha does.
+                    # Bonferroni over the flag's comparisons, as judge.comparison_alpha does.
                     verdicts = simvec.sequential(
                         comparison, s.threshold, s.alpha / s.comparisons, s.min_count, looks, *seen
                     )

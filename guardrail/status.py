@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from guardrail import codec, engine
+from guardrail import codec, engine, judge
 from guardrail.config import ParsedFlags, format_time, parse_flags
 from guardrail.flags.base import LoadedFlags
 from guardrail.model import ExitCode, Flag, FlagState, GuardrailError, HaltStatus, Method, State, guardrail_id
@@ -141,7 +141,7 @@ def _guardrails(flag: Flag | None, fs: FlagState, origins: Mapping[str, str]) ->
                     "min_count": g.min_count,
                     "window": g.window,
                     "alpha_per_comparison": (
-                        engine.comparison_alpha(flag, g) if g.method is Method.SEQUENTIAL else None
+                        judge.comparison_alpha(flag, g) if g.method is Method.SEQUENTIAL else None
                     ),
                     "in_definition": True,
                     # Where each value came from: flag metadata, a config `guardrails:` pattern, config

@@ -224,7 +224,7 @@ SIMULATE_COMMAND = "guardrail simulate --method threshold --method sequential"
 
 def _guardrail_warnings(metadata: Mapping[str, Any], flag: Flag, layers: Layers) -> Iterator[tuple[str, Severity, str]]:
     """(field, severity, message): threshold-rule risks, and each sequential comparison's share of alpha."""
-    from guardrail import engine
+    from guardrail import judge
 
     fields = config.merge_guardrails(flag.key, metadata, rules=layers.rules, defaults=layers.defaults).fields
     for index, g in enumerate(flag.guardrails):
@@ -256,12 +256,12 @@ def _guardrail_warnings(metadata: Mapping[str, Any], flag: Flag, layers: Layers)
                     f"days in `{SIMULATE_COMMAND}`; {why}"
                 ),
             )
-        elif g.kind is not MetricKind.QUANTILE and (k := engine.comparisons(flag)) > 1:
+        elif g.kind is not MetricKind.QUANTILE and (k := judge.comparisons(flag)) > 1:
             yield (
                 base,
                 Severity.NOTE,
                 (
-                    f"sequential test at alpha {engine.comparison_alpha(flag, g):.4g} per comparison ({g.alpha:g} "
+                    f"sequential test at alpha {judge.comparison_alpha(flag, g):.4g} per comparison ({g.alpha:g} "
                     f"for the flag split over {k} comparison(s): sequential guardrails × treatment arms)"
                 ),
             )

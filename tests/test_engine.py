@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from guardrail import engine
+from guardrail import engine, judge
 from guardrail.config import parse_flags
 from guardrail.model import (
     SINCE_START,
@@ -373,8 +373,8 @@ def test_alpha_is_split_across_guardrails_and_arms() -> None:
             "guardrail.latency_mean.kind": "mean",
         },
     )
-    assert engine.comparisons(flag) == 4
-    assert engine.comparison_alpha(flag, flag.guardrails[0]) == pytest.approx(0.0125)
+    assert judge.comparisons(flag) == 4
+    assert judge.comparison_alpha(flag, flag.guardrails[0]) == pytest.approx(0.0125)
     data = {(KEY, v, "error_rate", SINCE_START): Aggregate(0.01, 10_000) for v in ("control", "a", "b")}
     e = engine.decide([flag], data, State(), NOW).evaluations[0]
     assert "alpha 0.0125 per comparison" in e.reason
