@@ -289,8 +289,8 @@ def demo(
     state: StateOpt = None,
 ) -> None:
     """Run the whole halt loop with nothing to set up: metrics from SQL over a DuckDB warehouse the demo
-    generates, flags and alerts on the built-in fake API. A treatment breaches its error-rate guardrail
-    twice and is halted."""
+    generates, flags and alerts on the built-in fake API. A treatment breaches its error-rate guardrail and
+    is halted on the first look; a healthy one passes."""
     from guardrail.demo import run_demo
 
     raise typer.Exit(run_demo(state_dir=state))
