@@ -235,3 +235,13 @@ def test_runs_are_judged_in_batches_of_bounded_size(monkeypatch: pytest.MonkeyPa
         part = replace(s, runs=size)
         expected += simulate.judge(part, scenarios.generate(part, rng), ["sequential"])["sequential"].tolist()
     assert outcome.halt_minutes.tolist() == expected and len(expected) == 10
+
+
+def test_validate_quotes_what_simulate_measures_for_the_threshold_rule() -> None:
+    """`guardrail validate` warns on every threshold-method guardrail with the A/A halt rate over 14 days;
+    that number is this command's (textbook traffic, 500 events/min/arm, looks every 2 minutes)."""
+    from guardrail import validate
+
+    s = Scenario(effect=1.0, days=14.0, runs=20)
+    (outcome,) = simulate.simulate(s, ["threshold"], np.random.default_rng(1))
+    assert f"{outcome.summary()['halt_rate']:.0%}".replace("%", " %") == validate.THRESHOLD_AA_HALTS
