@@ -8,6 +8,7 @@ import subprocess
 import sys
 from dataclasses import replace
 from datetime import timedelta
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -245,3 +246,21 @@ def test_validate_quotes_what_simulate_measures_for_the_threshold_rule() -> None
     s = Scenario(effect=1.0, days=14.0, runs=20)
     (outcome,) = simulate.simulate(s, ["threshold"], np.random.default_rng(1))
     assert f"{outcome.summary()['halt_rate']:.0%}".replace("%", " %") == validate.THRESHOLD_AA_HALTS
+
+
+def test_cli_suite_runs_every_production_like_scenario_of_the_docs() -> None:
+    """`simulate --suite` (small: 2 runs) gives a row for every scenario the table in docs/statistics.md has."""
+    result = subprocess.run(
+        [sys.executable, "-m", "guardrail", "simulate", *("--suite", "--runs", "2", "--days", "0.2"), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(result.stdout)["results"]
+    docs = (Path(__file__).resolve().parent.parent / "docs" / "statistics.md").read_text("utf-8")
+    table = docs[docs.index("## Measured: `guardrail simulate --suite`") :]
+    documented = {line.split("|")[1].strip() for line in table.splitlines() if line.startswith("| ") and "|" in line}
+    names = {r["scenario"] for r in rows}
+    assert len(names) == 14 and names <= documented
+    assert all(r["oracle_median_minutes"] is not None for r in rows if r["effect"] > 1.1)
