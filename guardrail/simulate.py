@@ -191,9 +191,10 @@ def render(rows: list[dict[str, Any]], markdown: bool) -> str:
     for r in rows:
         low, high = r["halt_rate_ci95"]
         effect = "A/A" if r["effect"] == 1 else f"{r['effect']:g}x"
-        # No limit for A/A or exactly at the threshold: the oracle's alternative would be the null itself.
-        limit = r["oracle_median_minutes"]
-        oracle = "—" if limit is None and r["halted"] < r["runs"] else _minutes(limit)
+        # No limit for A/A or exactly at the threshold: the oracle's alternative would be the null itself (this
+        # depends on the scenario only, not on how often the method in this row halted).
+        at_null = any(math.isclose(r["effect"], 1.0 + d) for d in (0.0, r["threshold"], -r["threshold"]))
+        oracle = "—" if at_null else _minutes(r["oracle_median_minutes"])
         table.append(
             [
                 r["scenario"],
