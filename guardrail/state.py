@@ -21,7 +21,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from guardrail.codec import format_time, parse_time
+from guardrail.codec import format_time, parse_time, seq_from_dict, seq_to_dict
 from guardrail.files import atomic_write
 from guardrail.model import (
     ExitCode,
@@ -31,7 +31,6 @@ from guardrail.model import (
     HaltRecord,
     HaltStatus,
     RampState,
-    SeqState,
     State,
     Streak,
 )
@@ -139,49 +138,6 @@ def to_dict(state: State) -> dict[str, Any]:
     }
 
 
-def seq_to_dict(q: SeqState) -> dict[str, Any]:
-    return {
-        "last_control": None if q.last_control is None else list(q.last_control),
-        "last_treatment": None if q.last_treatment is None else list(q.last_treatment),
-        "s": q.s,
-        "v": q.v,
-        "w": q.w,
-        "windows": q.windows,
-        "r2": q.r2,
-        "v_per_unit": q.v_per_unit,
-        "minutes_per_unit": q.minutes_per_unit,
-        "restarts": [list(r) for r in q.restarts],
-        "last_at_minutes": q.last_at_minutes,
-    }
-
-
-def _triple(value: Any) -> tuple[float, float, float] | None:
-    if value is None:
-        return None
-    a, b, c = (float(x) for x in value)
-    return a, b, c
-
-
-def _optional(value: Any) -> float | None:
-    return None if value is None else float(value)
-
-
-def seq_from_dict(d: Mapping[str, Any]) -> SeqState:
-    return SeqState(
-        last_control=_triple(d.get("last_control")),
-        last_treatment=_triple(d.get("last_treatment")),
-        s=float(d.get("s", 0.0)),
-        v=float(d.get("v", 0.0)),
-        w=float(d.get("w", 0.0)),
-        windows=int(d.get("windows", 0)),
-        r2=float(d.get("r2", 0.0)),
-        v_per_unit=_optional(d.get("v_per_unit")),
-        minutes_per_unit=_optional(d.get("minutes_per_unit")),
-        restarts=tuple((int(j), float(s), float(v)) for j, s, v in (d.get("restarts") or [])),
-        last_at_minutes=_optional(d.get("last_at_minutes")),
-    )
-
-
 def _ramp_to_dict(fs: FlagState) -> dict[str, Any]:
     """Ramp and SRM fields, written only when set (older documents simply lack them)."""
     out: dict[str, Any] = {}
@@ -217,7 +173,7 @@ def _upgrade(doc: dict[str, Any]) -> dict[str, Any]:
     1 → 2: the sequential test became window-stratified and keeps per-guardrail state (`sequential`) and the
     previous look's time (`last_look_at`). A version-1 flag has neither: its tests start at the next look,
     which sees everything since start as one window (a valid stratum), so nothing is lost but the frozen N*
-    of the old test (kept under `tuning_n`, unused)."""
+    of the old test (`tuning_n` is kept: a ramp step's confidence sequence still reads it)."""
     version = doc.get("version")
     if version == 1:
         doc = {**doc, "version": 2}
