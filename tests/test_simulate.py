@@ -43,7 +43,12 @@ def engine_halts(s: Scenario, t: scenarios.Traffic) -> list[float]:
             data = {}
             for arm, variant in enumerate(("control", *treatments)):
                 n, x = float(t.units[arm, run, minute]), float(t.events[0, arm, run, minute])
-                data[(KEY, variant, "error_rate", SINCE_START)] = Aggregate(x / n if n else 0.0, int(n))
+                agg = Aggregate(x / n if n else 0.0, int(n))
+                if t.unit is not None:  # what a warehouse source reports beside the aggregate
+                    u = t.unit[:, arm, run, minute]
+                    agg = replace(agg, units=int(u[0]), num_sum=x, num_sum_sq=float(u[1]), den_sum=n,
+                                  den_sum_sq=float(u[2]), num_den_sum=float(u[3]))  # fmt: skip
+                data[(KEY, variant, "error_rate", SINCE_START)] = agg
             decision = engine.decide([flag], data, state, NOW + timedelta(minutes=int(minute)))
             state = decision.state
             if decision.halts:
@@ -64,6 +69,9 @@ def engine_halts(s: Scenario, t: scenarios.Traffic) -> list[float]:
         Scenario(traffic=200, effect=3.0, onset_minutes=300, days=0.3, runs=3, reset_hours=2.0, dispersion=3.0),
         Scenario(traffic=200, effect=1.4, ramp_days=0.2, days=0.3, runs=3, treatments=2, cadence=7),
         Scenario(traffic=21, base_rate=0.004, effect=3.0, days=0.25, runs=4),  # around min_count, zero arms
+        # persistent users with the per-unit sums of a warehouse source: the unit-level variance floor
+        Scenario(traffic=300, effect=1.3, days=0.3, runs=3, persistent_users=500, unit_sums=True, cadence=4),
+        Scenario(traffic=300, effect=2.0, days=0.3, runs=3, persistent_users=300, unit_sums=True, cadence=6),
     ],
 )
 def test_vectorised_sequential_halts_exactly_where_the_engine_does(s: Scenario) -> None:
@@ -97,7 +105,7 @@ def test_streak_rule_is_engine_next_streak(confirmations: int) -> None:
 
 
 def rate_bound(runs: int, alpha: float = 0.05) -> float:
-    return alpha + MARGIN * (alpha * (1 - alpha) / runs) ** 0.5
+    return float(alpha + MARGIN * (alpha * (1 - alpha) / runs) ** 0.5)
 
 
 @pytest.mark.parametrize(
@@ -113,6 +121,16 @@ def rate_bound(runs: int, alpha: float = 0.05) -> float:
 def test_false_halts_at_the_threshold_stay_within_alpha(s: Scenario) -> None:
     (outcome,) = simulate.simulate(s, ["sequential"], np.random.default_rng(11))
     assert outcome.summary()["halt_rate"] <= rate_bound(s.runs)
+
+
+def test_per_unit_sums_keep_persistent_users_within_alpha_where_window_variances_do_not() -> None:
+    """Users with their own error rates make the arms differ by a fixed offset that no window-to-window
+    dispersion sees; the per-unit sums of a warehouse source give the variance that covers it."""
+    s = Scenario(effect=1.1, days=1.0, runs=200, persistent_users=2_000, cadence=10)
+    (without,) = simulate.simulate(s, ["sequential"], np.random.default_rng(12))
+    assert without.summary()["halt_rate"] > 2 * rate_bound(s.runs)  # the check below has teeth
+    (with_units,) = simulate.simulate(replace(s, unit_sums=True), ["sequential"], np.random.default_rng(12))
+    assert with_units.summary()["halt_rate"] <= rate_bound(s.runs)
 
 
 def test_the_old_since_start_pooling_fails_the_ramp_and_the_threshold_rule_fails_a_a() -> None:
