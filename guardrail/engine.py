@@ -325,7 +325,7 @@ def sequential_look(
     if sums_c is None or sums_t is None:
         return Outcome(Verdict.SKIP_NO_DATA, "sequential test on a mean metric needs `stddev` from the metrics "
                        "source", delta=harm, relative_delta=relative), prior
-    settings = seqtest.Settings(g.comparison, g.threshold, alpha, g.tuning_n)
+    settings = seqtest.Settings(g.comparison, g.threshold, alpha, g.tuning_n, g.dispersion)
     state, result = seqtest.step(prior, sums_c, sums_t, minutes=minutes, settings=settings,
                                  proportion=g.kind is MetricKind.PROPORTION)
     estimate = result.estimate if result.estimate is not None else harm

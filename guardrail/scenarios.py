@@ -51,6 +51,7 @@ class Scenario:
     min_count: int = 100
     max_gap_minutes: float = 15.0
     unit_sums: bool = False
+    dispersion_floor: float = 1.0  # the guardrail's `dispersion` option (a known floor under the estimate)
 
     @property
     def minutes(self) -> int:

@@ -123,7 +123,9 @@ def judge(s: Scenario, t: scenarios.Traffic, methods: list[str]) -> dict[str, ND
                         s.min_count,
                         looks,
                         *seen,
-                        *(per_unit or ()),
+                        unit_c=None if per_unit is None else per_unit[0],
+                        unit_t=None if per_unit is None else per_unit[1],
+                        min_dispersion=s.dispersion_floor,
                     )
                 else:
                     raw = (t.raw_units[0], t.raw_events[metric, 0], t.raw_units[arm], t.raw_events[metric, arm])
@@ -168,6 +170,12 @@ def suite(runs: int, days: float, alpha: float) -> list[Scenario]:
     ]
     rows += [replace(base, name=f"cron {c} min", cadence=c, effect=3.0, days=1.0) for c in (20, 30, 60)]
     rows += [replace(base, name=f"clustered D={d:g}", dispersion=d, effect=1.1) for d in (2.0, 4.0, 8.0)]
+    # The same clustering with the guardrail's `dispersion` option set to what `status` shows the traffic has.
+    known = [
+        replace(base, name=f"clustered D={d:g}, dispersion: {d:g}", dispersion=d, dispersion_floor=d)
+        for d in (4.0, 8.0)
+    ]
+    rows += [replace(known[0], effect=1.5, days=0.5)] + [replace(k, effect=1.1) for k in known]
     rows += [replace(base, name="ramp 5→50 % + drift", ramp_days=2.0, effect=1.1)]
     rows += [replace(base, name="daily reset", reset_hours=24.0, effect=1.1)]
     rows += [replace(base, name="3 arms × 2 metrics", treatments=3, metrics=2, effect=1.1)]
@@ -182,6 +190,7 @@ def suite(runs: int, days: float, alpha: float) -> list[Scenario]:
     rows += [replace(users, effect=1.5), replace(users, effect=1.1)]
     rows += [replace(base, name="textbook", effect=1.0)]
     rows += [replace(base, name=f"clustered D={d:g}", dispersion=d, effect=1.0) for d in (2.0, 4.0, 8.0)]
+    rows += [replace(k, effect=1.0) for k in known]
     rows += [replace(base, name="ramp 5→50 % + drift", ramp_days=2.0, effect=1.0)]
     rows += [replace(base, name="3 arms × 2 metrics", treatments=3, metrics=2, effect=1.0)]
     rows += [replace(base, name=f"rare decrease {t * 0.01:g}/min", traffic=t, decrease=True) for t in (5000.0, 500.0)]

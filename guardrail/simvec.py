@@ -63,6 +63,7 @@ def sequential(
     x_t: Array,
     unit_c: Array | None = None,
     unit_t: Array | None = None,
+    min_dispersion: float = 1.0,
 ) -> NDArray[np.int8]:
     """Verdicts (runs, looks) of engine + seqtest.step on since-start cumulative proportions.
 
@@ -130,7 +131,7 @@ def sequential(
         # _evaluate
         counted = np.maximum(0.0, windows - 1.0)
         disp = np.maximum(
-            1.0,
+            max(1.0, min_dispersion),
             (seqtest.DISPERSION_PRIOR_WINDOWS * seqtest.DISPERSION_PRIOR + r2)
             / (seqtest.DISPERSION_PRIOR_WINDOWS + counted),
         )

@@ -33,6 +33,7 @@ def engine_halts(s: Scenario, t: scenarios.Traffic) -> list[float]:
             "started_at": NOW.isoformat(),
             "guardrail.error_rate.comparison": comparison,
             "guardrail.error_rate.alpha": s.alpha,
+            "guardrail.error_rate.dispersion": s.dispersion_floor,
         },
     )
     flag = parse_flags({KEY: definition}).flags[0]
@@ -67,6 +68,7 @@ def engine_halts(s: Scenario, t: scenarios.Traffic) -> list[float]:
         Scenario(traffic=300, base_rate=0.02, effect=0.7, decrease=True, days=0.3, runs=4),
         # restarts, a capped lookback (counts go down at each reset), a ramp, clustering, two arms, a slow cron
         Scenario(traffic=200, effect=3.0, onset_minutes=300, days=0.3, runs=3, reset_hours=2.0, dispersion=3.0),
+        Scenario(traffic=200, effect=1.6, days=0.3, runs=3, dispersion=3.0, dispersion_floor=2.5),  # `dispersion`
         Scenario(traffic=200, effect=1.4, ramp_days=0.2, days=0.3, runs=3, treatments=2, cadence=7),
         Scenario(traffic=21, base_rate=0.004, effect=3.0, days=0.25, runs=4),  # around min_count, zero arms
         # persistent users with the per-unit sums of a warehouse source: the unit-level variance floor
@@ -121,6 +123,16 @@ def rate_bound(runs: int, alpha: float = 0.05) -> float:
 def test_false_halts_at_the_threshold_stay_within_alpha(s: Scenario) -> None:
     (outcome,) = simulate.simulate(s, ["sequential"], np.random.default_rng(11))
     assert outcome.summary()["halt_rate"] <= rate_bound(s.runs)
+
+
+def test_a_known_dispersion_keeps_heavily_clustered_traffic_within_alpha() -> None:
+    """At D = 8 the learnt dispersion alone lets early looks through (docs/statistics.md); the guardrail's
+    `dispersion: 8` keeps the rate at alpha."""
+    s = Scenario(effect=1.1, days=1.0, runs=200, dispersion=8.0)
+    (learnt,) = simulate.simulate(s, ["sequential"], np.random.default_rng(13))
+    (known,) = simulate.simulate(replace(s, dispersion_floor=8.0), ["sequential"], np.random.default_rng(13))
+    assert known.summary()["halt_rate"] <= rate_bound(s.runs)
+    assert known.summary()["halt_rate"] < learnt.summary()["halt_rate"]
 
 
 def test_per_unit_sums_keep_persistent_users_within_alpha_where_window_variances_do_not() -> None:
