@@ -51,6 +51,7 @@ GUARDRAIL_OPTIONS = (
     "alpha",
     "kind",
     "tuning_n",
+    "dispersion",
 )
 # Fractional split operators: `fractional` is flagd's name today; `fractionalEvaluation` is the legacy one
 # older files use (flagd's evaluator no longer knows it; `guardrail validate` reports it).
@@ -366,6 +367,7 @@ def parse_flag(
             alpha=float(options_of.get("alpha", g.alpha)),
             kind=kind,
             tuning_n=float(options_of["tuning_n"]) if "tuning_n" in options_of else None,
+            dispersion=float(options_of.get("dispersion", 1.0)),
         )
         guardrails.append(g)
 

@@ -231,7 +231,7 @@ def sequential_look(
             delta=harm,
             relative_delta=relative,
         ), prior
-    settings = seqtest.Settings(g.comparison, g.threshold, alpha, g.tuning_n)
+    settings = seqtest.Settings(g.comparison, g.threshold, alpha, g.tuning_n, g.dispersion)
     state, result = seqtest.step(
         prior, sums_c, sums_t, minutes=minutes, settings=settings, proportion=g.kind is MetricKind.PROPORTION
     )

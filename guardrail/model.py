@@ -210,6 +210,9 @@ class Guardrail:
     # Sequential test: total sample (n_T + n_C) at which the since-start e-process is tightest.
     # None means "20 minutes of the first window's traffic" (guardrail/seqtest.py).
     tuning_n: float | None = None
+    # Sequential test: a known lower bound on the events' dispersion (clustering by user); the test uses
+    # max(this, the dispersion it learns from the windows). 1 = learn it all from the data.
+    dispersion: float = 1.0
 
 
 class AdvanceMode(str, enum.Enum):

@@ -10,7 +10,10 @@ a source with a capped lookback does). Knobs, all off by default (textbook Poiss
   rate is the average of its users', a fixed offset from the population rate for the whole experiment;
 - `ramp_days`: the treatment share ramps 5 % → 50 % while the base rate drifts 1× → 2× (Simpson);
 - `onset_minutes`: the effect starts then (a late regression);
-- `treatments` × `metrics`: several arms against one control and several independent metrics.
+- `treatments` × `metrics`: several arms against one control and several independent metrics;
+- `unit_sums` (with `persistent_users`): the users are simulated one by one (rates Gamma-distributed with
+  sd 3 × the mean, equal traffic) and the source also reports the per-unit sums a warehouse gives (U, Σy_u²,
+  Σn_u², Σy_u·n_u since the start), at each look only (the per-user draws are made per look, not per minute).
 """
 
 from __future__ import annotations
@@ -47,6 +50,8 @@ class Scenario:
     reset_hours: float = 0.0
     min_count: int = 100
     max_gap_minutes: float = 15.0
+    unit_sums: bool = False
+    dispersion_floor: float = 1.0  # the guardrail's `dispersion` option (a known floor under the estimate)
 
     @property
     def minutes(self) -> int:
@@ -62,13 +67,15 @@ class Traffic:
     """What the source reports at each minute: since-start cumulative units and events per arm.
 
     Shapes: units (arms, runs, minutes + 1); events (metrics, arms, runs, minutes + 1). Arm 0 is control.
-    `raw_*` are the true cumulative sums (no resets), for the oracle.
+    `raw_*` are the true cumulative sums (no resets), for the oracle. `unit` (with `unit_sums`): the per-unit
+    sums of metric 0 at each minute, shape (4, arms, runs, minutes + 1): U, Σy_u², Σn_u², Σy_u·n_u.
     """
 
     units: NDArray[np.float64]
     events: NDArray[np.float64]
     raw_units: NDArray[np.float64]
     raw_events: NDArray[np.float64]
+    unit: NDArray[np.float64] | None = None
 
 
 def _share(s: Scenario, minute: NDArray[np.float64]) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
@@ -84,6 +91,9 @@ def _share(s: Scenario, minute: NDArray[np.float64]) -> tuple[NDArray[np.float64
 
 def generate(s: Scenario, rng: np.random.Generator) -> Traffic:
     import numpy as np
+
+    if s.unit_sums:
+        return _generate_users(s, rng)
 
     arms = 1 + s.treatments
     minute = np.arange(s.minutes, dtype=float)
@@ -130,3 +140,40 @@ def looks(s: Scenario) -> NDArray[np.int64]:
     import numpy as np
 
     return np.arange(s.cadence, s.minutes + 1, s.cadence, dtype=np.int64)
+
+
+def _generate_users(s: Scenario, rng: np.random.Generator) -> Traffic:
+    """Persistent users one by one, drawn per look: each arm is `persistent_users` users with their own error
+    rate (Gamma, mean = the arm's rate, sd 3 × the mean: shape 1/9), each sending traffic/U requests a minute.
+
+    Between looks the since-start sums hold their last value (a source is only asked at the looks)."""
+    import numpy as np
+
+    if s.persistent_users < 2 or s.metrics != 1 or s.ramp_days or s.dispersion > 1.0 or s.reset_hours:
+        raise ValueError("unit_sums simulates persistent users alone (one metric, no ramp, dispersion or reset)")
+    arms, users = 1 + s.treatments, s.persistent_users
+    at = looks(s)
+    units = np.zeros((arms, s.runs, s.minutes + 1))
+    events = np.zeros((1, arms, s.runs, s.minutes + 1))
+    unit = np.zeros((4, arms, s.runs, s.minutes + 1))
+    lam = s.traffic / users * s.cadence  # requests per user between two looks
+    for a in range(arms):
+        rates = rng.gamma(1.0 / 9.0, 9.0 * s.base_rate, size=(s.runs, users))
+        n_u = np.zeros((s.runs, users))
+        y_u = np.zeros((s.runs, users))
+        previous = 0
+        for minute in at:
+            dn = rng.poisson(lam, size=(s.runs, users)).astype(np.float64)
+            effect = s.effect if a > 0 and minute > s.onset_minutes else 1.0
+            dy = rng.binomial(dn.astype(np.int64), np.clip(rates * effect, 0.0, 1.0)).astype(np.float64)
+            n_u += dn
+            y_u += dy
+            span = slice(previous + 1, minute + 1)
+            units[a, :, span] = n_u.sum(axis=1)[:, None]
+            events[0, a, :, span] = y_u.sum(axis=1)[:, None]
+            unit[0, a, :, span] = (n_u > 0).sum(axis=1)[:, None]
+            unit[1, a, :, span] = (y_u * y_u).sum(axis=1)[:, None]
+            unit[2, a, :, span] = (n_u * n_u).sum(axis=1)[:, None]
+            unit[3, a, :, span] = (y_u * n_u).sum(axis=1)[:, None]
+            previous = int(minute)
+    return Traffic(units, events, units, events, unit)

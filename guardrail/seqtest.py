@@ -59,7 +59,7 @@ class Sums:
     """Since-start cumulative sums of one arm: units (count), Σy and Σy² (Σy² = Σy for 0/1 data).
 
     `units`/`unit_sum`/`unit_sum_sq`/`unit_count_sq`/`unit_cross` are the optional per-randomisation-unit
-    sums (U, Σ_u y_u, Σ_u y_u², Σ_u n_u², Σ_u y_u·n_u) a warehouse source can give (engine.arm_sums maps
+    sums (U, Σ_u y_u, Σ_u y_u², Σ_u n_u², Σ_u y_u·n_u) a warehouse source can give (judge.arm_sums maps
     model.Aggregate's `num_sum`, `num_sum_sq`, `den_sum_sq`, `num_den_sum` of a ratio metric onto them).
     """
 
@@ -79,6 +79,7 @@ class Settings:
     threshold: float
     alpha: float  # this comparison's share of the experiment's alpha
     tuning_n: float | None = None  # configured N* (units of both arms); None: MAIN_TARGET_MINUTES
+    min_dispersion: float = 1.0  # the guardrail's `dispersion`: a known floor under D̂
 
 
 @dataclass(frozen=True)
@@ -313,11 +314,12 @@ def _unit_v(settings: Settings, control: Sums, treatment: Sums, state: SeqState)
     return state.w * state.w * (var_t + f * f * var_c)
 
 
-def dispersion(state: SeqState) -> float:
-    """D̂ = max(1, (K0·D0 + Σ r²)/(K0 + k − 1)): never below the binomial/sample variance."""
+def dispersion(state: SeqState, floor: float = 1.0) -> float:
+    """D̂ = max(floor, (K0·D0 + Σ r²)/(K0 + k − 1)): never below the binomial/sample variance, nor below the
+    dispersion the user knows the traffic has (the guardrail's `dispersion`, default 1)."""
     counted = max(0, state.windows - 1)
     shrunk = (DISPERSION_PRIOR_WINDOWS * DISPERSION_PRIOR + state.r2) / (DISPERSION_PRIOR_WINDOWS + counted)
-    return max(1.0, shrunk)
+    return max(1.0, floor, shrunk)
 
 
 def rhos(state: SeqState, settings: Settings) -> tuple[float, float]:
@@ -342,7 +344,7 @@ def _evaluate(
     skipped: str | None = None,
     unit_v: float | None = None,
 ) -> Result:
-    disp = dispersion(state)
+    disp = dispersion(state, settings.min_dispersion)
     if state.windows == 0 or state.v <= 0.0:
         return Result(False, estimate, 1.0, 1.0, disp, note, skipped)
     rho_main, rho_late = rhos(state, settings)

@@ -88,6 +88,15 @@ def engine_sums(n: NDArray[np.float64], x: NDArray[np.float64]) -> NDArray[np.fl
         return np.where(n > 0, (x / np.where(n > 0, n, 1.0)) * n, 0.0)
 
 
+def _unit_rows(t: scenarios.Traffic, metric: int, arm: int) -> NDArray[np.float64]:
+    """(U, Σy_u, Σy_u², Σn_u², Σy_u·n_u) of one arm: what a warehouse source reports with the aggregate."""
+    import numpy as np
+
+    assert t.unit is not None
+    u = t.unit[:, arm]
+    return np.stack([u[0], t.events[metric, arm], u[1], u[2], u[3]])
+
+
 def judge(s: Scenario, t: scenarios.Traffic, methods: list[str]) -> dict[str, NDArray[np.float64]]:
     """Halt minute per run and method: a flag halts at the first comparison (arm × metric) that does."""
     import numpy as np
@@ -103,11 +112,20 @@ def judge(s: Scenario, t: scenarios.Traffic, methods: list[str]) -> dict[str, ND
                 t.units[arm],
                 engine_sums(t.units[arm], t.events[metric, arm]),
             )
+            per_unit = None if t.unit is None else (_unit_rows(t, metric, 0), _unit_rows(t, metric, arm))
             for m in methods:
                 if m == "sequential":
                     # Bonferroni over the flag's comparisons, as judge.comparison_alpha does.
                     verdicts = simvec.sequential(
-                        comparison, s.threshold, s.alpha / s.comparisons, s.min_count, looks, *seen
+                        comparison,
+                        s.threshold,
+                        s.alpha / s.comparisons,
+                        s.min_count,
+                        looks,
+                        *seen,
+                        unit_c=None if per_unit is None else per_unit[0],
+                        unit_t=None if per_unit is None else per_unit[1],
+                        min_dispersion=s.dispersion_floor,
                     )
                 else:
                     raw = (t.raw_units[0], t.raw_events[metric, 0], t.raw_units[arm], t.raw_events[metric, arm])
@@ -152,6 +170,12 @@ def suite(runs: int, days: float, alpha: float) -> list[Scenario]:
     ]
     rows += [replace(base, name=f"cron {c} min", cadence=c, effect=3.0, days=1.0) for c in (20, 30, 60)]
     rows += [replace(base, name=f"clustered D={d:g}", dispersion=d, effect=1.1) for d in (2.0, 4.0, 8.0)]
+    # The same clustering with the guardrail's `dispersion` option set to what `status` shows the traffic has.
+    known = [
+        replace(base, name=f"clustered D={d:g}, dispersion: {d:g}", dispersion=d, dispersion_floor=d)
+        for d in (4.0, 8.0)
+    ]
+    rows += [replace(known[0], effect=1.5, days=0.5)] + [replace(k, effect=1.1) for k in known]
     rows += [replace(base, name="ramp 5→50 % + drift", ramp_days=2.0, effect=1.1)]
     rows += [replace(base, name="daily reset", reset_hours=24.0, effect=1.1)]
     rows += [replace(base, name="3 arms × 2 metrics", treatments=3, metrics=2, effect=1.1)]
@@ -160,12 +184,18 @@ def suite(runs: int, days: float, alpha: float) -> list[Scenario]:
             replace(base, name=f"rare decrease {traffic * 0.01:g}/min", traffic=traffic, decrease=True, effect=0.9)
         ]
     rows += [replace(base, name="10,000 persistent users/arm", persistent_users=10_000, effect=1.1)]
+    # The same users with a warehouse source's per-unit sums (users drawn one by one: 10-minute looks, 1 day).
+    users = replace(base, name="persistent users + per-unit sums", persistent_users=10_000, unit_sums=True,
+                    cadence=10, days=min(days, 1.0))  # fmt: skip
+    rows += [replace(users, effect=1.5), replace(users, effect=1.1)]
     rows += [replace(base, name="textbook", effect=1.0)]
     rows += [replace(base, name=f"clustered D={d:g}", dispersion=d, effect=1.0) for d in (2.0, 4.0, 8.0)]
+    rows += [replace(k, effect=1.0) for k in known]
     rows += [replace(base, name="ramp 5→50 % + drift", ramp_days=2.0, effect=1.0)]
     rows += [replace(base, name="3 arms × 2 metrics", treatments=3, metrics=2, effect=1.0)]
     rows += [replace(base, name=f"rare decrease {t * 0.01:g}/min", traffic=t, decrease=True) for t in (5000.0, 500.0)]
     rows += [replace(base, name="10,000 persistent users/arm", persistent_users=10_000, effect=1.0)]
+    rows += [replace(users, effect=1.0)]
     return rows
 
 

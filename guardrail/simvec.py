@@ -61,8 +61,15 @@ def sequential(
     x_c: Array,
     n_t: Array,
     x_t: Array,
+    unit_c: Array | None = None,
+    unit_t: Array | None = None,
+    min_dispersion: float = 1.0,
 ) -> NDArray[np.int8]:
-    """Verdicts (runs, looks) of engine + seqtest.step on since-start cumulative proportions."""
+    """Verdicts (runs, looks) of engine + seqtest.step on since-start cumulative proportions.
+
+    `unit_c`/`unit_t` (optional, shape (5, runs, minutes + 1)): each arm's per-unit sums U, Σy_u, Σy_u²,
+    Σn_u², Σy_u·n_u, as a warehouse source reports them; then V is at least the unit-level variance
+    (seqtest._unit_v)."""
     import numpy as np
 
     runs = n_c.shape[0]
@@ -124,7 +131,7 @@ def sequential(
         # _evaluate
         counted = np.maximum(0.0, windows - 1.0)
         disp = np.maximum(
-            1.0,
+            max(1.0, min_dispersion),
             (seqtest.DISPERSION_PRIOR_WINDOWS * seqtest.DISPERSION_PRIOR + r2)
             / (seqtest.DISPERSION_PRIOR_WINDOWS + counted),
         )
@@ -134,33 +141,75 @@ def sequential(
             rho_late = np.maximum(vpu * (upm * seqtest.LATE_TARGET_MINUTES) / tf_late, 1e-300)
             v_main = disp * v
             log_e = log_mixture_e(s, v_main, rho_main)
-            scale = v_main / v
-            dv = v[:, None] - rv
-            live = (rj >= 1.0) & (dv > 0.0)
-            jj = np.where(live, rj, 2.0)
-            log_pi = -np.log((jj + 1.0) * np.log(jj + 1.0) ** 2) - math.log(seqtest._RESTART_Z)
-            # ln E ≤ ln 2 + ½ ln(ρ/(V+ρ)) + max(0, x)²/2 (ln Φ ≤ 0): only runs whose bound on ln M reaches
-            # the level need the exact mixture (the same arithmetic as seqtest; the bound only skips work).
-            rest_s, rest_v = s[:, None] - rs, scale[:, None] * dv
-            total = rest_v + rho_late[:, None]
-            x = np.maximum(rest_s, 0.0) / np.sqrt(total)
-            bound = log_pi + math.log(2.0) + 0.5 * np.log(rho_late[:, None] / total) + 0.5 * x * x
-            bound = np.where(live, bound, -np.inf).max(axis=1) + math.log(K)
-            log_m = np.full(runs, -np.inf)
-            need = np.nonzero(bound >= c_late)[0]
-            if need.size:
-                terms = log_pi[need] + log_mixture_e(rest_s[need], rest_v[need], rho_late[need, None])
-                terms = np.where(live[need], terms, -np.inf)
-                top = terms.max(axis=1)
-                safe_top = np.where(np.isfinite(top), top, 0.0)
-                log_m[need] = np.where(
-                    np.isfinite(top), safe_top + np.log(np.exp(terms - safe_top[:, None]).sum(axis=1)), -np.inf
+            log_m = _late(s, v, v_main, rv, rj, rs, rho_late, K, c_late)
+            if unit_c is not None and unit_t is not None:
+                unit_v = (
+                    w
+                    * w
+                    * (
+                        _unit_variance(unit_t[:, :, minute], nt, xt)
+                        + f * f * _unit_variance(unit_c[:, :, minute], nc, xc)
+                    )
                 )
+                unit_v = np.where(np.isfinite(unit_v), unit_v, -np.inf)
+                floor = unit_v > v_main
+                if floor.any():  # the unit-level variance: recompute both e-processes where it is larger
+                    v_main = np.where(floor, unit_v, v_main)
+                    log_e = log_mixture_e(s, v_main, rho_main)
+                    log_m = _late(s, v, v_main, rv, rj, rs, rho_late, K, c_late)
         active = eligible & (windows > 0) & (v > 0.0)
         breach = active & ~decreased & ((log_e >= c_main) | (log_m >= c_late))
         verdict = np.where(breach, BREACH, np.where(eligible & ~decreased, PASS, SKIP))
         out[:, i] = verdict
     return out
+
+
+def _late(
+    s: Array, v: Array, v_main: Array, rv: Array, rj: Array, rs: Array, rho_late: Array, k: int, c_late: float
+) -> Array:
+    """ln M of the late-onset detector (seqtest._evaluate's restart mixture), elementwise."""
+    import numpy as np
+
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        scale = v_main / v
+        dv = v[:, None] - rv
+        live = (rj >= 1.0) & (dv > 0.0)
+        jj = np.where(live, rj, 2.0)
+        log_pi = -np.log((jj + 1.0) * np.log(jj + 1.0) ** 2) - math.log(seqtest._RESTART_Z)
+        # ln E ≤ ln 2 + ½ ln(ρ/(V+ρ)) + max(0, x)²/2 (ln Φ ≤ 0): only runs whose bound on ln M reaches
+        # the level need the exact mixture (the same arithmetic as seqtest; the bound only skips work).
+        rest_s, rest_v = s[:, None] - rs, scale[:, None] * dv
+        total = rest_v + rho_late[:, None]
+        x = np.maximum(rest_s, 0.0) / np.sqrt(total)
+        bound = log_pi + math.log(2.0) + 0.5 * np.log(rho_late[:, None] / total) + 0.5 * x * x
+        bound = np.where(live, bound, -np.inf).max(axis=1) + math.log(k)
+        log_m = np.full(s.shape[0], -np.inf)
+        need = np.nonzero(bound >= c_late)[0]
+        if need.size:
+            terms = log_pi[need] + log_mixture_e(rest_s[need], rest_v[need], rho_late[need, None])
+            terms = np.where(live[need], terms, -np.inf)
+            top = terms.max(axis=1)
+            safe_top = np.where(np.isfinite(top), top, 0.0)
+            log_m[need] = np.where(
+                np.isfinite(top), safe_top + np.log(np.exp(terms - safe_top[:, None]).sum(axis=1)), -np.inf
+            )
+    return log_m
+
+
+def _unit_variance(u: Array, n: Array, total: Array) -> Array:
+    """seqtest.unit_variance for a ratio metric, elementwise: u = (U, Σy_u, Σy_u², Σn_u², Σy_u·n_u); nan where
+    there are fewer than 2 units."""
+    import numpy as np
+
+    units, y, yy, nn, yn = u
+    with np.errstate(divide="ignore", invalid="ignore"):
+        s_yy = (yy - y * y / units) / (units - 1.0)
+        r = total / n
+        s_nn = (nn - n * n / units) / (units - 1.0)
+        s_yn = (yn - y * n / units) / (units - 1.0)
+        nbar = n / units
+        var = np.maximum(0.0, s_yy - 2.0 * r * s_yn + r * r * s_nn) / (units * nbar * nbar)
+    return np.where((units >= 2.0) & (n > 0.0), var, np.nan)
 
 
 def threshold_rule(

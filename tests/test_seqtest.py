@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -141,6 +142,25 @@ def test_dispersion_is_learnt_from_the_windows() -> None:
     assert 5.5 < result.dispersion < 10.5
     _state, textbook = feed([(1000.0, float(x), 1000.0, float(y)) for x, y in rng.poisson(10, (400, 2))])
     assert textbook.dispersion < 1.3
+
+
+def test_a_configured_dispersion_is_a_floor_under_the_estimate() -> None:
+    """The guardrail's `dispersion` option: D̂ never goes below what the user knows the traffic has, and the
+    same data then gives a weaker e-value (a larger p)."""
+    windows = [(1000.0, 10.0, 1000.0, 16.0)] * 10
+    cum, state, floored = np.zeros(4), SeqState(), SeqState()
+    result = known = None
+    for k, window in enumerate(windows, start=1):
+        cum += window
+        n_c, x_c, n_t, x_t = (float(x) for x in cum)
+        args = (Sums(n_c, x_c, x_c), Sums(n_t, x_t, x_t))
+        state, result = seqtest.step(state, *args, minutes=2.0 * k, settings=settings(), proportion=True)
+        floored, known = seqtest.step(
+            floored, *args, minutes=2.0 * k, settings=replace(settings(), min_dispersion=6.0), proportion=True
+        )
+    assert result is not None and known is not None
+    assert result.dispersion < 6.0 and known.dispersion == 6.0
+    assert known.p_value > result.p_value
 
 
 def test_monte_carlo_gaussian_increments_obey_ville() -> None:
