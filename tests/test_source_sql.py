@@ -12,6 +12,7 @@ from datetime import timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from guardrail.model import Aggregate, AggregateKey
@@ -252,3 +253,21 @@ def test_the_hourly_rollup_recipe_gives_the_raw_queries_numbers(engine: tuple[st
     plan = d.plan(["error_rate"], "60m", d.END)  # 11:00 to 12:00: whole hours
     want, got = fetch(raw, plan), fetch(rolled, plan)
     assert got == want and all(a.usable and a.units for a in got.values())
+
+
+def test_exposures_template_counts_each_arms_units_for_the_sample_ratio_check(
+    engine: tuple[str, str, dict[str, str]], data: d.Tables
+) -> None:
+    """examples/sql/exposures.sql: the distinct units first exposed in the window, per arm, as numpy counts them."""
+    dialect, url, env = engine
+    src = source(url, env, {"exposures": d.template("exposures", dialect)})
+    end, start = d.END.replace(tzinfo=timezone.utc), d.START - timedelta(minutes=1)  # exposed just before START
+    got = fetch(src, d.plan(("exposures",), "61m", end))
+    ex = data.exposures
+    lo, hi = np.datetime64(start, "us"), np.datetime64(d.END, "us")
+    inside = (ex["exposed_at"] >= lo) & (ex["exposed_at"] < hi)
+    for (flag, variant, _m, _w), agg in got.items():
+        mine = inside & (ex["flag"] == flag) & (ex["variant"] == variant)
+        want = len(set(ex["unit_id"][mine].tolist()))
+        assert agg.error is None and agg.count == want and agg.value == want, (flag, variant)
+    assert all(agg.count for agg in got.values())  # every arm has units: the check is not vacuous

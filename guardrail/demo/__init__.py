@@ -38,6 +38,7 @@ QUERIES = {
     "error_rate": "error_rate.sql",
     "p95_latency_ms": "p95_latency_ms.duckdb.sql",
     "conversion_rate": "conversion_rate.sql",
+    "exposures": "exposures.sql",  # the sample-ratio check's unit counts
 }
 
 
