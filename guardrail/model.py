@@ -190,7 +190,7 @@ DEFAULT_ALPHA = 0.05
 SINCE_START = "since_start"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Guardrail:
     """One metric a treatment must not harm, and how to judge harm."""
 
@@ -231,7 +231,7 @@ DEFAULT_SRM_METRIC = "exposures"
 DEFAULT_SRM_ALPHA = 0.001
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RampSpec:
     """`guardrail.ramp.*` metadata: treatment shares (whole percents, increasing) and how to advance."""
 
@@ -247,7 +247,7 @@ class RampSpec:
         return max(1, len(self.steps) - 1)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SrmSpec:
     """`guardrail.srm.*` metadata: the sample-ratio-mismatch gate (guardrail/srm.py)."""
 
@@ -257,7 +257,7 @@ class SrmSpec:
     enabled: bool = True
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Flag:
     """A flag definition as guardrail sees it. `definition` is the raw flagd definition."""
 
@@ -280,7 +280,7 @@ class Flag:
     split: Mapping[str, float] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class FlagProblem:
     """A flag that could not be read into the model; the other flags still run."""
 
@@ -295,7 +295,7 @@ class FlagProblem:
         return str(GuardrailError(self.message, source=self.source, flag=self.flag, field=self.field, line=self.line))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class MetricQuery:
     """One aggregate to fetch. `end` is pinned once per run so both arms cover the same window."""
 
@@ -306,7 +306,7 @@ class MetricQuery:
     end: datetime
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Aggregate:
     """A metric's aggregate for one variant over one window, or the reason there is none.
 
@@ -358,7 +358,7 @@ class Aggregate:
 AggregateKey = tuple[str, str, str, str]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Evaluation:
     """The verdict on one guardrail for one treatment variant in one run."""
 
@@ -422,7 +422,7 @@ class HaltOutcome:
 # ---- state (the engine's memory between runs) -------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Streak:
     count: int = 0
     last_breach_at: datetime | None = None
@@ -464,7 +464,7 @@ class RampState:
     last: Mapping[str, Any] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class FlagState:
     first_seen_enabled: datetime | None = None
     streaks: Mapping[str, Streak] = field(default_factory=dict)

@@ -119,9 +119,14 @@ class SqlSource:
         elif self.dialect == "duckdb" and url.database not in (None, "", ":memory:"):
             # A DuckDB file admits one writer process; guardrail only reads, and must not lock out the loader.
             connect_args["read_only"] = True
-        self.engine = create_engine(
-            url, connect_args=connect_args, pool_size=config.concurrency, max_overflow=0, pool_pre_ping=False
-        )
+        pool: dict[str, Any] = {"pool_size": config.concurrency, "max_overflow": 0}
+        if url.database in (None, "", ":memory:"):
+            # An in-memory database (DuckDB over Parquet files, SQLite) gets SQLAlchemy's per-thread pool, which
+            # takes no size; a connection per statement is what that needs (each reads the files itself).
+            from sqlalchemy.pool import NullPool
+
+            pool = {"poolclass": NullPool}
+        self.engine = create_engine(url, connect_args=connect_args, pool_pre_ping=False, **pool)
 
     def _url(self) -> Any:
         from sqlalchemy.engine import make_url
