@@ -31,8 +31,10 @@ from guardrail.adapters import ConfigContext, Plugin, Runtime
 from guardrail.model import Aggregate, AggregateKey, FailureKind, GuardrailError, MetricQuery
 from guardrail.sources.sql_config import GRACE, SqlConfig, parse_sql_config
 from guardrail.sources.sql_rows import Rows, aggregates_from_rows
+from guardrail.sources.sql_windows import batches, uses_windows, with_windows
 
 T = TypeVar("T")
+PER_FLAG = "per-flag windows"  # the window of a statement whose template joins guardrail_windows
 __all__ = ["SqlConfig", "SqlSource", "naive_utc", "parse_sql_config", "window_bounds"]
 
 
@@ -142,7 +144,7 @@ class SqlSource:
             text = text.replace(secret, "***")
         return text
 
-    def _execute(self, sql: str, start: datetime, end: datetime, handle: dict[str, Any], limit: int) -> Rows:
+    def _execute(self, sql: str, params: Mapping[str, Any], handle: dict[str, Any], limit: int) -> Rows:
         """Blocking: one statement on a pooled connection. Runs on a daemon thread."""
         from sqlalchemy import text
         from sqlalchemy.exc import DBAPIError, SQLAlchemyError
@@ -161,9 +163,14 @@ class SqlSource:
                     timer = threading.Timer(self.config.timeout, interrupt)
                     timer.daemon = True
                     timer.start()
-                result = conn.execute(text(sql), {"start": start, "end": end})
+                result = conn.execute(text(sql), dict(params))
                 columns = [str(c).lower() for c in result.keys()]  # noqa: SIM118 (iterating gives rows)
-                rows = result.fetchmany(limit + 1)
+                # Row by row into plain tuples: a fetchmany() list beside its tuple copy held the result twice.
+                rows: list[tuple[Any, ...]] = []
+                for row in result:
+                    rows.append(tuple(row))
+                    if len(rows) > limit:
+                        break
                 result.close()
                 conn.rollback()
         except DBAPIError as exc:
@@ -178,7 +185,7 @@ class SqlSource:
                 f"returned more than {limit:,} rows: one row per (flag, variant) is expected (GROUP BY flag, variant)",
                 FailureKind.BAD_ANSWER,
             )
-        return Rows(columns=columns, rows=[tuple(r) for r in rows])
+        return Rows(columns=columns, rows=rows)
 
     def _db_message(self, exc: Any, handle: Mapping[str, Any]) -> tuple[str, FailureKind]:
         """The database's own words (password scrubbed), and what kind of failure they describe."""
@@ -221,16 +228,24 @@ class SqlSource:
         sql = self.config.queries.get(metric)
         if sql is None:
             return every(f"no SQL configured for metric {metric!r} in metrics.queries", FailureKind.NOT_FOUND)
+        params: dict[str, Any]
         try:
-            start, stop = window_bounds(window, end)
+            if window == PER_FLAG:
+                # One row of guardrail_windows per flag of the statement (batches keep it one window a flag).
+                starts = {q.flag: window_bounds(q.window, end)[0] for _key, q in items}
+                sql, params = with_windows(sql, sorted(starts.items()), naive_utc(end))
+            else:
+                start, stop = window_bounds(window, end)
+                params = {"start": start, "end": stop}
         except ValueError:
-            return every(f"window {window!r} is not a duration such as 5m", FailureKind.INTERNAL)
+            bad = sorted({q.window for _key, q in items})
+            return every(f"window {bad[0]!r} is not a duration such as 5m", FailureKind.INTERNAL)
         handle: dict[str, Any] = {}
         limit = max(100_000, 10 * len(items))
         self.statements += 1
         try:
             rows = await in_thread(
-                lambda: self._execute(sql, start, stop, handle, limit),
+                lambda: self._execute(sql, params, handle, limit),
                 deadline=self.config.timeout + GRACE,
                 on_timeout=lambda: self._cancel(handle),
             )
@@ -250,8 +265,18 @@ class SqlSource:
         """Every aggregate of the plan: one statement per (metric, window, end), at most `concurrency` at once,
         all within `total_timeout`. Never raises for database or data errors."""
         groups: dict[tuple[str, str, datetime], list[tuple[AggregateKey, MetricQuery]]] = defaultdict(list)
+        per_flag: dict[tuple[str, datetime], list[tuple[tuple[AggregateKey, MetricQuery], str, str]]] = defaultdict(
+            list
+        )
         for key, q in plan:
-            groups[(q.metric, q.window, q.end)].append((key, q))
+            if uses_windows(self.config.queries.get(q.metric, "")):
+                per_flag[(q.metric, q.end)].append(((key, q), q.flag, q.window))
+            else:
+                groups[(q.metric, q.window, q.end)].append((key, q))
+        # A template that joins guardrail_windows answers every flag's own window in one statement.
+        specs: list[tuple[tuple[str, str, datetime], list[tuple[AggregateKey, MetricQuery]]]] = list(groups.items())
+        for (metric, end), triples in per_flag.items():
+            specs += [((metric, PER_FLAG, end), batch) for batch in batches(triples)]
         results: dict[AggregateKey, Aggregate] = {}
         gate = asyncio.Semaphore(self.config.concurrency)
 
@@ -263,7 +288,7 @@ class SqlSource:
                     failed = Aggregate.missing(f"sql source failed: {type(exc).__name__}", FailureKind.INTERNAL)
                     results.update({k: failed for k, _ in items})
 
-        tasks = [asyncio.ensure_future(one(spec, items)) for spec, items in groups.items()]
+        tasks = [asyncio.ensure_future(one(spec, items)) for spec, items in specs]
         if tasks:
             _done, pending = await asyncio.wait(tasks, timeout=self.config.total_timeout)
             for task in pending:
