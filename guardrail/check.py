@@ -23,10 +23,13 @@ import httpx
 from guardrail import alert, audit, engine, halts, ramp_run, world
 from guardrail.adapters import Runtime
 from guardrail.alert import AlertOutcome
+from guardrail.cadence import cadence
 from guardrail.config import parse_flags
 from guardrail.flags.base import FlagBackend
 from guardrail.http import RetryPolicy, make_client, run_budget
 from guardrail.model import (
+    Cadence,
+    Decision,
     FailureKind,
     Flag,
     FlagProblem,
@@ -162,12 +165,20 @@ class Run:
 
         state = await self._finish_earlier_halts(state, backend, by_key, runtime)
 
-        source = self.settings.metrics.create(runtime)
-        try:
-            aggregates = await fetch_plan(source, engine.plan_queries(flags, state, self.now))
-        finally:
-            await source.aclose()
-        decision = engine.decide(flags, aggregates, state, self.now)
+        looks = self._cadence(state)
+        if looks is not None and not looks.due:
+            # Not due (metrics.every): nothing asked, nothing decided, no flag's state touched; the run
+            # itself still counts (last_run_at), so the monitor is not stale.
+            decision = Decision(evaluations=(), halts=(), state=state)
+        else:
+            source = self.settings.metrics.create(runtime)
+            try:
+                aggregates = await fetch_plan(source, engine.plan_queries(flags, state, self.now))
+            finally:
+                await source.aclose()
+            decision = engine.decide(flags, aggregates, state, self.now)
+            if looks is not None:  # the engine's state knows flags only; the look is this shell's to keep
+                decision = replace(decision, state=replace(decision.state, metrics_looked_at=self.now))
         halting = {h.flag for h in decision.halts}
         # A dry run writes no audit log, so it builds no records: ~8 MB of dicts at 2,000 flags.
         for e in () if self.dry_run else decision.evaluations:
@@ -222,7 +233,13 @@ class Run:
             ramps=tuple(ramps),
             srm=decision.srm,
             records=tuple(self.audit_lines),
+            cadence=looks,
         )
+
+    def _cadence(self, state: State) -> Cadence | None:
+        if self.settings.metrics_every is None:
+            return None
+        return cadence(self.settings.metrics_every, state.metrics_looked_at, self.now)
 
     def _report_link(self, key: str) -> str | None:
         if not self.settings.report_base_url:

@@ -483,6 +483,18 @@ class FlagState:
 class State:
     flags: Mapping[str, FlagState] = field(default_factory=dict)
     last_run_at: datetime | None = None
+    # The last run that looked at the metrics, when `metrics.every` sets a longer cadence (guardrail/cadence.py).
+    metrics_looked_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Cadence:
+    """`metrics.every`: whether this run looks at the metrics, and when it last and next does."""
+
+    every_minutes: float
+    due: bool
+    last_look_at: datetime | None
+    next_look_at: datetime | None  # the earliest run that is due again
 
 
 @dataclass(frozen=True)
@@ -598,6 +610,7 @@ class RunResult:
     ramps: tuple[RampResult, ...] = ()
     srm: tuple[SrmResult, ...] = ()
     records: tuple[Mapping[str, Any], ...] = ()  # the audit lines this run wrote (redacted), for the report
+    cadence: Cadence | None = None  # set when `metrics.every` is configured
 
     @property
     def exit_code(self) -> ExitCode:

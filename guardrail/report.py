@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from guardrail import codec
+from guardrail.cadence import not_due_message
 from guardrail.codec import format_time
 from guardrail.model import Aggregate, Evaluation, HaltResultStatus, RampResultStatus, RunResult
 
@@ -81,6 +82,15 @@ def to_json(result: RunResult) -> dict[str, Any]:
             }
             for r in result.srm
         ],
+        # Present when `metrics.every` is set: whether this run looked at the metrics (docs/sql.md).
+        "cadence": None
+        if result.cadence is None
+        else {
+            "every_minutes": result.cadence.every_minutes,
+            "due": result.cadence.due,
+            "last_look_at": format_time(result.cadence.last_look_at) if result.cadence.last_look_at else None,
+            "next_look_at": format_time(result.cadence.next_look_at) if result.cadence.next_look_at else None,
+        },
     }
 
 
@@ -199,7 +209,9 @@ def text_lines(result: RunResult) -> Iterator[str]:
     the joined text at once was the largest peak of a 10,000-flag run (~40 MB of strings, docs/performance.md).
     """
     yield f"guardrail check at {format_time(result.now)}{' (dry run)' if result.dry_run else ''}"
-    if not result.evaluations:
+    if result.cadence is not None and not result.cadence.due:
+        yield not_due_message(result.cadence)
+    elif not result.evaluations:
         yield "no guardrails evaluated"
     else:
         widths = [len(c) for c in COLUMNS]
@@ -217,6 +229,8 @@ def to_text(result: RunResult) -> str:
 def print_rich(result: RunResult, console: Any) -> None:
     from rich.table import Table
 
+    if result.cadence is not None and not result.cadence.due:
+        console.print(not_due_message(result.cadence), markup=False, highlight=False)
     table = Table(title=f"guardrail check {format_time(result.now)}{' (dry run)' if result.dry_run else ''}")
     for column in COLUMNS:
         table.add_column(column, justify="right" if column in ("control", "treatment", "delta") else "left")

@@ -12,7 +12,7 @@ from typing import Any
 from guardrail.model import GuardrailError
 from guardrail.sources.sql_windows import uses_windows
 
-SECTION_KEYS = ("source", "url", "password_env", "timeout", "total_timeout", "concurrency", "queries")
+SECTION_KEYS = ("source", "url", "password_env", "timeout", "total_timeout", "concurrency", "queries", "every")
 BIND_NAMES = frozenset({"start", "end"})
 DEFAULT_TIMEOUT = 60.0
 DEFAULT_CONCURRENCY = 2
