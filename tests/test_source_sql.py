@@ -252,3 +252,15 @@ def test_the_hourly_rollup_recipe_gives_the_raw_queries_numbers(engine: tuple[st
     plan = d.plan(["error_rate"], "60m", d.END)  # 11:00 to 12:00: whole hours
     want, got = fetch(raw, plan), fetch(rolled, plan)
     assert got == want and all(a.usable and a.units for a in got.values())
+
+
+def test_an_in_memory_duckdb_reads_files_in_its_queries(tmp_path: Path) -> None:
+    """docs/sql.md's Parquet recipe: `duckdb:///:memory:` (SQLAlchemy's per-thread pool takes no size)."""
+    import duckdb
+
+    parquet = tmp_path / "arms.parquet"
+    duckdb.sql("SELECT 'f' AS flag, 'control' AS variant, 0.25 AS value, 40 AS count").write_parquet(str(parquet))
+    query = f"SELECT * FROM read_parquet('{parquet}') WHERE CAST(:start AS TIMESTAMP) < CAST(:end AS TIMESTAMP)"
+    src = source("duckdb:///:memory:", {}, {"m": query}, concurrency=2)
+    got = fetch(src, d.plan(["m"], "5m", d.END, [("f", "control")]))
+    assert got[("f", "control", "m", "5m")] == Aggregate(value=0.25, count=40)
