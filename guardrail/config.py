@@ -32,6 +32,7 @@ from guardrail.model import (
     MetricKind,
     Severity,
 )
+from guardrail.schema_fast import certainly_valid
 from guardrail.split import read_split
 
 if TYPE_CHECKING:
@@ -221,6 +222,8 @@ def _schema_errors(document: Mapping[str, Any], fields: Mapping[str, str]) -> li
         problems.append((spot, f"must be a finite number, got {number}"))
     if problems:
         return problems
+    if certainly_valid(document):  # the common case, without jsonschema's per-keyword machinery
+        return []
     for err in sorted(_validator().iter_errors(document), key=lambda e: list(e.absolute_path)):
         path = "/".join(str(p) for p in err.absolute_path)
         place = fields.get(path)
