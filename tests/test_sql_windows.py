@@ -4,6 +4,7 @@ PostgreSQL, giving exactly what one `:start`/`:end` statement per window gives."
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -118,3 +119,39 @@ def test_a_windowed_template_needs_no_start_or_end_but_a_plain_one_does() -> Non
     with pytest.raises(GuardrailError, match="join guardrail_windows") as caught:
         parse_sql_config({**section, "queries": {"m": "SELECT 1 AS flag"}}, {}, source="c.yaml")
     assert caught.value.field == "metrics.queries.m"
+
+
+def test_postgres_and_duckdb_get_two_bound_arrays_however_many_flags() -> None:
+    at = datetime(2026, 1, 1, 12, 0)
+    windows = [(f"flag-{i}", at - timedelta(minutes=i)) for i in range(20_000)]
+    sql, params = with_windows("SELECT * FROM guardrail_windows", windows, at, dialect="postgresql")
+    assert sql.startswith("WITH guardrail_windows (flag, start_ts, end_ts) AS (SELECT unnest(CAST(:gw_flags AS")
+    assert len(sql) < 300 and set(params) == {"start", "end", "gw_flags", "gw_starts"}
+    assert params["gw_flags"][-1] == "flag-19999" and params["start"] == at - timedelta(minutes=19_999)
+
+
+def test_other_engines_get_a_values_list_sqlite_among_them(tmp_path: Path) -> None:
+    """SQLite: no arrays, times kept as text (so no casts); the windows still pick each flag's own rows."""
+    import sqlalchemy
+
+    url = f"sqlite:///{tmp_path / 'w.db'}"
+    engine_ = sqlalchemy.create_engine(url)
+    with engine_.begin() as conn:
+        conn.execute(sqlalchemy.text("CREATE TABLE t (flag VARCHAR, ts TIMESTAMP)"))
+        for flag, minutes in (("a", 5), ("a", 20), ("b", 5), ("b", 20), ("b", 40)):
+            conn.execute(
+                sqlalchemy.text("INSERT INTO t VALUES (:f, :ts)"), {"f": flag, "ts": d.END - timedelta(minutes=minutes)}
+            )
+    engine_.dispose()
+    query = (
+        "SELECT w.flag, 'control' AS variant, 1.0 AS value, COUNT(t.ts) AS count FROM guardrail_windows w "
+        "LEFT JOIN t ON t.flag = w.flag AND t.ts >= w.start_ts AND t.ts < w.end_ts GROUP BY w.flag"
+    )
+    src = source(url, {}, {"m": query})
+    plan = [
+        ((flag, "control", "m", SINCE_START), MetricQuery(flag, "control", "m", f"{minutes}m", d.END))
+        for flag, minutes in (("a", 10), ("b", 30))
+    ]
+    got = fetch(src, plan)
+    assert src.statements == 1
+    assert got[("a", "control", "m", SINCE_START)].count == 1 and got[("b", "control", "m", SINCE_START)].count == 2

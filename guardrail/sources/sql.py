@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import sys
 import threading
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
@@ -31,7 +32,7 @@ from guardrail.adapters import ConfigContext, Plugin, Runtime
 from guardrail.model import Aggregate, AggregateKey, FailureKind, GuardrailError, MetricQuery
 from guardrail.sources.sql_config import GRACE, SqlConfig, parse_sql_config
 from guardrail.sources.sql_rows import Rows, aggregates_from_rows
-from guardrail.sources.sql_windows import batches, uses_windows, with_windows
+from guardrail.sources.sql_windows import ARRAY_DIALECTS, MAX_FLAGS, batches, uses_windows, with_windows
 
 T = TypeVar("T")
 PER_FLAG = "per-flag windows"  # the window of a statement whose template joins guardrail_windows
@@ -233,7 +234,7 @@ class SqlSource:
             if window == PER_FLAG:
                 # One row of guardrail_windows per flag of the statement (batches keep it one window a flag).
                 starts = {q.flag: window_bounds(q.window, end)[0] for _key, q in items}
-                sql, params = with_windows(sql, sorted(starts.items()), naive_utc(end))
+                sql, params = with_windows(sql, sorted(starts.items()), naive_utc(end), dialect=self.dialect)
             else:
                 start, stop = window_bounds(window, end)
                 params = {"start": start, "end": stop}
@@ -276,7 +277,8 @@ class SqlSource:
         # A template that joins guardrail_windows answers every flag's own window in one statement.
         specs: list[tuple[tuple[str, str, datetime], list[tuple[AggregateKey, MetricQuery]]]] = list(groups.items())
         for (metric, end), triples in per_flag.items():
-            specs += [((metric, PER_FLAG, end), batch) for batch in batches(triples)]
+            limit = sys.maxsize if self.dialect in ARRAY_DIALECTS else MAX_FLAGS
+            specs += [((metric, PER_FLAG, end), batch) for batch in batches(triples, limit)]
         results: dict[AggregateKey, Aggregate] = {}
         gate = asyncio.Semaphore(self.config.concurrency)
 
