@@ -412,9 +412,10 @@ def parse_flags(
                 )
             )
             continue
-        flag, found = parse_flag(
-            key, definition, source=source, line=(lines or {}).get(key), defaults=defaults, rules=rules
-        )
+        flag, found = parse_flag(key, definition, source=source, defaults=defaults, rules=rules)
+        if found and lines is not None:  # looked up only for a flag with problems: finding lines reads the whole file
+            line = lines.get(key)
+            found = [replace(p, line=line) if p.line is None else p for p in found]
         problems.extend(found)
         if flag is not None:
             flags.append(flag)

@@ -269,8 +269,9 @@ class SqlSource:
         per_flag: dict[tuple[str, datetime], list[tuple[tuple[AggregateKey, MetricQuery], str, str]]] = defaultdict(
             list
         )
+        windowed = {metric for metric, sql in self.config.queries.items() if uses_windows(sql)}
         for key, q in plan:
-            if uses_windows(self.config.queries.get(q.metric, "")):
+            if q.metric in windowed:
                 per_flag[(q.metric, q.end)].append(((key, q), q.flag, q.window))
             else:
                 groups[(q.metric, q.window, q.end)].append((key, q))
