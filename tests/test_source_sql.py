@@ -264,3 +264,14 @@ def test_an_in_memory_duckdb_reads_files_in_its_queries(tmp_path: Path) -> None:
     src = source("duckdb:///:memory:", {}, {"m": query}, concurrency=2)
     got = fetch(src, d.plan(["m"], "5m", d.END, [("f", "control")]))
     assert got[("f", "control", "m", "5m")] == Aggregate(value=0.25, count=40)
+
+
+def test_duckdb_settings_ride_on_the_url() -> None:
+    """docs/sql.md: `?memory_limit=...&threads=...` bounds what the embedded database may take."""
+    query = (
+        "SELECT 'f' AS flag, 'control' AS variant, CAST(current_setting('threads') AS DOUBLE) AS value, "
+        "1 AS count WHERE CAST(:start AS TIMESTAMP) < CAST(:end AS TIMESTAMP)"
+    )
+    src = source("duckdb:///:memory:?memory_limit=300MB&threads=1", {}, {"m": query})
+    got = fetch(src, d.plan(["m"], "5m", d.END, [("f", "control")]))
+    assert got[("f", "control", "m", "5m")].value == 1.0
