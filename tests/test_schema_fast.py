@@ -9,8 +9,8 @@ from typing import Any
 from guardrail.config import _validator, schema
 from guardrail.schema_fast import certainly_valid
 
-OPTIONS = ("metric", "comparison", "threshold", "min_count", "confirmations", "max_gap_minutes", "window")
-OPTIONS += ("method", "alpha", "kind", "tuning_n")
+OPTIONS: tuple[str, ...] = ("metric", "comparison", "threshold", "min_count", "confirmations", "max_gap_minutes")
+OPTIONS += ("window", "method", "alpha", "kind", "tuning_n")
 ODD: list[Any] = [None, True, False, 0, -1, 0.0, 5.0, 1e13, 1e16, "", "x", "a b", "é" * 201, "5m\n", "0m", [], {}]
 ODD += ["sequential", "relative_increase", 0.5, 0.6, 100, 101, 525601, "2026-13-01T00:00:00Z", "2026-01-01"]
 ODD += ["2026-01-01T00:00:00Z", "2026-02-30T00:00:00+01:00", 1e12, 10**12, 10**12 + 1, "ab", "proportion", 3]
