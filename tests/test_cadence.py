@@ -111,3 +111,20 @@ def test_the_last_look_round_trips_and_old_state_files_load() -> None:
     assert from_dict(old).metrics_looked_at is None
     with pytest.raises(TypeError):
         from_dict({**old, "metrics_looked_at": 5})
+
+
+@pytest.mark.parametrize(
+    "metrics",
+    [
+        {
+            "source": "prometheus",
+            "url": "http://127.0.0.1:9090",
+            "queries": {"m": {"value": "sum by (flag, variant) (x)", "count": "sum by (flag, variant) (y)"}},
+        },
+        {"source": "http", "url": "http://127.0.0.1:8080"},
+    ],
+)
+def test_every_is_an_option_of_every_source(tmp_path: Path, metrics: dict[str, object]) -> None:
+    config = tmp_path / "guardrail.yaml"
+    config.write_text(yaml.safe_dump({"metrics": {**metrics, "every": "1h"}}))
+    assert load_settings(config=config, env={}).metrics_every == 60.0
