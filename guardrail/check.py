@@ -177,8 +177,11 @@ class Run:
             finally:
                 await source.aclose()
             decision = engine.decide(flags, aggregates, state, self.now)
-            if looks is not None:  # the engine's state knows flags only; the look is this shell's to keep
-                decision = replace(decision, state=replace(decision.state, metrics_looked_at=self.now))
+            # The engine's state knows flags only; the look is this shell's to keep (a run of `--only` some
+            # flags, which looks whenever asked, leaves the fleet's last look as it was).
+            looked = self.now if looks is not None else state.metrics_looked_at
+            if looked is not None:
+                decision = replace(decision, state=replace(decision.state, metrics_looked_at=looked))
         halting = {h.flag for h in decision.halts}
         # A dry run writes no audit log, so it builds no records: ~8 MB of dicts at 2,000 flags.
         for e in () if self.dry_run else decision.evaluations:
@@ -237,7 +240,8 @@ class Run:
         )
 
     def _cadence(self, state: State) -> Cadence | None:
-        if self.settings.metrics_every is None:
+        """None: look now. A person asking for `--only` some flags gets them looked at, due or not."""
+        if self.settings.metrics_every is None or self.only:
             return None
         return cadence(self.settings.metrics_every, state.metrics_looked_at, self.now)
 

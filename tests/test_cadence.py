@@ -71,6 +71,13 @@ def test_not_due_runs_ask_nothing_and_change_no_flag_state(tmp_path: Path, wareh
         assert not status.stale
         assert "last metrics look: 2026-11-25T12:00:00Z" in to_text(status)
 
+    # A person asking for one flag by name gets it looked at, due or not; the fleet's last look stays.
+    (tmp_path / "away.duckdb").rename(db)
+    asked = run_check(settings, now=T1 + timedelta(minutes=8), only=[d.HEALTHY])
+    assert asked.cadence is None and {e.flag for e in asked.evaluations} == {d.HEALTHY}
+    db.rename(tmp_path / "away.duckdb")
+    assert store.load().metrics_looked_at == T1
+
     # Nine minutes after the last look the next run is due: it looks, and the second breach halts.
     (tmp_path / "away.duckdb").rename(db)
     due = run_check(settings, now=T1 + timedelta(minutes=9))
