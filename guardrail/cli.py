@@ -291,8 +291,8 @@ def demo(
     state: StateOpt = None,
 ) -> None:
     """Run the whole halt loop with nothing to set up: metrics from SQL over a DuckDB warehouse the demo
-    generates, flags and alerts on the built-in fake API. A treatment breaches its error-rate guardrail
-    twice and is halted."""
+    generates, flags and alerts on the built-in fake API. A treatment breaches its error-rate guardrail and
+    is halted on the first look; a healthy one passes."""
     from guardrail.demo import run_demo
 
     raise typer.Exit(run_demo(state_dir=state))
@@ -393,10 +393,26 @@ def simulate(
     runs: Annotated[int, typer.Option("--runs", min=1, help="Experiments per scenario.")] = 200,
     seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 1,
     alpha: Annotated[float, typer.Option("--alpha", help="Sequential test's alpha.")] = 0.05,
-    confirmations: Annotated[int, typer.Option("--confirmations", min=1, help="Consecutive breaching looks.")] = 2,
+    confirmations: Annotated[
+        int, typer.Option("--confirmations", min=1, help="Consecutive breaching looks (sequential; threshold uses 2).")
+    ] = 1,
     method: MethodOpt = ["threshold", "sequential"],  # noqa: B006
     as_json: JsonOpt = False,
-    markdown: Annotated[bool, typer.Option("--markdown", help="Print a Markdown table.")] = False,
+    markdown: Annotated[bool, typer.Option("--markdown", help="Print a Markdown table (for the README).")] = False,
+    run_suite: Annotated[
+        bool,
+        typer.Option(
+            "--suite",
+            help="The production-like table of docs/statistics.md "
+            "(clustered, ramp, rare, late onset, arms x metrics, cron).",
+        ),
+    ] = False,
+    dispersion: Annotated[
+        float,
+        typer.Option(
+            "--dispersion", help="Events clustered by user: D times the binomial variance per 2-minute block."
+        ),
+    ] = 1.0,
     scenario: Annotated[
         str,
         typer.Option(
@@ -449,6 +465,8 @@ def simulate(
             methods=method,
             as_json=as_json,
             markdown=markdown,
+            run_suite=run_suite,
+            dispersion=dispersion,
         )
     )
 

@@ -10,10 +10,11 @@ from __future__ import annotations
 import enum
 import json
 import math
+from collections.abc import Mapping
 from datetime import date, datetime, timezone
 from typing import Any
 
-from guardrail.model import Aggregate, Evaluation
+from guardrail.model import Aggregate, Evaluation, SeqState
 
 
 def format_time(dt: datetime) -> str:
@@ -105,3 +106,49 @@ def clean(value: Any) -> Any:
 
 def dumps(doc: Any, *, indent: int | None = None, sort_keys: bool = False) -> str:
     return json.dumps(clean(doc), allow_nan=False, default=_default, indent=indent, sort_keys=sort_keys)
+
+
+# ---- the sequential test's state (state file version 2) ----
+
+
+def seq_to_dict(q: SeqState) -> dict[str, Any]:
+    return {
+        "last_control": None if q.last_control is None else list(q.last_control),
+        "last_treatment": None if q.last_treatment is None else list(q.last_treatment),
+        "s": q.s,
+        "v": q.v,
+        "w": q.w,
+        "windows": q.windows,
+        "r2": q.r2,
+        "v_per_unit": q.v_per_unit,
+        "minutes_per_unit": q.minutes_per_unit,
+        "restarts": [list(r) for r in q.restarts],
+        "last_at_minutes": q.last_at_minutes,
+    }
+
+
+def _triple(value: Any) -> tuple[float, float, float] | None:
+    if value is None:
+        return None
+    a, b, c = (float(x) for x in value)
+    return a, b, c
+
+
+def _optional(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def seq_from_dict(d: Mapping[str, Any]) -> SeqState:
+    return SeqState(
+        last_control=_triple(d.get("last_control")),
+        last_treatment=_triple(d.get("last_treatment")),
+        s=float(d.get("s", 0.0)),
+        v=float(d.get("v", 0.0)),
+        w=float(d.get("w", 0.0)),
+        windows=int(d.get("windows", 0)),
+        r2=float(d.get("r2", 0.0)),
+        v_per_unit=_optional(d.get("v_per_unit")),
+        minutes_per_unit=_optional(d.get("minutes_per_unit")),
+        restarts=tuple((int(j), float(s), float(v)) for j, s, v in (d.get("restarts") or [])),
+        last_at_minutes=_optional(d.get("last_at_minutes")),
+    )

@@ -23,6 +23,8 @@ from guardrail import ramp_config
 from guardrail.codec import format_time as format_time
 from guardrail.codec import parse_time as parse_time
 from guardrail.model import (
+    DEFAULT_CONFIRMATIONS,
+    SEQUENTIAL_CONFIRMATIONS,
     Comparison,
     ExperimentType,
     Flag,
@@ -50,6 +52,7 @@ GUARDRAIL_OPTIONS = (
     "alpha",
     "kind",
     "tuning_n",
+    "dispersion",
 )
 # Fractional split operators: `fractional` is flagd's name today; `fractionalEvaluation` is the legacy one
 # older files use (flagd's evaluator no longer knows it; `guardrail validate` reports it).
@@ -333,23 +336,41 @@ def parse_flag(
     except (ValueError, OverflowError) as exc:
         return None, [problem("metadata.started_at", f"not an RFC 3339 time: {exc}")]
 
-    guardrails = []
+    guardrails: list[Guardrail] = []
     for options_of in raw_guardrails:
         g = Guardrail(
             metric=options_of["metric"],
             comparison=Comparison(options_of["comparison"]),
             threshold=float(options_of["threshold"]),
         )
+        kind = MetricKind(options_of["kind"]) if "kind" in options_of else infer_kind(g.metric)
+        # Sequential by default; a quantile has no variance to test, so it keeps the threshold rule unless
+        # the user asks for sequential, which is an error (docs/statistics.md: test a bucket share instead).
+        default_method = Method.THRESHOLD if kind is MetricKind.QUANTILE else Method.SEQUENTIAL
+        method = Method(options_of.get("method", default_method.value))
+        if kind is MetricKind.QUANTILE and method is Method.SEQUENTIAL:
+            where = merged.fields.get(f"guardrails/{len(guardrails)}/method", f"metadata.guardrail.{g.metric}.method")
+            return None, [
+                problem(
+                    where,
+                    "a quantile metric has no variance for the sequential test; guard the "
+                    "share of events above a bucket boundary instead (kind: proportion), or use "
+                    "method: threshold",
+                )
+            ]
+        # An always-valid test already controls its error: one breaching look halts unless asked otherwise.
+        default_confirmations = SEQUENTIAL_CONFIRMATIONS if method is Method.SEQUENTIAL else DEFAULT_CONFIRMATIONS
         g = replace(
             g,
             min_count=int(options_of.get("min_count", g.min_count)),
-            confirmations=int(options_of.get("confirmations", g.confirmations)),
+            confirmations=int(options_of.get("confirmations", default_confirmations)),
             max_gap_minutes=float(options_of.get("max_gap_minutes", g.max_gap_minutes)),
             window=str(options_of.get("window", g.window)),
-            method=Method(options_of.get("method", g.method.value)),
+            method=method,
             alpha=float(options_of.get("alpha", g.alpha)),
-            kind=MetricKind(options_of["kind"]) if "kind" in options_of else infer_kind(g.metric),
+            kind=kind,
             tuning_n=float(options_of["tuning_n"]) if "tuning_n" in options_of else None,
+            dispersion=float(options_of.get("dispersion", 1.0)),
         )
         guardrails.append(g)
 

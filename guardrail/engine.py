@@ -6,21 +6,27 @@ a test can replay any situation exactly. The rules, in order, per guardrail and 
 1. the flag is warming up                      -> skip:warmup
 2. either arm has no usable aggregate          -> skip:no_data (bad data never halts)
 3. either arm has fewer than min_count events  -> skip:min_count
-4. the comparison (threshold or sequential)    -> breach | pass
-5. a breach counts toward a halt only after `confirmations` consecutive breaching runs; a pass resets
-   the streak, a skip leaves it, and a breach more than `max_gap_minutes` after the previous one
-   starts a new streak (two runs an hour apart are not "consecutive").
+4. the comparison                              -> breach | pass
+   - sequential (the default for proportions and means): guardrail/seqtest.py on the window since the
+     previous look, at alpha / (sequential guardrails × treatment arms); a since-start count that went
+     down is skip:no_data with a warning and a new baseline;
+   - threshold (quantiles, or on request): the point estimate of one window against the threshold;
+5. a breach counts toward a halt only after `confirmations` consecutive breaching runs (1 by default for
+   the sequential test, 2 for the threshold rule); a pass resets the streak, a skip leaves it, and a breach
+   more than max(`max_gap_minutes`, 1.5 × the interval since the previous look) after the previous one
+   starts a new streak (two runs an hour apart are not "consecutive", unless the cron runs hourly).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import datetime, timedelta
 
 from guardrail import rollout
 from guardrail.codec import finite, format_time
+from guardrail.judge import Outcome, judge
 from guardrail.model import (
     SINCE_START,
     Aggregate,
@@ -39,26 +45,13 @@ from guardrail.model import (
     MetricKind,
     MetricQuery,
     RampDecision,
+    SeqState,
     SrmResult,
     State,
     Streak,
     Verdict,
     guardrail_id,
 )
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """The outcome of comparing one treatment with control."""
-
-    verdict: Verdict
-    reason: str
-    delta: float | None = None
-    relative_delta: float | None = None
-    bound: float | None = None
-    p_value: float | None = None
-    tuning_n: float | None = None
-    upper_bound: float | None = None
 
 
 def logical_window(g: Guardrail) -> str:
@@ -129,171 +122,12 @@ def plan_queries(flags: Iterable[Flag], state: State, now: datetime) -> list[tup
     return list(planned.items())
 
 
-def _data_problem(g: Guardrail, arm: str, agg: Aggregate | None) -> str | None:
-    if agg is None:
-        return f"{arm}: no aggregate fetched"
-    if agg.error is not None:
-        return f"{arm}: {agg.error}"
-    if agg.value is None or agg.count is None:
-        return f"{arm}: value or count missing"
-    if not math.isfinite(agg.value):
-        return f"{arm}: value is not a finite number ({agg.value})"
-    if agg.count < 0:
-        return f"{arm}: negative count ({agg.count})"
-    if g.kind is MetricKind.PROPORTION and not 0.0 <= agg.value <= 1.0:
-        return f"{arm}: proportion {agg.value} outside [0, 1]"
-    if agg.stddev is not None and (not math.isfinite(agg.stddev) or agg.stddev < 0):
-        return f"{arm}: stddev is not a non-negative number ({agg.stddev})"
-    return None
-
-
-# Past this magnitude a value's square (a variance) overflows a float: no real metric is this large, so
-# such a number is a broken source, not a measurement.
-_MAX_MAGNITUDE = 1e150
-
-
-def _range_problem(g: Guardrail, arm: str, agg: Aggregate | None) -> str | None:
-    """Numbers that are finite but cannot be real for this guardrail (checked after _data_problem)."""
-    if agg is None or agg.value is None:
-        return None
-    if g.kind is MetricKind.QUANTILE and agg.value < 0:
-        return f"{arm}: negative quantile ({agg.value:g}); a latency or size quantile cannot be below 0"
-    for name, number in (("value", agg.value), ("stddev", agg.stddev), ("count", agg.count)):
-        if number is not None and abs(number) > _MAX_MAGNITUDE:
-            return f"{arm}: {name} {number:g} is out of range"
-    return None
-
-
-def _safe_compare(
-    g: Guardrail, control: Aggregate, treatment: Aggregate, *, tuning_n: float | None, minutes: float
-) -> Outcome:
-    """compare(), with any arithmetic failure on odd numbers made no data for this guardrail only."""
-    try:
-        outcome = compare(g, control, treatment, tuning_n=tuning_n, minutes=minutes)
-    except (ArithmeticError, ValueError) as exc:
-        return Outcome(Verdict.SKIP_NO_DATA, f"numbers out of range for the comparison ({type(exc).__name__})")
-    for number in (outcome.bound, outcome.p_value):
-        if number is not None and math.isnan(number):
-            return Outcome(Verdict.SKIP_NO_DATA, "numbers out of range for the comparison (NaN)")
-    return outcome
-
-
-def point_delta(g: Guardrail, control: float, treatment: float) -> tuple[float, float | None, str]:
-    """(harm, relative delta, note): harm is positive in the harmful direction, in the comparison's unit.
-
-    A zero control under a relative comparison is decided, not skipped: any treatment above 0 is an
-    infinite relative increase, and both at 0 is no change.
-    """
-    diff = treatment - control
-    if control != 0:
-        relative: float | None = diff / abs(control)
-    elif treatment == 0:
-        relative = 0.0
-    else:
-        relative = math.copysign(math.inf, diff)
-    note = ""
-    if control == 0 and g.comparison.relative:
-        note = (
-            "control is 0 and treatment is 0: no relative change"
-            if treatment == 0
-            else f"control is 0 and treatment is {treatment:g}: relative change is infinite"
-        )
-    harm_delta = relative if g.comparison.relative else diff
-    assert harm_delta is not None
-    harm = harm_delta if g.comparison.harm_is_increase else -harm_delta
-    return harm, relative, note
-
-
-def _fmt_delta(g: Guardrail, harm: float) -> str:
-    if math.isinf(harm):
-        return "inf" if harm > 0 else "-inf"
-    return f"{harm:+.2%}" if g.comparison.relative else f"{harm:+.6g}"
-
-
-def compare(
-    g: Guardrail, control: Aggregate, treatment: Aggregate, *, tuning_n: float | None, minutes: float
-) -> Outcome:
-    """Judge one treatment against control on data already known to be usable and large enough."""
-    assert control.value is not None and treatment.value is not None
-    assert control.count is not None and treatment.count is not None
-    harm, relative, note = point_delta(g, control.value, treatment.value)
-    direction = "increase" if g.comparison.harm_is_increase else "decrease"
-    unit = "relative" if g.comparison.relative else "absolute"
-    limit = f"{g.threshold:.2%}" if g.comparison.relative else f"{g.threshold:g}"
-    described = f"{unit} {direction} {_fmt_delta(g, harm)} vs threshold {limit}"
-    if note:
-        described = f"{note}; {described}"
-
-    sequential = g.method is Method.SEQUENTIAL
-    if sequential and g.kind is MetricKind.QUANTILE:
-        # No valid variance for a quantile from value and count alone (docs/statistics.md): keep the
-        # threshold rule, and say so.
-        described += " (quantile metric: threshold rule, no sequential test)"
-        sequential = False
-
-    proportion = g.kind is MetricKind.PROPORTION
-    if not sequential or (not proportion and control.value == 0 and g.comparison.relative):
-        verdict = Verdict.BREACH if harm > g.threshold else Verdict.PASS
-        return Outcome(verdict, described, delta=harm, relative_delta=relative)
-
-    from guardrail import stats  # only sequential guardrails need it
-
-    if proportion:
-        # The test runs on shrunk proportions ((x + 0.5) / (n + 1)): an arm at exactly 0 % would otherwise
-        # have zero variance (an undefined test) or, as control, make one stray treatment event an
-        # "infinite" relative increase. The shift is 0.5 / n: negligible past min_count.
-        control_mean = (control.value * control.count + 0.5) / (control.count + 1)
-        treatment_mean = (treatment.value * treatment.count + 0.5) / (treatment.count + 1)
-        var_c, var_t = stats.proportion_variance(control_mean), stats.proportion_variance(treatment_mean)
-    elif control.stddev is None or treatment.stddev is None:
-        return Outcome(
-            Verdict.SKIP_NO_DATA,
-            "sequential test on a mean metric needs `stddev` from the metrics source",
-            delta=harm,
-            relative_delta=relative,
-        )
-    else:
-        control_mean, treatment_mean = control.value, treatment.value
-        var_c, var_t = control.stddev**2, treatment.stddev**2
-
-    n_total = float(control.count + treatment.count)
-    frozen = tuning_n if tuning_n is not None else stats.default_tuning_n(n_total, minutes)
-    result = stats.harm_test(
-        comparison=g.comparison,
-        threshold=g.threshold,
-        control_mean=control_mean,
-        control_var=var_c,
-        n_control=float(control.count),
-        treatment_mean=treatment_mean,
-        treatment_var=var_t,
-        n_treatment=float(treatment.count),
-        alpha=g.alpha,
-        tuning_n=frozen,
-    )
-    if result is None:
-        return Outcome(
-            Verdict.SKIP_NO_DATA,
-            "sequential test undefined for these aggregates",
-            delta=harm,
-            relative_delta=relative,
-            tuning_n=frozen,
-        )
-    bound = f"lower bound {_fmt_delta(g, result.lower_bound)} (alpha {g.alpha:g}, p={result.p_value:.3g})"
-    verdict = Verdict.BREACH if result.breach else Verdict.PASS
-    return Outcome(
-        verdict,
-        f"{described}; always-valid {bound}",
-        delta=harm,
-        relative_delta=relative,
-        bound=result.lower_bound,
-        p_value=result.p_value,
-        tuning_n=frozen,
-        # The other side of the same confidence sequence (Δ̂ + SE·B⁺_n at the same alpha): proves safety.
-        upper_bound=2.0 * result.estimate - result.lower_bound,
-    )
-
-
-def next_streak(prior: Streak, verdict: Verdict, now: datetime, max_gap_minutes: float) -> Streak:
+def next_streak(
+    prior: Streak, verdict: Verdict, now: datetime, max_gap_minutes: float, previous_look: datetime | None = None
+) -> Streak:
+    """Count consecutive breaches. Two breaches are consecutive when no pass came between them and they are at
+    most max(max_gap_minutes, 1.5 × the interval since the previous look) apart, so a 30-minute cron still
+    confirms (the gap rule only drops a streak across a real outage)."""
     if verdict is Verdict.PASS:
         return Streak()
     if verdict is not Verdict.BREACH:
@@ -305,7 +139,10 @@ def next_streak(prior: Streak, verdict: Verdict, now: datetime, max_gap_minutes:
         # A breach "from the future" was recorded by a run whose clock was ahead. Keeping it would freeze
         # the streak until that date; it cannot be consecutive with this look, so a new streak starts.
         return Streak(1, now)
-    if last is not None and now - last <= timedelta(minutes=max_gap_minutes) and prior.count > 0:
+    gap = timedelta(minutes=max_gap_minutes)
+    if previous_look is not None and now > previous_look:
+        gap = max(gap, 1.5 * (now - previous_look))
+    if last is not None and now - last <= gap and prior.count > 0:
         return Streak(prior.count + 1, now)
     return Streak(1, now)
 
@@ -346,9 +183,13 @@ def decide_flag(
     start = experiment_start(flag, prior, now)
     first_seen = _first_seen(prior, now)
     warmup_left = warming_up(flag, start, now)
-    minutes = (now - rollout.data_start(flag, prior, start)).total_seconds() / 60  # ramps hook
+    # The since-start window asked of the source is at least 1 minute long (since_start_window): the first
+    # window's traffic per minute, which tunes the test, is projected over that real length.
+    elapsed = (now - rollout.data_start(flag, prior, start)).total_seconds() / 60  # ramps hook
+    minutes = max(1.0, math.ceil(elapsed))
+    tuning = dict(prior.tuning_n)  # a ramp step's since-start test (see _judge)
     streaks = dict(prior.streaks)
-    tuning = dict(prior.tuning_n)
+    sequential = dict(prior.sequential)
     evaluations: list[Evaluation] = []
     for g in flag.guardrails:
         window = logical_window(g)
@@ -358,50 +199,17 @@ def decide_flag(
             treatment = aggregates.get((flag.key, variant, g.metric, window))
             if warmup_left > 0:
                 cmp = Outcome(Verdict.SKIP_WARMUP, f"warming up: {warmup_left:.1f} of {flag.warmup_minutes:g} min left")
-            elif problem := (
-                _data_problem(g, "control", control)
-                or _data_problem(g, "treatment", treatment)
-                or _range_problem(g, "control", control)
-                or _range_problem(g, "treatment", treatment)
-            ):
-                cmp = Outcome(Verdict.SKIP_NO_DATA, problem)
             else:
-                assert control is not None and treatment is not None
-                assert control.count is not None and treatment.count is not None
-                low = min(control.count, treatment.count)
-                if low < g.min_count:
-                    cmp = Outcome(
-                        Verdict.SKIP_MIN_COUNT,
-                        f"counts control={control.count}, treatment={treatment.count}; need {g.min_count} in each arm",
-                    )
-                else:
-                    cmp = _safe_compare(g, control, treatment, tuning_n=g.tuning_n or tuning.get(gid), minutes=minutes)
-                    if cmp.tuning_n is not None and g.tuning_n is None:
-                        tuning.setdefault(gid, cmp.tuning_n)
-            streak = next_streak(streaks.get(gid, Streak()), cmp.verdict, now, g.max_gap_minutes)
-            streaks[gid] = streak
-            evaluations.append(
-                Evaluation(
-                    flag=flag.key,
-                    metric=g.metric,
-                    treatment_variant=variant,
-                    control_variant=flag.control_variant,
-                    comparison=g.comparison,
-                    threshold=g.threshold,
-                    method=g.method,
-                    verdict=cmp.verdict,
-                    reason=cmp.reason,
-                    control=control,
-                    treatment=treatment,
-                    delta=cmp.delta,
-                    relative_delta=cmp.relative_delta,
-                    streak=streak.count,
-                    confirmations=g.confirmations,
-                    bound=cmp.bound,
-                    p_value=cmp.p_value,
-                    upper_bound=cmp.upper_bound,
+                cmp, seq = judge(
+                    flag, g, control, treatment, sequential.get(gid, SeqState()), minutes, g.tuning_n or tuning.get(gid)
                 )
-            )
+                if cmp.tuning_n is not None and g.tuning_n is None:
+                    tuning.setdefault(gid, cmp.tuning_n)
+                if seq != SeqState():
+                    sequential[gid] = seq
+            streak = next_streak(streaks.get(gid, Streak()), cmp.verdict, now, g.max_gap_minutes, prior.last_look_at)
+            streaks[gid] = streak
+            evaluations.append(_evaluation(flag, g, variant, cmp, control, treatment, streak.count))
 
     confirmed = [e for e in evaluations if e.verdict is Verdict.BREACH and e.streak >= e.confirmations]
     halt: Halt | None = None
@@ -429,41 +237,57 @@ def decide_flag(
         halt=record,
         tuning_n=tuning,
         last_evaluations={e.guardrail_id: _summary(e, now) for e in evaluations},
+        sequential=sequential,
+        last_look_at=now,
     )
     return evaluations, halt, next_state
 
 
+def _evaluation(
+    flag: Flag,
+    g: Guardrail,
+    variant: str,
+    outcome: Outcome,
+    control: Aggregate | None = None,
+    treatment: Aggregate | None = None,
+    streak: int = 0,
+) -> Evaluation:
+    """The one place an Evaluation is built from a guardrail, a treatment arm and an outcome."""
+    return Evaluation(
+        flag=flag.key,
+        metric=g.metric,
+        treatment_variant=variant,
+        control_variant=flag.control_variant,
+        comparison=g.comparison,
+        threshold=g.threshold,
+        method=g.method,
+        verdict=outcome.verdict,
+        reason=outcome.reason,
+        control=control,
+        treatment=treatment,
+        delta=outcome.delta,
+        relative_delta=outcome.relative_delta,
+        streak=streak,
+        confirmations=g.confirmations,
+        bound=outcome.bound,
+        p_value=outcome.p_value,
+        upper_bound=outcome.upper_bound,
+    )
+
+
 def _undecided(flag: Flag, reason: str) -> list[Evaluation]:
-    return [
-        Evaluation(
-            flag=flag.key,
-            metric=g.metric,
-            treatment_variant=variant,
-            control_variant=flag.control_variant,
-            comparison=g.comparison,
-            threshold=g.threshold,
-            method=g.method,
-            verdict=Verdict.SKIP_NO_DATA,
-            reason=reason,
-            control=None,
-            treatment=None,
-            delta=None,
-            relative_delta=None,
-            streak=0,
-            confirmations=g.confirmations,
-            bound=None,
-            p_value=None,
-        )
-        for g in flag.guardrails
-        for variant in flag.treatment_variants
-    ]
+    """Every comparison of a flag that could not be decided this run, as skip:no_data."""
+    outcome = Outcome(Verdict.SKIP_NO_DATA, reason)
+    return [_evaluation(flag, g, variant, outcome) for g in flag.guardrails for variant in flag.treatment_variants]
 
 
 def decide(
     flags: Iterable[Flag], aggregates: Mapping[AggregateKey, Aggregate], state: State, now: datetime
 ) -> Decision:
-    """Decide every watched flag. Flags not watched keep their state (a disabled flag forgets its
-    first-seen time, so re-enabling it starts a new warmup)."""
+    """Decide every watched flag. Flags not watched keep their state, except that a disabled flag forgets
+    its first-seen time and its sequential tests: re-enabling it starts a new warmup and new tests (without
+    `started_at` the since-start counts restart too, and a test must not keep a tuning made for the old
+    traffic)."""
     next_flags = dict(state.flags)
     evaluations: list[Evaluation] = []
     halts: list[Halt] = []
@@ -476,9 +300,16 @@ def decide(
         if why is not None:
             skipped[flag.key] = why
             if not flag.enabled and prior.halt is None and flag.key in next_flags:
-                # a new exposure window: the SRM p-value of the old one does not carry over
+                # a new exposure window: neither the SRM p-value nor the sequential tests of the old one carry over
                 next_flags[flag.key] = replace(
-                    prior, first_seen_enabled=None, streaks={}, srm_min_p=1.0, srm_warned=False
+                    prior,
+                    first_seen_enabled=None,
+                    streaks={},
+                    srm_min_p=1.0,
+                    srm_warned=False,
+                    sequential={},
+                    tuning_n={},
+                    last_look_at=None,
                 )
             continue
         found: list[Evaluation]

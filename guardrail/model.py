@@ -107,6 +107,7 @@ class FailureKind(TextEnum):
 class Severity(TextEnum):
     ERROR = "error"
     WARNING = "warning"
+    NOTE = "note"  # information only (validate: the per-comparison alpha); never fails CI
 
 
 class Comparison(str, enum.Enum):
@@ -183,7 +184,8 @@ class HaltAction(str, enum.Enum):
 
 
 DEFAULT_MIN_COUNT = 100
-DEFAULT_CONFIRMATIONS = 2
+DEFAULT_CONFIRMATIONS = 2  # the threshold rule's default; an always-valid test needs 1 (config.py)
+SEQUENTIAL_CONFIRMATIONS = 1
 DEFAULT_MAX_GAP_MINUTES = 15.0
 DEFAULT_WINDOW = "5m"
 DEFAULT_ALPHA = 0.05
@@ -198,15 +200,19 @@ class Guardrail:
     comparison: Comparison
     threshold: float
     min_count: int = DEFAULT_MIN_COUNT
-    confirmations: int = DEFAULT_CONFIRMATIONS
+    confirmations: int = SEQUENTIAL_CONFIRMATIONS
     max_gap_minutes: float = DEFAULT_MAX_GAP_MINUTES
     window: str = DEFAULT_WINDOW
-    method: Method = Method.THRESHOLD
+    # Sequential by default for proportion and mean metrics; config.py gives quantiles the threshold rule.
+    method: Method = Method.SEQUENTIAL
     alpha: float = DEFAULT_ALPHA
     kind: MetricKind = MetricKind.PROPORTION
-    # Sequential test: total sample (n_T + n_C) at which the confidence sequence is tightest.
-    # None means "freeze it from the first look's traffic" (see engine).
+    # Sequential test: total sample (n_T + n_C) at which the since-start e-process is tightest.
+    # None means "20 minutes of the first window's traffic" (guardrail/seqtest.py).
     tuning_n: float | None = None
+    # Sequential test: a known lower bound on the events' dispersion (clustering by user); the test uses
+    # max(this, the dispersion it learns from the windows). 1 = learn it all from the data.
+    dispersion: float = 1.0
 
 
 class AdvanceMode(str, enum.Enum):
@@ -451,6 +457,23 @@ class HaltRecord:
 
 
 @dataclass(frozen=True)
+class SeqState:
+    """The sequential test's memory per guardrail × treatment (guardrail/seqtest.py explains each field)."""
+
+    last_control: tuple[float, float, float] | None = None  # (n, Σy, Σy²) at the last window's end
+    last_treatment: tuple[float, float, float] | None = None
+    s: float = 0.0  # Σ D_i, the stratified contrast
+    v: float = 0.0  # Σ v_i, its variance before the dispersion factor
+    w: float = 0.0  # Σ w_i
+    windows: int = 0
+    r2: float = 0.0  # Σ r_i², the dispersion estimate's numerator
+    v_per_unit: float | None = None  # frozen from the first window: tunes ρ
+    minutes_per_unit: float | None = None  # frozen from the first window: a real traffic projection
+    restarts: tuple[tuple[int, float, float], ...] = ()  # late-onset restarts: (grid index, S, Σv) at each
+    last_at_minutes: float | None = None  # minutes since start at the last window's end
+
+
+@dataclass(frozen=True)
 class RampState:
     """Where a ramp is: its step (index into RampSpec.steps) and when that step's split took effect.
 
@@ -469,9 +492,11 @@ class FlagState:
     first_seen_enabled: datetime | None = None
     streaks: Mapping[str, Streak] = field(default_factory=dict)
     halt: HaltRecord | None = None
-    # Sequential test: the frozen tuning sample size per guardrail id.
+    # Legacy (state version 1): the old since-start test's frozen N*. Kept on upgrade, no longer used.
     tuning_n: Mapping[str, float] = field(default_factory=dict)
     last_evaluations: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    sequential: Mapping[str, SeqState] = field(default_factory=dict)  # per guardrail id
+    last_look_at: datetime | None = None  # the previous evaluated look: scales the streak's gap rule
     ramp: RampState | None = None
     # SRM gate: running minimum of the anytime-valid p-value over the current window (experiment or ramp
     # step), and whether a `warn` alert went out for it already.

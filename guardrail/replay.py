@@ -127,6 +127,15 @@ def read_history(path: Path) -> list[Look]:
             value=math.nan if value is None else value,  # null: the engine's skip:no_data, as in check
             count=line.count(),
             stddev=line.number("stddev", optional=True),
+            # Optional per-unit sums (docs/statistics.md): the sequential test's unit-level variance.
+            units=None if (units := line.number("units", optional=True)) is None else int(units),
+            unit_sum=line.number("unit_sum", optional=True),
+            unit_sum_sq=line.number("unit_sum_sq", optional=True),
+            num_sum=line.number("num_sum", optional=True),
+            num_sum_sq=line.number("num_sum_sq", optional=True),
+            den_sum=line.number("den_sum", optional=True),
+            den_sum_sq=line.number("den_sum_sq", optional=True),
+            num_den_sum=line.number("num_den_sum", optional=True),
         )
     if not looks:
         raise GuardrailError("the history has no aggregates", source=source)
@@ -139,18 +148,19 @@ def default_flags(
     """Without --flags: every (flag, metric) in the history, relative_increase 0.10, from the flag's first look.
 
     Variant `control` is the control and every other variant a treatment. A metric with since_start rows
-    gets the sequential method (the only one that reads them); a metric with only another window (10m)
-    gets that window.
+    gets the sequential method (the default, which reads them); a metric with only short windows (5m, 10m)
+    gets the threshold rule on that window, since that is all the history can answer.
     """
     seen: dict[str, dict[str, Any]] = {}
     for when, aggregates in looks:
         for flag, variant, metric, window in aggregates:
             entry = seen.setdefault(flag, {"start": when, "variants": {}, "metrics": {}})
             entry["variants"][variant] = None
-            options = entry["metrics"].setdefault(metric, {})
+            options = entry["metrics"].setdefault(metric, {"method": "threshold"})
             if window == SINCE_START:
                 options["method"] = "sequential"
-            elif window != "5m":
+                options.pop("window", None)
+            elif window != "5m" and options["method"] == "threshold":
                 options["window"] = window
     definitions: dict[str, Any] = {}
     for key, entry in seen.items():

@@ -50,7 +50,7 @@ class RampScenario:
 
 
 def _sequential(n_c: Any, x_c: Any, n_t: Any, x_t: Any, tuning: Any, alpha: float) -> tuple[Any, Any]:
-    """(lower, upper) always-valid bounds on the relative increase, as engine.compare and stats.harm_test."""
+    """(lower, upper) always-valid bounds on the relative increase, as judge.compare and stats.harm_test."""
     with np.errstate(divide="ignore", invalid="ignore"):
         m_c = (x_c + 0.5) / (n_c + 1)
         m_t = (x_t + 0.5) / (n_t + 1)

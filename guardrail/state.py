@@ -21,7 +21,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from guardrail.codec import format_time, parse_time
+from guardrail.codec import format_time, parse_time, seq_from_dict, seq_to_dict
 from guardrail.files import atomic_write
 from guardrail.model import (
     ExitCode,
@@ -35,7 +35,7 @@ from guardrail.model import (
     Streak,
 )
 
-STATE_VERSION = 1
+STATE_VERSION = 2
 FILE_MODE = 0o600
 
 
@@ -132,6 +132,8 @@ def to_dict(state: State) -> dict[str, Any]:
                 "halt": None if fs.halt is None else halt_to_dict(fs.halt),
                 "tuning_n": dict(fs.tuning_n),
                 "last_evaluations": dict(fs.last_evaluations),
+                "sequential": {gid: seq_to_dict(q) for gid, q in fs.sequential.items()},
+                "last_look_at": _t(fs.last_look_at),
                 **_ramp_to_dict(fs),
             }
             for key, fs in sorted(state.flags.items())
@@ -169,8 +171,20 @@ def _ramp_from_dict(d: Any) -> RampState | None:
 
 
 def _upgrade(doc: dict[str, Any]) -> dict[str, Any]:
-    """Bring an older document to STATE_VERSION. Version 1 is the first; later versions add steps here."""
+    """Bring an older document to STATE_VERSION, one step per version.
+
+    1 → 2: the sequential test became window-stratified and keeps per-guardrail state (`sequential`) and the
+    previous look's time (`last_look_at`). A version-1 flag has neither: its tests start at the next look,
+    which sees everything since start as one window (a valid stratum), so nothing is lost but the frozen N*
+    of the old test (`tuning_n` is kept: a ramp step's confidence sequence still reads it)."""
     version = doc.get("version")
+    if version == 1:
+        doc = {**doc, "version": 2}
+        for fs in (doc.get("flags") or {}).values():
+            if isinstance(fs, dict):
+                fs.setdefault("sequential", {})
+                fs.setdefault("last_look_at", None)
+        version = 2
     if version == STATE_VERSION:
         return doc
     if isinstance(version, int) and version > STATE_VERSION:
@@ -209,6 +223,8 @@ def from_dict(doc: Any) -> State:
             ramp=_ramp_from_dict(fs.get("ramp")),
             srm_min_p=float(fs.get("srm_min_p", 1.0)),
             srm_warned=bool(fs.get("srm_warned", False)),
+            sequential={str(k): seq_from_dict(v) for k, v in (fs.get("sequential") or {}).items()},
+            last_look_at=_dt(fs.get("last_look_at")),
         )
     return State(
         flags=flags, last_run_at=_dt(doc.get("last_run_at")), metrics_looked_at=_dt(doc.get("metrics_looked_at"))

@@ -244,10 +244,10 @@ def default_tuning_n(n_first_look: float, minutes_elapsed: float, target_minutes
     N* = n_first_look / minutes_elapsed · target_minutes, clamped to ≥ n_first_look and ≥ 1000.
 
     The CS is tightest near n = N*, so N* says when the test should be sharpest: ~30 minutes means a
-    harmful bug is caught within the first hour or two, while small harms are still found later (reference
-    notes §7). The engine computes it once, at the first look, and freezes it: N* uses traffic counts only,
-    never metric values, so it does not spend any of the error budget. Bad inputs (non-finite, ≤ 0) fall
-    back to the clamps instead of raising.
+    harmful bug is caught within the first hour or two, while small harms are still found later (the
+    boundary widens only as √log past N*; docs/statistics.md). The engine computes it once, at the first
+    look, and freezes it: N* uses traffic counts only, never metric values, so it does not spend any of the
+    error budget. Bad inputs (non-finite, ≤ 0) fall back to the clamps instead of raising.
     """
     n0 = n_first_look if math.isfinite(n_first_look) and n_first_look > 0.0 else 0.0
     projected = n0

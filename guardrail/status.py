@@ -16,10 +16,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from guardrail import codec, engine
+from guardrail import codec, engine, judge
 from guardrail.config import ParsedFlags, format_time, parse_flags
 from guardrail.flags.base import LoadedFlags
-from guardrail.model import ExitCode, Flag, FlagState, GuardrailError, HaltStatus, State, guardrail_id
+from guardrail.model import ExitCode, Flag, FlagState, GuardrailError, HaltStatus, Method, State, guardrail_id
 from guardrail.redact import Redactor
 from guardrail.rules import FROM_FLAG, Merged
 from guardrail.settings import Settings, load_settings
@@ -141,6 +141,9 @@ def _guardrails(flag: Flag | None, fs: FlagState, origins: Mapping[str, str]) ->
                     "confirmations": g.confirmations,
                     "min_count": g.min_count,
                     "window": g.window,
+                    "alpha_per_comparison": (
+                        judge.comparison_alpha(flag, g) if g.method is Method.SEQUENTIAL else None
+                    ),
                     "in_definition": True,
                     # Where each value came from: flag metadata, a config `guardrails:` pattern, config
                     # `defaults:`, or the built-in default.
@@ -160,6 +163,7 @@ def _guardrails(flag: Flag | None, fs: FlagState, origins: Mapping[str, str]) ->
                 "confirmations": None,
                 "min_count": None,
                 "window": None,
+                "alpha_per_comparison": None,
                 "in_definition": False,
                 "from": {},
             }
@@ -326,6 +330,8 @@ def _threshold(row: Mapping[str, Any]) -> str:
 def _guardrail_line(row: Mapping[str, Any]) -> str:
     confirmations = row["confirmations"] if row["confirmations"] is not None else "?"
     line = f"    {row['id']}: {_threshold(row)}; streak {row['streak']}/{confirmations}"
+    if row.get("alpha_per_comparison") is not None:
+        line += f"; alpha {row['alpha_per_comparison']:.4g} per comparison"
     last = row["last"]
     if last:
         line += (

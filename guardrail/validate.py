@@ -46,7 +46,7 @@ class Finding:
     flag: str | None
     field: str | None
     line: int | None
-    severity: Severity
+    severity: Severity  # error | warning | note (information, e.g. the per-comparison alpha)
     message: str
 
     @property
@@ -216,24 +216,53 @@ def _expiry_finding(value: Any, today: date) -> str | None:
     return None
 
 
-def _guardrail_warnings(metadata: Mapping[str, Any], flag: Flag, layers: Layers) -> Iterator[tuple[str, str]]:
+# `guardrail simulate --method threshold` on textbook traffic (500 events/min/arm, 1 % errors, relative
+# threshold 0.10, looks every 2 minutes, 200 experiments × 14 days): the share of A/A experiments halted.
+THRESHOLD_AA_HALTS = "100 %"
+SIMULATE_COMMAND = "guardrail simulate --method threshold --method sequential"
+
+
+def _guardrail_warnings(metadata: Mapping[str, Any], flag: Flag, layers: Layers) -> Iterator[tuple[str, Severity, str]]:
+    """(field, severity, message): threshold-rule risks, and each sequential comparison's share of alpha."""
+    from guardrail import judge
+
     fields = config.merge_guardrails(flag.key, metadata, rules=layers.rules, defaults=layers.defaults).fields
     for index, g in enumerate(flag.guardrails):
         base = fields.get(f"guardrails/{index}", f"metadata.guardrail.{g.metric}")
         if g.comparison.relative and g.threshold < NOISE_FLOOR and g.method is not Method.SEQUENTIAL:
             yield (
                 fields.get(f"guardrails/{index}/threshold", f"{base}.threshold"),
+                Severity.WARNING,
                 (
                     f"relative threshold {g.threshold:g} is below typical day-to-day noise; it will fire on "
                     "noise unless the sequential method is used"
                 ),
             )
-        if g.kind is MetricKind.QUANTILE and g.method is Method.SEQUENTIAL:
+        if g.method is Method.THRESHOLD:
+            why = (
+                (
+                    "a quantile has no variance for the sequential test; guard the share of events above a "
+                    "bucket boundary (kind: proportion) to get one"
+                )
+                if g.kind is MetricKind.QUANTILE
+                else ("remove `method: threshold` to use the default always-valid sequential test")
+            )
             yield (
                 fields.get(f"guardrails/{index}/method", f"{base}.method"),
+                Severity.WARNING,
                 (
-                    "a quantile metric has no variance the sequential test can use; this guardrail keeps the "
-                    "threshold rule"
+                    f"method threshold compares a {g.window} window's point estimate with the threshold and has "
+                    f"no error control: it halted {THRESHOLD_AA_HALTS} of healthy A/A experiments within 14 "
+                    f"days in `{SIMULATE_COMMAND}`; {why}"
+                ),
+            )
+        elif g.kind is not MetricKind.QUANTILE and (k := judge.comparisons(flag)) > 1:
+            yield (
+                base,
+                Severity.NOTE,
+                (
+                    f"sequential test at alpha {judge.comparison_alpha(flag, g):.4g} per comparison ({g.alpha:g} "
+                    f"for the flag split over {k} comparison(s): sequential guardrails × treatment arms)"
                 ),
             )
         if flag.ramp is not None and (g.kind is MetricKind.QUANTILE or g.method is not Method.SEQUENTIAL):
@@ -244,6 +273,7 @@ def _guardrail_warnings(metadata: Mapping[str, Any], flag: Flag, layers: Layers)
             )
             yield (
                 base,
+                Severity.WARNING,
                 f"ramp: {why}, so this guardrail can block an advance only through its threshold rule; it can "
                 "neither prove harm nor prove safety (advance: proven_safe ignores it)",
             )
@@ -278,8 +308,8 @@ def _validate_flag(
     for problem in problems:
         add(problem.field, problem.message, problem.severity)
     if flag is not None and isinstance(metadata, Mapping):
-        for field, message in _guardrail_warnings(metadata, flag, layers):
-            add(field, message, Severity.WARNING)
+        for field, severity, message in _guardrail_warnings(metadata, flag, layers):
+            add(field, message, severity)
     return out
 
 
@@ -371,8 +401,8 @@ def render_text(findings: Sequence[Finding]) -> str:
     ordered = sorted(findings, key=lambda f: (f.path, f.line or 0))
     lines = [f"{f.path}{f':{f.line}' if f.line else ''}: {f.severity}: {f.text}" for f in ordered]
     errors = sum(f.severity == Severity.ERROR for f in findings)
-    warnings = len(findings) - errors
-    lines.append(f"{errors} error(s), {warnings} warning(s)" if findings else "no problems found")
+    warnings = sum(f.severity == Severity.WARNING for f in findings)
+    lines.append(f"{errors} error(s), {warnings} warning(s)" if errors or warnings else "no problems found")
     return "\n".join(lines)
 
 
@@ -393,6 +423,6 @@ def render_github(findings: Sequence[Finding]) -> str:
         if f.line:
             props.append(f"line={f.line}")
         props.append("title=guardrail")
-        command = "error" if f.severity == Severity.ERROR else "warning"
+        command = {Severity.ERROR: "error", Severity.NOTE: "notice"}.get(f.severity, "warning")
         out.append(f"::{command} {','.join(props)}::{_escape_data(f.text)}")
     return "\n".join(out)

@@ -35,8 +35,13 @@ def flag_definition(
     metric: str = "error_rate",
     extra_metadata: dict[str, Any] | None = None,
     treatments: tuple[str, ...] = ("treatment",),
+    method: str | None = "threshold",
 ) -> dict[str, Any]:
-    """A valid flagd definition with one flat-spelled guardrail."""
+    """A valid flagd definition with one flat-spelled guardrail.
+
+    `method` is a flag-wide default (`guardrail.method`) for every guardrail of the flag: the threshold rule,
+    whose one-window verdicts most tests reason about; None leaves it out (guardrail's own default,
+    sequential for proportions and means). A per-metric `guardrail.<metric>.method` still wins."""
     variants: dict[str, Any] = {"control": False, **{t: True for t in treatments}}
     share = 100 // (len(treatments) + 1)
     return {
@@ -50,6 +55,7 @@ def flag_definition(
             "started_at": "2026-11-20T09:00:00Z",
             f"guardrail.{metric}.comparison": "relative_increase",
             f"guardrail.{metric}.threshold": threshold,
+            **({"guardrail.method": method} if method else {}),
             **(extra_metadata or {}),
         },
     }

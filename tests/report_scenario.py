@@ -71,7 +71,8 @@ def flags() -> dict[str, Any]:
             ("treatment",),
             {"guardrail.signup_errors.comparison": "absolute_increase", "guardrail.signup_errors.threshold": 0.01},
         ),
-        # A rollout that breaches at its very first look with confirmations 1: held before a second look.
+        # A rollout that breaches at its very first look (confirmations 1, the sequential default, said
+        # explicitly): held before a second look.
         "ads.bidding.first-look": _flag(
             "rollout",
             ("treatment",),
@@ -109,18 +110,29 @@ def settings_for(api: FakeAPI, base: Path, **extra: Any) -> Settings:
     )
 
 
+def _window_noise(series: str, window: int, mean: float, sd: float) -> float:
+    """One window's events of one series, the same at every look: a since-start count only ever grows (the
+    engine skips, with a warning, a since-start count that goes down)."""
+    return max(0.0, random.Random(f"{series}/{window}").gauss(mean, sd))
+
+
 def _set_looks(api: FakeAPI, look: int, rng: random.Random) -> None:
     per_look = 1500  # events per arm per two minutes
     n = per_look * (look + 1)
     for variant in ("control", "treatment-a", "treatment-b"):
-        bad = variant == "treatment-b" and look >= 10
         # Since-start error rate: 1 % until look 10, then treatment-b's new events fail at 2.5 %.
-        fails = sum(rng.gauss(per_look * (0.025 if bad and i >= 10 else 0.01), 3.5) for i in range(look + 1))
-        api.set_metric("checkout.payments.express-pay", variant, "error_rate", max(fails, 0) / n, n)
+        fails = sum(
+            _window_noise(variant, i, per_look * (0.025 if variant == "treatment-b" and i >= 10 else 0.01), 3.5)
+            for i in range(look + 1)
+        )
+        api.set_metric("checkout.payments.express-pay", variant, "error_rate", fails / n, n)
         p95 = 212.0 * (1.0 + rng.gauss(0.0, 0.03)) * (1.04 if variant == "treatment-a" else 1.0)
         api.set_metric("checkout.payments.express-pay", variant, "p95_latency_ms", p95, per_look, window="5m")
     for variant in ("control", "treatment"):
-        api.set_metric("search.ranking.new-model", variant, "error_rate", 0.005 * (1 + rng.gauss(0, 0.04)), 4000)
+        search = sum(_window_noise(f"search/{variant}", i, 2000 * 0.005, 3.0) for i in range(look + 1))
+        api.set_metric(
+            "search.ranking.new-model", variant, "error_rate", search / (2000 * (look + 1)), 2000 * (look + 1)
+        )
         api.set_metric("ads.bidding.first-look", variant, "error_rate", 0.03 if variant == "treatment" else 0.01, 5000)
     api.set_metric("web.ui.escape-test", "control", "error_rate", 0.01, 3000)
     api.set_metric("web.ui.escape-test", EVIL_VARIANT, "error_rate", 0.0102, 3000)

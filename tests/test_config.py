@@ -23,11 +23,12 @@ def nested(guardrails: list[dict[str, Any]]) -> dict[str, Any]:
 
 def test_flat_and_nested_spellings_read_the_same() -> None:
     flat = flag_definition(
+        method=None,
         extra_metadata={
             "guardrail.p95_latency_ms.comparison": "relative_increase",
             "guardrail.p95_latency_ms.threshold": 0.10,
             "guardrail.p95_latency_ms.min_count": 200,
-        }
+        },
     )
     del flat["metadata"]["started_at"]
     flat["metadata"]["guardrail.error_rate.threshold"] = 0.01
@@ -45,6 +46,12 @@ def test_flat_and_nested_spellings_read_the_same() -> None:
     assert a.guardrails[0].comparison is Comparison.RELATIVE_INCREASE
 
 
+def test_dispersion_is_a_known_floor_for_the_sequential_test() -> None:
+    definition = flag_definition(extra_metadata={"guardrail.error_rate.dispersion": 4})
+    assert parse_flags({KEY: definition}).flags[0].guardrails[0].dispersion == 4.0
+    assert parse_flags({KEY: flag_definition()}).flags[0].guardrails[0].dispersion == 1.0
+
+
 def test_flag_wide_and_config_defaults() -> None:
     definition = flag_definition(extra_metadata={"guardrail.method": "sequential", "guardrail.alpha": 0.01})
     flag = parse_flags({KEY: definition}, defaults={"confirmations": 3, "alpha": 0.2}).flags[0]
@@ -60,6 +67,7 @@ def test_flag_wide_and_config_defaults() -> None:
         ({"guardrail.error_rate.comparison": "bigger"}, "metadata.guardrail.error_rate.comparison", "not one of"),
         ({"guardrail.error_rate.treshold": 0.1}, "metadata.guardrail.error_rate", "unknown option"),
         ({"guardrail.error_rate.min_count": 1.5}, "metadata.guardrail.error_rate.min_count", "integer"),
+        ({"guardrail.error_rate.dispersion": 0.5}, "metadata.guardrail.error_rate.dispersion", "minimum"),
         ({"warmup_minutes": -5}, "metadata.warmup_minutes", "minimum"),
         ({"experiment_type": "canary"}, "metadata.experiment_type", "not one of"),
         ({"control_variant": "baseline"}, "metadata.control_variant", "not one of"),

@@ -25,9 +25,15 @@ def test_demo_halts_the_harmful_flag_from_the_duckdb_warehouse(
     decisions = {(r["flag"], r["metric"], r["run_id"]): r for r in audit if r["type"] == "decision"}
     assert {r["verdict"] for (f, _m, _r), r in decisions.items() if f == "search.ranking.new-model"} == {"pass"}
     assert [r["flag"] for r in audit if r["type"] == "halt"] == ["checkout.payments.express-pay"]
-    # The numbers came from SQL: the per-arm counts are the warehouse's, not fixed values.
+    # The default sequential test halts at the first breaching look: one decision on express-pay's error rate
+    # (run 1), none after the halt. The numbers came from SQL: the per-arm counts are the warehouse's.
     express = [r for (f, m, _r), r in decisions.items() if f == "checkout.payments.express-pay" and m == "error_rate"]
-    assert all(r["verdict"] == "breach" and r["treatment"]["count"] > 50_000 for r in express)
+    assert [r["verdict"] for r in express] == ["breach"] and express[0]["treatment"]["count"] > 50_000
+    (halt,) = [r for r in audit if r["type"] == "halt"]
+    assert halt["run_id"] == express[0]["run_id"]
+    runs = {r["run_id"] for r in audit if r["type"] == "decision"}
+    assert len(runs) == 2  # run 2 still decides the healthy flag, and passes it again
+    assert "run 1 (cron, t+0 min)" in out and "HALTED: checkout.payments.express-pay (revert)" in out
 
 
 def test_the_demo_ships_the_example_queries_unchanged() -> None:

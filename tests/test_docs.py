@@ -90,6 +90,17 @@ def test_readme_is_short() -> None:
     assert len(README.read_text("utf-8").splitlines()) <= 240
 
 
+def test_readme_statistics_rows_are_rows_of_the_measured_table() -> None:
+    """The README's simulate rows are copied from the command's table in docs/statistics.md, never edited."""
+    readme = README.read_text("utf-8")
+    section = readme[readme.index("## How well it decides") :]
+    rows = [line for line in section.split("\n## ")[0].splitlines() if line.startswith("| ") and "%" in line]
+    stats = (ROOT / "docs" / "statistics.md").read_text("utf-8")
+    measured = stats[stats.index("## Measured: `guardrail simulate --suite`") :].split("\n## ")[0]
+    assert len(rows) >= 10
+    assert all(row in measured.splitlines() for row in rows)
+
+
 def test_readme_exit_codes_match_the_code() -> None:
     rows = re.findall(r"^\| (\d) \| ", README.read_text("utf-8"), re.M)
     assert [int(r) for r in rows] == sorted(int(code) for code in ExitCode)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
 
-from guardrail import engine
+from guardrail import engine, judge
 from guardrail.config import parse_flags
 from guardrail.model import (
     SINCE_START,
@@ -20,6 +21,7 @@ from guardrail.model import (
     HaltAction,
     HaltRecord,
     HaltStatus,
+    Method,
     State,
     Streak,
     Verdict,
@@ -85,6 +87,7 @@ def test_comparisons(comparison: str, threshold: float, control: float, treatmen
         extra_metadata={
             "guardrail.conversion_rate.comparison": comparison,
             "guardrail.conversion_rate.threshold": threshold,
+            "guardrail.conversion_rate.method": "threshold",
         }
     )
     flag = dataclasses.replace(flag, guardrails=tuple(g for g in flag.guardrails if g.metric == "conversion_rate"))
@@ -184,9 +187,18 @@ def test_pass_resets_and_skip_keeps_the_streak() -> None:
 
 
 def test_streak_older_than_max_gap_restarts() -> None:
-    decisions = run_sequence(make_flag(), [(0, BAD_T), (60, BAD_T), (62, BAD_T)])
-    assert [d.evaluations[0].streak for d in decisions] == [1, 1, 2]
-    assert not decisions[1].halts and decisions[2].halts
+    # Looks every 2 minutes, none usable between minute 0 and 60: the breaches are an hour apart.
+    decisions = run_sequence(make_flag(), [(0, BAD_T), (58, Aggregate.missing("x")), (60, BAD_T), (62, BAD_T)])
+    assert [d.evaluations[0].streak for d in decisions] == [1, 1, 1, 2]
+    assert not decisions[2].halts and decisions[3].halts
+
+
+def test_gap_rule_scales_with_the_observed_cadence() -> None:
+    # A 30-minute cron: consecutive looks are 30 minutes apart, more than max_gap_minutes (15), and still
+    # consecutive, so two confirmations halt (they never did before).
+    decisions = run_sequence(make_flag(), [(0, BAD_T), (30, BAD_T)])
+    assert [d.evaluations[0].streak for d in decisions] == [1, 2]
+    assert decisions[1].halts
 
 
 def test_same_look_twice_is_not_counted_twice() -> None:
@@ -276,32 +288,97 @@ def test_sequential_guardrail_asks_for_a_since_start_window() -> None:
 
 
 def test_sequential_method_decides_from_cumulative_counts() -> None:
-    flag = make_flag(extra_metadata={"guardrail.error_rate.method": "sequential"})
+    flag = make_flag(method=None)
+    assert flag.guardrails[0].method is Method.SEQUENTIAL and flag.guardrails[0].confirmations == 1
     noisy = aggs(Aggregate(0.010, 200_000), Aggregate(0.0104, 200_000), window=SINCE_START)
     e = engine.decide([flag], noisy, State(), NOW).evaluations[0]
-    assert e.verdict is Verdict.PASS and e.bound is not None and e.p_value is not None
+    assert e.verdict is Verdict.PASS and e.p_value is not None and e.p_value > 0.05
     harmful = aggs(Aggregate(0.010, 200_000), Aggregate(0.030, 200_000), window=SINCE_START)
-    e = engine.decide([flag], harmful, State(), NOW).evaluations[0]
-    assert e.verdict is Verdict.BREACH and e.bound is not None and e.bound > 0.10
+    decision = engine.decide([flag], harmful, State(), NOW)
+    assert decision.evaluations[0].verdict is Verdict.BREACH and decision.halts  # one look is enough
 
 
 def test_sequential_tuning_is_frozen_in_state() -> None:
-    flag = make_flag(extra_metadata={"guardrail.error_rate.method": "sequential"})
+    flag = make_flag(method=None)
     data = aggs(Aggregate(0.010, 5_000), Aggregate(0.011, 5_000), window=SINCE_START)
     first = engine.decide([flag], data, State(), NOW)
-    frozen = first.state.flags[KEY].tuning_n["error_rate@treatment"]
+    frozen = first.state.flags[KEY].sequential["error_rate@treatment"]
     more = aggs(Aggregate(0.010, 500_000), Aggregate(0.011, 500_000), window=SINCE_START)
     second = engine.decide([flag], more, first.state, NOW + timedelta(minutes=2))
-    assert second.state.flags[KEY].tuning_n["error_rate@treatment"] == frozen
+    after = second.state.flags[KEY].sequential["error_rate@treatment"]
+    assert (after.v_per_unit, after.minutes_per_unit) == (frozen.v_per_unit, frozen.minutes_per_unit)
+    assert after.windows == 2 and after.last_control == (500_000.0, 5_000.0, 5_000.0)
 
 
-def test_sequential_quantile_keeps_threshold_rule_and_says_so() -> None:
-    flag = make_flag(metric="p95_latency_ms", extra_metadata={"guardrail.p95_latency_ms.method": "sequential"})
+def test_quantile_under_sequential_is_a_config_error_and_the_threshold_rule_in_code() -> None:
+    parsed = parse_flags({KEY: flag_definition(metric="p95_latency_ms", method="sequential")})
+    assert not parsed.flags and "bucket boundary" in parsed.problems[0].message
+    assert make_flag(metric="p95_latency_ms", method=None).guardrails[0].method is Method.THRESHOLD
+    flag = make_flag(metric="p95_latency_ms")
+    flag = replace(flag, guardrails=(replace(flag.guardrails[0], method=Method.SEQUENTIAL),))
     e = engine.decide(
         [flag], aggs(Aggregate(200.0, 5000), Aggregate(260.0, 5000), metric="p95_latency_ms"), State(), NOW
     ).evaluations[0]
-    assert e.verdict is Verdict.BREACH
-    assert "quantile metric: threshold rule" in e.reason
+    assert e.verdict is Verdict.BREACH and "quantile metric: threshold rule" in e.reason
+
+
+def test_decreasing_since_start_counts_are_a_skip_with_a_warning_and_a_new_baseline() -> None:
+    flag = make_flag(method=None)
+    first = engine.decide(
+        [flag], aggs(Aggregate(0.01, 50_000), Aggregate(0.01, 50_000), window=SINCE_START), State(), NOW
+    )
+    reset = aggs(Aggregate(0.01, 1_000), Aggregate(0.05, 1_000), window=SINCE_START)  # the source restarted
+    second = engine.decide([flag], reset, first.state, NOW + timedelta(minutes=2))
+    e = second.evaluations[0]
+    assert e.verdict is Verdict.SKIP_NO_DATA and "decreased" in e.reason and "warning" in e.reason
+    seq = second.state.flags[KEY].sequential["error_rate@treatment"]
+    assert seq.last_control == (1_000.0, 10.0, 10.0) and seq.windows == 1  # rebased, nothing added
+    third = engine.decide(
+        [flag],
+        aggs(Aggregate(0.01, 3_000), Aggregate(0.02, 3_000), window=SINCE_START),
+        second.state,
+        NOW + timedelta(minutes=4),
+    )
+    assert third.evaluations[0].verdict is Verdict.PASS
+    assert third.state.flags[KEY].sequential["error_rate@treatment"].windows == 2
+
+
+def test_without_started_at_the_first_window_is_projected_over_its_real_length() -> None:
+    definition = flag_definition(method=None)
+    del definition["metadata"]["started_at"]
+    flag = parse_flags({KEY: definition}).flags[0]
+    decision = engine.decide(
+        [flag], aggs(Aggregate(0.01, 1_000), Aggregate(0.01, 1_000), window=SINCE_START), State(), NOW
+    )
+    seq = decision.state.flags[KEY].sequential["error_rate@treatment"]
+    assert seq.minutes_per_unit == pytest.approx(1 / 2_000)  # 2,000 units in the 1-minute window asked for
+
+
+def test_reenabling_a_flag_restarts_its_sequential_tests() -> None:
+    flag = make_flag(method=None)
+    first = engine.decide(
+        [flag], aggs(Aggregate(0.01, 50_000), Aggregate(0.01, 50_000), window=SINCE_START), State(), NOW
+    )
+    assert first.state.flags[KEY].sequential
+    off = engine.decide([replace(flag, enabled=False)], {}, first.state, NOW + timedelta(minutes=2))
+    assert not off.state.flags[KEY].sequential and off.state.flags[KEY].first_seen_enabled is None
+
+
+def test_alpha_is_split_across_guardrails_and_arms() -> None:
+    flag = make_flag(
+        method=None,
+        treatments=("a", "b"),
+        extra_metadata={
+            "guardrail.latency_mean.comparison": "relative_increase",
+            "guardrail.latency_mean.threshold": 0.1,
+            "guardrail.latency_mean.kind": "mean",
+        },
+    )
+    assert judge.comparisons(flag) == 4
+    assert judge.comparison_alpha(flag, flag.guardrails[0]) == pytest.approx(0.0125)
+    data = {(KEY, v, "error_rate", SINCE_START): Aggregate(0.01, 10_000) for v in ("control", "a", "b")}
+    e = engine.decide([flag], data, State(), NOW).evaluations[0]
+    assert "alpha 0.0125 per comparison" in e.reason
 
 
 def test_sequential_mean_without_stddev_is_no_data() -> None:
@@ -318,10 +395,8 @@ def test_sequential_mean_without_stddev_is_no_data() -> None:
 def test_sequential_decides_when_an_arm_is_at_exactly_zero() -> None:
     flag = make_flag(
         metric="conversion_rate",
-        extra_metadata={
-            "guardrail.conversion_rate.method": "sequential",
-            "guardrail.conversion_rate.comparison": "relative_decrease",
-        },
+        method=None,
+        extra_metadata={"guardrail.conversion_rate.comparison": "relative_decrease"},
     )
     data = aggs(Aggregate(0.05, 100_000), Aggregate(0.0, 100_000), metric="conversion_rate", window=SINCE_START)
     e = engine.decide([flag], data, State(), NOW).evaluations[0]
@@ -329,9 +404,34 @@ def test_sequential_decides_when_an_arm_is_at_exactly_zero() -> None:
 
 
 def test_sequential_zero_control_is_tested_not_an_automatic_breach() -> None:
-    flag = make_flag(extra_metadata={"guardrail.error_rate.method": "sequential"})
+    flag = make_flag(method=None)
     stray = aggs(Aggregate(0.0, 150), Aggregate(1 / 150, 150), window=SINCE_START)
     assert engine.decide([flag], stray, State(), NOW).evaluations[0].verdict is Verdict.PASS
     # The relative (delta-method) test needs some events in control to conclude; with a few dozen it does.
     bug = aggs(Aggregate(25 / 50_000, 50_000), Aggregate(0.05, 50_000), window=SINCE_START)
     assert engine.decide([flag], bug, State(), NOW).evaluations[0].verdict is Verdict.BREACH
+
+
+def test_per_unit_sums_from_the_source_give_the_unit_variance() -> None:
+    """A ratio metric with its per-unit sums (a warehouse source): 20 heavy users per arm, half of them with
+    every error. The binomial variance calls a 40 % gap a breach; the users' variance does not."""
+    flag = make_flag(method=None)
+
+    def arm(rate: float, per_unit: bool) -> Aggregate:
+        x = [10_000.0 * rate] * 10 + [0.0] * 10  # errors per user; 5,000 requests each
+        sums = dict(
+            units=20,
+            num_sum=sum(x),
+            num_sum_sq=sum(v * v for v in x),
+            den_sum=100_000.0,
+            den_sum_sq=20 * 5_000.0**2,
+            num_den_sum=sum(v * 5_000.0 for v in x),
+        )
+        return Aggregate(sum(x) / 100_000, 100_000, **(sums if per_unit else {}))  # type: ignore[arg-type]
+
+    def verdict(per_unit: bool) -> Verdict:
+        data = aggs(arm(0.01, per_unit), arm(0.014, per_unit), window=SINCE_START)
+        return engine.decide([flag], data, State(), NOW + timedelta(hours=1)).evaluations[0].verdict
+
+    assert verdict(per_unit=False) is Verdict.BREACH
+    assert verdict(per_unit=True) is Verdict.PASS

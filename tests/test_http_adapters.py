@@ -128,6 +128,16 @@ def test_bad_bodies_are_no_data(body: str, cause: str) -> None:
     assert cause in (agg.error or "")
 
 
+def test_parse_answer_reads_per_unit_sums_and_drops_bad_ones() -> None:
+    """The optional per-unit sums reach the Aggregate, so the sequential test can take the unit variance."""
+    answer = {"value": 0.02, "count": 5000, "units": 400, "num_sum": 100, "num_sum_sq": 900.0, "den_sum": 5000,
+              "den_sum_sq": 70000, "num_den_sum": 1500}  # fmt: skip
+    agg = parse_answer(answer)
+    assert (agg.units, agg.num_sum, agg.num_sum_sq, agg.den_sum_sq, agg.num_den_sum) == (400, 100, 900, 70000, 1500)
+    bad = parse_answer({**answer, "units": 4.5, "num_sum_sq": float("nan"), "num_den_sum": "x"})
+    assert bad.error is None and bad.units is None and bad.num_sum_sq is None and bad.num_den_sum is None
+
+
 def test_parse_answer_keeps_a_valid_stddev_and_drops_a_bad_one() -> None:
     assert parse_answer({"value": 3.0, "count": 10, "stddev": 1.5}).stddev == 1.5
     assert parse_answer({"value": 3.0, "count": 10, "stddev": -1}).stddev is None

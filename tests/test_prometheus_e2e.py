@@ -235,7 +235,13 @@ def test_source_turns_real_prometheus_oddities_into_no_data(stack: Stack) -> Non
 
 
 def flag_file(path: Path, key: str, guardrails: dict[str, float]) -> Path:
-    metadata: dict[str, Any] = {"owner": "e2e", "experiment_type": "ab", "warmup_minutes": 0}
+    # The threshold rule on a short window: these tests are about PromQL values and the two-look halt path.
+    metadata: dict[str, Any] = {
+        "owner": "e2e",
+        "experiment_type": "ab",
+        "warmup_minutes": 0,
+        "guardrail.method": "threshold",
+    }
     for metric, threshold in guardrails.items():
         metadata[f"guardrail.{metric}.comparison"] = "relative_increase"
         metadata[f"guardrail.{metric}.threshold"] = threshold

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from guardrail.model import GuardrailError
+from guardrail.model import SINCE_START, GuardrailError
 from guardrail.replay import read_history, replay, run_replay_command
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "replay"
@@ -162,7 +162,7 @@ def test_cli(tmp_path: Path) -> None:
     assert result.returncode == 1, result.stderr
     table = result.stdout.splitlines()
     assert table[2].split() == ["flag", "halted", "at", "metric", "looks"]
-    assert table[3].split()[:3] == ["checkout.payments.express-pay", "2026-11-18T10:12:00Z", "error_rate"]
+    assert table[3].split()[:3] == ["checkout.payments.express-pay", "2026-11-18T10:10:00Z", "error_rate"]
     assert table[4].split() == ["search.ranking.new-model", "no", "halt", "-", "60"]
     assert "search.ranking.new-model: no halt in 60 looks" in result.stdout
     missing = subprocess.run(
@@ -201,7 +201,7 @@ def test_a_disabled_flag_is_still_replayed_and_an_absent_one_says_so(tmp_path: P
     code = run_replay_command(history=EXAMPLES / "history.jsonl", flags=flags, config=None, as_json=True)
     results = {r["flag"]: r for r in json.loads(capsys.readouterr().out)["flags"]}
     assert code == 1
-    assert results["checkout.payments.express-pay"]["halted_at"] == "2026-11-18T10:12:00Z"
+    assert results["checkout.payments.express-pay"]["halted_at"] == "2026-11-18T10:10:00Z"
     assert results["search.ranking.new-model"]["looks"] == 60
     absent = results["not.in.history"]
     assert absent["looks"] == 0 and absent["reason"] == "no aggregates for this flag in the history"
@@ -233,3 +233,34 @@ def test_json_keys_are_pinned(tmp_path: Path, capsys: Any) -> None:
     doc = json.loads(capsys.readouterr().out)
     assert list(doc) == ["flags"]
     assert list(doc["flags"][0]) == ["flag", "halted_at", "metric", "reason", "looks"]
+
+
+def test_history_lines_may_carry_per_unit_sums(tmp_path: Path) -> None:
+    rows = [
+        {
+            "time": "2026-11-18T10:00:00Z",
+            "flag": "f",
+            "variant": v,
+            "metric": "error_rate",
+            "window": "since_start",
+            "value": 0.01,
+            "count": 10_000,
+            "units": 500,
+            "num_sum": 100,
+            "num_sum_sq": 900,
+            "den_sum_sq": 250_000,
+            "num_den_sum": 2_400,
+        }
+        for v in ("control", "treatment")
+    ]
+    path = tmp_path / "history.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    ((_when, aggregates),) = read_history(path)
+    agg = aggregates[("f", "control", "error_rate", SINCE_START)]
+    assert (agg.units, agg.num_sum, agg.num_sum_sq, agg.den_sum_sq, agg.num_den_sum) == (
+        500,
+        100.0,
+        900.0,
+        250_000.0,
+        2_400.0,
+    )

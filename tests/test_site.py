@@ -66,7 +66,7 @@ def test_incremental_refresh_equals_a_full_build(tmp_path: Path) -> None:
         import random
 
         rng = random.Random(3)
-        for look in range(14):
+        for look in range(18):  # the last look (17) halts treatment-b, worse from look 10
             _set_looks(api, look, rng)
             now = START + timedelta(minutes=2 * look)
             result = run_check(settings, now=now)
@@ -343,3 +343,21 @@ def test_job_summary_cells_render_as_plain_text(evil: str) -> None:
     cell = body.split("<td>")[2].split("</td>")[0]
     assert not re.search(r"<(?!/?td)", cell), cell  # no tag inside the cell
     assert html_mod.unescape(cell) == " ".join(evil.split())
+
+
+def test_the_bound_is_drawn_where_the_test_gives_one() -> None:
+    """A ramp step's confidence sequence records a lower bound: drawn, with its legend. The default
+    window-stratified test records a p-value and no bound: no bound line, and the text says what halts."""
+    import tempfile
+
+    pages_of: dict[bool, str] = {}
+    for bounded in (True, False):
+        recs = [
+            decision(minute(i), 0.05 * i, bound=(0.05 * i - 0.2) if bounded else None, verdict="pass") for i in range(6)
+        ]
+        with tempfile.TemporaryDirectory() as tmp:
+            build_from_records(Path(tmp), {"last_run_at": minute(5), "flags": {}}, recs, now=START, stale_after=None)
+            pages_of[bounded] = (Path(tmp) / "flags" / "f.k.html").read_text()
+    assert 'class="bound"' in pages_of[True] and "always-valid lower bound" in pages_of[True]
+    assert 'class="bound"' not in pages_of[False] and "always-valid lower bound" not in pages_of[False]
+    assert "always-valid test proves harm" in pages_of[False]

@@ -75,21 +75,24 @@ def test_duckdb_halts_the_harmful_flag_through_the_installed_command(tmp_path: P
     d.load_duckdb(db, d.tables())
     config = write_setup(tmp_path, f"duckdb:///{db}", "duckdb")
 
+    # The default sequential test halts at the first breaching look.
     first = run_cli("check", "--config", str(config), "--now", T1, "--json")
-    assert first.returncode == ExitCode.OK, first.stdout + first.stderr
+    assert first.returncode == ExitCode.HALTED, first.stdout + first.stderr
     verdicts = {(e["flag"], e["metric"]): e["verdict"] for e in json.loads(first.stdout)["evaluations"]}
-    assert verdicts[(d.HARMFUL, "error_rate")] == Verdict.BREACH.value  # 1 of 2 confirmations
+    assert verdicts[(d.HARMFUL, "error_rate")] == Verdict.BREACH.value
     assert verdicts[(d.HEALTHY, "error_rate")] == Verdict.PASS.value
     assert verdicts[(d.HEALTHY, "p95_latency_ms")] == Verdict.PASS.value
     assert verdicts[(d.HEALTHY, "conversion_rate")] == Verdict.PASS.value
-
-    second = run_cli("check", "--config", str(config), "--now", T2)
-    assert second.returncode == ExitCode.HALTED, second.stdout + second.stderr
     after = yaml.safe_load((tmp_path / "flags.yaml").read_text())["flags"]
     assert after[d.HARMFUL]["state"] == "DISABLED"
     assert after[d.HEALTHY]["state"] == "ENABLED"
     audit = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
-    assert any(r["type"] == "halt" and r["flag"] == d.HARMFUL and r["status"] == "done" for r in audit)
+    assert [r["flag"] for r in audit if r["type"] == "halt" and r["status"] == "done"] == [d.HARMFUL]
+
+    # The next run watches the healthy flag only, and the halted one stays halted.
+    second = run_cli("check", "--config", str(config), "--now", T2, "--json")
+    assert second.returncode == ExitCode.OK, second.stdout + second.stderr
+    assert {e["flag"] for e in json.loads(second.stdout)["evaluations"]} == {d.HEALTHY}
 
 
 @pytest.fixture(scope="module")
@@ -110,12 +113,12 @@ def test_postgres_halts_the_harmful_flag_and_keeps_the_password_out_of_everythin
     settings = load_settings(config=config)
     assert pg.password in settings.secrets()
     now1 = d.END.replace(tzinfo=timezone.utc)
-    first = run_check(settings, now=now1)
-    assert first.exit_code == ExitCode.OK
+    first = run_check(settings, now=now1)  # the default sequential test halts at the first breaching look
+    assert first.exit_code == ExitCode.HALTED
+    assert [h.flag for h in first.halts] == [d.HARMFUL] and first.halts[0].status == "done"
     second = run_check(settings, now=now1 + timedelta(minutes=2))
-    assert second.exit_code == ExitCode.HALTED
-    assert [h.flag for h in second.halts] == [d.HARMFUL] and second.halts[0].status == "done"
-    healthy = [e for e in second.evaluations if e.flag == d.HEALTHY]
+    assert second.exit_code == ExitCode.OK and not second.halts
+    healthy = [e for run in (first, second) for e in run.evaluations if e.flag == d.HEALTHY]
     assert healthy and all(e.verdict is Verdict.PASS for e in healthy), [(e.metric, e.reason) for e in healthy]
     for path in (tmp_path / "state.json", tmp_path / "audit.jsonl", tmp_path / "flags.yaml"):
         assert pg.password not in path.read_text()

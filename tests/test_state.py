@@ -7,12 +7,22 @@ import os
 import stat
 import threading
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 
-from guardrail.model import ExitCode, FlagState, GuardrailError, HaltAction, HaltRecord, HaltStatus, State, Streak
+from guardrail.model import (
+    ExitCode,
+    FlagState,
+    GuardrailError,
+    HaltAction,
+    HaltRecord,
+    HaltStatus,
+    SeqState,
+    State,
+    Streak,
+)
 from guardrail.state import STATE_VERSION, AuditLog, StateStore, from_dict, to_dict
 from tests.conftest import NOW
 
@@ -131,3 +141,56 @@ def test_state_with_an_infinite_delta_saves(tmp_path: Path) -> None:
     store = StateStore(tmp_path / "s.json")
     store.save(decision.state)
     assert store.load().flags["f.k"].last_evaluations["error_rate@treatment"]["delta"] == "inf"
+
+
+def test_version_1_state_upgrades_to_version_2(tmp_path: Path) -> None:
+    """A state file written before the window-stratified test: streaks, halts and first-seen survive, the
+    sequential tests start at the next look, and the next save writes version 2."""
+    v1 = {
+        "version": 1,
+        "last_run_at": "2026-11-25T12:00:00+00:00",
+        "flags": {
+            "a": {
+                "first_seen_enabled": "2026-11-20T09:00:00+00:00",
+                "streaks": {"error_rate@treatment": {"count": 1, "last_breach_at": "2026-11-25T12:00:00+00:00"}},
+                "halt": None,
+                "tuning_n": {"error_rate@treatment": 30000.0},
+                "last_evaluations": {},
+            }
+        },
+    }
+    path = tmp_path / "state.json"
+    path.write_text(json.dumps(v1))
+    store = StateStore(path)
+    state = store.load()
+    fs = state.flags["a"]
+    assert fs.streaks["error_rate@treatment"].count == 1 and fs.first_seen_enabled is not None
+    assert fs.sequential == {} and fs.last_look_at is None and fs.tuning_n == {"error_rate@treatment": 30000.0}
+    store.save(state)
+    assert json.loads(path.read_text())["version"] == STATE_VERSION == 2
+
+
+def test_sequential_state_round_trips(tmp_path: Path) -> None:
+    seq = SeqState(
+        last_control=(1000.0, 10.0, 10.0),
+        last_treatment=(990.0, 12.0, 12.0),
+        s=1.5,
+        v=2.25,
+        w=497.5,
+        windows=3,
+        r2=2.5,
+        v_per_unit=0.001,
+        minutes_per_unit=0.001,
+        restarts=((1, 0.5, 1.0),),
+        last_at_minutes=6.0,
+    )
+    state = State(
+        flags={
+            "a": FlagState(
+                sequential={"error_rate@treatment": seq}, last_look_at=datetime(2026, 11, 25, 12, tzinfo=timezone.utc)
+            )
+        }
+    )
+    store = StateStore(tmp_path / "state.json")
+    store.save(state)
+    assert store.load() == state

@@ -60,6 +60,7 @@ GUARDRAIL_KEYS = {
     "confirmations",
     "min_count",
     "window",
+    "alpha_per_comparison",
     "in_definition",
     "streak",
     "last_breach_at",
@@ -175,6 +176,20 @@ def test_report_shows_guardrails_streaks_last_values_and_halts() -> None:
     assert "HALTED (revert)" in text and "run-abc" in text and "error_rate 3.4x control" in text
     assert "warmup: 20.0 min left" in text and "STALE" not in text
     json.dumps(doc, allow_nan=False)  # strict JSON
+
+
+def test_each_sequential_guardrail_shows_its_share_of_alpha() -> None:
+    """Two treatments × one sequential guardrail: each comparison runs at alpha / 2; the threshold rule has none."""
+    definition = flag_definition(method=None, treatments=("a", "b"))
+    definition["metadata"].update(
+        {"guardrail.p95_latency_ms.comparison": "relative_increase", "guardrail.p95_latency_ms.threshold": 0.1}
+    )
+    parsed = parse_flags({KEY: definition})
+    report = build_report(State(), parsed, now=NOW, stale_after=10, flag_source="flags.yaml", warnings=[])
+    (flag,) = to_json(report)["flags"]
+    shares = {g["id"]: g["alpha_per_comparison"] for g in flag["guardrails"]}
+    assert shares == {"error_rate@a": 0.025, "error_rate@b": 0.025, "p95_latency_ms@a": None, "p95_latency_ms@b": None}
+    assert to_text(report).count("alpha 0.025 per comparison") == 2
 
 
 @pytest.mark.parametrize(

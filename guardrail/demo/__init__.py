@@ -3,8 +3,9 @@
 Metrics come from SQL over a DuckDB file of exposures and events the demo generates (the warehouse path:
 guardrail/sources/sql.py, the queries in guardrail/demo/sql/, the same as examples/sql/); flags, the halt and
 the alert go through the built-in fake flag API and webhook. Two runs two minutes apart: express-pay's
-treatment has 3.4x control's error rate, so run 1 sees a breach (1 of 2 confirmations) and run 2 halts it;
-the healthy search experiment passes both times.
+treatment has 3.4x control's error rate, so the default sequential test proves harm on run 1 and halts it
+there (it controls its error rate over every look, so one breaching look is enough); run 2 no longer
+watches the halted flag, and the healthy search experiment passes both times.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from guardrail import report
 from guardrail.check import RunResult, run_check
 from guardrail.demo.warehouse import Arm, generate, write_duckdb
 from guardrail.fakeapi import FakeAPI
+from guardrail.model import Verdict
 from guardrail.settings import load_settings
 
 DEMO_TOKEN = "demo-token-not-a-secret"
@@ -88,7 +90,7 @@ def run_demo(state_dir: Path | None = None, now: datetime | None = None) -> int:
         second = run_check(settings, now=start + timedelta(minutes=2))
         _show("run 2 (cron, t+2 min)", second)
 
-        halted = api.flag("checkout.payments.express-pay")
+        halted = api.flag(EXPRESS)
         print("\n=== what the flag API holds now ===")
         print(
             f"checkout.payments.express-pay: state={halted.get('state')} defaultVariant={halted.get('defaultVariant')}"
@@ -100,12 +102,18 @@ def run_demo(state_dir: Path | None = None, now: datetime | None = None) -> int:
                 print(f"  {f['title']}: {f['value']}")
         audit_lines = len(settings.audit_path.read_text("utf-8").splitlines())
         print(f"\naudit log: {audit_lines} lines in {settings.audit_path}")
+        healthy = [e.verdict for run in (first, second) for e in run.evaluations if e.flag == SEARCH]
         ok = (
-            int(first.exit_code) == 0
-            and int(second.exit_code) == 1
+            int(first.exit_code) == 1
+            and [h.flag for h in first.halts] == [EXPRESS]
+            and int(second.exit_code) == 0
+            and not second.halts
+            and healthy
+            and all(v is Verdict.PASS for v in healthy)
             and halted.get("state") == "DISABLED"
             and len(api.alerts) == 1
         )
-        print("\ndemo " + ("behaved as expected: breach, breach -> halted" if ok else "did NOT behave as expected"))
+        outcome = "behaved as expected: harmful flag halted on run 1, healthy flag passed both runs"
+        print("\ndemo " + (outcome if ok else "did NOT behave as expected"))
         sys.stdout.flush()
         return 0 if ok else 1

@@ -288,13 +288,22 @@ def flag_page(
         comparison = str(last.get("comparison") or "")
         relative = comparison.startswith("relative")
         sequential = last.get("method") == "sequential"
+        # A ramp step's confidence sequence gives a lower bound on the harm; the default window-stratified
+        # test gives an always-valid p-value (in the reason) and no bound (docs/statistics.md).
+        bounded = sequential and last.get("bound") is not None
         threshold = last.get("threshold") if isinstance(last.get("threshold"), (int, float)) else None
-        how = (
-            "sequential: since-start estimate and its always-valid lower bound (shaded down to it); it halts "
-            "once the bound is above the threshold"
-            if sequential
-            else "threshold: each run's delta against the threshold"
-        )
+        if bounded:
+            how = (
+                "sequential: since-start estimate and its always-valid lower bound (shaded down to it); it halts "
+                "once the bound is above the threshold"
+            )
+        elif sequential:
+            how = (
+                "sequential: since-start estimate; it halts when the always-valid test proves harm beyond the "
+                "threshold (its p-value is in the reason)"
+            )
+        else:
+            how = "threshold: each run's delta against the threshold"
         control = (s or {}).get("control_variant") or last.get("control_variant") or "control"
         parts.append(
             f'<section class="guardrail" data-guardrail="{escape(gid)}"><h2>{escape(metric)} &middot; '
@@ -304,7 +313,7 @@ def flag_page(
         )
         bound = (
             '<span><i class="sw" style="border-top:2px dotted #1565c0"></i>always-valid lower bound</span>'
-            if sequential
+            if bounded
             else ""
         )
         parts.append(legend.format(bound=bound))

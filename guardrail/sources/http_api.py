@@ -17,6 +17,7 @@ from guardrail.config import format_time
 from guardrail.http import HTTPFailure, RetryPolicy, json_body, request, url_problem
 from guardrail.model import Aggregate, ExitCode, FailureKind, GuardrailError, MetricQuery
 from guardrail.sources.base import PerSeriesSource
+from guardrail.sources.sql_rows import OPTIONAL, optional_cell
 
 
 def parse_answer(body: Any) -> Aggregate:
@@ -39,7 +40,10 @@ def parse_answer(body: Any) -> Aggregate:
             stddev = None  # optional field: a bad one is dropped, not fatal
         elif stddev < 0:
             stddev = None
-    return Aggregate(value=float(value), count=int(count), stddev=None if stddev is None else float(stddev))
+    # Optional per-unit sums (the same names as the SQL columns, docs/contracts.md): with them the sequential
+    # test takes its variance from the randomisation unit. An unusable one is dropped, like stddev.
+    per_unit: dict[str, Any] = {f: optional_cell(body[f], f) for f in OPTIONAL if f != "stddev" and f in body}
+    return Aggregate(value=float(value), count=int(count), stddev=None if stddev is None else float(stddev), **per_unit)
 
 
 class HttpMetricSource(PerSeriesSource):

@@ -57,7 +57,7 @@ def _count(raw: Any, column: str) -> int:
     return int(value)
 
 
-def _optional(raw: Any, column: str) -> float | int | None:
+def optional_cell(raw: Any, column: str) -> float | int | None:
     """An optional column's cell, or None when it is NULL or unusable (dropped, not fatal)."""
     try:
         return _count(raw, column) if column == "units" else _float(raw, column)
@@ -72,7 +72,7 @@ def _aggregate(row: tuple[Any, ...], at: Mapping[str, int]) -> Aggregate:
     except BadCell as exc:
         hint = " (no events in the window's denominator?)" if str(exc) == "value is NULL" else ""
         return Aggregate.missing(f"{exc}{hint}")
-    extra: dict[str, Any] = {c: _optional(row[at[c]], c) for c in OPTIONAL if c in at}
+    extra: dict[str, Any] = {c: optional_cell(row[at[c]], c) for c in OPTIONAL if c in at}
     stddev = extra.pop("stddev", None)
     if stddev is not None and stddev < 0:
         stddev = None
