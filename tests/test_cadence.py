@@ -40,7 +40,8 @@ def test_not_due_runs_ask_nothing_and_change_no_flag_state(tmp_path: Path, wareh
     first = run_check(settings, now=T1)
     assert first.cadence is not None and first.cadence.due
     verdicts = {(e.flag, e.metric): e.verdict for e in first.evaluations}
-    assert verdicts[(d.HARMFUL, "error_rate")] is Verdict.BREACH  # 1 of 2 confirmations
+    assert verdicts[(d.HARMFUL, "error_rate")] is Verdict.BREACH  # the default test halts at this first look
+    assert first.exit_code is ExitCode.HALTED
     looked = store.load()
     assert looked.metrics_looked_at == T1
     audited = (tmp_path / "audit.jsonl").read_text().count("\n")
@@ -78,11 +79,15 @@ def test_not_due_runs_ask_nothing_and_change_no_flag_state(tmp_path: Path, wareh
     db.rename(tmp_path / "away.duckdb")
     assert store.load().metrics_looked_at == T1
 
-    # Nine minutes after the last look the next run is due: it looks, and the second breach halts.
+    # Nine minutes after the last look the next run is due: it looks at the flags still watched.
     (tmp_path / "away.duckdb").rename(db)
+    before = store.load()
     due = run_check(settings, now=T1 + timedelta(minutes=9))
-    assert due.cadence is not None and due.cadence.due and due.exit_code is ExitCode.HALTED
-    assert store.load().metrics_looked_at == T1 + timedelta(minutes=9)
+    assert due.cadence is not None and due.cadence.due and due.exit_code is ExitCode.OK
+    assert {e.flag for e in due.evaluations} == {d.HEALTHY} and all(e.verdict is Verdict.PASS for e in due.evaluations)
+    looked_again = store.load()
+    assert looked_again.metrics_looked_at == T1 + timedelta(minutes=9)
+    assert looked_again.flags[d.HEALTHY] != before.flags[d.HEALTHY]  # this run was a look
     assert yaml.safe_load((tmp_path / "flags.yaml").read_text())["flags"][d.HARMFUL]["state"] == "DISABLED"
 
 
