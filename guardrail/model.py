@@ -456,7 +456,7 @@ class HaltRecord:
     run_id: str | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SeqState:
     """The sequential test's memory per guardrail × treatment (guardrail/seqtest.py explains each field)."""
 
