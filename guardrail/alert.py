@@ -30,10 +30,18 @@ class AlertOutcome(TextEnum):
 
 
 def context(
-    *, flag: str, action: HaltAction, evaluation: Evaluation, reason: str, link: str, report: str | None = None
+    *,
+    flag: str,
+    action: HaltAction,
+    evaluation: Evaluation,
+    reason: str,
+    link: str,
+    report: str | None = None,
+    rollback: bool = False,
 ) -> dict[str, Any]:
     """What the alert needs, as strict JSON (it is kept in the state file until the alert is delivered).
-    `report`: the flag's page in the report site (`report.base_url`, docs/report.md)."""
+    `report`: the flag's page in the report site (`report.base_url`, docs/report.md). `rollback`: a ramp's
+    rollback (treatment share to 0 and revert, docs/rollouts.md), worded as such."""
     return {
         "flag": flag,
         "action": action.value,
@@ -41,6 +49,7 @@ def context(
         "link": link,
         "evaluation": codec.evaluation_dict(evaluation),
         **({"report": report} if report else {}),
+        **({"rollback": True} if rollback else {}),
     }
 
 
@@ -89,6 +98,8 @@ _TODO = {HaltAction.REVERT: "revert it to control", HaltAction.HOLD: "hold it at
 def headline(ctx: Mapping[str, Any], outcome: AlertOutcome, detail: str = "") -> str:
     flag, action = escape(ctx["flag"]), HaltAction(ctx["action"])
     metric = escape(ctx["evaluation"]["metric"])
+    if ctx.get("rollback") and action is HaltAction.REVERT:
+        return _rollback_headline(flag, metric, outcome, detail)
     if outcome is AlertOutcome.FAILED:
         return (
             f":warning: HALT FAILED: `{flag}` was NOT changed: {_TODO[action]} BY HAND. {metric} breached "
@@ -97,6 +108,22 @@ def headline(ctx: Mapping[str, Any], outcome: AlertOutcome, detail: str = "") ->
     if outcome is AlertOutcome.WOULD_HALT:
         return f":mag: DRY RUN: `{flag}` would be {_WHAT[action]}: {metric} breached its guardrail"
     return f":rotating_light: AUTO-HALT: `{flag}` {_WHAT[action]}: {metric} breached its guardrail"
+
+
+def _rollback_headline(flag: str, metric: str, outcome: AlertOutcome, detail: str) -> str:
+    """A ramp's rollback is two writes; a failed one may be half done, and the detail says which half."""
+    if outcome is AlertOutcome.FAILED:
+        return (
+            f":warning: ROLLBACK FAILED: `{flag}` was NOT fully rolled back: set its treatment share to 0 and "
+            f"revert it to control BY HAND. {metric} breached its guardrail, and the flag backend did not apply "
+            f"both changes: {escape(detail)}"
+        )
+    if outcome is AlertOutcome.WOULD_HALT:
+        return f":mag: DRY RUN: `{flag}` would be rolled back (treatment share 0, control): {metric} breached"
+    return (
+        f":rotating_light: AUTO-ROLLBACK: `{flag}` rolled back: treatment share 0 and reverted to control: "
+        f"{metric} breached its guardrail"
+    )
 
 
 def render(ctx: Mapping[str, Any], outcome: AlertOutcome, detail: str = "") -> dict[str, Any]:

@@ -52,6 +52,7 @@ HALT_KEYS = (
     "alert",
     "resumed",
     "kind",
+    "parts",
 )
 
 
@@ -103,4 +104,5 @@ def halt_line(run_id: str, now: datetime, result: HaltResult, record: HaltRecord
         "alert": result.alert,
         "resumed": result.resumed,
         "kind": None if result.kind is None else result.kind.value,
+        "parts": None if result.parts is None else dict(result.parts),
     }

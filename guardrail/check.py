@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 import httpx
 
-from guardrail import alert, audit, engine, halts, ramp_run, world
+from guardrail import alert, audit, engine, halts, ramp_run, rollout, world
 from guardrail.adapters import Runtime
 from guardrail.alert import AlertOutcome
 from guardrail.cadence import cadence
@@ -30,7 +30,6 @@ from guardrail.http import RetryPolicy, make_client, run_budget
 from guardrail.model import (
     Cadence,
     Decision,
-    FailureKind,
     Flag,
     FlagProblem,
     FlagState,
@@ -196,7 +195,12 @@ class Run:
                         h.action.value,
                         HaltResultStatus.WOULD_HALT,
                         h.reason,
-                        detail="dry run: nothing changed, no alert sent",
+                        detail=(
+                            "dry run: would set the treatment's share to 0 and revert to control; "
+                            if h.action is HaltAction.REVERT and rollout.ramped(by_key[h.flag])
+                            else "dry run: "
+                        )
+                        + "nothing changed, no alert sent",
                     )
                 )
         else:
@@ -211,6 +215,7 @@ class Run:
                     reason=h.reason,
                     link=backend.link(h.flag),
                     report=self._report_link(h.flag),
+                    rollback=h.action is HaltAction.REVERT and rollout.ramped(by_key[h.flag]),
                 )
                 state = _with_halt(state, h.flag, halts.prepared(pending, run_id=self.run_id, alert_context=ctx))
             self.store.save(self._stamp(state))  # write-ahead: the pending halts are on disk first
@@ -279,14 +284,11 @@ class Run:
                 self._after_effect(exc, "state NOT saved after a halt (the next run re-reads the flag)")
 
     async def _change(self, backend: FlagBackend, flag: Flag, record: HaltRecord) -> HaltOutcome:
-        try:
-            if record.action is HaltAction.HOLD:
-                return await backend.hold(flag, record.reason)
-            return await backend.halt(flag, record.reason)
-        except Exception as exc:  # a backend must not raise; a bug in one must still fail loudly here
-            return HaltOutcome(
-                ok=False, detail=f"{backend.name} backend error: {type(exc).__name__}", kind=FailureKind.INTERNAL
-            )
+        if record.action is HaltAction.REVERT and rollout.ramped(flag):
+            # A ramp's rollback: the treatment's share to 0 as well as the revert (guardrail/ramp_run.py).
+            return await ramp_run.rollback(backend, flag, record.reason)
+        change = backend.hold if record.action is HaltAction.HOLD else backend.halt
+        return await ramp_run.guarded(backend, change, flag, record.reason)
 
     async def _apply(
         self, state: State, backend: FlagBackend, flag: Flag, record: HaltRecord, runtime: Runtime, *, resumed: bool
@@ -314,6 +316,7 @@ class Run:
             alert_status,
             resumed,
             kind=outcome.kind,
+            parts=outcome.parts,
         )
         self.halts.append(result)
         self.audit_lines.append(audit.halt_line(self.run_id, self.now, result, record))

@@ -52,7 +52,7 @@ def _root(
 def _parse_now(now: str | None) -> datetime:
     if not now:
         return datetime.now(timezone.utc).replace(microsecond=0)
-    from guardrail.config import parse_time
+    from guardrail.codec import parse_time
 
     try:
         return parse_time(now)
@@ -480,12 +480,19 @@ def status(
     stale_after: Annotated[
         float, typer.Option("--stale-after", help="Minutes after which the last run counts as stale (exit 3).")
     ] = 10.0,
+    now: Annotated[
+        str | None,
+        typer.Option("--now", help="Report as of this RFC 3339 time instead of the clock (as `check --now`)."),
+    ] = None,
 ) -> None:
-    """Every watched flag: guardrails, streaks, last verdicts and values, halts, warmup left, last run age."""
+    """Every watched flag: guardrails, streaks, last verdicts and values, halts, warmup and ramp step time
+    left, last run age."""
     from guardrail.status import run_status_command
 
     raise typer.Exit(
-        run_status_command(flags=flags, config=config, state=state, as_json=as_json, stale_after=stale_after)
+        run_status_command(
+            flags=flags, config=config, state=state, as_json=as_json, stale_after=stale_after, now=_parse_now(now)
+        )
     )
 
 

@@ -323,9 +323,10 @@ def decide(
             found, halt, flag_state, ramp, srm_result = rollout.after_decide(
                 flag, aggregates, prior, now, found, halt, flag_state
             )
-        except (ArithmeticError, ValueError, TypeError) as exc:
-            # One flag's numbers must never stop the others from being decided (a harmful flag elsewhere
-            # would stay on): this flag is reported as not evaluated and keeps its state.
+        except (ArithmeticError, ValueError, TypeError, LookupError) as exc:
+            # One flag's numbers (or a schedule its state no longer matches) must never stop the others from
+            # being decided (a harmful flag elsewhere would stay on): this flag is reported as not evaluated
+            # and keeps its state.
             evaluations.extend(_undecided(flag, f"not decided: {type(exc).__name__} on these numbers"))
             continue
         ramps.extend([ramp] if ramp is not None else [])

@@ -418,6 +418,8 @@ class HaltOutcome:
     detail: str  # what happened, for the output and audit (never a secret)
     already: bool = False  # the flag was already halted/held at the source
     kind: FailureKind | None = None  # why it failed (None when ok)
+    # A change made of several verified writes (a ramp's rollback: share_zero, revert): part -> done|failed.
+    parts: Mapping[str, str] | None = None
 
     @property
     def permanent(self) -> bool:
@@ -478,13 +480,18 @@ class RampState:
     """Where a ramp is: its step (index into RampSpec.steps) and when that step's split took effect.
 
     Aggregates are queried since `step_started_at`, so each step is judged on its own data only.
-    `shipped_at` ends watching; `last` is the last decision, for `status`.
+    `shipped_at` ends watching; `last` is the last decision, for `status`. `steps` is the schedule this
+    state belongs to (empty in states written before it was kept): another schedule is another ramp.
+    `restarted` marks a new rollout the world declared (guardrail/world.py): the next decision adopts the
+    step the split is at below the last, or starts at step 1.
     """
 
     step: int
     step_started_at: datetime
     shipped_at: datetime | None = None
     last: Mapping[str, Any] = field(default_factory=dict)
+    steps: tuple[int, ...] = ()
+    restarted: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -546,7 +553,7 @@ class RampResultStatus(TextEnum):
     DONE = "done"  # the step's split was written and a re-read showed it
     FAILED = "failed"  # the write failed: the ramp stays on its step (exit 4)
     WOULD = "would"  # dry run
-    DECIDED = "decided"  # nothing to write (hold, adopt, a rollback carried out as a halt)
+    DECIDED = "decided"  # nothing to write (hold, adopt)
 
 
 class RampAction(TextEnum):
@@ -554,7 +561,7 @@ class RampAction(TextEnum):
     ADVANCE = "advance"  # write the next step's split
     SHIP = "ship"  # write the last step's split, then stop watching
     HOLD = "hold"  # stay on the step (nothing written): waits for something, or on_breach: hold
-    ROLLBACK = "rollback"  # revert to control (carried out as a halt)
+    ROLLBACK = "rollback"  # treatment's share to 0 and revert to control (carried out as a halt)
     ADOPT = "adopt"  # the split was moved to another step outside guardrail: that step starts now
 
 
@@ -602,6 +609,7 @@ class HaltResult:
     alert: str = "not sent"
     resumed: bool = False  # finished a halt an earlier run had decided
     kind: FailureKind | None = None  # why it failed
+    parts: Mapping[str, str] | None = None  # a ramp's rollback: which of its writes a re-read showed
 
 
 @dataclass(frozen=True)

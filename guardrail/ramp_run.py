@@ -10,7 +10,7 @@ halts and go through check.py's write-ahead halt path. A dry run writes, saves a
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +22,7 @@ from guardrail.model import (
     FailureKind,
     Flag,
     HaltOutcome,
+    HaltResultStatus,
     RampAction,
     RampDecision,
     RampResult,
@@ -132,6 +133,61 @@ async def _post(run: Run, runtime: Runtime, payload: dict[str, Any]) -> str:
     return "sent" if error is None else f"FAILED: {run.redact(error)}"
 
 
+async def guarded(backend: FlagBackend, call: Callable[..., Awaitable[HaltOutcome]], *args: Any) -> HaltOutcome:
+    """`await call(*args)`: a backend must not raise; a bug in one still fails only this change, loudly."""
+    try:
+        return await call(*args)
+    except Exception as exc:
+        return HaltOutcome(
+            ok=False, detail=f"{backend.name} backend error: {type(exc).__name__}", kind=FailureKind.INTERNAL
+        )
+
+
+async def rollback(backend: FlagBackend, flag: Flag, reason: str) -> HaltOutcome:
+    """A ramp's rollback is two verified writes: the split to control 100 % (every treatment 0 %), and the
+    revert a halt makes (DISABLED, control default; Unleash: its `on_halt`). The split goes first: a
+    revert that forces the control variant may drop the targeting a later split write would need. Both are
+    always tried, each done only when the backend's re-read shows it, and the rollback is done only when
+    both are; otherwise it is a failed halt (exit 4, paged, retried next run) whose detail and `parts`
+    say which write happened. With the share at 0 a person who re-enables the flag without `guardrail
+    resume` still serves control to everyone."""
+    zero = rollout.shares_for(flag, 0)
+    split = await guarded(backend, backend.set_split, flag, zero, reason)
+    if split.ok and not split.already:
+        # The revert is judged against the flag as it is now, with the split just written: a backend that
+        # refuses to change a flag edited since it was read (git) must not take our own write for another's.
+        try:
+            fresh = await backend.get(flag.key)
+        except Exception:  # a backend must not raise; the revert then works from the flag as loaded
+            fresh = None
+        if fresh is not None:
+            flag = replace(flag, definition=fresh)
+    revert = await guarded(backend, backend.halt, flag, reason)
+    parts = {"share_zero": "done" if split.ok else "failed", "revert": "done" if revert.ok else "failed"}
+    if split.ok and revert.ok:
+        return HaltOutcome(
+            ok=True,
+            already=split.already and revert.already,
+            detail=f"treatment share 0: {split.detail}; reverted: {revert.detail}",
+            parts=parts,
+        )
+    if split.ok or revert.ok:
+        done, failed = ("treatment share 0", split) if split.ok else ("reverted to control", revert)
+        missing, why = ("revert to control", revert) if split.ok else ("treatment share to 0", split)
+        return HaltOutcome(
+            ok=False,
+            kind=why.kind,
+            detail=f"rollback PARTIAL: {done} ({failed.detail}); {missing} FAILED: {why.detail}",
+            parts=parts,
+        )
+    return HaltOutcome(
+        ok=False,
+        kind=revert.kind or split.kind,
+        detail=f"rollback FAILED: treatment share to 0: {split.detail}; revert to control: {revert.detail}",
+        parts=parts,
+    )
+
+
 async def apply(
     run: Run,
     state: State,
@@ -172,12 +228,7 @@ async def apply(
                 )
             )
             continue
-        try:
-            outcome = await backend.set_split(flag, d.shares, d.reason)
-        except Exception as exc:  # a backend must not raise; a bug in one still fails this step only
-            outcome = HaltOutcome(
-                ok=False, detail=f"{backend.name} backend error: {type(exc).__name__}", kind=FailureKind.INTERNAL
-            )
+        outcome = await guarded(backend, backend.set_split, flag, d.shares, d.reason)
         detail = run.redact(outcome.detail)
         status = RampResultStatus.DONE if outcome.ok else RampResultStatus.FAILED
         run.audit_lines.append(_audit(run, d, status, detail, d.shares))
@@ -187,7 +238,7 @@ async def apply(
             step = d.to_step
             fs = state.flags[d.flag]
             shipped = run.now if d.action is RampAction.SHIP else None
-            new = rollout.enter_step(fs, d.to_step, run.now, shipped_at=shipped)
+            new = rollout.enter_step(fs, d.to_step, run.now, steps=flag.ramp.steps, shipped_at=shipped)
             last = dict(fs.ramp.last) if fs.ramp is not None else {}
             state = _with(state, d.flag, replace(new, ramp=replace(new.ramp, last=last) if new.ramp else None))
             run._save(state)
@@ -220,8 +271,15 @@ async def _decided(
     alert_status = "not sent"
     if d.action is RampAction.SHIP and not run.dry_run:
         alert_status = await _post(run, runtime, ship_payload(d.flag, d, backend.link(d.flag)))
-    run.audit_lines.append(_audit(run, d, RampResultStatus.WOULD if run.dry_run else RampResultStatus.DECIDED, "", {}))
     status = RampResultStatus.WOULD if run.dry_run and d.action is not RampAction.HOLD else RampResultStatus.DECIDED
+    detail, written = "", {}
+    halt = next((h for h in run.halts if h.flag == d.flag), None)
+    if d.action is RampAction.ROLLBACK and halt is not None and not run.dry_run:
+        # Carried out by the halt path this run (share 0, then revert): report what its re-reads showed.
+        status = RampResultStatus.DONE if halt.status is HaltResultStatus.DONE else RampResultStatus.FAILED
+        detail, written = halt.detail, rollout.shares_for(flag, 0)
+    audit_status = RampResultStatus.WOULD if run.dry_run else status
+    run.audit_lines.append(_audit(run, d, audit_status, detail, written))
     return state, RampResult(
         d.flag,
         d.action,
@@ -230,7 +288,7 @@ async def _decided(
         flag.ramp.steps[step],
         d.reason,
         d.waits_for,
-        "",
+        detail,
         alert_status,
         d.minutes_on_step,
     )

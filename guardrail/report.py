@@ -39,6 +39,7 @@ def to_json(result: RunResult) -> dict[str, Any]:
                 "detail": h.detail,
                 "alert": h.alert,
                 "resumed": h.resumed,
+                "parts": None if h.parts is None else dict(h.parts),
             }
             for h in result.halts
         ],

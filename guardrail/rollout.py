@@ -80,6 +80,8 @@ def data_start(flag: Flag, prior: FlagState | None, experiment_start: datetime) 
 
 def awaiting_start(flag: Flag, prior: FlagState | None) -> bool:
     """A ramp guardrail has not started yet (its split is at no step): nothing to measure, only to write."""
+    if prior is not None and prior.ramp is not None and prior.ramp.restarted:
+        return ramped(flag)  # a ramp started again: this run only adopts a step or writes step 1
     if not ramped(flag) or (prior is not None and prior.ramp is not None):
         return False
     assert flag.ramp is not None
@@ -115,10 +117,12 @@ def shipped(prior: FlagState | None) -> str | None:
     return None
 
 
-def enter_step(fs: FlagState, step: int, now: datetime, *, shipped_at: datetime | None = None) -> FlagState:
-    """State for a new step: its clock starts now; streaks, tuning sizes and the SRM p-value restart,
-    because the step's data starts from zero."""
-    ramp = RampState(step=step, step_started_at=now, shipped_at=shipped_at)
+def enter_step(
+    fs: FlagState, step: int, now: datetime, *, steps: tuple[int, ...], shipped_at: datetime | None = None
+) -> FlagState:
+    """State for a new step of the schedule `steps`: its clock starts now; streaks, tuning sizes and the
+    SRM p-value restart, because the step's data starts from zero."""
+    ramp = RampState(step=step, step_started_at=now, shipped_at=shipped_at, steps=steps)
     return replace(fs, ramp=ramp, streaks={}, tuning_n={}, srm_min_p=1.0, srm_warned=False)
 
 
@@ -214,6 +218,20 @@ def decide_ramp(
     if halt is not None:
         action = RampAction.ROLLBACK if halt.action is HaltAction.REVERT else RampAction.HOLD
         return made(action, halt.reason)
+    if ramp is not None and ramp.restarted:
+        # A new rollout (guardrail/world.py: a shipped ramp started again, or another schedule): a split a
+        # person set to a step below the last is adopted; otherwise (at the last step, or at none) it starts
+        # at step 1.
+        if at is not None and at < last_step:
+            fs = enter_step(state, at, now, steps=spec.steps)
+            why = f"a new rollout: the split is at step {at + 1} ({spec.steps[at]} %) from now"
+            return made(RampAction.ADOPT, why, to=at, fs=fs)
+        return made(
+            RampAction.START,
+            f"a new rollout starts at step 1 ({spec.steps[0]} %)",
+            to=0,
+            shares=shares_for(flag, spec.steps[0]),
+        )
     if ramp is None or at != ramp.step:
         if at is None:
             if ramp is None:
@@ -231,7 +249,7 @@ def decide_ramp(
                     "nor any other step; set the weights to a ramp step"
                 ],
             )
-        fs = enter_step(state, at, now, shipped_at=now if at == last_step else None)
+        fs = enter_step(state, at, now, steps=spec.steps, shipped_at=now if at == last_step else None)
         action = RampAction.SHIP if at == last_step else RampAction.ADOPT
         why = (
             "the split is at a ramp step"

@@ -151,6 +151,10 @@ def _ramp_to_dict(fs: FlagState) -> dict[str, Any]:
             "shipped_at": _t(fs.ramp.shipped_at),
             "last": dict(fs.ramp.last),
         }
+        if fs.ramp.steps:
+            out["ramp"]["steps"] = list(fs.ramp.steps)
+        if fs.ramp.restarted:
+            out["ramp"]["restarted"] = True
     if fs.srm_min_p < 1.0 or fs.srm_warned:
         out["srm_min_p"] = fs.srm_min_p
         out["srm_warned"] = fs.srm_warned
@@ -167,6 +171,8 @@ def _ramp_from_dict(d: Any) -> RampState | None:
         step_started_at=started,
         shipped_at=_dt(d.get("shipped_at")),
         last=dict(d.get("last") or {}),
+        steps=tuple(_count(x, "ramp step") for x in d.get("steps") or ()),
+        restarted=d.get("restarted") is True,
     )
 
 

@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from guardrail import codec, engine, judge
+from guardrail import codec, engine, judge, ramp_status
 from guardrail.config import ParsedFlags, format_time, parse_flags
 from guardrail.flags.base import LoadedFlags
 from guardrail.model import ExitCode, Flag, FlagState, GuardrailError, HaltStatus, Method, State, guardrail_id
@@ -176,51 +176,6 @@ def _guardrails(flag: Flag | None, fs: FlagState, origins: Mapping[str, str]) ->
     return list(rows.values())
 
 
-def _ramp(flag: Flag | None, fs: FlagState, now: datetime) -> dict[str, Any] | None:
-    """Step, time on it, each guardrail's bounds against its threshold, and what the ramp waits for."""
-    if fs.ramp is None or flag is None or flag.ramp is None:
-        return None
-    r = fs.ramp
-    last = dict(r.last)
-    share = flag.ramp.steps[min(r.step, len(flag.ramp.steps) - 1)]
-    # A shipped or halted ramp's clock stopped when guardrail stopped watching it.
-    until = r.shipped_at or (fs.halt.decided_at if fs.halt is not None else now)
-    return {
-        "step": r.step + 1,
-        "steps": list(flag.ramp.steps),
-        "share": share,
-        "step_started_at": _t(r.step_started_at),
-        "minutes_on_step": round((until - r.step_started_at).total_seconds() / 60, 1),
-        "advance": flag.ramp.advance.value,
-        "shipped_at": _t(r.shipped_at),
-        "last_action": last.get("action"),
-        "waits_for": list(last.get("waits_for") or []),
-        "guardrails": list(last.get("guardrails") or []),
-    }
-
-
-def _ramp_lines(ramp: dict[str, Any]) -> list[str]:
-    def bound(g: dict[str, Any], name: str) -> str:
-        x = g.get(name)
-        return "n/a" if x is None else (f"{x:+.1%}" if g.get("relative") else f"{x:+.4g}")
-
-    steps = ", ".join(f"{s}%" for s in ramp["steps"])
-    state = f"shipped at {ramp['shipped_at']}" if ramp["shipped_at"] else f"last decision: {ramp['last_action']}"
-    lines = [
-        f"    ramp: step {ramp['step']} of {len(ramp['steps'])} ({ramp['share']} %; {steps}), "
-        f"{ramp['minutes_on_step']:.0f} min on it, advance {ramp['advance']}; {state}"
-    ]
-    for g in ramp["guardrails"]:
-        limit = f"{g['threshold']:.0%}" if g.get("relative") else f"{g['threshold']:g}"
-        lines.append(
-            f"      {g['metric']}@{g['variant']}: {g['verdict']}, harm between {bound(g, 'lower_bound')} and "
-            f"{bound(g, 'upper_bound')} vs threshold {limit}"
-        )
-    if ramp["waits_for"]:
-        lines.append(f"      waits for: {'; '.join(ramp['waits_for'])}")
-    return lines
-
-
 def _flag_entry(
     key: str, flag: Flag | None, state: State, now: datetime, parsed: ParsedFlags | None, merged: Merged | None
 ) -> dict[str, Any]:
@@ -244,7 +199,7 @@ def _flag_entry(
         "guardrails": _guardrails(flag, fs, merged.origins if merged else {}),
         "config_patterns": list(merged.patterns) if merged else [],  # `guardrails:` patterns that apply
         "halt": halt,
-        "ramp": _ramp(flag, fs, now),
+        "ramp": ramp_status.entry(flag, fs, now),
     }
     if flag is not None:
         why = engine.watched(flag, state)
@@ -397,7 +352,7 @@ def to_text(report: StatusReport) -> str:
                     + "; the rest: flag metadata or built-in defaults"
                 )
         if f.get("ramp") is not None:
-            out += _ramp_lines(f["ramp"])
+            out += ramp_status.lines(f["ramp"])
         if f["halt"] is not None:
             out += _halt_lines({**f["halt"], "flag": f["flag"]})
     if stale:

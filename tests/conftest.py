@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
@@ -16,6 +17,7 @@ from tests.fakeserver_faults import FaultyAPI
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=timezone.utc)
 TOKEN = "tok-SECRET-4f9a8b7c6d5e"
+SDK_USERS = 1000  # users the `sdk` fixture evaluates with Unleash's own Python SDK
 ENV_KEYS = (
     "FLAG_API_URL",
     "FLAG_API_TOKEN",
@@ -124,3 +126,59 @@ def unleash_admin(unleash_server: Any) -> Iterator[Any]:
     finally:
         admin.archive_created()
         admin.close()
+
+
+@pytest.fixture(scope="module")
+def sdk_token(unleash_server: Any) -> str:
+    """A backend token for Unleash's Python SDK, made through the admin API."""
+    from tests.servers.unleash import Admin
+
+    admin = Admin(unleash_server)
+    try:
+        return admin.backend_token()
+    finally:
+        admin.close()
+
+
+@pytest.fixture
+def sdk(unleash_server: Any, sdk_token: str, tmp_path: Path) -> Iterator[Any]:
+    """answers(flag) -> {user id: variant name, or "disabled" when the flag is off for that user}, from a
+    fresh SDK client each time (it fetches the definitions synchronously on start). No metrics, no
+    registration, a local cache dir; destroyed after use, leaving no thread behind."""
+    from UnleashClient import UnleashClient  # type: ignore[attr-defined]  # the SDK re-exports without __all__
+
+    threads_before = set(threading.enumerate())
+    made = iter(range(1_000_000))
+
+    def answers(flag: str) -> dict[str, str]:
+        client = UnleashClient(
+            url=f"{unleash_server.url}/api",
+            app_name="guardrail-tests",
+            environment="development",
+            instance_id=f"guardrail-tests-{next(made)}",
+            custom_headers={"Authorization": sdk_token},
+            disable_metrics=True,
+            disable_registration=True,
+            refresh_interval=3600,
+            request_retries=0,
+            cache_directory=str(tmp_path / "sdk-cache"),
+        )
+        try:
+            client.initialize_client()
+            assert client.is_initialized
+            out = {}
+            for i in range(SDK_USERS):
+                context = {"userId": f"user-{i}"}
+                variant = client.get_variant(flag, context)
+                enabled = client.is_enabled(flag, context)
+                out[f"user-{i}"] = (
+                    (variant["name"] if variant["name"] != "disabled" else "on") if enabled else "disabled"
+                )
+            return out
+        finally:
+            client.destroy()
+
+    yield answers
+    for thread in set(threading.enumerate()) - threads_before:
+        thread.join(timeout=10)
+    assert set(threading.enumerate()) <= threads_before, "the SDK left threads running"

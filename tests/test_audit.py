@@ -54,6 +54,7 @@ HALT = [
     "alert",
     "resumed",
     "kind",
+    "parts",
 ]
 
 

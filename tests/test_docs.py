@@ -90,6 +90,15 @@ def test_readme_is_short() -> None:
     assert len(README.read_text("utf-8").splitlines()) <= 240
 
 
+def test_readme_ramp_rows_are_rows_of_the_simulated_table() -> None:
+    """The README's ramp rows are copied from `simulate --scenario ramps` in docs/rollouts.md, never edited."""
+    readme = README.read_text("utf-8")
+    section = readme[readme.index("**Guarded rollouts.**") :].split("\n\n**")[0]
+    rows = [line for line in section.splitlines() if line.startswith("| ") and "%" in line]
+    rollouts = (ROOT / "docs" / "rollouts.md").read_text("utf-8").splitlines()
+    assert len(rows) >= 5 and all(row in rollouts for row in rows)
+
+
 def test_readme_statistics_rows_are_rows_of_the_measured_table() -> None:
     """The README's simulate rows are copied from the command's table in docs/statistics.md, never edited."""
     readme = README.read_text("utf-8")

@@ -131,6 +131,27 @@ def test_bad_data_never_halts(control: Aggregate, treatment: Aggregate, cause: s
         assert not decision.halts
 
 
+@pytest.mark.parametrize("error", [OverflowError, ValueError, TypeError, IndexError, KeyError])
+def test_one_flag_that_cannot_be_decided_never_stops_the_others(
+    monkeypatch: pytest.MonkeyPatch, error: type[Exception]
+) -> None:
+    """Whatever a flag's numbers or state make the decision raise, the other flags are still decided."""
+    other = replace(make_flag(), key="search.ranking.v2")
+    real = engine.decide_flag
+
+    def decide_flag(flag: Flag, *args: Any) -> Any:
+        if flag.key == KEY:
+            raise error("odd input")
+        return real(flag, *args)
+
+    monkeypatch.setattr(engine, "decide_flag", decide_flag)
+    data = {**aggs(GOOD_C, BAD_T), **{("search.ranking.v2", *k[1:]): v for k, v in aggs(GOOD_C, BAD_T).items()}}
+    decision = engine.decide([make_flag(), other], data, State(), NOW)
+    by_flag = {e.flag: e for e in decision.evaluations}
+    assert by_flag[KEY].verdict is Verdict.SKIP_NO_DATA and error.__name__ in by_flag[KEY].reason
+    assert by_flag["search.ranking.v2"].verdict is Verdict.BREACH
+
+
 def test_min_count_default_and_per_guardrail() -> None:
     e = one(make_flag(), aggs(Aggregate(0.01, 99), Aggregate(0.5, 5000))).evaluations[0]
     assert e.verdict is Verdict.SKIP_MIN_COUNT

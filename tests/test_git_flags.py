@@ -227,6 +227,22 @@ def test_any_file_backend_change_goes_through_git(repos: Repos) -> None:
     assert git(repos.origin, "log", "--format=%s", "-1", "main").strip() == f"guardrail: ramp {PAY}"
 
 
+def test_a_ramp_rollback_through_git_is_two_pushed_commits(repos: Repos) -> None:
+    """A ramp's rollback (share 0, then the revert) on a flag file in git: each write is a commit pushed."""
+    from guardrail import ramp_run
+
+    b = backend(repos)
+    outcome = asyncio.run(ramp_run.rollback(b, loaded_flag(b, SEARCH), REASON))
+    assert outcome.ok and outcome.parts == {"share_zero": "done", "revert": "done"}, outcome.detail
+    upstream = repos.upstream_flags()[SEARCH]
+    assert upstream["state"] == "DISABLED" and upstream["targeting"]["fractional"][1:] == [
+        ["treatment", 0],
+        ["control", 100],
+    ]
+    subjects = git(repos.origin, "log", "--format=%s", "-2", "main").splitlines()
+    assert subjects == [f"guardrail: halt {SEARCH}", f"guardrail: ramp {SEARCH}"]
+
+
 def test_identity_from_git_config_when_set(repos: Repos) -> None:
     git(repos.ours, "config", "user.name", "Ops Robot")
     git(repos.ours, "config", "user.email", "ops@example.com")

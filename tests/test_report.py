@@ -78,7 +78,7 @@ def test_json_keys_are_pinned() -> None:
         "p_value",
     ]
     assert list(doc["evaluations"][0]["control"]) == ["value", "count", "stddev", "error"]
-    assert list(doc["halts"][0]) == ["flag", "action", "status", "reason", "detail", "alert", "resumed"]
+    assert list(doc["halts"][0]) == ["flag", "action", "status", "reason", "detail", "alert", "resumed", "parts"]
     assert list(doc["problems"][0]) == ["flag", "source", "field", "line", "severity", "message"]
     assert doc["exit_code"] == 1 and doc["now"] == "2026-11-25T12:00:00Z"
 

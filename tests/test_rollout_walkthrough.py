@@ -46,6 +46,8 @@ def test_walkthrough_ships(tmp_path: Path) -> None:
     ]
     assert "waits for: 10 min left on step 1 (1 %)" in out
     assert "RAMP WOULD SHIP (dry run)" in out and "no longer watched" in out
+    assert "$ guardrail status --flags flags.yaml --now 2026-12-01T11:07:00Z" in out  # reproducible: --now
+    assert "ramp: step 5 of 5 (100 %; 1%, 5%, 25%, 50%, 100%), 0 min on it, advance no_harm; shipped at" in out
     state = json.loads((tmp_path / "state.json").read_text())["flags"][KEY]["ramp"]
     assert state["step"] == 4 and state["shipped_at"].startswith("2026-12-01T11:04")
     # the comments of the file survive every step
@@ -56,9 +58,13 @@ def test_walkthrough_rolls_back(tmp_path: Path) -> None:
     out = walk("rollback", tmp_path)
     flag = yaml.safe_load((tmp_path / "flags.yaml").read_text())["flags"][KEY]
     assert flag["state"] == "DISABLED" and flag["defaultVariant"] == "control"
+    assert flag["targeting"]["fractional"][1:] == [["treatment", 0], ["control", 100]]  # the share is 0 too
     assert "shows harm (1 of 2 confirmations)" in out and "RAMP ROLLBACK" in out
-    assert [r["action"] for r in audit(tmp_path, "halt")] == ["revert"]
-    assert [r["action"] for r in audit(tmp_path, "ramp")][-1] == "rollback"
+    assert [(r["action"], r["parts"]) for r in audit(tmp_path, "halt")] == [
+        ("revert", {"share_zero": "done", "revert": "done"})
+    ]
+    assert [(r["action"], r["status"]) for r in audit(tmp_path, "ramp")][-1] == ("rollback", "done")
+    assert "ramp: step 2 of 5 (5 %; 1%, 5%, 25%, 50%, 100%), 4 min on it, advance no_harm" in out
 
 
 def test_dry_run_changes_nothing(tmp_path: Path) -> None:

@@ -9,10 +9,7 @@ code under test, and archived after each test.
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections import Counter
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,11 +19,12 @@ from guardrail.flags.base import HaltOutcome, LoadedFlags
 from guardrail.flags.unleash import UnleashBackend, UnleashConfig
 from guardrail.http import RetryPolicy, make_client
 from guardrail.model import ExitCode, Flag, GuardrailError, Severity
+from tests.conftest import SDK_USERS
 from tests.servers.unleash import Admin, UnleashServer
 
 pytestmark = pytest.mark.e2e
 
-USERS = 1000
+USERS = SDK_USERS
 GUARDRAIL_TAGS = ("error_rate.threshold=0.10", "error_rate.comparison=relative_increase")
 # 1,000 users split 80/20: the share's standard deviation is 1.3 points; 5 points is ~4 sigma.
 TOLERANCE = 0.05
@@ -54,59 +52,6 @@ def load_flag(cfg: UnleashConfig, key: str) -> Flag:
     parsed = parse_flags(loaded.definitions, source=loaded.source)
     (flag,) = [f for f in parsed.flags if f.key == key]
     return flag
-
-
-@pytest.fixture(scope="module")
-def sdk_token(unleash_server: UnleashServer) -> str:
-    admin = Admin(unleash_server)
-    try:
-        return admin.backend_token()
-    finally:
-        admin.close()
-
-
-@pytest.fixture
-def sdk(unleash_server: UnleashServer, sdk_token: str, tmp_path: Path) -> Iterator[Any]:
-    """answers(flag) -> {user id: variant name, or "disabled" when the flag is off for that user}, from a
-    fresh SDK client each time (it fetches the definitions synchronously on start). No metrics, no
-    registration, a local cache dir; destroyed after use, leaving no thread behind."""
-    from UnleashClient import UnleashClient
-
-    threads_before = set(threading.enumerate())
-    made = iter(range(1_000_000))
-
-    def answers(flag: str) -> dict[str, str]:
-        client = UnleashClient(
-            url=f"{unleash_server.url}/api",
-            app_name="guardrail-tests",
-            environment="development",
-            instance_id=f"guardrail-tests-{next(made)}",
-            custom_headers={"Authorization": sdk_token},
-            disable_metrics=True,
-            disable_registration=True,
-            refresh_interval=3600,
-            request_retries=0,
-            cache_directory=str(tmp_path / "sdk-cache"),
-        )
-        try:
-            client.initialize_client()
-            assert client.is_initialized
-            out = {}
-            for i in range(USERS):
-                context = {"userId": f"user-{i}"}
-                variant = client.get_variant(flag, context)
-                enabled = client.is_enabled(flag, context)
-                out[f"user-{i}"] = (
-                    (variant["name"] if variant["name"] != "disabled" else "on") if enabled else "disabled"
-                )
-            return out
-        finally:
-            client.destroy()
-
-    yield answers
-    for thread in set(threading.enumerate()) - threads_before:
-        thread.join(timeout=10)
-    assert set(threading.enumerate()) <= threads_before, "the SDK left threads running"
 
 
 def shares(answers: dict[str, str]) -> dict[str, float]:

@@ -41,7 +41,7 @@ check 2026-12-01T09:31:00Z                      # advances to 5 %
 if [ "$scenario" = rollback ]; then
   step_metrics 5 0.03                           # the new flow fails 3 % of checkouts instead of 1 %
   check 2026-12-01T09:33:00Z                    # harm proven: 1 of 2 confirmations
-  check 2026-12-01T09:35:00Z                    # confirmed: rolled back (DISABLED, control for everyone)
+  check 2026-12-01T09:35:00Z                    # confirmed: rolled back (share 0, DISABLED: control for everyone)
 else
   step_metrics 5 0.01
   check 2026-12-01T10:02:00Z                    # advances to 25 %
@@ -53,11 +53,19 @@ else
   check 2026-12-01T11:04:00Z                    # ships: 100 %, alert sent once, no longer watched
   check 2026-12-01T11:06:00Z
 fi
-echo "\$ guardrail status --flags flags.yaml"
-guardrail status --flags flags.yaml --state state.json --stale-after 1000000 | sed -n '4,$p'
+if [ "$scenario" = rollback ]; then
+  echo '$ grep -A3 fractional: flags.yaml    # the share is 0 too: switched back on by hand, it still serves control'
+  grep -A3 'fractional:' flags.yaml
+  last=2026-12-01T09:36:00Z
+else
+  last=2026-12-01T11:07:00Z
+fi
+echo "\$ guardrail status --flags flags.yaml --now $last"
+guardrail status --flags flags.yaml --state state.json --now "$last" | sed -n '4,$p'
 echo '# ramp and halt records of audit.jsonl:'
 python3 -c 'import json,sys
 for line in open("audit.jsonl"):
     r = json.loads(line)
     if r["type"] in ("ramp", "halt"):
-        print({k: r.get(k) for k in ("type", "action", "status", "step", "to_step", "shares")})'
+        keys = ("type", "action", "status") + (("parts",) if r["type"] == "halt" else ("step", "to_step", "shares"))
+        print({k: r.get(k) for k in keys})'

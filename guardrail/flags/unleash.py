@@ -1,7 +1,8 @@
 """Unleash as the flag backend: flags come from an Unleash project and environment, and halts, holds and
 ramp steps are written back through Unleash's admin API (shapes measured against unleash-server 7.5.1;
 docs/unleash.md lists every call). The pure parts: unleash_config.py (the `unleash:` section),
-unleash_model.py (features and tags to the flag model), unleash_strategy.py (strategy variants and splits).
+unleash_model.py (features and tags to the flag model), unleash_strategy.py (strategy variants and splits);
+the strategy writes (a ramp step, the `on_halt=control` halt) are unleash_split.py.
 
 Reads write nothing to Unleash: `GET /api/admin/projects/{p}/features` (every flag with its tags and
 per-environment state), then `GET /api/admin/projects/{p}/features/{f}` for each flag with `guardrail`
@@ -33,6 +34,7 @@ import httpx
 
 from guardrail.adapters import ConfigContext, Plugin, Runtime
 from guardrail.flags import unleash_model as um
+from guardrail.flags import unleash_split
 from guardrail.flags import unleash_strategy as us
 from guardrail.flags.base import HaltOutcome, LoadedFlags
 from guardrail.flags.unleash_config import UnleashConfig, parse_config
@@ -298,46 +300,7 @@ class UnleashBackend:
                 lambda f: not f.enabled,
                 lambda _f: self._call("POST", url, "kill switch", once=True),
             )
-        control = flag.control_variant
-        strategy, why = us.guarded_strategy(current, self.config.environment)
-        if strategy is None:
-            return HaltOutcome(ok=False, kind=FailureKind.REFUSED, detail=f"on_halt=control: {why}")
-        sid = str(strategy.get("id"))
-        if us.serves_only(strategy, control):
-            return HaltOutcome(ok=True, already=True, detail=f"strategy already gives everyone {control}")
-        return await self._write(
-            flag.key,
-            f"strategy {sid}: everyone gets {control} (control 1000 fix)",
-            current,
-            lambda f: f.enabled and us.strategy_serves_only(f, sid, control),
-            lambda f: self._put_strategy(flag.key, self._same(f, strategy), lambda s: us.control_variants(s, control)),
-        )
-
-    def _same(self, feature: us.Feature, fallback: Mapping[str, Any]) -> Mapping[str, Any]:
-        """The guarded strategy as last read (a retry rebuilds its PUT from the newest read)."""
-        fresh, _ = us.guarded_strategy(feature, self.config.environment)
-        return fresh if fresh is not None and fresh.get("id") == fallback.get("id") else fallback
-
-    async def _put_strategy(
-        self,
-        key: str,
-        strategy: Mapping[str, Any],
-        variants: Callable[[Mapping[str, Any]], list[dict[str, Any]]],
-        parameters: Mapping[str, Any] | None = None,
-    ) -> Any:
-        """PUT replaces the whole strategy, so every field (constraints, segments, title, disabled) is sent
-        back as read."""
-        body = {
-            "name": strategy.get("name"),
-            "title": strategy.get("title"),
-            "disabled": bool(strategy.get("disabled", False)),
-            "constraints": strategy.get("constraints") or [],
-            "segments": strategy.get("segments") or [],
-            "parameters": dict(parameters if parameters is not None else strategy.get("parameters") or {}),
-            "variants": variants(strategy),
-        }
-        url = f"{self._env_path(key)}/strategies/{quote(str(strategy.get('id')), safe='')}"
-        return await self._call("PUT", url, "strategy update", once=True, body=body)
+        return await unleash_split.halt_to_control(self, flag, current)
 
     async def hold(self, flag: Flag, reason: str) -> HaltOutcome:
         """Hold a rollout at its current split: tag guardrail:hold=true (the open-source edition has no
@@ -372,34 +335,8 @@ class UnleashBackend:
             )
 
     async def set_split(self, flag: Flag, shares: Mapping[str, int], reason: str) -> HaltOutcome:
-        """A ramp step; shares are whole percents per variant summing to 100. A strategy with variants gets
-        those weights (per mille); a rollout without variants gets `parameters.rollout` = the treatment's
-        share (unleash_model.plan_split)."""
-        if sum(shares.values()) != 100 or any(
-            isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in shares.values()
-        ):
-            detail = f"shares {dict(shares)} are not whole percents summing to 100"
-            return HaltOutcome(ok=False, kind=FailureKind.REFUSED, detail=detail)
-        current, outcome = await self._before(flag.key)
-        if current is None:
-            return outcome
-        strategy, why = us.guarded_strategy(current, self.config.environment)
-        split, why = us.plan_split(strategy, shares) if strategy is not None else (None, why)
-        if strategy is None or split is None:
-            return HaltOutcome(ok=False, kind=FailureKind.REFUSED, detail=why)
-        sid = str(strategy.get("id"))
-
-        def applied(f: us.Feature) -> bool:
-            s, _ = us.guarded_strategy(f, self.config.environment)
-            return s is not None and str(s.get("id")) == sid and split.shown_by(s)
-
-        def send(f: us.Feature) -> Awaitable[Any]:
-            base = self._same(f, strategy)
-            return self._put_strategy(flag.key, base, split.variants, split.parameters(base))
-
-        if applied(current):
-            return HaltOutcome(ok=True, already=True, detail=f"{split.what} already set")
-        return await self._write(flag.key, f"strategy {sid}: {split.what}", current, applied, send)
+        """A ramp step (guardrail/flags/unleash_split.py); the reason is guardrail's audit."""
+        return await unleash_split.set_split(self, flag, shares)
 
     async def aclose(self) -> None:
         """The client belongs to the run."""
