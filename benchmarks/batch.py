@@ -56,15 +56,19 @@ NOW = "2026-11-25T12:00:00Z"
 RUN_TIMEOUT = 600.0
 
 
-def flags_doc(count: int) -> dict[str, Any]:
+def flags_doc(count: int, since_start: bool = False) -> dict[str, Any]:
     """The window comes from the config's `defaults` (5m for Prometheus, 60m for SQL): the 10,000-flag file must
-    stay under guardrail's flag-file size limit."""
+    stay under guardrail's flag-file size limit. `since_start`: sequential guardrails, each flag's experiment
+    started at one of 50 minutes of the data's hour, so a run asks 50 distinct since-start windows."""
     flags: dict[str, Any] = {}
     for i in range(count):
-        metadata: dict[str, Any] = {"owner": "team", "experiment_type": "ab", "started_at": "2026-11-20T09:00:00Z"}
+        started = f"2026-11-25T11:{i % 50:02d}:00Z" if since_start else "2026-11-20T09:00:00Z"
+        metadata: dict[str, Any] = {"owner": "team", "experiment_type": "ab", "started_at": started}
         for metric in METRICS:
             metadata[f"guardrail.{metric}.comparison"] = "relative_increase"
             metadata[f"guardrail.{metric}.threshold"] = 0.10
+            if since_start:
+                metadata[f"guardrail.{metric}.method"] = "sequential"
         flags[key(i)] = {
             "state": "ENABLED",
             "variants": {"control": False, "treatment": True},
@@ -294,6 +298,13 @@ SELECT flag, variant, CAST(SUM(bad) AS DOUBLE PRECISION) / NULLIF(SUM(requests),
 FROM per_unit GROUP BY flag, variant"""
     for metric, name in (("error_rate", "error"), ("crash_rate", "crash"), ("timeout_rate", "timeout"))
 }
+# The same, over each flag's own window: every since-start window in one statement (docs/sql.md).
+WINDOWED = {
+    metric: sql.replace(
+        "FROM exposures x\n", "FROM guardrail_windows w\n  JOIN exposures x ON x.flag = w.flag\n"
+    ).replace("WHERE e.ts >= :start", "WHERE e.ts >= w.start_ts AND e.ts < w.end_ts AND e.ts >= :start")
+    for metric, sql in SQL.items()
+}
 
 
 def load_pg(dsn: str, count: int) -> int:
@@ -384,9 +395,69 @@ def per_series_pg(server: postgres.PostgresServer, count: int, concurrency: int 
     return wall, len(jobs)
 
 
-def bench_postgres(count: int, work: Path, per_series: bool) -> list[dict[str, Any]]:
+def pg_run(
+    server: postgres.PostgresServer,
+    work: Path,
+    count: int,
+    mode: str,
+    templates: dict[str, str],
+    since_start: bool,
+    events: int,
+    load: float,
+) -> dict[str, Any]:
     import yaml
 
+    (work / "flags.json").write_text(json.dumps(flags_doc(count, since_start), separators=(",", ":")))
+    config = {
+        "metrics": {
+            "source": "sql",
+            "url": sqlalchemy_url(server),
+            "password_env": "BENCH_PG_PASSWORD",
+            "timeout": 120,
+            "total_timeout": 500,
+            "queries": {m: templates[m].replace("{filter}", "") for m in METRICS},
+        },
+        "defaults": {"window": "60m"},
+    }
+    (work / "config.yaml").write_text(yaml.safe_dump(config))
+    before = pg_statements(server.dsn())
+    wall, code, rss, cpu = run_command(
+        [
+            "check",
+            "--dry-run",
+            "--config",
+            str(work / "config.yaml"),
+            "--flags",
+            str(work / "flags.json"),
+            "--now",
+            NOW,
+            "--metrics-file",
+            str(work / "run.prom"),
+        ],
+        work,
+        env={"BENCH_PG_PASSWORD": server.password},
+    )
+    statements = pg_statements(server.dsn()) - before
+    decided, evaluations = verdicts(work / "run.prom", work / "out.txt")
+    (work / "run.prom").unlink()
+    return {
+        "system": "postgresql",
+        "flags": count,
+        "mode": mode,
+        "queries": statements,
+        "windows": 50 if since_start else 1,
+        "wall_s": round(wall, 2),
+        "cpu_s": round(cpu, 2),
+        "rss_mb": round(rss / 2**20, 1),
+        "exit": code,
+        "decided": decided,
+        "evaluations": evaluations,
+        "events": events,
+        "load_s": round(load, 1),
+    }
+
+
+def bench_postgres(count: int, work: Path, per_series: bool, since_start_baseline: bool) -> list[dict[str, Any]]:
     work.mkdir(parents=True)
     server = postgres.start(
         work, password=secrets.token_hex(12), settings={"shared_preload_libraries": "pg_stat_statements"}
@@ -396,56 +467,12 @@ def bench_postgres(count: int, work: Path, per_series: bool) -> list[dict[str, A
         started = time.perf_counter()
         events = load_pg(server.dsn(), count)
         load = time.perf_counter() - started
-        (work / "flags.json").write_text(json.dumps(flags_doc(count), separators=(",", ":")))
-        queries = {m: SQL[m].replace("{filter}", "") for m in METRICS}
-        config = {
-            "metrics": {
-                "source": "sql",
-                "url": sqlalchemy_url(server),
-                "password_env": "BENCH_PG_PASSWORD",
-                "timeout": 120,
-                "queries": queries,
-            },
-            "defaults": {"window": "60m"},
-        }
-        (work / "config.yaml").write_text(yaml.safe_dump(config))
-        before = pg_statements(server.dsn())
-        wall, code, rss, cpu = run_command(
-            [
-                "check",
-                "--dry-run",
-                "--config",
-                str(work / "config.yaml"),
-                "--flags",
-                str(work / "flags.json"),
-                "--now",
-                NOW,
-                "--metrics-file",
-                str(work / "run.prom"),
-            ],
-            work,
-            env={"BENCH_PG_PASSWORD": server.password},
-        )
-        statements = pg_statements(server.dsn()) - before
-        decided, evaluations = verdicts(work / "run.prom", work / "out.txt")
-        rows.append(
-            {
-                "system": "postgresql",
-                "flags": count,
-                "mode": "batch",
-                "queries": statements,
-                "windows": 1,
-                "wall_s": round(wall, 2),
-                "cpu_s": round(cpu, 2),
-                "rss_mb": round(rss / 2**20, 1),
-                "exit": code,
-                "decided": decided,
-                "evaluations": evaluations,
-                "events": events,
-                "load_s": round(load, 1),
-            }
-        )
-        print(rows[-1], flush=True)
+        modes = [("batch", SQL, False), ("since-start, guardrail_windows", WINDOWED, True)]
+        if since_start_baseline:  # one statement per distinct start: slow on big tables, so up to a size
+            modes.insert(1, ("since-start, :start/:end", SQL, True))
+        for mode, templates, since_start in modes:
+            rows.append(pg_run(server, work, count, mode, templates, since_start, events, load))
+            print(rows[-1], flush=True)
         if per_series:
             wall, statements = per_series_pg(server, count)
             rows.append(
@@ -474,11 +501,15 @@ def bench_postgres(count: int, work: Path, per_series: bool) -> list[dict[str, A
 
 
 def markdown(rows: list[dict[str, Any]], machine: str, load: str) -> str:
+    counts = [f"{n:,}" for n in sorted({r["flags"] for r in rows})]
+    sizes = " and ".join([", ".join(counts[:-1]), counts[-1]] if len(counts) > 1 else counts)
     out = [
-        "# Batch vs per-series: `guardrail check` over 200, 2,000 and 10,000 flags",
+        f"# Batch vs per-series: `guardrail check` over {sizes} flags",
         "",
         f"Written by `benchmarks/batch.py` on {machine}. Each flag has 3 guardrails (error_rate, crash_rate,",
-        "timeout_rate); one window per run. Wall time and peak RSS are the installed `guardrail check --dry-run`",
+        "timeout_rate); one window per run, except the since-start rows: sequential guardrails whose experiments",
+        "started at 50 different minutes (50 windows; the flags started late have too little data for min_count,",
+        "the same in both modes). Wall time and peak RSS are the installed `guardrail check --dry-run`",
         "as its own process (interpreter start-up, flag parsing, engine and output included), except the",
         "PostgreSQL per-series baseline, which is the driver itself sending one statement per series",
         "(2 connections, as the SQL source's default). Queries are counted by the server (Prometheus's",
@@ -505,6 +536,12 @@ def main() -> None:
     parser.add_argument(
         "--per-series-max", type=int, default=2000, help="run the per-series baselines only up to this many flags"
     )
+    parser.add_argument(
+        "--since-start-baseline-max",
+        type=int,
+        default=2000,
+        help="run the one-statement-per-start since-start baseline only up to this many flags",
+    )
     parser.add_argument("--only", choices=["prometheus", "postgresql"])
     parser.add_argument("--out", type=Path, default=HERE / "batch-results")
     args = parser.parse_args()
@@ -516,7 +553,8 @@ def main() -> None:
             if args.only in (None, "prometheus"):
                 rows += bench_prometheus(count, Path(tmp) / f"prom-{count}", per_series)
             if args.only in (None, "postgresql"):
-                rows += bench_postgres(count, Path(tmp) / f"pg-{count}", per_series)
+                baseline = count <= args.since_start_baseline_max
+                rows += bench_postgres(count, Path(tmp) / f"pg-{count}", per_series, baseline)
             args.out.with_suffix(".partial.json").write_text(json.dumps(rows, indent=2) + "\n")
     machine = f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
     load = f"{load_before:.1f} / {os.getloadavg()[0]:.1f}"

@@ -34,6 +34,7 @@ from guardrail.model import (
     MetricKind,
     Severity,
 )
+from guardrail.schema_fast import certainly_valid
 from guardrail.split import read_split
 
 if TYPE_CHECKING:
@@ -224,6 +225,8 @@ def _schema_errors(document: Mapping[str, Any], fields: Mapping[str, str]) -> li
         problems.append((spot, f"must be a finite number, got {number}"))
     if problems:
         return problems
+    if certainly_valid(document):  # the common case, without jsonschema's per-keyword machinery
+        return []
     for err in sorted(_validator().iter_errors(document), key=lambda e: list(e.absolute_path)):
         path = "/".join(str(p) for p in err.absolute_path)
         place = fields.get(path)
@@ -430,9 +433,10 @@ def parse_flags(
                 )
             )
             continue
-        flag, found = parse_flag(
-            key, definition, source=source, line=(lines or {}).get(key), defaults=defaults, rules=rules
-        )
+        flag, found = parse_flag(key, definition, source=source, defaults=defaults, rules=rules)
+        if found and lines is not None:  # looked up only for a flag with problems: finding lines reads the whole file
+            line = lines.get(key)
+            found = [replace(p, line=line) if p.line is None else p for p in found]
         problems.extend(found)
         if flag is not None:
             flags.append(flag)

@@ -192,7 +192,7 @@ DEFAULT_ALPHA = 0.05
 SINCE_START = "since_start"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Guardrail:
     """One metric a treatment must not harm, and how to judge harm."""
 
@@ -237,7 +237,7 @@ DEFAULT_SRM_METRIC = "exposures"
 DEFAULT_SRM_ALPHA = 0.001
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RampSpec:
     """`guardrail.ramp.*` metadata: treatment shares (whole percents, increasing) and how to advance."""
 
@@ -253,7 +253,7 @@ class RampSpec:
         return max(1, len(self.steps) - 1)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SrmSpec:
     """`guardrail.srm.*` metadata: the sample-ratio-mismatch gate (guardrail/srm.py)."""
 
@@ -263,7 +263,7 @@ class SrmSpec:
     enabled: bool = True
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Flag:
     """A flag definition as guardrail sees it. `definition` is the raw flagd definition."""
 
@@ -286,7 +286,7 @@ class Flag:
     split: Mapping[str, float] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class FlagProblem:
     """A flag that could not be read into the model; the other flags still run."""
 
@@ -301,7 +301,7 @@ class FlagProblem:
         return str(GuardrailError(self.message, source=self.source, flag=self.flag, field=self.field, line=self.line))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class MetricQuery:
     """One aggregate to fetch. `end` is pinned once per run so both arms cover the same window."""
 
@@ -312,7 +312,7 @@ class MetricQuery:
     end: datetime
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Aggregate:
     """A metric's aggregate for one variant over one window, or the reason there is none.
 
@@ -364,7 +364,7 @@ class Aggregate:
 AggregateKey = tuple[str, str, str, str]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Evaluation:
     """The verdict on one guardrail for one treatment variant in one run."""
 
@@ -430,7 +430,7 @@ class HaltOutcome:
 # ---- state (the engine's memory between runs) -------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Streak:
     count: int = 0
     last_breach_at: datetime | None = None
@@ -458,7 +458,7 @@ class HaltRecord:
     run_id: str | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SeqState:
     """The sequential test's memory per guardrail × treatment (guardrail/seqtest.py explains each field)."""
 
@@ -494,7 +494,7 @@ class RampState:
     restarted: bool = False
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class FlagState:
     first_seen_enabled: datetime | None = None
     streaks: Mapping[str, Streak] = field(default_factory=dict)
@@ -515,6 +515,18 @@ class FlagState:
 class State:
     flags: Mapping[str, FlagState] = field(default_factory=dict)
     last_run_at: datetime | None = None
+    # The last run that looked at the metrics, when `metrics.every` sets a longer cadence (guardrail/cadence.py).
+    metrics_looked_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Cadence:
+    """`metrics.every`: whether this run looks at the metrics, and when it last and next does."""
+
+    every_minutes: float
+    due: bool
+    last_look_at: datetime | None
+    next_look_at: datetime | None  # the earliest run that is due again
 
 
 @dataclass(frozen=True)
@@ -631,6 +643,7 @@ class RunResult:
     ramps: tuple[RampResult, ...] = ()
     srm: tuple[SrmResult, ...] = ()
     records: tuple[Mapping[str, Any], ...] = ()  # the audit lines this run wrote (redacted), for the report
+    cadence: Cadence | None = None  # set when `metrics.every` is configured
 
     @property
     def exit_code(self) -> ExitCode:

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterator
 from typing import Any
 
 from guardrail import codec
+from guardrail.cadence import not_due_message
 from guardrail.codec import format_time
 from guardrail.model import Aggregate, Evaluation, HaltResultStatus, RampResultStatus, RunResult
 
@@ -81,6 +83,15 @@ def to_json(result: RunResult) -> dict[str, Any]:
             }
             for r in result.srm
         ],
+        # Present when `metrics.every` is set: whether this run looked at the metrics (docs/sql.md).
+        "cadence": None
+        if result.cadence is None
+        else {
+            "every_minutes": result.cadence.every_minutes,
+            "due": result.cadence.due,
+            "last_look_at": format_time(result.cadence.last_look_at) if result.cadence.last_look_at else None,
+            "next_look_at": format_time(result.cadence.next_look_at) if result.cadence.next_look_at else None,
+        },
     }
 
 
@@ -174,20 +185,53 @@ def one_line(text: str) -> str:
     return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
 
 
+def _row(e: Evaluation) -> tuple[str, ...]:
+    return tuple(
+        one_line(c)
+        for c in (
+            e.flag,
+            e.metric,
+            e.treatment_variant,
+            _value(e.control),
+            _value(e.treatment),
+            _delta(e),
+            _threshold(e),
+            f"{_count(e.control)}/{_count(e.treatment)}",
+            e.verdict.value,
+            f"{e.streak}/{e.confirmations}",
+        )
+    )
+
+
+def text_lines(result: RunResult) -> Iterator[str]:
+    """Plain text for pipes, logs and cron mail: one aligned table, then what happened and why.
+
+    Line by line, in two passes over the evaluations (widths, then rows): holding every formatted row and
+    the joined text at once was the largest peak of a 10,000-flag run (~40 MB of strings, docs/performance.md).
+    """
+    yield f"guardrail check at {format_time(result.now)}{' (dry run)' if result.dry_run else ''}"
+    if result.cadence is not None and not result.cadence.due:
+        yield not_due_message(result.cadence)
+    elif not result.evaluations:
+        yield "no guardrails evaluated"
+    else:
+        widths = [len(c) for c in COLUMNS]
+        for e in result.evaluations:
+            widths = [max(w, len(c)) for w, c in zip(widths, _row(e), strict=True)]
+        for cells in (COLUMNS, *(_row(e) for e in result.evaluations)):
+            yield "  ".join(cell.ljust(w) for cell, w in zip(cells, widths, strict=True)).rstrip()
+    yield from map(one_line, _footer(result))
+
+
 def to_text(result: RunResult) -> str:
-    """Plain text for pipes, logs and cron mail: one aligned table, then what happened and why."""
-    table = [COLUMNS, *[tuple(one_line(c) for c in r) for r in rows(result)]]
-    widths = [max(len(r[i]) for r in table) for i in range(len(COLUMNS))]
-    out = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in table]
-    if not result.evaluations:
-        out = ["no guardrails evaluated"]
-    header = f"guardrail check at {format_time(result.now)}{' (dry run)' if result.dry_run else ''}"
-    return "\n".join([header, *out, *map(one_line, _footer(result))])
+    return "\n".join(text_lines(result))
 
 
 def print_rich(result: RunResult, console: Any) -> None:
     from rich.table import Table
 
+    if result.cadence is not None and not result.cadence.due:
+        console.print(not_due_message(result.cadence), markup=False, highlight=False)
     table = Table(title=f"guardrail check {format_time(result.now)}{' (dry run)' if result.dry_run else ''}")
     for column in COLUMNS:
         table.add_column(column, justify="right" if column in ("control", "treatment", "delta") else "left")

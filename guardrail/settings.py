@@ -66,6 +66,7 @@ class Settings:
     guardrail_rules: GuardrailRules | None = None  # the `guardrails:` section: options beside the flags
     report_dir: Path | None = None  # `report.dir`: refresh this site after each check run
     report_base_url: str | None = None  # `report.base_url`: alerts link to the flag's page under it
+    metrics_every: float | None = None  # `metrics.every`, minutes: look at the metrics on a longer cadence
 
     def secrets(self) -> list[str]:
         return [*self.backend.secrets(), *self.metrics.secrets(), *([self.webhook_url] if self.webhook_url else [])]
@@ -208,8 +209,11 @@ def load_settings(
     backend = BACKENDS.configure(backend_name, ctx, field="flag_backend")
     metrics = SOURCES.configure(metrics_name, ctx, field="metrics.source")
 
+    from guardrail.cadence import parse_every
+
     values: dict[str, Any] = {
         "metrics": metrics,
+        "metrics_every": parse_every(ctx.section("metrics").get("every"), source=source),
         "backend": backend,
         "flags": _flags_text(ctx, backend),
         "webhook_url": env.get(webhook_env) or None,

@@ -117,9 +117,12 @@ def halt_from_dict(d: Any) -> HaltRecord:
 
 
 def to_dict(state: State) -> dict[str, Any]:
+    # `metrics_looked_at` only with `metrics.every` (guardrail/cadence.py): files without it load as before.
+    looked = {} if state.metrics_looked_at is None else {"metrics_looked_at": _t(state.metrics_looked_at)}
     return {
         "version": STATE_VERSION,
         "last_run_at": _t(state.last_run_at),
+        **looked,
         "flags": {
             key: {
                 "first_seen_enabled": _t(fs.first_seen_enabled),
@@ -229,7 +232,9 @@ def from_dict(doc: Any) -> State:
             sequential={str(k): seq_from_dict(v) for k, v in (fs.get("sequential") or {}).items()},
             last_look_at=_dt(fs.get("last_look_at")),
         )
-    return State(flags=flags, last_run_at=_dt(doc.get("last_run_at")))
+    return State(
+        flags=flags, last_run_at=_dt(doc.get("last_run_at")), metrics_looked_at=_dt(doc.get("metrics_looked_at"))
+    )
 
 
 def _fix_for(code: int | None, what: str, option: str) -> str:

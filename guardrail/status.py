@@ -84,6 +84,7 @@ class StatusReport:
     flag_source: str | None
     flags: list[dict[str, Any]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    metrics_looked_at: datetime | None = None  # with `metrics.every`: the last run that looked at the metrics
 
     @property
     def age_seconds(self) -> float | None:
@@ -242,6 +243,7 @@ def build_report(
         flag_source=flag_source,
         flags=flags,
         warnings=warnings,
+        metrics_looked_at=state.metrics_looked_at,
     )
 
 
@@ -257,6 +259,7 @@ def to_json(report: StatusReport) -> dict[str, Any]:
         "stale_after_minutes": report.stale_after,
         "stale_message": report.stale_message(),
         "flag_source": report.flag_source,
+        "metrics_looked_at": _t(report.metrics_looked_at),
         "flags": report.flags,
         "warnings": report.warnings,
     }
@@ -324,6 +327,9 @@ def to_text(report: StatusReport) -> str:
         out += ["!" * 100, stale, "!" * 100]
     if report.last_run_at is not None:
         out.append(f"last run: {format_time(report.last_run_at)} ({(report.age_seconds or 0) / 60:.1f} min ago)")
+    if report.metrics_looked_at is not None:
+        ago = (report.now - report.metrics_looked_at).total_seconds() / 60
+        out.append(f"last metrics look: {format_time(report.metrics_looked_at)} ({ago:.1f} min ago; metrics.every)")
     out.append(f"flag source: {report.flag_source or '(none)'}")
     out += [f"warning: {w}" for w in report.warnings]
     if not report.flags:

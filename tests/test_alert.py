@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
@@ -106,7 +107,7 @@ def test_each_outcome_has_one_exact_text(action: HaltAction, outcome: AlertOutco
 
 
 def test_rollout_hold_wording_and_zero_control() -> None:
-    zero = Evaluation(**{**E.__dict__, "control": Aggregate(0.0, 100), "relative_delta": float("inf")})
+    zero = dataclasses.replace(E, control=Aggregate(0.0, 100), relative_delta=float("inf"))
     payload = alert.render(ctx(zero, HaltAction.HOLD), AlertOutcome.DONE)
     assert "held at its current split" in str(payload["text"])
     assert fields(payload)["Relative delta"] == "+inf (control is 0)"
@@ -115,7 +116,7 @@ def test_rollout_hold_wording_and_zero_control() -> None:
 def test_context_is_strict_json_and_renders_after_a_round_trip() -> None:
     import json
 
-    zero = Evaluation(**{**E.__dict__, "control": Aggregate(0.0, 100), "relative_delta": float("inf")})
+    zero = dataclasses.replace(E, control=Aggregate(0.0, 100), relative_delta=float("inf"))
     kept = json.loads(json.dumps(ctx(zero), allow_nan=False))
     assert alert.render(kept, AlertOutcome.DONE) == alert.render(ctx(zero), AlertOutcome.DONE)
 

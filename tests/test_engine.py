@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import replace
 from datetime import datetime, timedelta
@@ -89,7 +90,7 @@ def test_comparisons(comparison: str, threshold: float, control: float, treatmen
             "guardrail.conversion_rate.method": "threshold",
         }
     )
-    flag = Flag(**{**flag.__dict__, "guardrails": tuple(g for g in flag.guardrails if g.metric == "conversion_rate")})
+    flag = dataclasses.replace(flag, guardrails=tuple(g for g in flag.guardrails if g.metric == "conversion_rate"))
     e = one(flag, aggs(Aggregate(control, 5000), Aggregate(treatment, 5000), metric="conversion_rate")).evaluations[0]
     assert e.comparison is Comparison(comparison)
     assert e.verdict is verdict

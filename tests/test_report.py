@@ -56,6 +56,7 @@ def test_json_keys_are_pinned() -> None:
         "warnings",
         "ramps",
         "srm",
+        "cadence",
     ]
     assert list(doc["evaluations"][0]) == [
         "flag",

@@ -271,3 +271,26 @@ def test_exposures_template_counts_each_arms_units_for_the_sample_ratio_check(
         want = len(set(ex["unit_id"][mine].tolist()))
         assert agg.error is None and agg.count == want and agg.value == want, (flag, variant)
     assert all(agg.count for agg in got.values())  # every arm has units: the check is not vacuous
+
+
+def test_an_in_memory_duckdb_reads_files_in_its_queries(tmp_path: Path) -> None:
+    """docs/sql.md's Parquet recipe: `duckdb:///:memory:` (SQLAlchemy's per-thread pool takes no size)."""
+    import duckdb
+
+    parquet = tmp_path / "arms.parquet"
+    duckdb.sql("SELECT 'f' AS flag, 'control' AS variant, 0.25 AS value, 40 AS count").write_parquet(str(parquet))
+    query = f"SELECT * FROM read_parquet('{parquet}') WHERE CAST(:start AS TIMESTAMP) < CAST(:end AS TIMESTAMP)"
+    src = source("duckdb:///:memory:", {}, {"m": query}, concurrency=2)
+    got = fetch(src, d.plan(["m"], "5m", d.END, [("f", "control")]))
+    assert got[("f", "control", "m", "5m")] == Aggregate(value=0.25, count=40)
+
+
+def test_duckdb_settings_ride_on_the_url() -> None:
+    """docs/sql.md: `?memory_limit=...&threads=...` bounds what the embedded database may take."""
+    query = (
+        "SELECT 'f' AS flag, 'control' AS variant, CAST(current_setting('threads') AS DOUBLE) AS value, "
+        "1 AS count WHERE CAST(:start AS TIMESTAMP) < CAST(:end AS TIMESTAMP)"
+    )
+    src = source("duckdb:///:memory:?memory_limit=300MB&threads=1", {}, {"m": query})
+    got = fetch(src, d.plan(["m"], "5m", d.END, [("f", "control")]))
+    assert got[("f", "control", "m", "5m")].value == 1.0

@@ -31,6 +31,7 @@ TOP_KEYS = {
     "stale_after_minutes",
     "stale_message",
     "flag_source",
+    "metrics_looked_at",
     "flags",
     "warnings",
 }

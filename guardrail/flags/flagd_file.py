@@ -482,7 +482,7 @@ class FlagdFileBackend:
         with contextlib.suppress(OSError):
             self.loaded_mtime = self.path.stat().st_mtime
         # PyYAML reads JSON too, so JSON files get flag line numbers in messages as well.
-        return LoadedFlags(source=self.source, definitions=flags, lines=files.flag_key_lines(text))
+        return LoadedFlags(source=self.source, definitions=flags, lines=files.LazyLines(text))
 
     async def get(self, key: str) -> Mapping[str, Any] | None:
         _text, flags = self._read()

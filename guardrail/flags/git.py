@@ -164,7 +164,7 @@ class GitFlagBackend:
             raise GuardrailError(
                 "not a flagd flag file: no top-level `flags` mapping", source=self.source, field="flags"
             )
-        return LoadedFlags(source=self.source, definitions=flags, lines=files.flag_key_lines(text))
+        return LoadedFlags(source=self.source, definitions=flags, lines=files.LazyLines(text))
 
     async def get(self, key: str) -> Mapping[str, Any] | None:
         loaded = await self.load()

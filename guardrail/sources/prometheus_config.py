@@ -19,7 +19,7 @@ from guardrail.http import url_problem
 from guardrail.model import GuardrailError
 
 PLACEHOLDERS = ("flag", "variant", "window")
-SECTION_KEYS = ("source", "url", "timeout", "queries", "allow_insecure_http", "labels", "concurrency")
+SECTION_KEYS = ("source", "url", "timeout", "queries", "allow_insecure_http", "labels", "concurrency", "every")
 DEFAULT_LABELS = ("flag", "variant")
 _LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 QUERY_KEYS = ("value", "count", "stddev")

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import sys
 import threading
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
@@ -31,8 +32,10 @@ from guardrail.adapters import ConfigContext, Plugin, Runtime
 from guardrail.model import Aggregate, AggregateKey, FailureKind, GuardrailError, MetricQuery
 from guardrail.sources.sql_config import GRACE, SqlConfig, parse_sql_config
 from guardrail.sources.sql_rows import Rows, aggregates_from_rows
+from guardrail.sources.sql_windows import ARRAY_DIALECTS, MAX_FLAGS, batches, uses_windows, with_windows
 
 T = TypeVar("T")
+PER_FLAG = "per-flag windows"  # the window of a statement whose template joins guardrail_windows
 __all__ = ["SqlConfig", "SqlSource", "naive_utc", "parse_sql_config", "window_bounds"]
 
 
@@ -119,9 +122,14 @@ class SqlSource:
         elif self.dialect == "duckdb" and url.database not in (None, "", ":memory:"):
             # A DuckDB file admits one writer process; guardrail only reads, and must not lock out the loader.
             connect_args["read_only"] = True
-        self.engine = create_engine(
-            url, connect_args=connect_args, pool_size=config.concurrency, max_overflow=0, pool_pre_ping=False
-        )
+        pool: dict[str, Any] = {"pool_size": config.concurrency, "max_overflow": 0}
+        if url.database in (None, "", ":memory:"):
+            # An in-memory database (DuckDB over Parquet files, SQLite) gets SQLAlchemy's per-thread pool, which
+            # takes no size; a connection per statement is what that needs (each reads the files itself).
+            from sqlalchemy.pool import NullPool
+
+            pool = {"poolclass": NullPool}
+        self.engine = create_engine(url, connect_args=connect_args, pool_pre_ping=False, **pool)
 
     def _url(self) -> Any:
         from sqlalchemy.engine import make_url
@@ -137,7 +145,7 @@ class SqlSource:
             text = text.replace(secret, "***")
         return text
 
-    def _execute(self, sql: str, start: datetime, end: datetime, handle: dict[str, Any], limit: int) -> Rows:
+    def _execute(self, sql: str, params: Mapping[str, Any], handle: dict[str, Any], limit: int) -> Rows:
         """Blocking: one statement on a pooled connection. Runs on a daemon thread."""
         from sqlalchemy import text
         from sqlalchemy.exc import DBAPIError, SQLAlchemyError
@@ -156,9 +164,14 @@ class SqlSource:
                     timer = threading.Timer(self.config.timeout, interrupt)
                     timer.daemon = True
                     timer.start()
-                result = conn.execute(text(sql), {"start": start, "end": end})
+                result = conn.execute(text(sql), dict(params))
                 columns = [str(c).lower() for c in result.keys()]  # noqa: SIM118 (iterating gives rows)
-                rows = result.fetchmany(limit + 1)
+                # Row by row into plain tuples: a fetchmany() list beside its tuple copy held the result twice.
+                rows: list[tuple[Any, ...]] = []
+                for row in result:
+                    rows.append(tuple(row))
+                    if len(rows) > limit:
+                        break
                 result.close()
                 conn.rollback()
         except DBAPIError as exc:
@@ -173,7 +186,7 @@ class SqlSource:
                 f"returned more than {limit:,} rows: one row per (flag, variant) is expected (GROUP BY flag, variant)",
                 FailureKind.BAD_ANSWER,
             )
-        return Rows(columns=columns, rows=[tuple(r) for r in rows])
+        return Rows(columns=columns, rows=rows)
 
     def _db_message(self, exc: Any, handle: Mapping[str, Any]) -> tuple[str, FailureKind]:
         """The database's own words (password scrubbed), and what kind of failure they describe."""
@@ -216,16 +229,24 @@ class SqlSource:
         sql = self.config.queries.get(metric)
         if sql is None:
             return every(f"no SQL configured for metric {metric!r} in metrics.queries", FailureKind.NOT_FOUND)
+        params: dict[str, Any]
         try:
-            start, stop = window_bounds(window, end)
+            if window == PER_FLAG:
+                # One row of guardrail_windows per flag of the statement (batches keep it one window a flag).
+                starts = {q.flag: window_bounds(q.window, end)[0] for _key, q in items}
+                sql, params = with_windows(sql, sorted(starts.items()), naive_utc(end), dialect=self.dialect)
+            else:
+                start, stop = window_bounds(window, end)
+                params = {"start": start, "end": stop}
         except ValueError:
-            return every(f"window {window!r} is not a duration such as 5m", FailureKind.INTERNAL)
+            bad = sorted({q.window for _key, q in items})
+            return every(f"window {bad[0]!r} is not a duration such as 5m", FailureKind.INTERNAL)
         handle: dict[str, Any] = {}
         limit = max(100_000, 10 * len(items))
         self.statements += 1
         try:
             rows = await in_thread(
-                lambda: self._execute(sql, start, stop, handle, limit),
+                lambda: self._execute(sql, params, handle, limit),
                 deadline=self.config.timeout + GRACE,
                 on_timeout=lambda: self._cancel(handle),
             )
@@ -245,8 +266,20 @@ class SqlSource:
         """Every aggregate of the plan: one statement per (metric, window, end), at most `concurrency` at once,
         all within `total_timeout`. Never raises for database or data errors."""
         groups: dict[tuple[str, str, datetime], list[tuple[AggregateKey, MetricQuery]]] = defaultdict(list)
+        per_flag: dict[tuple[str, datetime], list[tuple[tuple[AggregateKey, MetricQuery], str, str]]] = defaultdict(
+            list
+        )
+        windowed = {metric for metric, sql in self.config.queries.items() if uses_windows(sql)}
         for key, q in plan:
-            groups[(q.metric, q.window, q.end)].append((key, q))
+            if q.metric in windowed:
+                per_flag[(q.metric, q.end)].append(((key, q), q.flag, q.window))
+            else:
+                groups[(q.metric, q.window, q.end)].append((key, q))
+        # A template that joins guardrail_windows answers every flag's own window in one statement.
+        specs: list[tuple[tuple[str, str, datetime], list[tuple[AggregateKey, MetricQuery]]]] = list(groups.items())
+        for (metric, end), triples in per_flag.items():
+            limit = sys.maxsize if self.dialect in ARRAY_DIALECTS else MAX_FLAGS
+            specs += [((metric, PER_FLAG, end), batch) for batch in batches(triples, limit)]
         results: dict[AggregateKey, Aggregate] = {}
         gate = asyncio.Semaphore(self.config.concurrency)
 
@@ -258,7 +291,7 @@ class SqlSource:
                     failed = Aggregate.missing(f"sql source failed: {type(exc).__name__}", FailureKind.INTERNAL)
                     results.update({k: failed for k, _ in items})
 
-        tasks = [asyncio.ensure_future(one(spec, items)) for spec, items in groups.items()]
+        tasks = [asyncio.ensure_future(one(spec, items)) for spec, items in specs]
         if tasks:
             _done, pending = await asyncio.wait(tasks, timeout=self.config.total_timeout)
             for task in pending:

@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from guardrail.model import GuardrailError
+from guardrail.sources.sql_windows import uses_windows
 
-SECTION_KEYS = ("source", "url", "password_env", "timeout", "total_timeout", "concurrency", "queries")
+SECTION_KEYS = ("source", "url", "password_env", "timeout", "total_timeout", "concurrency", "queries", "every")
 BIND_NAMES = frozenset({"start", "end"})
 DEFAULT_TIMEOUT = 60.0
 DEFAULT_CONCURRENCY = 2
@@ -73,11 +74,11 @@ def _query_text(metric: Any, spec: Any, *, source: str, base_dir: Path) -> str:
             field=where,
         )
     absent = sorted(BIND_NAMES - names)
-    if absent:
+    if absent and not uses_windows(spec):
         # Without both bounds the query ignores the run's pinned window: arms and runs would not compare.
         raise GuardrailError(
             f"must filter on the window with :start and :end (missing {[':' + n for n in absent]}), "
-            "e.g. WHERE ts >= :start AND ts < :end",
+            "e.g. WHERE ts >= :start AND ts < :end, or join guardrail_windows (docs/sql.md)",
             source=source,
             field=where,
         )

@@ -3,6 +3,7 @@ and the state file wherever and however the user placed it."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from datetime import timedelta
@@ -101,7 +102,7 @@ def test_a_first_seen_time_far_ahead_does_not_hold_the_flag_in_warmup() -> None:
             }
         }
     ).flags
-    flag = type(flag)(**{**flag.__dict__, "started_at": None})
+    flag = dataclasses.replace(flag, started_at=None)
     _f, aggs = _flag_and_aggs(0.05)
     state = State(flags={"f.k": FlagState(first_seen_enabled=NOW + timedelta(days=365))})
     later = engine.decide([flag], aggs, engine.decide([flag], aggs, state, NOW).state, NOW + timedelta(hours=1))
