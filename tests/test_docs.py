@@ -110,6 +110,26 @@ def test_readme_statistics_rows_are_rows_of_the_measured_table() -> None:
     assert all(row in measured.splitlines() for row in rows)
 
 
+def test_readme_copy_paste_configs_load(tmp_path: Path) -> None:
+    """Every YAML block of the README's "Sources and backends" loads as a config file, as a user would paste it
+    (the SQL files it names copied beside it)."""
+    from guardrail.settings import load_settings
+
+    readme = README.read_text("utf-8")
+    section = readme[readme.index("## Sources and backends") :].split("\n## ")[0]
+    blocks = re.findall(r"```yaml\n(.*?)```", section, re.S)
+    assert len(blocks) >= 3
+    shutil.copytree(ROOT / "examples" / "sql", tmp_path / "sql")
+    repo = tmp_path / "flags-repo"
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    (repo / "flags.yaml").write_text("flags: {}\n", "utf-8")
+    env = {"UNLEASH_API_TOKEN": "t", "GUARDRAIL_SQL_PASSWORD": "p", "FLAG_API_URL": "", "METRICS_API_URL": ""}
+    for i, block in enumerate(blocks):
+        config = tmp_path / f"config{i}.yaml"
+        config.write_text(block.replace("/srv/flags-repo", str(repo)), "utf-8")
+        load_settings(config=config, env=env)  # raises GuardrailError naming the field when a block is wrong
+
+
 def test_readme_exit_codes_match_the_code() -> None:
     rows = re.findall(r"^\| (\d) \| ", README.read_text("utf-8"), re.M)
     assert [int(r) for r in rows] == sorted(int(code) for code in ExitCode)
