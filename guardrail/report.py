@@ -121,21 +121,8 @@ COLUMNS = ("flag", "metric", "variant", "control", "treatment", "delta", "thresh
 
 
 def rows(result: RunResult) -> list[tuple[str, ...]]:
-    return [
-        (
-            e.flag,
-            e.metric,
-            e.treatment_variant,
-            _value(e.control),
-            _value(e.treatment),
-            _delta(e),
-            _threshold(e),
-            f"{_count(e.control)}/{_count(e.treatment)}",
-            e.verdict.value,
-            f"{e.streak}/{e.confirmations}",
-        )
-        for e in result.evaluations
-    ]
+    """The table's cells, one tuple per evaluation, each cell one visible line (`one_line`)."""
+    return [_row(e) for e in result.evaluations]
 
 
 def _footer(result: RunResult) -> list[str]:
