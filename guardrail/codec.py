@@ -15,7 +15,7 @@ from datetime import date, datetime, timezone
 from functools import lru_cache
 from typing import Any
 
-from guardrail.model import Aggregate, Evaluation, SeqState
+from guardrail.model import Aggregate, Evaluation, HaltResult, SeqState, SrmResult
 
 
 @lru_cache(maxsize=256)
@@ -86,6 +86,32 @@ def evaluation_dict(e: Evaluation) -> dict[str, Any]:
         "confirmations": e.confirmations,
         "bound": finite(e.bound),
         "p_value": e.p_value,
+    }
+
+
+def halt_dict(h: HaltResult) -> dict[str, Any]:
+    """A halt as `check --json` and the JSON logs show it (the rollback's `parts` only in `check --json`)."""
+    return {
+        "flag": h.flag,
+        "action": h.action,
+        "status": h.status,
+        "reason": h.reason,
+        "detail": h.detail,
+        "alert": h.alert,
+        "resumed": h.resumed,
+    }
+
+
+def srm_dict(r: SrmResult) -> dict[str, Any]:
+    """An SRM verdict as `check --json` and the audit log show it."""
+    return {
+        "flag": r.flag,
+        "verdict": r.verdict.value,
+        "p_value": r.p_value,
+        "counts": dict(r.counts),
+        "expected": dict(r.expected),
+        "action": r.action.value,
+        "reason": r.reason,
     }
 
 

@@ -2,7 +2,7 @@
 
 stdout keeps the human report (or `--json`); stderr gets the events: one per evaluation, halt, flag
 problem, unwatched flag and warning, then a `run` summary. Every line carries `time`, `level`, `event`,
-`run_id` and `dry_run`; evaluation lines carry the same fields as `check --json` (report.evaluation_json),
+`run_id` and `dry_run`; evaluation lines carry the same fields as `check --json` (codec.evaluation_dict),
 so a query written against one works on the other. Lines are redacted before they leave the process.
 """
 
@@ -17,7 +17,6 @@ from guardrail import codec
 from guardrail.codec import format_time
 from guardrail.model import ExitCode, GuardrailError, HaltResultStatus, RunResult, Verdict
 from guardrail.redact import Redactor, process_redactor
-from guardrail.report import evaluation_json
 
 # A breach or a source failure deserves a look; a skip for warmup or low traffic is the normal course.
 _VERDICT_LEVEL = {
@@ -43,20 +42,9 @@ def env_redactor() -> Redactor:
 def run_log_records(result: RunResult) -> Iterator[dict[str, Any]]:
     base = {"time": format_time(result.now), "run_id": result.run_id, "dry_run": result.dry_run}
     for e in result.evaluations:
-        yield {**base, "level": _VERDICT_LEVEL[e.verdict], "event": "evaluation", **evaluation_json(e)}
+        yield {**base, "level": _VERDICT_LEVEL[e.verdict], "event": "evaluation", **codec.evaluation_dict(e)}
     for h in result.halts:
-        yield {
-            **base,
-            "level": _HALT_LEVEL.get(h.status, "warning"),
-            "event": "halt",
-            "flag": h.flag,
-            "action": h.action,
-            "status": h.status,
-            "reason": h.reason,
-            "detail": h.detail,
-            "alert": h.alert,
-            "resumed": h.resumed,
-        }
+        yield {**base, "level": _HALT_LEVEL.get(h.status, "warning"), "event": "halt", **codec.halt_dict(h)}
     for p in result.problems:
         yield {
             **base,

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from guardrail import alert, rollout
+from guardrail import alert, codec, rollout
 from guardrail.codec import format_time
 from guardrail.flags.base import FlagBackend
 from guardrail.model import (
@@ -113,13 +113,7 @@ def srm_audit(run: Run, r: SrmResult) -> dict[str, Any]:
         "run_id": run.run_id,
         "dry_run": run.dry_run,
         "type": "srm",
-        "flag": r.flag,
-        "verdict": r.verdict.value,
-        "p_value": r.p_value,
-        "counts": dict(r.counts),
-        "expected": dict(r.expected),
-        "action": r.action.value,
-        "reason": r.reason,
+        **codec.srm_dict(r),
     }
 
 

@@ -18,10 +18,6 @@ from guardrail.model import Aggregate, Evaluation, HaltResultStatus, RampResultS
 JSON_VERSION = 1
 
 
-def evaluation_json(e: Evaluation) -> dict[str, Any]:
-    return codec.evaluation_dict(e)
-
-
 def to_json(result: RunResult) -> dict[str, Any]:
     return {
         "version": JSON_VERSION,
@@ -29,20 +25,8 @@ def to_json(result: RunResult) -> dict[str, Any]:
         "dry_run": result.dry_run,
         "run_id": result.run_id,
         "now": format_time(result.now),
-        "evaluations": [evaluation_json(e) for e in result.evaluations],
-        "halts": [
-            {
-                "flag": h.flag,
-                "action": h.action,
-                "status": h.status,
-                "reason": h.reason,
-                "detail": h.detail,
-                "alert": h.alert,
-                "resumed": h.resumed,
-                "parts": None if h.parts is None else dict(h.parts),
-            }
-            for h in result.halts
-        ],
+        "evaluations": [codec.evaluation_dict(e) for e in result.evaluations],
+        "halts": [{**codec.halt_dict(h), "parts": None if h.parts is None else dict(h.parts)} for h in result.halts],
         "problems": [
             {
                 "flag": p.flag,
@@ -71,18 +55,7 @@ def to_json(result: RunResult) -> dict[str, Any]:
             }
             for r in result.ramps
         ],
-        "srm": [
-            {
-                "flag": r.flag,
-                "verdict": r.verdict.value,
-                "p_value": r.p_value,
-                "counts": dict(r.counts),
-                "expected": dict(r.expected),
-                "action": r.action.value,
-                "reason": r.reason,
-            }
-            for r in result.srm
-        ],
+        "srm": [codec.srm_dict(r) for r in result.srm],
         # Present when `metrics.every` is set: whether this run looked at the metrics (docs/sql.md).
         "cadence": None
         if result.cadence is None
