@@ -29,6 +29,28 @@ ENV_KEYS = (
 )
 
 
+def rollout_definition(share: int = 1, *, steps: str | None = "1,5,25,50,100", **metadata: Any) -> dict[str, Any]:
+    """A ramped rollout flag at `share` % treatment, sequential error_rate guardrail, 30-minute steps; a
+    metadata value of None removes that key."""
+    meta: dict[str, Any] = {
+        "experiment_type": "rollout",
+        "guardrail.error_rate.comparison": "relative_increase",
+        "guardrail.error_rate.threshold": 0.1,
+        "guardrail.error_rate.method": "sequential",
+        "guardrail.error_rate.confirmations": 1,
+        "guardrail.ramp.steps": steps,
+        "guardrail.ramp.step_minutes": 30,
+        **metadata,
+    }
+    return {
+        "state": "ENABLED",
+        "variants": {"treatment": True, "control": False},
+        "defaultVariant": "control",
+        "targeting": {"fractional": [{"var": "targetingKey"}, ["treatment", share], ["control", 100 - share]]},
+        "metadata": {k: v for k, v in meta.items() if v is not None},
+    }
+
+
 def flag_definition(
     *,
     state: str = "ENABLED",

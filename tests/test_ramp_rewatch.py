@@ -15,28 +15,10 @@ from guardrail.check import run_check
 from guardrail.fakeapi import FakeAPI
 from guardrail.model import ExitCode, RampAction, RampResultStatus, Severity
 from guardrail.settings import load_settings
+from tests.conftest import rollout_definition as definition
 
 KEY = "checkout.payments.new-flow"
 T0 = datetime(2026, 12, 1, 9, 0, tzinfo=timezone.utc)
-
-
-def definition(share: int, steps: str = "1,5,25,50,100", **metadata: Any) -> dict[str, Any]:
-    return {
-        "state": "ENABLED",
-        "variants": {"treatment": True, "control": False},
-        "defaultVariant": "control",
-        "targeting": {"fractional": [{"var": "targetingKey"}, ["treatment", share], ["control", 100 - share]]},
-        "metadata": {
-            "experiment_type": "rollout",
-            "guardrail.error_rate.comparison": "relative_increase",
-            "guardrail.error_rate.threshold": 0.1,
-            "guardrail.error_rate.method": "sequential",
-            "guardrail.error_rate.confirmations": 1,
-            "guardrail.ramp.steps": steps,
-            "guardrail.ramp.step_minutes": 30,
-            **metadata,
-        },
-    }
 
 
 class Release:

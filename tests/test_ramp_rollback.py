@@ -20,28 +20,11 @@ from guardrail.fakeapi import FakeAPI
 from guardrail.model import ExitCode, FailureKind, Flag, HaltOutcome, HaltResultStatus, RampAction, RampResultStatus
 from guardrail.settings import load_settings
 from tests.conftest import NOW, TOKEN
+from tests.conftest import rollout_definition as definition
 from tests.fakeserver_faults import FaultyAPI
 
 KEY = "checkout.payments.new-flow"
 KEYS = [f"unit-{i}" for i in range(20_000)]
-
-
-def definition(share: int = 5, **metadata: Any) -> dict[str, Any]:
-    return {
-        "state": "ENABLED",
-        "variants": {"treatment": True, "control": False},
-        "defaultVariant": "control",
-        "targeting": {"fractional": [{"var": "targetingKey"}, ["treatment", share], ["control", 100 - share]]},
-        "metadata": {
-            "experiment_type": "rollout",
-            "guardrail.error_rate.comparison": "relative_increase",
-            "guardrail.error_rate.threshold": 0.1,
-            "guardrail.error_rate.method": "sequential",
-            "guardrail.error_rate.confirmations": 1,
-            "guardrail.ramp.steps": "1,5,25,50,100",
-            **metadata,
-        },
-    }
 
 
 def metrics(
@@ -154,8 +137,7 @@ def test_srm_rollback_takes_the_share_to_zero_too(tmp_path: Path) -> None:
 
 def test_an_ab_experiment_halt_leaves_its_split_alone(tmp_path: Path) -> None:
     """Only a ramp's rollback changes weights: an A/B experiment is halted exactly as before."""
-    defn = definition(50, experiment_type="ab", **{"guardrail.ramp.steps": None})
-    defn["metadata"] = {k: v for k, v in defn["metadata"].items() if v is not None}
+    defn = definition(50, experiment_type="ab", **{"guardrail.ramp.steps": None, "guardrail.ramp.step_minutes": None})
     path = tmp_path / "flags.yaml"
     path.write_text(yaml.safe_dump({"flags": {KEY: defn}}))
     with FakeAPI(token=None) as api:

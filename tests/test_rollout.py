@@ -19,29 +19,10 @@ from guardrail.model import (
     Severity,
     State,
 )
+from tests.conftest import rollout_definition as definition
 
 KEY = "checkout.payments.new-flow"
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=timezone.utc)
-
-
-def definition(share: int = 1, **metadata: Any) -> dict[str, Any]:
-    meta: dict[str, Any] = {
-        "experiment_type": "rollout",
-        "guardrail.error_rate.comparison": "relative_increase",
-        "guardrail.error_rate.threshold": 0.1,
-        "guardrail.error_rate.method": "sequential",
-        "guardrail.error_rate.confirmations": 1,
-        "guardrail.ramp.steps": "1,5,25,50,100",
-        "guardrail.ramp.step_minutes": 30,
-    }
-    meta.update(metadata)
-    return {
-        "state": "ENABLED",
-        "variants": {"treatment": True, "control": False},
-        "defaultVariant": "control",
-        "targeting": {"fractional": [{"var": "targetingKey"}, ["treatment", share], ["control", 100 - share]]},
-        "metadata": {k: v for k, v in meta.items() if v is not None},
-    }
 
 
 def ab_definition(share: int = 50) -> dict[str, Any]:
