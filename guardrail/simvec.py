@@ -140,23 +140,12 @@ def sequential(
             rho_main = np.maximum(vpu * (upm * seqtest.MAIN_TARGET_MINUTES) / tf_main, 1e-300)
             rho_late = np.maximum(vpu * (upm * seqtest.LATE_TARGET_MINUTES) / tf_late, 1e-300)
             v_main = disp * v
+            if unit_c is not None and unit_t is not None:  # the unit-level variance, where it is larger
+                var_t = _unit_variance(unit_t[:, :, minute], nt, xt)
+                unit_v = w * w * (var_t + f * f * _unit_variance(unit_c[:, :, minute], nc, xc))
+                v_main = np.where(np.isfinite(unit_v) & (unit_v > v_main), unit_v, v_main)
             log_e = log_mixture_e(s, v_main, rho_main)
             log_m = _late(s, v, v_main, rv, rj, rs, rho_late, K, c_late)
-            if unit_c is not None and unit_t is not None:
-                unit_v = (
-                    w
-                    * w
-                    * (
-                        _unit_variance(unit_t[:, :, minute], nt, xt)
-                        + f * f * _unit_variance(unit_c[:, :, minute], nc, xc)
-                    )
-                )
-                unit_v = np.where(np.isfinite(unit_v), unit_v, -np.inf)
-                floor = unit_v > v_main
-                if floor.any():  # the unit-level variance: recompute both e-processes where it is larger
-                    v_main = np.where(floor, unit_v, v_main)
-                    log_e = log_mixture_e(s, v_main, rho_main)
-                    log_m = _late(s, v, v_main, rv, rj, rs, rho_late, K, c_late)
         active = eligible & (windows > 0) & (v > 0.0)
         breach = active & ~decreased & ((log_e >= c_main) | (log_m >= c_late))
         verdict = np.where(breach, BREACH, np.where(eligible & ~decreased, PASS, SKIP))
