@@ -17,7 +17,7 @@ from guardrail.config import format_time
 from guardrail.http import HTTPFailure, RetryPolicy, json_body, request, url_problem
 from guardrail.model import Aggregate, ExitCode, FailureKind, GuardrailError, MetricQuery
 from guardrail.sources.base import PerSeriesSource
-from guardrail.sources.sql_rows import OPTIONAL, optional_cell
+from guardrail.sources.cells import OPTIONAL, optional_cell
 
 
 def parse_answer(body: Any) -> Aggregate:

@@ -15,17 +15,15 @@ arm; a bad optional column is dropped (the statistics fall back to what value an
 
 from __future__ import annotations
 
-import math
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
-from decimal import Decimal
 from typing import Any
 
 from guardrail.model import Aggregate, FailureKind
+from guardrail.sources import cells
+from guardrail.sources.cells import OPTIONAL, BadCell, optional_cell
 
 REQUIRED = ("flag", "variant", "value", "count")
-OPTIONAL_FLOATS = ("stddev", "unit_sum", "unit_sum_sq", "num_sum", "num_sum_sq", "den_sum", "den_sum_sq", "num_den_sum")
-OPTIONAL = ("units", *OPTIONAL_FLOATS)
 CONTRACT = "docs/sql.md lists the columns"
 
 
@@ -35,40 +33,10 @@ class Rows:
     rows: Sequence[tuple[Any, ...]]
 
 
-class BadCell(Exception):
-    pass
-
-
-def _float(raw: Any, column: str) -> float:
-    if raw is None:
-        raise BadCell(f"{column} is NULL")
-    if isinstance(raw, bool) or not isinstance(raw, (int, float, Decimal)):
-        raise BadCell(f"{column} is not a number ({raw!r:.40})")
-    value = float(raw)
-    if not math.isfinite(value):
-        raise BadCell(f"{column} is {value}")
-    return value
-
-
-def _count(raw: Any, column: str) -> int:
-    value = _float(raw, column)
-    if value < 0 or value != int(value):
-        raise BadCell(f"{column} is not a non-negative whole number ({value:g})")
-    return int(value)
-
-
-def optional_cell(raw: Any, column: str) -> float | int | None:
-    """An optional column's cell, or None when it is NULL or unusable (dropped, not fatal)."""
-    try:
-        return _count(raw, column) if column == "units" else _float(raw, column)
-    except BadCell:
-        return None
-
-
 def _aggregate(row: tuple[Any, ...], at: Mapping[str, int]) -> Aggregate:
     try:
-        value = _float(row[at["value"]], "value")
-        count = _count(row[at["count"]], "count")
+        value = cells.number(row[at["value"]], "value")
+        count = cells.count(row[at["count"]], "count")
     except BadCell as exc:
         hint = " (no events in the window's denominator?)" if str(exc) == "value is NULL" else ""
         return Aggregate.missing(f"{exc}{hint}")
