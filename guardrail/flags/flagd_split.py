@@ -1,6 +1,6 @@
 """Setting a ramp step in a flagd flag file: rewrite the weights of the flag's `fractional` split in place.
 
-Same guarantees as a halt (guardrail/flags/flagd_file.py, whose round-trip machinery this reuses): only
+Same guarantees as a halt (guardrail/flags/flagd_text.py, whose round-trip machinery this reuses): only
 the weight numbers change. YAML goes through ruamel's round trip of the one flag, spliced into the
 original text, so comments, order and every other flag stay byte-for-byte; in JSON only the number
 tokens of the weights are replaced. The result is re-parsed and compared with the intended definitions
@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 from guardrail import files
 from guardrail.flags.base import HaltOutcome
-from guardrail.flags.flagd_file import MAX_ATTEMPTS, _digest, _flags_of, _json_members, _rewrite_yaml, _skip
+from guardrail.flags.flagd_file import MAX_ATTEMPTS, _digest
+from guardrail.flags.flagd_text import flags_of, json_members, rewrite_yaml, skip_space
 from guardrail.model import FailureKind, Flag, GuardrailError
 from guardrail.split import FRACTIONAL_OPS, set_weights, split_matches
 
@@ -50,13 +51,13 @@ def _json_items(text: str, start: int) -> list[tuple[int, int]]:
     if text[start] != "[":
         raise ValueError("not an array")
     items = []
-    i = _skip(text, start + 1)
+    i = skip_space(text, start + 1)
     while text[i] != "]":
         _value, end = decoder.raw_decode(text, i)
         items.append((i, end))
-        i = _skip(text, end)
+        i = skip_space(text, end)
         if text[i] == ",":
-            i = _skip(text, i + 1)
+            i = skip_space(text, i + 1)
     return items
 
 
@@ -65,7 +66,7 @@ def _span(text: str, start: int, path: Sequence[str | int]) -> tuple[int, int]:
     end = json.JSONDecoder().raw_decode(text, start)[1]
     for step in path:
         if isinstance(step, str):
-            members, _close = _json_members(text, start)
+            members, _close = json_members(text, start)
             _key_at, start, end = members[step]
         else:
             start, end = _json_items(text, start)[step]
@@ -73,8 +74,8 @@ def _span(text: str, start: int, path: Sequence[str | int]) -> tuple[int, int]:
 
 
 def _rewrite_json(text: str, key: str, definition: Mapping[str, Any], shares: Mapping[str, int]) -> str:
-    top, _ = _json_members(text, _skip(text, 0))
-    flags, _ = _json_members(text, top["flags"][1])
+    top, _ = json_members(text, skip_space(text, 0))
+    flags, _ = json_members(text, top["flags"][1])
     flag_start = flags[key][1]
     edits: list[tuple[int, int, str]] = []
     for path in _fractional_paths(definition.get("targeting"), ("targeting",)):
@@ -115,7 +116,7 @@ def apply_split_to_text(
     lists the variants, or the rewrite would not read back as intended (then nothing may be written).
     """
     doc = files.parse_text(text, source=source, json_only=json_format)
-    flags = _flags_of(doc, source)
+    flags = flags_of(doc, source)
     if key not in flags:
         raise KeyError(key)
     definition = flags[key]
@@ -130,7 +131,7 @@ def apply_split_to_text(
         if json_format:
             new = _rewrite_json(text, key, definition, shares)
         else:
-            new = _rewrite_yaml(text, key, lambda d: _edit_yaml(d, shares))
+            new = rewrite_yaml(text, key, lambda d: _edit_yaml(d, shares))
     except (ValueError, LookupError) as exc:
         raise GuardrailError(f"cannot rewrite the split: {exc}", source=source, flag=key) from None
     except GuardrailError as exc:

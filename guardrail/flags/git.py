@@ -38,7 +38,8 @@ from typing import Any
 
 from guardrail import files
 from guardrail.flags.base import HaltOutcome, LoadedFlags
-from guardrail.flags.flagd_file import Action, FlagdFileBackend, plan_edit
+from guardrail.flags.flagd_file import FlagdFileBackend, plan_edit
+from guardrail.flags.flagd_text import Action
 from guardrail.flags.gitrepo import (
     DEFAULT_AUTHOR,
     IDENT,

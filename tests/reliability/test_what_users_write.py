@@ -13,7 +13,7 @@ import yaml
 from guardrail.check import HaltResult, RunResult
 from guardrail.config import parse_flags
 from guardrail.fakeapi import FakeAPI
-from guardrail.flags.flagd_file import apply_halt_to_text
+from guardrail.flags.flagd_text import apply_halt_to_text
 from guardrail.model import GuardrailError, HaltAction, HaltResultStatus
 from guardrail.report import to_text
 from guardrail.settings import load_settings
