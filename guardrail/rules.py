@@ -40,15 +40,15 @@ _GLOB = set("*?[")
 
 
 def _options() -> tuple[str, ...]:
-    from guardrail.config import GUARDRAIL_OPTIONS
+    from guardrail.options import GUARDRAIL_OPTIONS
 
     return GUARDRAIL_OPTIONS
 
 
 def _safe(value: Any) -> Any:
-    from guardrail.config import _json_safe
+    from guardrail.options import json_safe
 
-    return _json_safe(value)
+    return json_safe(value)
 
 
 @dataclass(frozen=True)
@@ -149,7 +149,7 @@ def _rule(pattern: str, order: int, body: Mapping[str, Any], source: str) -> Rul
 def _check(rule: Rule, source: str) -> None:
     """Types and ranges through the same JSON Schema as flag metadata. A metric may miss `comparison` or
     `threshold` here: the flag's metadata or another pattern can supply them (checked after the merge)."""
-    from guardrail.config import _schema_errors
+    from guardrail.options import schema_errors
 
     names = list(rule.metrics)
     document: dict[str, Any] = {**rule.flag_options, "guardrails": [{"metric": m, **rule.metrics[m]} for m in names]}
@@ -163,7 +163,7 @@ def _check(rule: Rule, source: str) -> None:
             fields[f"guardrails/{index}/{option}"] = _place(rule.pattern, metric, option)
     for name in rule.flag_options:
         fields[name] = _place(rule.pattern, name)
-    for place, message in _schema_errors(document, fields):
+    for place, message in schema_errors(document, fields):
         if "is a required property" in message:
             continue
         if place.startswith("metadata"):  # a path the map does not know: name the pattern at least
@@ -217,7 +217,7 @@ def merge(
 ) -> Merged:
     """Layer config patterns and `defaults:` under a flag's own guardrail metadata, option by option.
 
-    `gathered`, `flag_defaults` and `fields` are config.gather_guardrail_options' view of the metadata.
+    `gathered`, `flag_defaults` and `fields` are options.gather_guardrail_options' view of the metadata.
     """
     applied = rules.matching(key) if rules is not None else []
     origins: dict[str, str] = {}

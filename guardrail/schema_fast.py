@@ -2,7 +2,7 @@
 guardrail/schemas/guardrail.schema.json?
 
 jsonschema took ~70 % of reading a flag (about 0.2 ms each, 2 s of a 10,000-flag run, docs/performance.md).
-Nearly every flag is valid, so config.py asks this plain-Python check first and runs jsonschema only when it
+Nearly every flag is valid, so options.py asks this plain-Python check first and runs jsonschema only when it
 says no, for jsonschema's messages. It may say no to a valid document (then jsonschema decides: an integer
 written as 5.0, a time it does not parse); it must never say yes to an invalid one, which
 tests/test_schema_fast.py checks against jsonschema on seeded random documents. Keep it in step with the schema.

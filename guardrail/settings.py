@@ -114,9 +114,9 @@ def _env_number(env: Mapping[str, str], name: str) -> float:
 
 
 def _validate_defaults(defaults: Mapping[str, Any], source: str) -> None:
-    from guardrail.config import _schema_errors
+    from guardrail.options import schema_errors
 
-    for place, message in _schema_errors({"defaults": dict(defaults)}, {}):
+    for place, message in schema_errors({"defaults": dict(defaults)}, {}):
         raise GuardrailError(message, source=source, field=place.replace("metadata.", "", 1))
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from guardrail.config import _validator, schema
+from guardrail.options import _validator, schema
 from guardrail.schema_fast import certainly_valid
 
 OPTIONS: tuple[str, ...] = ("metric", "comparison", "threshold", "min_count", "confirmations", "max_gap_minutes")

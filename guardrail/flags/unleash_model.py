@@ -25,7 +25,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from guardrail.config import FLAT_PREFIX, parse_flag
+from guardrail.config import parse_flag
 from guardrail.flags.unleash_strategy import (
     ROLLOUT_VARIANTS,
     Feature,
@@ -34,6 +34,7 @@ from guardrail.flags.unleash_strategy import (
     variant_weights,
 )
 from guardrail.model import FlagProblem, Severity
+from guardrail.options import FLAT_PREFIX
 
 __all__ = ["Feature", "read_options", "to_definition"]
 
