@@ -1,15 +1,15 @@
 """`guardrail validate PATH...`: check flag files in CI before flagd (or guardrail) meets them.
 
 It reports what the real flagd evaluator would refuse (non-scalar metadata, such as a nested
-`guardrails` list; the legacy `fractionalEvaluation` operator; mixed variant types), every problem
-config.parse_flag finds in the guardrail metadata, and a few things that are legal but probably wrong
-(an expired flag, a threshold below day-to-day noise). Each finding names file, flag, field and line.
+`guardrails` list; the legacy `fractionalEvaluation` operator; mixed variant types: flagd_compat.py),
+every problem config.parse_flag finds in the guardrail metadata, and a few things that are legal but
+probably wrong (an expired flag, a threshold below day-to-day noise). Each finding names file, flag,
+field and line.
 Exit code: 0 no errors (warnings alone still 0), 1 some error, 2 some file could not be read or parsed.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -20,15 +20,13 @@ from typing import Any
 import yaml
 
 from guardrail import config, files
+from guardrail.flagd_compat import flagd_findings, metadata_findings
 from guardrail.model import Flag, GuardrailError, Method, MetricKind, Severity
 from guardrail.rules import GuardrailRules
 
 # Below this relative change, day-to-day variation between two arms of one population already fires a
 # fixed-threshold rule (simulated A/A: 100 % of runs halted at 10 % with short windows; docs/statistics.md).
 NOISE_FLOOR = 0.005
-# What flagd's flag object knows; the Python provider builds a dataclass from exactly these and refuses
-# the whole file on any other key (`source` and `selector` are dropped before that).
-FLAG_PROPERTIES = ("state", "variants", "defaultVariant", "targeting", "metadata", "source", "selector")
 EXIT_CLEAN, EXIT_FINDINGS, EXIT_UNREADABLE = 0, 1, 2
 
 
@@ -117,88 +115,6 @@ def _duplicate_keys(text: str) -> Iterator[tuple[list[str], str, int]]:
 
 
 # ---- checks of one flag -------------------------------------------------------------------------------
-
-
-def _yaml_scalar(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    text = str(value)
-    return text if re.fullmatch(r"[A-Za-z0-9_.\-]+", text) and not config.check_number(text) else json.dumps(text)
-
-
-def _flat_spelling(nested: Any) -> str:
-    lines = []
-    for item in nested if isinstance(nested, list) else []:
-        if isinstance(item, Mapping) and isinstance(item.get("metric"), str):
-            metric = item["metric"]
-            lines += [f"guardrail.{metric}.{k}: {_yaml_scalar(v)}" for k, v in item.items() if k != "metric"]
-    return "; ".join(lines)
-
-
-def _metadata_findings(metadata: Mapping[str, Any], where: str) -> Iterator[tuple[str, str]]:
-    """(field, message) for every metadata value flagd would refuse."""
-    for key, value in metadata.items():
-        field = f"{where}.{key}"
-        if key == "guardrails" and where == "metadata":
-            flat = _flat_spelling(value)
-            yield (
-                field,
-                (
-                    "flagd refuses non-scalar metadata (a list here), so it would not load this file; "
-                    "write each guardrail as flat keys instead" + (f": {flat}" if flat else "")
-                ),
-            )
-        elif isinstance(value, (Mapping, list)):
-            kind = "an object" if isinstance(value, Mapping) else "a list"
-            yield field, f"flagd allows only strings, numbers and booleans as metadata values, not {kind}"
-        elif value is None:
-            yield field, "flagd does not allow an empty (null) metadata value"
-        elif isinstance(value, (date, datetime)):
-            yield (
-                field,
-                (
-                    f"unquoted {value.isoformat()} is a YAML timestamp, not a string; the Python flagd provider "
-                    f'refuses the whole file. Quote it: {key}: "{value.isoformat()}"'
-                ),
-            )
-
-
-def _variant_type(value: Any) -> str:
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, (int, float)):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    return "object" if isinstance(value, dict) else type(value).__name__
-
-
-def _flagd_findings(definition: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
-    """(field, message) for what flagd refuses outside the guardrail metadata."""
-    for key in definition:
-        if key not in FLAG_PROPERTIES:
-            yield str(key), f"unknown flag property; flagd knows {', '.join(FLAG_PROPERTIES[:5])}"
-    variants = definition.get("variants")
-    if isinstance(variants, Mapping) and variants:
-        kinds = sorted({_variant_type(v) for v in variants.values()})
-        if len(kinds) > 1 or kinds[0] not in ("boolean", "number", "string", "object"):
-            yield "variants", f"flagd needs all variants of one type (boolean, number, string or object): {kinds}"
-    for op, args in config.fractional_splits(definition.get("targeting")):
-        if op == "fractionalEvaluation":
-            yield (
-                "targeting.fractionalEvaluation",
-                (
-                    "legacy operator: flagd no longer knows `fractionalEvaluation`, so every evaluation of this "
-                    "flag fails; rename it to `fractional` (same arguments)"
-                ),
-            )
-        for item in args:
-            if not isinstance(item, list) or not item or not isinstance(item[0], str):
-                continue
-            if len(item) > 1 and (isinstance(item[1], bool) or not isinstance(item[1], int) or item[1] < 0):
-                yield f"targeting.{op}", f"weight of {item[0]!r} must be a whole number >= 0, got {item[1]!r}"
 
 
 def _expiry_finding(value: Any, today: date) -> str | None:
@@ -294,11 +210,11 @@ def _validate_flag(
     if not isinstance(definition, Mapping):
         add(None, "flag definition must be a mapping")
         return out
-    for field, message in _flagd_findings(definition):
+    for field, message in flagd_findings(definition):
         add(field, message)
     metadata = definition.get("metadata")
     if isinstance(metadata, Mapping):
-        for field, message in _metadata_findings(metadata, "metadata"):
+        for field, message in metadata_findings(metadata, "metadata"):
             add(field, message)
         if "expiry" in metadata and (expired := _expiry_finding(metadata["expiry"], today)):
             add("metadata.expiry", expired, Severity.WARNING)
@@ -333,7 +249,7 @@ def validate_text(
     if top_metadata is not None and not isinstance(top_metadata, Mapping):
         findings.append(Finding(source, None, "metadata", None, Severity.ERROR, "must be a mapping"))
     elif isinstance(top_metadata, Mapping):
-        for field, message in _metadata_findings(top_metadata, "metadata"):
+        for field, message in metadata_findings(top_metadata, "metadata"):
             where = _field_line(tree, field) if tree is not None else None
             findings.append(Finding(source, None, field, where, Severity.ERROR, message))
     flags_tree = tree.get("flags") if isinstance(tree, Mapping) else None
