@@ -4,6 +4,10 @@ Each distinct `time` in the history is one look. The aggregates of a look go thr
 exactly as a cron run's would, with the clock taken from the look and the state carried forward, so the
 answer to "would these guardrails have halted last week's experiment?" is the answer `check` would give.
 
+With `--config` whose `metrics.every` is set, only the looks a live run would have made are judged: the first,
+then each one at least `every` (less the same slack) after the last judged look (guardrail/cadence.py, the
+rule `check` applies), so a history recorded every 2 minutes replays a 15-minute warehouse cadence faithfully.
+
 Two deliberate differences from a live run, both because a backtest asks about the past:
 - every flag is judged as if ENABLED and not held: a flag guardrail has since halted is DISABLED in
   today's file, and that is exactly the experiment one wants to replay;
@@ -205,6 +209,20 @@ def load_flags(
     return list(parsed.flags)
 
 
+def due_looks(looks: Sequence[Look], every_minutes: float | None) -> list[Look]:
+    """The looks a live run with `metrics.every` would have judged: `cadence.cadence` decides each in turn,
+    from the last judged look, exactly as `check` does from the state file's `metrics_looked_at`."""
+    if every_minutes is None:
+        return list(looks)
+    from guardrail.cadence import cadence
+
+    kept: list[Look] = []
+    for look in looks:
+        if cadence(every_minutes, kept[-1][0] if kept else None, look[0]).due:
+            kept.append(look)
+    return kept
+
+
 def _no_halt_reason(looks: int, breaching: int, last: Sequence[Evaluation]) -> str:
     if looks == 0:
         return "no aggregates for this flag in the history"
@@ -340,12 +358,16 @@ def run_replay_command(
     looks = read_history(history)
     defaults: Mapping[str, Any] = {}
     rules: GuardrailRules | None = None
+    every: float | None = None
     if config is not None:
         from guardrail.settings import load_settings
 
-        # Only the config's `defaults:` and `guardrails:` matter to a replay; env={} keeps secrets and URLs out.
+        # Only the config's `defaults:`, `guardrails:` and `metrics.every` matter to a replay; env={} keeps
+        # secrets and URLs out.
         settings = load_settings(config=config, env={})
-        defaults, rules = settings.defaults, settings.guardrail_rules
+        defaults, rules, every = settings.defaults, settings.guardrail_rules, settings.metrics_every
+    recorded = len(looks)
+    looks = due_looks(looks, every)
     watched = load_flags(flags, defaults, rules) if flags is not None else default_flags(looks, defaults, str(history))
     records: list[dict[str, Any]] | None = [] if report_dir is not None else None
     results = replay(watched, looks, records)
@@ -354,5 +376,6 @@ def run_replay_command(
     if as_json:
         print(json.dumps({"flags": [r.to_json() for r in results]}, indent=2))
     else:
-        print(render_text(results, looks, str(history)))
+        note = f" (metrics.every {every:g} min: {len(looks)} of {recorded} recorded looks judged)" if every else ""
+        print(render_text(results, looks, str(history) + note))
     return 1 if any(r.halted_at is not None for r in results) else 0

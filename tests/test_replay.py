@@ -264,3 +264,37 @@ def test_history_lines_may_carry_per_unit_sums(tmp_path: Path) -> None:
         250_000.0,
         2_400.0,
     )
+
+
+def test_metrics_every_in_the_config_judges_only_the_looks_a_live_run_would_make(tmp_path: Path, capsys: Any) -> None:
+    # Recorded every 2 minutes; with `metrics.every: 10m` a live run looks at 12:00, 12:10, 12:20 only, so the
+    # second breaching look (the default confirmation) is 12:10, not 12:02.
+    lines = [
+        row(f"2026-11-25T12:{m:02d}:00Z", v, 0.01 if v == "control" else 0.03)
+        for m in range(0, 30, 2)
+        for v in ("control", "treatment")
+    ]
+    history = write(tmp_path, lines)
+    assert run_replay_command(history=history, flags=None, config=None, as_json=True) == 1
+    (plain,) = json.loads(capsys.readouterr().out)["flags"]
+    assert plain["halted_at"] == "2026-11-25T12:02:00Z"
+    config = tmp_path / "guardrail.yaml"
+    config.write_text("metrics:\n  every: 10m\n")
+    assert run_replay_command(history=history, flags=None, config=config, as_json=True) == 1
+    (slow,) = json.loads(capsys.readouterr().out)["flags"]
+    assert slow["halted_at"] == "2026-11-25T12:10:00Z" and slow["looks"] == 2
+    run_replay_command(history=history, flags=None, config=config, as_json=False)
+    assert "metrics.every 10 min: 3 of 15 recorded looks judged" in capsys.readouterr().out
+
+
+def test_due_looks_follow_the_live_cadence_rule() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from guardrail.replay import due_looks
+
+    start = datetime(2026, 11, 25, 12, tzinfo=UTC)
+    # Cron drifts by seconds: 14 min 30 s after a look is due (60 s slack), 13 min 30 s is not.
+    times = [start + timedelta(minutes=m) for m in (0, 2, 13.5, 14.5, 16, 29.5)]
+    kept = [when for when, _ in due_looks([(t, {}) for t in times], 15.0)]
+    assert kept == [start, start + timedelta(minutes=14.5), start + timedelta(minutes=29.5)]
+    assert len(due_looks([(t, {}) for t in times], None)) == len(times)
