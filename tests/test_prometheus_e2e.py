@@ -410,3 +410,71 @@ def test_grouped_templates_give_the_per_series_numbers_in_one_query_per_metric_a
         assert agg.count == other.count, key
         assert agg.value is not None and other.value is not None
         assert math.isclose(agg.value, other.value, rel_tol=1e-9), (key, agg.value, other.value)
+
+
+# ---- the quantile alternative: the share of requests slower than a bucket boundary ----------------------
+
+
+def documented_slow_share_query() -> dict[str, str]:
+    """The `slow_request_share` query exactly as docs/statistics.md gives it (so the doc is what is tested)."""
+    text = (REPO / "docs" / "statistics.md").read_text()
+    section = text.split("## Quantiles: test the share above a bucket boundary", 1)[1]
+    block = section.split("```yaml", 1)[1].split("```", 1)[0]
+    query: dict[str, str] = yaml.safe_load(block)["slow_request_share"]
+    return query
+
+
+def test_the_documented_bucket_share_is_a_proportion_real_prometheus_answers_exactly(stack: Stack) -> None:
+    from guardrail.config import parse_flag
+    from guardrail.model import Method, MetricKind
+
+    documented = documented_slow_share_query()
+    assert 'le="0.5"' in documented["value"]
+    # The generator's latencies (log-normal, medians 120 / 150 ms, sigma 0.3) are rarely above 0.5 s; its
+    # 0.25 s bucket boundary gives shares of ~0.7 % and ~4.4 %, so the same query moves its boundary there.
+    query = {k: v.replace('le="0.5"', 'le="0.25"') for k, v in documented.items()}
+    section = {**example_section(stack.prom), "queries": {"slow_request_share": query}}
+    end = instant()
+    at = format_time(end)
+    queries = [MetricQuery(LAT, v, "slow_request_share", WINDOW, end) for v in ("control", "treatment")]
+    shares = query_source(stack.prom, queries, section)
+    for variant, agg in zip(("control", "treatment"), shares, strict=True):
+        assert agg.usable, agg.error
+        s = sel(LAT, variant)
+        # Independently: the requests above 0.25 s over all requests, from the cumulative buckets' counts.
+        slow = stack.prom.scalar(
+            f"sum(increase(http_request_duration_seconds_count{{{s}}}[{WINDOW}])) - "
+            f'sum(increase(http_request_duration_seconds_bucket{{{s},le="0.25"}}[{WINDOW}]))',
+            at=at,
+        )
+        total = stack.prom.scalar(f"sum(increase(http_request_duration_seconds_count{{{s}}}[{WINDOW}]))", at=at)
+        assert slow is not None and total is not None and total > 1000
+        assert agg.value is not None and math.isclose(agg.value, slow / total, rel_tol=1e-9, abs_tol=1e-12)
+        assert agg.count == round(total) and 0.0 <= agg.value <= 1.0
+    control, treatment = (a.value for a in shares)
+    assert control is not None and treatment is not None
+    assert 0.001 < control < 0.02 and 0.02 < treatment < 0.08  # ~0.7 % and ~4.4 %: the slower arm shows it
+    # As the docs say: declared a proportion, it takes the default (sequential) test; as a quantile it could not.
+    metadata = {
+        "experiment_type": "ab",
+        "guardrail.slow_request_share.kind": "proportion",
+        "guardrail.slow_request_share.comparison": "relative_increase",
+        "guardrail.slow_request_share.threshold": 0.1,
+    }
+    definition = {
+        "state": "ENABLED",
+        "variants": {"treatment": True, "control": False},
+        "defaultVariant": "control",
+        "targeting": {"fractional": [{"var": "targetingKey"}, ["treatment", 50], ["control", 50]]},
+        "metadata": metadata,
+    }
+    flag, problems = parse_flag(LAT, definition)
+    assert flag is not None and not problems, problems
+    (declared,) = flag.guardrails
+    assert declared.kind is MetricKind.PROPORTION and declared.method is Method.SEQUENTIAL
+    # The same metric declared as a quantile under the sequential test is refused, naming the field.
+    quantile = {**definition, "metadata": {**metadata, "guardrail.slow_request_share.kind": "quantile",
+                                           "guardrail.slow_request_share.method": "sequential"}}  # fmt: skip
+    refused, why = parse_flag(LAT, quantile)
+    assert refused is None or not refused.guardrails
+    assert any("bucket" in p.message for p in why), why
