@@ -246,6 +246,12 @@ def sequential_look(
     )
     if result.note:
         described += f"; {result.note}"
+    hint = seqtest.suggested_floor(state, g.dispersion)
+    if hint is not None:
+        described += (
+            f"; events cluster (dispersion {hint:g} learnt): set `dispersion: {hint:g}` on this guardrail so "
+            "the first looks of the next experiment on this traffic are protected too"
+        )
     if result.skipped is not None:
         return Outcome(
             Verdict.SKIP_NO_DATA, f"warning: {result.skipped}", delta=estimate, relative_delta=relative

@@ -43,6 +43,9 @@ from guardrail.model import Comparison, SeqState
 # after ~30 windows. Tuned with `guardrail simulate` (clustered scenarios, docs/statistics.md).
 DISPERSION_PRIOR = 2.0
 DISPERSION_PRIOR_WINDOWS = 3.0
+# `suggested_floor`: after an hour of 2-minute windows, a learnt D̂ of 1.5 or more is worth configuring.
+HINT_WINDOWS = 30
+HINT_DISPERSION = 1.5
 # Share of a comparison's alpha spent on the since-start test; the rest on the late-onset detector.
 MAIN_SHARE = 0.9
 # Late-onset restarts: one every RESTART_MINUTES (at least one look apart), the newest MAX_RESTARTS kept.
@@ -320,6 +323,20 @@ def dispersion(state: SeqState, floor: float = 1.0) -> float:
     counted = max(0, state.windows - 1)
     shrunk = (DISPERSION_PRIOR_WINDOWS * DISPERSION_PRIOR + state.r2) / (DISPERSION_PRIOR_WINDOWS + counted)
     return max(1.0, floor, shrunk)
+
+
+def suggested_floor(state: SeqState, floor: float = 1.0) -> float | None:
+    """The `dispersion` to configure, once the windows have shown clustering the configured floor misses.
+
+    The learnt D̂ protects a running experiment only after it has seen enough windows; the first looks of
+    the next experiment on the same traffic are protected by a floor (docs/statistics.md, "Reading the
+    targets honestly"). Suggested after HINT_WINDOWS windows when D̂ ≥ HINT_DISPERSION and ≥ 1.25 × the
+    floor, rounded to one decimal. Raising the floor mid-experiment only raises V: still valid, more cautious.
+    """
+    learnt = dispersion(state, 1.0)
+    if state.windows < HINT_WINDOWS or learnt < HINT_DISPERSION or learnt < 1.25 * floor:
+        return None
+    return round(learnt, 1)
 
 
 def rhos(state: SeqState, settings: Settings) -> tuple[float, float]:

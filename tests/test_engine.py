@@ -456,3 +456,28 @@ def test_per_unit_sums_from_the_source_give_the_unit_variance() -> None:
 
     assert verdict(per_unit=False) is Verdict.BREACH
     assert verdict(per_unit=True) is Verdict.PASS
+
+
+def test_a_sequential_look_on_clustered_windows_suggests_the_dispersion_to_configure() -> None:
+    """After an hour of 2-minute windows whose counts vary ~8× more than binomial, the look's reason says which
+    `dispersion` to set; once set to that value, it no longer does."""
+    import numpy as np
+
+    from guardrail.model import Method, MetricKind, SeqState
+
+    g = replace(make_flag().guardrails[0], method=Method.SEQUENTIAL, kind=MetricKind.PROPORTION)
+    rng = np.random.default_rng(9)
+    n_c = n_t = x_c = x_t = 0
+    state, configured = SeqState(), SeqState()
+    floor = replace(g, dispersion=8.0)
+    for k in range(1, 61):
+        p_c, p_t = rng.beta(1.42, 140.6, 2)
+        n_c, n_t = n_c + 1000, n_t + 1000
+        x_c, x_t = x_c + int(rng.binomial(1000, p_c)), x_t + int(rng.binomial(1000, p_t))
+        control, treatment = Aggregate(x_c / n_c, n_c), Aggregate(x_t / n_t, n_t)
+        outcome, state = judge.sequential_look(g, control, treatment, state, minutes=2.0 * k, alpha=0.05)
+        known, configured = judge.sequential_look(floor, control, treatment, configured, minutes=2.0 * k, alpha=0.05)
+        if k == 20:
+            assert "events cluster" not in outcome.reason  # too few windows to say
+    assert "events cluster (dispersion " in outcome.reason and "set `dispersion: " in outcome.reason
+    assert "events cluster" not in known.reason

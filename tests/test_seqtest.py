@@ -228,3 +228,19 @@ def test_extreme_inputs_never_raise(control: Sums, treatment: Sums) -> None:
     state, result = seqtest.step(SeqState(), control, treatment, minutes=2.0, settings=settings(), proportion=True)
     state, result = seqtest.step(state, control, treatment, minutes=4.0, settings=settings(), proportion=True)
     assert 0.0 <= result.p_value <= 1.0 and 0.0 <= result.late_p_value <= 1.0
+
+
+def test_clustering_learnt_over_an_hour_is_suggested_as_the_dispersion_to_configure() -> None:
+    rng = np.random.default_rng(9)
+    windows = []
+    for _ in range(60):  # beta-binomial windows, D ≈ 8
+        p_c, p_t = rng.beta(1.42, 140.6, 2)
+        windows.append((1000.0, float(rng.binomial(1000, p_c)), 1000.0, float(rng.binomial(1000, p_t))))
+    early, _ = feed(windows[:20])
+    assert seqtest.suggested_floor(early) is None  # 20 windows: too few to say
+    state, _ = feed(windows)
+    hint = seqtest.suggested_floor(state)
+    assert hint is not None and hint == round(seqtest.dispersion(state), 1) and hint >= 3.0
+    assert seqtest.suggested_floor(state, floor=hint) is None  # configured already: nothing to suggest
+    textbook, _ = feed([(1000.0, float(x), 1000.0, float(y)) for x, y in rng.poisson(10, (60, 2))])
+    assert seqtest.suggested_floor(textbook) is None
