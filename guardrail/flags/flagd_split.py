@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from guardrail import files
 from guardrail.flags.base import HaltOutcome
 from guardrail.flags.flagd_file import MAX_ATTEMPTS, _digest
-from guardrail.flags.flagd_text import flags_of, json_members, rewrite_yaml, skip_space
+from guardrail.flags.flagd_text import flags_of, json_members, reparse, rewrite_yaml, skip_space
 from guardrail.model import FailureKind, Flag, GuardrailError
 from guardrail.split import FRACTIONAL_OPS, set_weights, split_matches
 
@@ -136,10 +136,7 @@ def apply_split_to_text(
         raise GuardrailError(f"cannot rewrite the split: {exc}", source=source, flag=key) from None
     except GuardrailError as exc:
         raise GuardrailError(exc.message, source=source, flag=key) from None
-    try:
-        reread = files.parse_text(new, source=source, json_only=json_format)
-    except GuardrailError:
-        reread = None
+    reread = reparse(new, source=source, json_format=json_format)
     if reread != expected:
         raise GuardrailError(
             "the rewritten split would not read back as intended; left unchanged", source=source, flag=key

@@ -315,6 +315,15 @@ def _rewrite_json(text: str, key: str, edit: Callable[[dict[str, Any]], None]) -
 # ---- the public edit -----------------------------------------------------------------------------------
 
 
+def reparse(text: str, *, source: str, json_format: bool) -> Any:
+    """The rewritten document as it will be read back, or None when it no longer parses: every rewrite is
+    checked against the document it meant to produce before anything is written."""
+    try:
+        return files.parse_text(text, source=source, json_only=json_format)
+    except GuardrailError:
+        return None
+
+
 def apply_halt_to_text(
     text: str,
     key: str,
@@ -354,10 +363,7 @@ def apply_halt_to_text(
             new = rewrite_yaml(text, key, lambda d: _edit_yaml(d, action, control_variant, reason))
         except GuardrailError as exc:
             raise GuardrailError(exc.message, source=source, flag=key) from None
-    try:
-        reread = files.parse_text(new, source=source, json_only=json_format)
-    except GuardrailError:
-        reread = None
+    reread = reparse(new, source=source, json_format=json_format)
     if reread != expected:
         others = _changed_others(doc, reread, key)
         if others:

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from guardrail import engine, files
 from guardrail.config import parse_flags
 from guardrail.model import Aggregate, GuardrailError, State, Verdict
+from guardrail.options import GUARDRAIL_OPTIONS
 from guardrail.sources.http_api import parse_answer
 from tests.conftest import NOW, flag_definition
 from tests.reliability.conftest import Runner
@@ -31,21 +32,7 @@ json_values = st.recursive(
     lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=12), inner, max_size=4)),
     max_leaves=20,
 )
-option_names = st.sampled_from(
-    [
-        "comparison",
-        "threshold",
-        "min_count",
-        "confirmations",
-        "max_gap_minutes",
-        "window",
-        "method",
-        "alpha",
-        "kind",
-        "tuning_n",
-        "bogus",
-    ]
-)
+option_names = st.sampled_from([*GUARDRAIL_OPTIONS, "bogus"])
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
