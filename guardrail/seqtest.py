@@ -43,8 +43,9 @@ from guardrail.model import Comparison, SeqState
 # after ~30 windows. Tuned with `guardrail simulate` (clustered scenarios, docs/statistics.md).
 DISPERSION_PRIOR = 2.0
 DISPERSION_PRIOR_WINDOWS = 3.0
-# `suggested_floor`: after an hour of 2-minute windows, a learnt D̂ of 1.5 or more is worth configuring.
-HINT_WINDOWS = 30
+# `suggested_floor`: after two hours of 2-minute windows, a learnt D̂ of 1.5 or more is worth configuring
+# (on binomial traffic D̂ reaches 1.5 there in about 1 % of guardrails, and less and less after).
+HINT_WINDOWS = 60
 HINT_DISPERSION = 1.5
 # Share of a comparison's alpha spent on the since-start test; the rest on the late-onset detector.
 MAIN_SHARE = 0.9

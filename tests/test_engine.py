@@ -459,7 +459,7 @@ def test_per_unit_sums_from_the_source_give_the_unit_variance() -> None:
 
 
 def test_a_sequential_look_on_clustered_windows_suggests_the_dispersion_to_configure() -> None:
-    """After an hour of 2-minute windows whose counts vary ~8× more than binomial, the look's reason says which
+    """After two hours of 2-minute windows whose counts vary ~8× more than binomial, the look's reason says which
     `dispersion` to set; once set to that value, it no longer does."""
     import numpy as np
 
