@@ -477,7 +477,7 @@ def test_a_sequential_look_on_clustered_windows_suggests_the_dispersion_to_confi
         control, treatment = Aggregate(x_c / n_c, n_c), Aggregate(x_t / n_t, n_t)
         outcome, state = judge.sequential_look(g, control, treatment, state, minutes=2.0 * k, alpha=0.05)
         known, configured = judge.sequential_look(floor, control, treatment, configured, minutes=2.0 * k, alpha=0.05)
-        if k == 20:
-            assert "events cluster" not in outcome.reason  # too few windows to say
+        if k == 59:
+            assert "events cluster" not in outcome.reason  # one window short of seqtest.HINT_WINDOWS
     assert "events cluster (dispersion " in outcome.reason and "set `dispersion: " in outcome.reason
     assert "events cluster" not in known.reason

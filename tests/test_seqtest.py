@@ -237,7 +237,7 @@ def test_clustering_learnt_over_an_hour_is_suggested_as_the_dispersion_to_config
         p_c, p_t = rng.beta(1.42, 140.6, 2)
         windows.append((1000.0, float(rng.binomial(1000, p_c)), 1000.0, float(rng.binomial(1000, p_t))))
     early, _ = feed(windows[:40])
-    assert seqtest.suggested_floor(early) is None  # 20 windows: too few to say (HINT_WINDOWS is 60)
+    assert seqtest.suggested_floor(early) is None  # 40 windows: too few to say (HINT_WINDOWS is 60)
     state, _ = feed(windows)
     hint = seqtest.suggested_floor(state)
     assert hint is not None and hint == round(seqtest.dispersion(state), 1) and hint >= 3.0
