@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from guardrail import codec, engine, judge, ramp_status
+from guardrail import codec, engine, judge, ramp_status, seqtest
 from guardrail.config import ParsedFlags, format_time, parse_flags
 from guardrail.flags.base import LoadedFlags
 from guardrail.model import ExitCode, Flag, FlagState, GuardrailError, HaltStatus, Method, State, guardrail_id
@@ -167,7 +167,18 @@ def _guardrails(flag: Flag | None, fs: FlagState, origins: Mapping[str, str]) ->
                 "in_definition": False,
                 "from": {},
             }
+    floors: dict[str, float] = {}
+    if flag is not None:
+        floors = {guardrail_id(g.metric, v): g.dispersion for g in flag.guardrails for v in flag.treatment_variants}
     for gid, row in rows.items():
+        # The sequential test's learnt dispersion D̂ (≥ the configured floor) and, once it has seen enough
+        # windows of clustering the floor misses, the `dispersion` to configure (seqtest.suggested_floor).
+        seq = fs.sequential.get(gid)
+        floor = floors.get(gid, 1.0)
+        learnt = seq is not None and seq.windows > 0
+        row["dispersion"] = seqtest.dispersion(seq, floor) if seq is not None and learnt else None
+        row["dispersion_windows"] = 0 if seq is None else seq.windows
+        row["suggested_dispersion"] = seqtest.suggested_floor(seq, floor) if seq is not None else None
         streak = fs.streaks.get(gid)
         row["streak"] = 0 if streak is None else streak.count
         row["last_breach_at"] = None if streak is None else _t(streak.last_breach_at)
@@ -287,6 +298,10 @@ def _guardrail_line(row: Mapping[str, Any]) -> str:
     line = f"    {row['id']}: {_threshold(row)}; streak {row['streak']}/{confirmations}"
     if row.get("alpha_per_comparison") is not None:
         line += f"; alpha {row['alpha_per_comparison']:.4g} per comparison"
+    if row.get("dispersion") is not None:
+        line += f"; dispersion {row['dispersion']:.2f} over {row['dispersion_windows']} window(s)"
+        if row.get("suggested_dispersion") is not None:
+            line += f" (events cluster: set `dispersion: {row['suggested_dispersion']:g}`)"
     last = row["last"]
     if last:
         line += (

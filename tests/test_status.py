@@ -61,6 +61,9 @@ GUARDRAIL_KEYS = {
     "min_count",
     "window",
     "alpha_per_comparison",
+    "dispersion",
+    "dispersion_windows",
+    "suggested_dispersion",
     "in_definition",
     "streak",
     "last_breach_at",
@@ -330,3 +333,35 @@ def test_status_command_end_to_end(fake_api: FakeAPI, run_cli: Any, tmp_path: Pa
 
     stale = run_cli("status", "--state", state, "--stale-after", "0.1", env=env)
     assert stale.returncode == 3 and "STALE MONITOR" in stale.stdout
+
+
+def test_a_sequential_guardrail_shows_its_learnt_dispersion_and_the_value_to_configure() -> None:
+    """The state's sequential test has seen 60 clustered windows (D ≈ 8): status shows D̂ and suggests it as
+    the guardrail's `dispersion`; a guardrail with that floor already set is shown D̂ without a suggestion."""
+    import numpy as np
+
+    from guardrail import seqtest
+    from guardrail.model import Comparison, SeqState
+
+    rng = np.random.default_rng(9)
+    seq, cum = SeqState(), np.zeros(4)
+    settings = seqtest.Settings(Comparison.RELATIVE_INCREASE, 0.1, 0.05)
+    for k in range(1, 61):
+        p_c, p_t = rng.beta(1.42, 140.6, 2)
+        cum += (1000.0, float(rng.binomial(1000, p_c)), 1000.0, float(rng.binomial(1000, p_t)))
+        n_c, x_c, n_t, x_t = (float(x) for x in cum)
+        control, treatment = seqtest.Sums(n_c, x_c, x_c), seqtest.Sums(n_t, x_t, x_t)
+        seq, _ = seqtest.step(seq, control, treatment, minutes=2.0 * k, settings=settings, proportion=True)
+    learnt = seqtest.dispersion(seq)
+    floored = flag_definition(method=None, extra_metadata={"guardrail.error_rate.dispersion": 8.0})
+    for definition, suggested in ((flag_definition(method=None), round(learnt, 1)), (floored, None)):
+        parsed = parse_flags({KEY: definition})
+        state = State(flags={KEY: FlagState(sequential={"error_rate@treatment": seq})}, last_run_at=NOW)
+        report = build_report(state, parsed, now=NOW, stale_after=10, flag_source="flags.yaml", warnings=[])
+        (flag,) = to_json(report)["flags"]
+        (g,) = flag["guardrails"]
+        assert g["dispersion_windows"] == 60 and g["suggested_dispersion"] == suggested
+        assert g["dispersion"] == (learnt if suggested else max(8.0, learnt))
+        text = to_text(report)
+        assert f"dispersion {g['dispersion']:.2f} over 60 window(s)" in text
+        assert (f"set `dispersion: {suggested:g}`" in text) if suggested else ("events cluster" not in text)
