@@ -175,8 +175,7 @@ def _guardrails(flag: Flag | None, fs: FlagState, origins: Mapping[str, str]) ->
         # windows of clustering the floor misses, the `dispersion` to configure (seqtest.suggested_floor).
         seq = fs.sequential.get(gid)
         floor = floors.get(gid, 1.0)
-        learnt = seq is not None and seq.windows > 0
-        row["dispersion"] = seqtest.dispersion(seq, floor) if seq is not None and learnt else None
+        row["dispersion"] = seqtest.dispersion(seq, floor) if seq is not None and seq.windows > 0 else None
         row["dispersion_windows"] = 0 if seq is None else seq.windows
         row["suggested_dispersion"] = seqtest.suggested_floor(seq, floor) if seq is not None else None
         streak = fs.streaks.get(gid)
