@@ -115,6 +115,18 @@ def _fmt_delta(g: Guardrail, harm: float) -> str:
     return f"{harm:+.2%}" if g.comparison.relative else f"{harm:+.6g}"
 
 
+def _against_threshold(g: Guardrail, harm: float) -> str:
+    """`relative increase +12.00% vs threshold 10.00%`: a harm in the comparison's unit beside its limit."""
+    direction = "increase" if g.comparison.harm_is_increase else "decrease"
+    unit = "relative" if g.comparison.relative else "absolute"
+    limit = f"{g.threshold:.2%}" if g.comparison.relative else f"{g.threshold:g}"
+    return f"{unit} {direction} {_fmt_delta(g, harm)} vs threshold {limit}"
+
+
+# A mean metric's variance comes from the source's `stddev`; without it neither sequential test can run.
+_NEEDS_STDDEV = "sequential test on a mean metric needs `stddev` from the metrics source"
+
+
 def compare(
     g: Guardrail, control: Aggregate, treatment: Aggregate, *, tuning_n: float | None, minutes: float
 ) -> Outcome:
@@ -122,10 +134,7 @@ def compare(
     assert control.value is not None and treatment.value is not None
     assert control.count is not None and treatment.count is not None
     harm, relative, note = point_delta(g, control.value, treatment.value)
-    direction = "increase" if g.comparison.harm_is_increase else "decrease"
-    unit = "relative" if g.comparison.relative else "absolute"
-    limit = f"{g.threshold:.2%}" if g.comparison.relative else f"{g.threshold:g}"
-    described = f"{unit} {direction} {_fmt_delta(g, harm)} vs threshold {limit}"
+    described = _against_threshold(g, harm)
     if note:
         described = f"{note}; {described}"
 
@@ -151,12 +160,7 @@ def compare(
         treatment_mean = (treatment.value * treatment.count + 0.5) / (treatment.count + 1)
         var_c, var_t = stats.proportion_variance(control_mean), stats.proportion_variance(treatment_mean)
     elif control.stddev is None or treatment.stddev is None:
-        return Outcome(
-            Verdict.SKIP_NO_DATA,
-            "sequential test on a mean metric needs `stddev` from the metrics source",
-            delta=harm,
-            relative_delta=relative,
-        )
+        return Outcome(Verdict.SKIP_NO_DATA, _NEEDS_STDDEV, delta=harm, relative_delta=relative)
     else:
         control_mean, treatment_mean = control.value, treatment.value
         var_c, var_t = control.stddev**2, treatment.stddev**2
@@ -225,22 +229,14 @@ def sequential_look(
     harm, relative, _note = point_delta(g, control.value, treatment.value)
     sums_c, sums_t = arm_sums(g, control), arm_sums(g, treatment)
     if sums_c is None or sums_t is None:
-        return Outcome(
-            Verdict.SKIP_NO_DATA,
-            "sequential test on a mean metric needs `stddev` from the metrics source",
-            delta=harm,
-            relative_delta=relative,
-        ), prior
+        return Outcome(Verdict.SKIP_NO_DATA, _NEEDS_STDDEV, delta=harm, relative_delta=relative), prior
     settings = seqtest.Settings(g.comparison, g.threshold, alpha, g.tuning_n, g.dispersion)
     state, result = seqtest.step(
         prior, sums_c, sums_t, minutes=minutes, settings=settings, proportion=g.kind is MetricKind.PROPORTION
     )
     estimate = result.estimate if result.estimate is not None else harm
-    unit = "relative" if g.comparison.relative else "absolute"
-    direction = "increase" if g.comparison.harm_is_increase else "decrease"
-    limit = f"{g.threshold:.2%}" if g.comparison.relative else f"{g.threshold:g}"
     described = (
-        f"since-start {unit} {direction} {_fmt_delta(g, estimate)} vs threshold {limit}; always-valid "
+        f"since-start {_against_threshold(g, estimate)}; always-valid "
         f"p={result.p_value:.3g}, late-onset p={result.late_p_value:.3g} (alpha {alpha:.3g} per "
         f"comparison), dispersion {result.dispersion:.2f}, {state.windows} window(s)"
     )
