@@ -128,9 +128,11 @@ SHOWN_OPTIONS = ("comparison", "threshold", "method", "confirmations", "min_coun
 
 def _guardrails(flag: Flag | None, fs: FlagState, origins: Mapping[str, str]) -> list[dict[str, Any]]:
     rows: dict[str, dict[str, Any]] = {}
+    floors: dict[str, float] = {}  # each guardrail's configured `dispersion` (1 for those only the state knows)
     if flag is not None:
         for g in flag.guardrails:
             for variant in flag.treatment_variants:
+                floors[guardrail_id(g.metric, variant)] = g.dispersion
                 rows[guardrail_id(g.metric, variant)] = {
                     "id": guardrail_id(g.metric, variant),
                     "metric": g.metric,
@@ -167,9 +169,6 @@ def _guardrails(flag: Flag | None, fs: FlagState, origins: Mapping[str, str]) ->
                 "in_definition": False,
                 "from": {},
             }
-    floors: dict[str, float] = {}
-    if flag is not None:
-        floors = {guardrail_id(g.metric, v): g.dispersion for g in flag.guardrails for v in flag.treatment_variants}
     for gid, row in rows.items():
         # The sequential test's learnt dispersion D̂ (≥ the configured floor) and, once it has seen enough
         # windows of clustering the floor misses, the `dispersion` to configure (seqtest.suggested_floor).
