@@ -30,6 +30,7 @@ from guardrail import engine, files
 from guardrail.config import format_time, parse_flags, parse_time
 from guardrail.model import SINCE_START, Aggregate, AggregateKey, Evaluation, Flag, GuardrailError, State, Verdict
 from guardrail.rules import GuardrailRules
+from guardrail.sources.cells import OPTIONAL
 
 Look = tuple[datetime, dict[AggregateKey, Aggregate]]
 CONTROL = "control"  # the control variant's name when there is no --flags file to say otherwise
@@ -127,19 +128,16 @@ def read_history(path: Path) -> list[Look]:
             raise line.error(f"same time, flag, variant, metric and window as line {first_line[when, key]}")
         first_line[when, key] = number
         value = line.number("value")
+        count = line.count()
+        # `stddev` and the optional per-unit sums (docs/statistics.md), under the names every source's contract
+        # uses (sources/cells.py); unlike a live source's, a bad one here is an error naming the line.
+        optional: dict[str, Any] = {name: line.number(name, optional=True) for name in OPTIONAL}
+        if optional["units"] is not None:
+            optional["units"] = int(optional["units"])
         looks[when][key] = Aggregate(
             value=math.nan if value is None else value,  # null: the engine's skip:no_data, as in check
-            count=line.count(),
-            stddev=line.number("stddev", optional=True),
-            # Optional per-unit sums (docs/statistics.md): the sequential test's unit-level variance.
-            units=None if (units := line.number("units", optional=True)) is None else int(units),
-            unit_sum=line.number("unit_sum", optional=True),
-            unit_sum_sq=line.number("unit_sum_sq", optional=True),
-            num_sum=line.number("num_sum", optional=True),
-            num_sum_sq=line.number("num_sum_sq", optional=True),
-            den_sum=line.number("den_sum", optional=True),
-            den_sum_sq=line.number("den_sum_sq", optional=True),
-            num_den_sum=line.number("num_den_sum", optional=True),
+            count=count,
+            **optional,
         )
     if not looks:
         raise GuardrailError("the history has no aggregates", source=source)
