@@ -82,6 +82,22 @@ def key(i: int) -> str:
     return f"team{i % 17:02d}.experiment-{i:05d}"
 
 
+def dry_run_args(config: Path, work: Path) -> list[str]:
+    """The measured run: `check --dry-run` on the fleet in `work`, its self-metrics (verdicts) to run.prom."""
+    return [
+        "check",
+        "--dry-run",
+        "--config",
+        str(config),
+        "--flags",
+        str(work / "flags.json"),
+        "--now",
+        NOW,
+        "--metrics-file",
+        str(work / "run.prom"),
+    ]
+
+
 def run_command(args: list[str], cwd: Path, env: dict[str, str] | None = None) -> tuple[float, int, int, float]:
     """(wall seconds, exit code, peak RSS bytes, CPU seconds) of the installed command in its own process.
     CPU time (user + system) is what the run costs on a machine of its own; wall time on a shared one is
@@ -239,21 +255,7 @@ def bench_prometheus(count: int, work: Path, per_series: bool) -> list[dict[str,
             config = work / f"config-{index}.yaml"
             config.write_text(yaml.safe_dump(prom_config(mode, url)))
             before = prom_queries_served(url)
-            wall, code, rss, cpu = run_command(
-                [
-                    "check",
-                    "--dry-run",
-                    "--config",
-                    str(config),
-                    "--flags",
-                    str(work / "flags.json"),
-                    "--now",
-                    NOW,
-                    "--metrics-file",
-                    str(work / "run.prom"),
-                ],
-                work,
-            )
+            wall, code, rss, cpu = run_command(dry_run_args(config, work), work)
             served = prom_queries_served(url) - before
             usable, evaluations = verdicts(work / "run.prom", work / "out.txt")
             (work / "run.prom").unlink()
@@ -422,20 +424,7 @@ def pg_run(
     (work / "config.yaml").write_text(yaml.safe_dump(config))
     before = pg_statements(server.dsn())
     wall, code, rss, cpu = run_command(
-        [
-            "check",
-            "--dry-run",
-            "--config",
-            str(work / "config.yaml"),
-            "--flags",
-            str(work / "flags.json"),
-            "--now",
-            NOW,
-            "--metrics-file",
-            str(work / "run.prom"),
-        ],
-        work,
-        env={"BENCH_PG_PASSWORD": server.password},
+        dry_run_args(work / "config.yaml", work), work, env={"BENCH_PG_PASSWORD": server.password}
     )
     statements = pg_statements(server.dsn()) - before
     decided, evaluations = verdicts(work / "run.prom", work / "out.txt")
