@@ -187,7 +187,7 @@ def decide_flag(
     # window's traffic per minute, which tunes the test, is projected over that real length.
     elapsed = (now - rollout.data_start(flag, prior, start)).total_seconds() / 60  # ramps hook
     minutes = max(1.0, math.ceil(elapsed))
-    tuning = dict(prior.tuning_n)  # a ramp step's since-start test (see _judge)
+    tuning = dict(prior.tuning_n)  # a ramp step's since-start confidence sequence (judge.compare)
     streaks = dict(prior.streaks)
     sequential = dict(prior.sequential)
     evaluations: list[Evaluation] = []

@@ -499,7 +499,7 @@ class FlagState:
     first_seen_enabled: datetime | None = None
     streaks: Mapping[str, Streak] = field(default_factory=dict)
     halt: HaltRecord | None = None
-    # Legacy (state version 1): the old since-start test's frozen N*. Kept on upgrade, no longer used.
+    # The frozen N* of a ramp step's since-start confidence sequence (judge.compare), per guardrail id.
     tuning_n: Mapping[str, float] = field(default_factory=dict)
     last_evaluations: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     sequential: Mapping[str, SeqState] = field(default_factory=dict)  # per guardrail id
